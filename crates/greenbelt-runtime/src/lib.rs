@@ -1,0 +1,211 @@
+//! Model runtimes. Every backend implements [`Model`]; the serving crate only
+//! ever sees `Arc<dyn Model>`.
+//!
+//! Backends:
+//! - `onnxruntime`: ONNX Runtime through the `ort` crate, loaded dynamically
+//!   (no download at build time). The production backend.
+//! - `tract`: pure Rust, zero set-up; used for models it runs correctly.
+//!
+//! This crate owns loading and running a single model file. It must not know
+//! about HTTP, batching or repositories.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use greenbelt_core::{Signature, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub mod error;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+pub mod ops;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+pub use error::RuntimeError;
+
+/// A loaded model that can run inference. Implementations are blocking and
+/// thread-safe: callers run them off the async executor.
+pub trait Model: Send + Sync {
+    /// Inputs and outputs, read from the graph (-1 for dynamic dims).
+    fn signature(&self) -> &Signature;
+
+    /// Which backend runs this model.
+    fn backend(&self) -> Backend;
+
+    /// Run one (possibly batched) request. `inputs` were validated against the
+    /// signature. Returns every output, in signature order.
+    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+}
+
+/// The backend a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// ONNX Runtime when its library is available; else tract when every
+    /// operator is one tract runs correctly; else a load error.
+    #[default]
+    Auto,
+    Onnxruntime,
+    Tract,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Onnxruntime => "onnxruntime",
+            Backend::Tract => "tract",
+        }
+    }
+
+    /// The V2 `platform` string reported in model metadata.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Backend::Auto | Backend::Onnxruntime => "onnxruntime_onnx",
+            Backend::Tract => "tract_onnx",
+        }
+    }
+}
+
+/// How to load one model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub backend: Backend,
+    /// Threads one inference may use inside the runtime (0 = runtime default).
+    pub intra_op_threads: usize,
+    /// Parallel instances of the model (ONNX Runtime sessions); each runs one
+    /// inference at a time.
+    pub instances: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            backend: Backend::Auto,
+            intra_op_threads: 1,
+            instances: 1,
+        }
+    }
+}
+
+/// Which runtimes this process can use; built once at start-up.
+#[derive(Clone, Default)]
+pub struct Runtimes {
+    #[cfg(feature = "onnxruntime")]
+    pub onnxruntime: Option<Arc<onnxruntime::OrtRuntime>>,
+    /// Why ONNX Runtime is not available, when it is not.
+    pub onnxruntime_missing: Option<String>,
+}
+
+impl Runtimes {
+    /// Probe the runtimes. `ort_library` is an explicitly configured path to
+    /// `libonnxruntime.so`; without it the usual places are searched.
+    pub fn probe(ort_library: Option<&Path>) -> Runtimes {
+        #[cfg(feature = "onnxruntime")]
+        {
+            match onnxruntime::OrtRuntime::init(ort_library) {
+                Ok(rt) => Runtimes {
+                    onnxruntime: Some(Arc::new(rt)),
+                    onnxruntime_missing: None,
+                },
+                Err(e) => Runtimes {
+                    onnxruntime: None,
+                    onnxruntime_missing: Some(e.to_string()),
+                },
+            }
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        {
+            let _ = ort_library;
+            Runtimes {
+                onnxruntime_missing: Some(
+                    "this build has no ONNX Runtime backend (cargo feature \"onnxruntime\" is off)"
+                        .into(),
+                ),
+            }
+        }
+    }
+
+    /// A description of what is available, for start-up logs and metadata.
+    pub fn describe(&self) -> String {
+        #[cfg(feature = "onnxruntime")]
+        if let Some(rt) = &self.onnxruntime {
+            return format!("onnxruntime {} ({})", rt.version(), rt.path().display());
+        }
+        format!(
+            "tract only; onnxruntime unavailable: {}",
+            self.onnxruntime_missing.as_deref().unwrap_or("unknown")
+        )
+    }
+
+    /// Load the ONNX model at `path` with the chosen backend.
+    pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn Model>, RuntimeError> {
+        if !path.is_file() {
+            return Err(RuntimeError::Load {
+                path: path.to_path_buf(),
+                reason: "file not found".into(),
+            });
+        }
+        match opts.backend {
+            Backend::Onnxruntime => self.load_ort(path, opts),
+            Backend::Tract => self.load_tract(path, opts),
+            Backend::Auto => {
+                if self.ort_available() {
+                    return self.load_ort(path, opts);
+                }
+                let report = ops::inspect(path)?;
+                if let Some(op) = report.first_unsafe_for_tract() {
+                    return Err(RuntimeError::UnsupportedOperator {
+                        path: path.to_path_buf(),
+                        operator: op.to_string(),
+                        remedy: format!(
+                            "tract does not run \"{op}\" correctly and ONNX Runtime is not available ({}); install it (pip install onnxruntime) or set ORT_DYLIB_PATH to libonnxruntime.so",
+                            self.onnxruntime_missing.as_deref().unwrap_or("not found")
+                        ),
+                    });
+                }
+                self.load_tract(path, opts)
+            }
+        }
+    }
+
+    fn ort_available(&self) -> bool {
+        #[cfg(feature = "onnxruntime")]
+        {
+            self.onnxruntime.is_some()
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        {
+            false
+        }
+    }
+
+    fn load_ort(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn Model>, RuntimeError> {
+        #[cfg(feature = "onnxruntime")]
+        if let Some(rt) = &self.onnxruntime {
+            return Ok(Arc::new(rt.load(path, opts)?));
+        }
+        let _ = (path, opts);
+        Err(RuntimeError::LibraryUnavailable(
+            self.onnxruntime_missing
+                .clone()
+                .unwrap_or_else(|| "ONNX Runtime is not available".into()),
+        ))
+    }
+
+    fn load_tract(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn Model>, RuntimeError> {
+        #[cfg(feature = "tract")]
+        {
+            let _ = opts;
+            Ok(Arc::new(tract::TractModel::load(path)?))
+        }
+        #[cfg(not(feature = "tract"))]
+        {
+            let _ = (path, opts);
+            Err(RuntimeError::LibraryUnavailable(
+                "this build has no tract backend (cargo feature \"tract\" is off)".into(),
+            ))
+        }
+    }
+}
