@@ -30,7 +30,7 @@ pub fn decode(
     raw: &[u8],
 ) -> Result<TensorData, CoreError> {
     if let Some(size) = datatype.element_size() {
-        let want = count.checked_mul(size).unwrap_or(usize::MAX);
+        let want = count.saturating_mul(size);
         if raw.len() != want {
             return Err(CoreError::invalid(format!(
                 "input \"{name}\": raw data is {} bytes, but {count} {datatype} elements need {want}",

@@ -240,11 +240,7 @@ impl Tensor {
                 rows.iter().sum::<usize>()
             )));
         }
-        let row_len = if total_rows == 0 {
-            0
-        } else {
-            self.data.len() / total_rows
-        };
+        let row_len = self.data.len().checked_div(total_rows).unwrap_or(0);
         let mut out = Vec::with_capacity(rows.len());
         let mut at = 0;
         for &r in rows {

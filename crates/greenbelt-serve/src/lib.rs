@@ -1,1 +1,23 @@
+//! The data plane: REST and gRPC (Open Inference Protocol V2), the model
+//! repository, dynamic batching, the bounded compute pool, admission and
+//! per-version telemetry.
+//!
+//! Request path: transport decode → [`infer::infer`] (admission → resolve →
+//! validate → batcher/compute under timeout) → transport encode. Nothing on
+//! this path waits for telemetry.
 
+pub mod batcher;
+pub mod compute;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod infer;
+pub mod metrics;
+pub mod repository;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::ServeError;
+pub use server::Server;

@@ -1,0 +1,276 @@
+//! `greenbelt.toml`: parsed with serde (unknown keys are errors), then
+//! overridden by `GREENBELT__SECTION__KEY` environment variables. Every
+//! setting has a default that works on one machine.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub repository: RepositoryConfig,
+    pub runtime: RuntimeConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// REST listen address.
+    pub http_addr: String,
+    /// gRPC listen address; empty disables gRPC.
+    pub grpc_addr: String,
+    /// Largest accepted request body (REST) or message (gRPC), in bytes.
+    pub max_request_bytes: usize,
+    /// Per-request timeout, end to end, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// In-flight inference requests beyond which new ones are shed with 503.
+    pub max_inflight: usize,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Threads that run inference (0 = one per CPU).
+    pub compute_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_addr: "127.0.0.1:8000".into(),
+            grpc_addr: "127.0.0.1:8001".into(),
+            max_request_bytes: 64 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            max_inflight: 4096,
+            drain_timeout_ms: 30_000,
+            compute_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// The model repository: `<path>/<model>/<version>/model.onnx`.
+    pub path: PathBuf,
+    /// Load every model found at start-up (else only on explicit load calls).
+    pub load_on_startup: bool,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            path: PathBuf::from("models"),
+            load_on_startup: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path to `libonnxruntime.so`; unset = search ORT_DYLIB_PATH, beside the
+    /// binary, `.greenbelt/onnxruntime`, then a Python onnxruntime install.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// One JSON log line per inference request.
+    pub log_requests: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log_requests: true }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Read `path` (if given and present; a missing explicit file is an
+    /// error), apply environment overrides, validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let shown = path.unwrap_or(Path::new("<defaults>"));
+        Config::from_toml_str(&text, shown, std::env::vars())
+    }
+
+    /// Parse TOML text, then apply `GREENBELT__SECTION__KEY=value` overrides
+    /// from `env`.
+    pub fn from_toml_str(
+        text: &str,
+        shown: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // Parse the file alone first, so errors carry its line and column.
+        toml::from_str::<Config>(text).map_err(|e| ConfigError::Parse {
+            path: shown.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: shown.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("GREENBELT__") else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected GREENBELT__SECTION__KEY".into(),
+                });
+            };
+            let section_table = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section_table) = section_table.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] is not a table"),
+                });
+            };
+            section_table.insert(key.clone(), env_value(&value));
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: shown.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_request_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] max_request_bytes must be > 0".into(),
+            ));
+        }
+        if s.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] request_timeout_ms must be > 0".into(),
+            ));
+        }
+        if s.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] max_inflight must be > 0".into(),
+            ));
+        }
+        for (name, addr) in [("http_addr", &s.http_addr), ("grpc_addr", &s.grpc_addr)] {
+            if !(addr.is_empty() && name == "grpc_addr")
+                && addr.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] {name} = \"{addr}\" is not an address like 127.0.0.1:8000"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn compute_threads(&self) -> usize {
+        match self.server.compute_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Environment values are typed the way TOML would read them when they parse
+/// as a TOML value (numbers, booleans), else kept as strings.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            Path::new("greenbelt.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.server.http_addr, "127.0.0.1:8000");
+        assert!(c.repository.load_on_startup);
+    }
+
+    #[test]
+    fn typos_are_errors_with_a_line() {
+        let e = parse("[server]\nhttp_adr = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_adr") && e.contains("line 2"), "{e}");
+        let e = parse("[sever]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("sever"), "{e}");
+        let e = parse("[server]\nhttp_addr = \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_addr"), "{e}");
+        let e = parse("[server]\nmax_inflight = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = parse(
+            "[server]\nhttp_addr = \"127.0.0.1:1\"\n",
+            &[
+                ("GREENBELT__SERVER__HTTP_ADDR", "0.0.0.0:9000"),
+                ("GREENBELT__SERVER__MAX_INFLIGHT", "7"),
+                ("GREENBELT__TELEMETRY__LOG_REQUESTS", "false"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.http_addr, "0.0.0.0:9000");
+        assert_eq!(c.server.max_inflight, 7);
+        assert!(!c.telemetry.log_requests);
+        let e = parse("", &[("GREENBELT__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GREENBELT__SECTION__KEY"), "{e}");
+    }
+}

@@ -1,0 +1,401 @@
+//! The gRPC API: `inference.GRPCInferenceService` (V2), wire-compatible with
+//! the published proto. Inputs arrive in `raw_input_contents` or typed
+//! `contents`; outputs always go in `raw_output_contents`, which is what
+//! `tritonclient.grpc` reads.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use greenbelt_core::{DataType, InferRequest, RequestedOutput, Tensor, TensorData, raw, tensor};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServeError;
+use crate::infer::{AppState, RequestContext, infer};
+use crate::metrics::Protocol;
+use crate::repository::{ModelState, check_model_name};
+use crate::telemetry::{TraceContext, request_id};
+
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+pub struct GrpcService {
+    state: Arc<AppState>,
+}
+
+pub fn service(state: Arc<AppState>) -> GrpcInferenceServiceServer<GrpcService> {
+    let limit = state.config.server.max_request_bytes;
+    GrpcInferenceServiceServer::new(GrpcService { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+}
+
+fn status(e: ServeError) -> Status {
+    Status::new(e.grpc_code(), e.to_string())
+}
+
+fn tensor_meta(
+    specs: &[greenbelt_core::TensorSpec],
+) -> Vec<pb::model_metadata_response::TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| pb::model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.datatype.as_str().to_string(),
+            shape: s.shape.clone(),
+        })
+        .collect()
+}
+
+/// Decode a gRPC infer request into the transport-neutral form.
+pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeError> {
+    let raw_mode = !req.raw_input_contents.is_empty();
+    if raw_mode && req.raw_input_contents.len() != req.inputs.len() {
+        return Err(ServeError::InvalidInput(format!(
+            "raw_input_contents has {} entries for {} inputs; give one per input, in order",
+            req.raw_input_contents.len(),
+            req.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for (i, input) in req.inputs.into_iter().enumerate() {
+        let datatype: DataType =
+            input
+                .datatype
+                .parse()
+                .map_err(|e: greenbelt_core::CoreError| {
+                    ServeError::InvalidInput(format!("input \"{}\": {e}", input.name))
+                })?;
+        let count = tensor::element_count(&input.name, &input.shape)?;
+        let data = if raw_mode {
+            let bytes = req.raw_input_contents.get(i).map_or(&[][..], |b| &b[..]);
+            raw::decode(&input.name, datatype, count, bytes)?
+        } else {
+            let contents = input.contents.unwrap_or_default();
+            from_contents(&input.name, datatype, contents)?
+        };
+        inputs.push(Tensor::new(input.name, input.shape, data)?);
+    }
+    Ok(InferRequest {
+        id: (!req.id.is_empty()).then_some(req.id),
+        inputs,
+        outputs: req
+            .outputs
+            .into_iter()
+            .map(|o| RequestedOutput {
+                name: o.name,
+                binary: true,
+            })
+            .collect(),
+        binary_output: true,
+    })
+}
+
+fn from_contents(
+    name: &str,
+    datatype: DataType,
+    c: pb::InferTensorContents,
+) -> Result<TensorData, ServeError> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        name: &str,
+        datatype: DataType,
+        v: Vec<S>,
+    ) -> Result<Vec<T>, ServeError> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                T::try_from(x).map_err(|_| {
+                    ServeError::InvalidInput(format!(
+                        "input \"{name}\": element {i} ({x}) is out of range for {datatype}"
+                    ))
+                })
+            })
+            .collect()
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::Uint8 => TensorData::Uint8(narrow(name, datatype, c.uint_contents)?),
+        DataType::Uint16 => TensorData::Uint16(narrow(name, datatype, c.uint_contents)?),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
+        DataType::Int8 => TensorData::Int8(narrow(name, datatype, c.int_contents)?),
+        DataType::Int16 => TensorData::Int16(narrow(name, datatype, c.int_contents)?),
+        DataType::Int32 => TensorData::Int32(c.int_contents),
+        DataType::Int64 => TensorData::Int64(c.int64_contents),
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(c.bytes_contents),
+        DataType::Fp16 => {
+            return Err(ServeError::InvalidInput(format!(
+                "input \"{name}\": FP16 has no typed contents field; send it in raw_input_contents"
+            )));
+        }
+    })
+}
+
+/// Encode a response with every output in `raw_output_contents`.
+pub fn encode_response(resp: greenbelt_core::InferResponse) -> pb::ModelInferResponse {
+    let mut outputs = Vec::with_capacity(resp.outputs.len());
+    let mut raws = Vec::with_capacity(resp.outputs.len());
+    for t in resp.outputs {
+        raws.push(Bytes::from(raw::encode(&t.data)));
+        outputs.push(pb::model_infer_response::InferOutputTensor {
+            datatype: t.datatype().as_str().to_string(),
+            name: t.name,
+            shape: t.shape,
+            parameters: Default::default(),
+            contents: None,
+        });
+    }
+    pb::ModelInferResponse {
+        model_name: resp.model_name,
+        model_version: resp.model_version,
+        id: resp.id.unwrap_or_default(),
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents: raws,
+    }
+}
+
+fn meta_str<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
+    req.metadata().get(key).and_then(|v| v.to_str().ok())
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.state.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = req.into_inner();
+        match self.state.repository.resolve(&r.name, Some(&r.version)) {
+            Ok(_) => Ok(Response::new(pb::ModelReadyResponse { ready: true })),
+            Err(ServeError::ModelNotReady { .. }) => {
+                Ok(Response::new(pb::ModelReadyResponse { ready: false }))
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "greenbelt".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_repository".into(), "statistics".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let served = self
+            .state
+            .repository
+            .resolve(&r.name, Some(&r.version))
+            .map_err(status)?;
+        let versions = if r.version.is_empty() {
+            self.state
+                .repository
+                .get(&r.name)
+                .map(|e| e.versions.keys().map(u64::to_string).collect())
+                .unwrap_or_default()
+        } else {
+            vec![served.version_label.to_string()]
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: served.model_name.to_string(),
+            versions,
+            platform: served.platform.into(),
+            inputs: tensor_meta(&served.signature.inputs),
+            outputs: tensor_meta(&served.signature.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let trace = TraceContext::from_header(meta_str(&req, "traceparent"));
+        let ctx = RequestContext {
+            request_id: request_id(meta_str(&req, "x-request-id")),
+            trace_id: trace.trace_id.clone(),
+            protocol: Protocol::Grpc,
+            started: Instant::now(),
+        };
+        let r = req.into_inner();
+        let model = r.model_name.clone();
+        let version = r.model_version.clone();
+        let decoded = match decode_request(r) {
+            Ok(d) => d,
+            Err(e) => {
+                self.state.reject(&ctx, &model, &e);
+                return Err(status(e));
+            }
+        };
+        let out = infer(&self.state, &model, Some(&version), decoded, &ctx)
+            .await
+            .map_err(status)?;
+        let mut resp = Response::new(encode_response(out));
+        if let Ok(v) = trace.header().parse() {
+            resp.metadata_mut().insert("traceparent", v);
+        }
+        if let Ok(v) = ctx.request_id.parse() {
+            resp.metadata_mut().insert("x-request-id", v);
+        }
+        Ok(resp)
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready_only = req.into_inner().ready;
+        let models = self
+            .state
+            .repository
+            .index(ready_only)
+            .into_iter()
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version.unwrap_or_default(),
+                state: match e.state {
+                    ModelState::Ready => "READY".into(),
+                    ModelState::Unavailable => "UNAVAILABLE".into(),
+                },
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let name = req.into_inner().model_name;
+        check_model_name(&name).map_err(status)?;
+        let repo = self.state.repository.clone();
+        tokio::task::spawn_blocking(move || repo.load(&name))
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let name = req.into_inner().model_name;
+        let repo = self.state.repository.clone();
+        tokio::task::spawn_blocking(move || repo.unload(&name))
+            .await
+            .map_err(|e| Status::internal(format!("unload task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(
+        name: &str,
+        dt: &str,
+        shape: Vec<i64>,
+        contents: Option<pb::InferTensorContents>,
+    ) -> pb::model_infer_request::InferInputTensor {
+        pb::model_infer_request::InferInputTensor {
+            name: name.into(),
+            datatype: dt.into(),
+            shape,
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    #[test]
+    fn typed_contents_decode_and_narrow() {
+        let req = pb::ModelInferRequest {
+            inputs: vec![input(
+                "x",
+                "INT8",
+                vec![2],
+                Some(pb::InferTensorContents {
+                    int_contents: vec![-1, 127],
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        };
+        let r = decode_request(req).unwrap();
+        assert_eq!(r.inputs[0].data, TensorData::Int8(vec![-1, 127]));
+        let req = pb::ModelInferRequest {
+            inputs: vec![input(
+                "x",
+                "INT8",
+                vec![1],
+                Some(pb::InferTensorContents {
+                    int_contents: vec![300],
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        };
+        let e = decode_request(req).unwrap_err();
+        assert!(e.to_string().contains("out of range for INT8"), "{e}");
+    }
+
+    #[test]
+    fn raw_contents_must_match_inputs() {
+        let req = pb::ModelInferRequest {
+            inputs: vec![
+                input("x", "FP32", vec![1], None),
+                input("y", "FP32", vec![1], None),
+            ],
+            raw_input_contents: vec![Bytes::from(1.0f32.to_le_bytes().to_vec())],
+            ..Default::default()
+        };
+        let e = decode_request(req).unwrap_err();
+        assert!(e.to_string().contains("1 entries for 2 inputs"), "{e}");
+        let req = pb::ModelInferRequest {
+            inputs: vec![input("x", "FP32", vec![2], None)],
+            raw_input_contents: vec![Bytes::from(1.0f32.to_le_bytes().to_vec())],
+            ..Default::default()
+        };
+        let e = decode_request(req).unwrap_err();
+        assert!(e.to_string().contains("raw data is 4 bytes"), "{e}");
+        let e = decode_request(pb::ModelInferRequest {
+            inputs: vec![input("x", "FP16", vec![1], None)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("raw_input_contents"), "{e}");
+    }
+}

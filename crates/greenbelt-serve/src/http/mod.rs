@@ -1,0 +1,347 @@
+//! The REST API: KServe / Open Inference Protocol V2, the model repository
+//! extension, and `/metrics`. Handlers decode, call the shared
+//! [`crate::infer::infer`], and encode.
+
+pub mod codec;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::error::ServeError;
+use crate::infer::{AppState, RequestContext, infer};
+use crate::metrics::Protocol;
+use crate::repository::{ServedVersion, check_model_name};
+use crate::telemetry::{TraceContext, request_id};
+
+pub const VERSION_HEADER: &str = "x-greenbelt-model-version";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.server.max_request_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A JSON `{"error": ...}` response with the error's status (and `Retry-After` when shed).
+pub struct ApiError(pub ServeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.http_status();
+        let mut resp = (status, axum::Json(json!({ "error": self.0.to_string() }))).into_response();
+        if let Some(secs) = self.0.retry_after()
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        ApiError(e)
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": "no such endpoint; see GET /v2, POST /v2/models/{model}/infer, GET /metrics" })),
+    )
+        .into_response()
+}
+
+async fn live() -> impl IntoResponse {
+    axum::Json(json!({ "live": true }))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+pub fn server_metadata_json() -> serde_json::Value {
+    json!({
+        "name": "greenbelt",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+    })
+}
+
+async fn server_metadata() -> impl IntoResponse {
+    axum::Json(server_metadata_json())
+}
+
+fn metadata_json(served: &ServedVersion, versions: Vec<String>) -> serde_json::Value {
+    let tensors = |specs: &[greenbelt_core::TensorSpec]| -> Vec<serde_json::Value> {
+        specs
+            .iter()
+            .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape }))
+            .collect()
+    };
+    json!({
+        "name": &*served.model_name,
+        "versions": versions,
+        "platform": served.platform,
+        "inputs": tensors(&served.signature.inputs),
+        "outputs": tensors(&served.signature.outputs),
+    })
+}
+
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let served = state.repository.resolve(&model, None)?;
+    let versions = state
+        .repository
+        .get(&model)
+        .map(|e| e.versions.keys().map(u64::to_string).collect())
+        .unwrap_or_default();
+    Ok(axum::Json(metadata_json(&served, versions)))
+}
+
+async fn version_metadata(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let served = state.repository.resolve(&model, Some(&version))?;
+    Ok(axum::Json(metadata_json(
+        &served,
+        vec![served.version_label.to_string()],
+    )))
+}
+
+fn ready_response(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    match state.repository.resolve(model, version) {
+        Ok(_) => Ok((
+            StatusCode::OK,
+            axum::Json(json!({ "name": model, "ready": true })),
+        )
+            .into_response()),
+        Err(e @ ServeError::ModelNotReady { .. }) => Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "name": model, "ready": false, "error": e.to_string() })),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError(e)),
+    }
+}
+
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    ready_response(&state, &model, None)
+}
+
+async fn version_ready(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    ready_response(&state, &model, Some(&version))
+}
+
+async fn infer_latest(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle_infer(state, model, None, headers, body).await
+}
+
+async fn infer_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle_infer(state, model, Some(version), headers, body).await
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle_infer(
+    state: Arc<AppState>,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let trace = TraceContext::from_header(header_str(&headers, "traceparent"));
+    let ctx = RequestContext {
+        request_id: request_id(header_str(&headers, "x-request-id")),
+        trace_id: trace.trace_id.clone(),
+        protocol: Protocol::Rest,
+        started: Instant::now(),
+    };
+    let result = async {
+        let body = body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServeError::PayloadTooLarge {
+                    limit: state.config.server.max_request_bytes,
+                }
+            } else {
+                ServeError::InvalidInput(format!("cannot read request body: {rejection}"))
+            }
+        })?;
+        let header_len = match header_str(&headers, codec::HEADER_LENGTH) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+                ServeError::InvalidInput(format!(
+                    "Inference-Header-Content-Length \"{v}\" is not a byte count"
+                ))
+            })?),
+        };
+        codec::decode_request(&body, header_len)
+    }
+    .await;
+    let mut resp = match result {
+        Err(e) => {
+            state.reject(&ctx, &model, &e);
+            ApiError(e).into_response()
+        }
+        Ok(req) => {
+            let requested = req.outputs.clone();
+            let binary_output = req.binary_output;
+            match infer(&state, &model, version.as_deref(), req, &ctx).await {
+                Err(e) => ApiError(e).into_response(),
+                Ok(out) => match codec::encode_response(&out, &requested, binary_output) {
+                    Err(e) => ApiError(e).into_response(),
+                    Ok(enc) => {
+                        let mut resp = Response::new(axum::body::Body::from(enc.body));
+                        let h = resp.headers_mut();
+                        match enc.header_len {
+                            Some(n) => {
+                                h.insert(
+                                    header::CONTENT_TYPE,
+                                    HeaderValue::from_static("application/octet-stream"),
+                                );
+                                if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
+                                    h.insert(HeaderName::from_static(codec::HEADER_LENGTH), v);
+                                }
+                            }
+                            None => {
+                                h.insert(
+                                    header::CONTENT_TYPE,
+                                    HeaderValue::from_static("application/json"),
+                                );
+                            }
+                        }
+                        if let Ok(v) = HeaderValue::from_str(&out.model_version) {
+                            h.insert(HeaderName::from_static(VERSION_HEADER), v);
+                        }
+                        resp
+                    }
+                },
+            }
+        }
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+        h.insert(HeaderName::from_static("traceparent"), v);
+    }
+    resp
+}
+
+async fn repository_index(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ready_only = if body.is_empty() {
+        false
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ServeError::InvalidInput(format!("index request body is not JSON: {e}"))
+        })?;
+        v.get("ready")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
+    Ok(axum::Json(state.repository.index(ready_only)).into_response())
+}
+
+async fn repository_load(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    check_model_name(&model)?;
+    let repo = state.repository.clone();
+    tokio::task::spawn_blocking(move || repo.load(&model))
+        .await
+        .map_err(|e| ServeError::Internal(format!("load task failed: {e}")))??;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn repository_unload(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let repo = state.repository.clone();
+    tokio::task::spawn_blocking(move || repo.unload(&model))
+        .await
+        .map_err(|e| ServeError::Internal(format!("unload task failed: {e}")))??;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

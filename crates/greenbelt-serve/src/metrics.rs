@@ -1,0 +1,384 @@
+//! Every Prometheus metric the server exports, with its name, help and
+//! buckets, defined here and nowhere else. Labels are bounded: model,
+//! version, protocol, outcome (never a request or user id). Handles for a
+//! model version are created once when it loads, so the hot path does no
+//! label hashing.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `greenbelt_requests_total` | counter | model, version, protocol, outcome |
+//! | `greenbelt_request_duration_seconds` | histogram | model, version |
+//! | `greenbelt_queue_duration_seconds` | histogram | model, version |
+//! | `greenbelt_compute_duration_seconds` | histogram | model, version |
+//! | `greenbelt_request_payload_bytes` | histogram | model, version |
+//! | `greenbelt_response_payload_bytes` | histogram | model, version |
+//! | `greenbelt_batch_size` | histogram | model, version |
+//! | `greenbelt_inflight_requests` | gauge | model |
+//! | `greenbelt_model_ready` | gauge | model, version |
+//! | `greenbelt_model_load_duration_seconds` | gauge | model, version |
+//! | `greenbelt_model_load_failures_total` | counter | model |
+//! | `greenbelt_shed_total` | counter | reason |
+//!
+//! Requests for a model that is not loaded are counted under `model="_unknown"`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::error::Outcome;
+
+/// Latency buckets (seconds): 25 µs to ~26 s, doubling.
+pub const LATENCY_BUCKETS: [f64; 21] = [
+    0.000025, 0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256,
+    0.0512, 0.1024, 0.2048, 0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072, 26.2144,
+];
+/// Payload buckets (bytes): 64 B to 64 MiB, x4.
+pub const BYTES_BUCKETS: [f64; 11] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+/// Batch-size buckets (rows per runtime call).
+pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub model: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub model: String,
+    pub version: String,
+    pub protocol: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The transport a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Rest,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rest => "rest",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// The server's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<VersionLabels, Histogram, Buckets>,
+    queue_duration: Family<VersionLabels, Histogram, Buckets>,
+    compute_duration: Family<VersionLabels, Histogram, Buckets>,
+    request_bytes: Family<VersionLabels, Histogram, Buckets>,
+    response_bytes: Family<VersionLabels, Histogram, Buckets>,
+    batch_size: Family<VersionLabels, Histogram, Buckets>,
+    inflight: Family<ModelLabels, Gauge>,
+    model_ready: Family<VersionLabels, Gauge>,
+    load_duration: Family<VersionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    load_failures: Family<ModelLabels, Counter>,
+    shed: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let latency = || Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: latency(),
+            queue_duration: latency(),
+            compute_duration: latency(),
+            request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            batch_size: Family::new_with_constructor(Buckets(&BATCH_BUCKETS)),
+            inflight: Family::default(),
+            model_ready: Family::default(),
+            load_duration: Family::default(),
+            load_failures: Family::default(),
+            shed: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "greenbelt_requests",
+            "Inference requests by model version, protocol and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "greenbelt_request_duration_seconds",
+            "Time from request decoded to response ready, inside the server",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_queue_duration_seconds",
+            "Time a request waited for compute (batcher queue or compute pool)",
+            m.queue_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_compute_duration_seconds",
+            "Time the runtime spent on the call that served the request",
+            m.compute_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_request_payload_bytes",
+            "Raw tensor bytes of request inputs",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "greenbelt_response_payload_bytes",
+            "Raw tensor bytes of response outputs",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "greenbelt_batch_size",
+            "Rows per runtime call of the dynamic batcher",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "greenbelt_inflight_requests",
+            "Inference requests being processed",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "greenbelt_model_ready",
+            "1 when the model version is loaded and serving",
+            m.model_ready.clone(),
+        );
+        registry.register(
+            "greenbelt_model_load_duration_seconds",
+            "Time the last load of the model version took",
+            m.load_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_model_load_failures",
+            "Failed model loads",
+            m.load_failures.clone(),
+        );
+        registry.register(
+            "greenbelt_shed",
+            "Requests refused before inference because a bound was reached",
+            m.shed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one model version.
+    pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        let requests = [Protocol::Rest, Protocol::Grpc].map(|p| {
+            Outcome::ALL.map(|o| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        model: model.to_string(),
+                        version: version.to_string(),
+                        protocol: p.as_str().to_string(),
+                        outcome: o.as_str().to_string(),
+                    })
+                    .clone()
+            })
+        });
+        VersionMetrics {
+            inner: Arc::new(VersionMetricsInner {
+                requests,
+                request_duration: self.request_duration.get_or_create(&labels).clone(),
+                queue_duration: self.queue_duration.get_or_create(&labels).clone(),
+                compute_duration: self.compute_duration.get_or_create(&labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+                batch_size: self.batch_size.get_or_create(&labels).clone(),
+                inflight: self
+                    .inflight
+                    .get_or_create(&ModelLabels {
+                        model: model.to_string(),
+                    })
+                    .clone(),
+            }),
+        }
+    }
+
+    pub fn set_ready(&self, model: &str, version: &str, ready: bool) {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        self.model_ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+    }
+
+    pub fn set_load_duration(&self, model: &str, version: &str, took: Duration) {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        self.load_duration
+            .get_or_create(&labels)
+            .set(took.as_secs_f64());
+    }
+
+    pub fn load_failed(&self, model: &str) {
+        self.load_failures
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn shed(&self, reason: &'static str) {
+        self.shed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count a request that failed before a model version was resolved.
+    pub fn unresolved(&self, protocol: Protocol, outcome: Outcome) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: UNKNOWN_MODEL.to_string(),
+                version: String::new(),
+                protocol: protocol.as_str().to_string(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+struct VersionMetricsInner {
+    requests: [[Counter; 5]; 2],
+    request_duration: Histogram,
+    queue_duration: Histogram,
+    compute_duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+    batch_size: Histogram,
+    inflight: Gauge,
+}
+
+/// Pre-resolved metric handles of one model version; cheap to clone.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    inner: Arc<VersionMetricsInner>,
+}
+
+impl VersionMetrics {
+    pub fn request(&self, protocol: Protocol, outcome: Outcome, took: Duration) {
+        let p = match protocol {
+            Protocol::Rest => 0,
+            Protocol::Grpc => 1,
+        };
+        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+        if let Some(c) = self.inner.requests.get(p).and_then(|row| row.get(o)) {
+            c.inc();
+        }
+        self.inner.request_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn queue(&self, took: Duration) {
+        self.inner.queue_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn compute(&self, took: Duration) {
+        self.inner.compute_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn payload(&self, request_bytes: usize, response_bytes: usize) {
+        self.inner.request_bytes.observe(request_bytes as f64);
+        self.inner.response_bytes.observe(response_bytes as f64);
+    }
+
+    pub fn batch(&self, rows: usize) {
+        self.inner.batch_size.observe(rows as f64);
+    }
+
+    /// Count a request in flight until the guard drops.
+    pub fn inflight(&self) -> InflightGuard {
+        self.inner.inflight.inc();
+        InflightGuard(self.inner.inflight.clone())
+    }
+}
+
+pub struct InflightGuard(Gauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions() {
+        let m = Metrics::new();
+        let v = m.version("fraud", "1");
+        v.request(Protocol::Rest, Outcome::Success, Duration::from_millis(2));
+        v.payload(80, 16);
+        m.set_ready("fraud", "1", true);
+        m.shed("inflight");
+        let text = m.encode();
+        for name in [
+            "greenbelt_requests_total{model=\"fraud\",version=\"1\",protocol=\"rest\",outcome=\"success\"} 1",
+            "greenbelt_request_duration_seconds_bucket",
+            "greenbelt_request_payload_bytes_sum{model=\"fraud\",version=\"1\"} 80",
+            "greenbelt_model_ready{model=\"fraud\",version=\"1\"} 1",
+            "greenbelt_shed_total{reason=\"inflight\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

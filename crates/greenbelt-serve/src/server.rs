@@ -1,0 +1,143 @@
+//! Start-up and shutdown: probe runtimes, load the repository, bind REST and
+//! gRPC, and drain in-flight requests on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compute::Compute;
+use crate::config::Config;
+use crate::infer::AppState;
+use crate::metrics::Metrics;
+use crate::repository::Repository;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A bound, loaded server, ready to run.
+pub struct Server {
+    pub state: Arc<AppState>,
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+impl Server {
+    /// Probe runtimes, load models (when configured to), bind listeners.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let compute = Compute::new(config.compute_threads());
+        let ort_path = config.runtime.onnxruntime_library.clone();
+        let runtimes = tokio::task::spawn_blocking(move || {
+            greenbelt_runtime::Runtimes::probe(ort_path.as_deref())
+        })
+        .await
+        .map_err(|e| StartError::Other(format!("runtime probe failed: {e}")))?;
+        tracing::info!(runtimes = %runtimes.describe(), "runtimes probed");
+        let repository = Arc::new(Repository::new(
+            config.repository.path.clone(),
+            runtimes,
+            metrics.clone(),
+            compute.clone(),
+        ));
+        let http = bind(&config.server.http_addr).await?;
+        let grpc = if config.server.grpc_addr.is_empty() {
+            None
+        } else {
+            Some(bind(&config.server.grpc_addr).await?)
+        };
+        let load_on_startup = config.repository.load_on_startup;
+        let state = Arc::new(AppState::new(config, repository.clone(), metrics, compute));
+        if load_on_startup {
+            if !repository.root().is_dir() {
+                tracing::warn!(path = %repository.root().display(), "model repository directory does not exist; serving no models");
+            }
+            let repo = repository.clone();
+            tokio::task::spawn_blocking(move || {
+                for name in repo.on_disk() {
+                    if let Err(e) = repo.load(&name) {
+                        tracing::error!(model = %name, error = %e, "model failed to load at start-up");
+                    }
+                }
+            })
+            .await
+            .map_err(|e| StartError::Other(format!("start-up load failed: {e}")))?;
+        }
+        state.set_ready(true);
+        Ok(Server { state, http, grpc })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting, refuse new
+    /// requests with 503, and wait (bounded) for in-flight ones.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (tx, rx) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let router = crate::http::router(self.state.clone());
+        let http = tokio::spawn(
+            axum::serve(self.http, router)
+                .with_graceful_shutdown(wait(rx.clone()))
+                .into_future(),
+        );
+        let grpc = self.grpc.map(|listener| {
+            let svc = crate::grpc::service(self.state.clone());
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, wait(rx.clone())),
+            )
+        });
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.state.start_draining();
+        let _ = tx.send(true);
+        let drain = Duration::from_millis(self.state.config.server.drain_timeout_ms);
+        let done = async {
+            let _ = http.await;
+            if let Some(g) = grpc {
+                let _ = g.await;
+            }
+        };
+        if tokio::time::timeout(drain, done).await.is_err() {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                "drain timed out; stopping with requests in flight"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
