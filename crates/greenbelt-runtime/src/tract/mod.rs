@@ -26,7 +26,15 @@ impl TractModel {
             path: path.to_path_buf(),
             reason: format!("tract: {e:#}"),
         };
-        let mut model = tract_onnx::onnx().model_for_path(path).map_err(load_err)?;
+        let onnx = tract_onnx::onnx();
+        // Output names as the graph declares them (tract may rename outlets).
+        let output_names: Vec<String> = onnx
+            .proto_model_for_path(path)
+            .map_err(load_err)?
+            .graph
+            .map(|g| g.output.into_iter().map(|o| o.name).collect())
+            .unwrap_or_default();
+        let mut model = onnx.model_for_path(path).map_err(load_err)?;
         let batch = model.symbols.sym("N");
         for i in 0..model.inputs.len() {
             let fact = model.input_fact(i).map_err(load_err)?.clone();
@@ -43,16 +51,17 @@ impl TractModel {
                 .map_err(load_err)?;
         }
         let typed: TypedModel = model.into_optimized().map_err(load_err)?;
-        let signature = signature_of(&typed).map_err(|reason| RuntimeError::Load {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let signature =
+            signature_of(&typed, &output_names).map_err(|reason| RuntimeError::Load {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         let plan = typed.into_runnable().map_err(load_err)?;
         Ok(TractModel { plan, signature })
     }
 }
 
-fn signature_of(model: &TypedModel) -> Result<Signature, String> {
+fn signature_of(model: &TypedModel, output_names: &[String]) -> Result<Signature, String> {
     let spec =
         |outlet: tract_onnx::prelude::OutletId, fallback: &str| -> Result<TensorSpec, String> {
             let fact = model.outlet_fact(outlet).map_err(|e| e.to_string())?;
@@ -82,7 +91,7 @@ fn signature_of(model: &TypedModel) -> Result<Signature, String> {
     }
     for (i, outlet) in model.outputs.iter().enumerate() {
         let fallback = model.node(outlet.node).name.clone();
-        let s = spec(
+        let mut s = spec(
             *outlet,
             if fallback.is_empty() {
                 "output"
@@ -91,6 +100,9 @@ fn signature_of(model: &TypedModel) -> Result<Signature, String> {
             },
         )
         .map_err(|e| format!("output {i}: {e}"))?;
+        if let Some(name) = output_names.get(i) {
+            s.name = name.clone();
+        }
         sig.outputs.push(s);
     }
     Ok(sig)
@@ -106,7 +118,8 @@ fn datatype_of(dt: DatumType) -> Option<DataType> {
         DatumType::I8 => DataType::Int8,
         DatumType::I16 => DataType::Int16,
         DatumType::I32 => DataType::Int32,
-        DatumType::I64 => DataType::Int64,
+        // tract's optimizer may carry integer outputs as symbolic dims.
+        DatumType::I64 | DatumType::TDim => DataType::Int64,
         DatumType::F16 => DataType::Fp16,
         DatumType::F32 => DataType::Fp32,
         DatumType::F64 => DataType::Fp64,
@@ -186,6 +199,16 @@ fn from_tract(name: &str, t: &TractTensor) -> Result<Tensor, RuntimeError> {
         DatumType::F16 => take!(half::f16, Fp16),
         DatumType::F32 => take!(f32, Fp32),
         DatumType::F64 => take!(f64, Fp64),
+        DatumType::TDim => {
+            let cast = t.cast_to::<i64>().map_err(fail)?;
+            TensorData::Int64(
+                cast.to_plain_array_view::<i64>()
+                    .map_err(fail)?
+                    .iter()
+                    .copied()
+                    .collect(),
+            )
+        }
         DatumType::String => TensorData::Bytes(
             t.to_plain_array_view::<String>()
                 .map_err(fail)?

@@ -1,0 +1,270 @@
+use std::path::{Path, PathBuf};
+
+use greenbelt_core::{DataType, Tensor, TensorData};
+use greenbelt_runtime::{Backend, LoadOptions, RuntimeError, Runtimes};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+struct Golden {
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+    signature: Value,
+}
+
+fn tensors(list: &Value) -> Vec<Tensor> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let name = t["name"].as_str().unwrap();
+            let dt: DataType = t["datatype"].as_str().unwrap().parse().unwrap();
+            let shape: Vec<i64> = serde_json::from_value(t["shape"].clone()).unwrap();
+            let data = greenbelt_core::json::decode(name, dt, &t["data"]).unwrap();
+            Tensor::new(name, shape, data).unwrap()
+        })
+        .collect()
+}
+
+fn golden(name: &str, version: u32) -> Golden {
+    let path = fixtures().join(format!("golden/{name}_v{version}.json"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    Golden {
+        inputs: tensors(&v["inputs"]),
+        outputs: tensors(&v["outputs"]),
+        signature: v["signature"].clone(),
+    }
+}
+
+fn model_path(name: &str, version: u32) -> PathBuf {
+    fixtures().join(format!("models/{name}/{version}/model.onnx"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 + 1e-5 * b.abs() || (a.is_nan() && b.is_nan())
+}
+
+/// Compare outputs: floats within tolerance, everything else exactly.
+pub fn assert_matches(what: &str, got: &[Tensor], want: &[Tensor]) {
+    assert_eq!(got.len(), want.len(), "{what}: output count");
+    for w in want {
+        let g = got
+            .iter()
+            .find(|g| g.name == w.name)
+            .unwrap_or_else(|| panic!("{what}: no output {}", w.name));
+        assert_eq!(g.shape, w.shape, "{what}: shape of {}", w.name);
+        let ok = match (&g.data, &w.data) {
+            (TensorData::Fp32(a), TensorData::Fp32(b)) => {
+                a.iter().zip(b).all(|(x, y)| close(*x as f64, *y as f64))
+            }
+            (TensorData::Fp64(a), TensorData::Fp64(b)) => {
+                a.iter().zip(b).all(|(x, y)| close(*x, *y))
+            }
+            (TensorData::Fp16(a), TensorData::Fp16(b)) => {
+                a.iter().zip(b).all(|(x, y)| close(x.to_f64(), y.to_f64()))
+            }
+            (a, b) => a == b,
+        };
+        assert!(
+            ok,
+            "{what}: output {} differs\n got {:?}\nwant {:?}",
+            w.name, g.data, w.data
+        );
+    }
+}
+
+fn ort() -> Option<Runtimes> {
+    let rt = Runtimes::probe(None);
+    if rt.onnxruntime.is_none() {
+        eprintln!(
+            "SKIP onnxruntime golden tests: {} (set ORT_DYLIB_PATH to libonnxruntime.so >= 1.31)",
+            rt.onnxruntime_missing.as_deref().unwrap_or("not found")
+        );
+        return None;
+    }
+    Some(rt)
+}
+
+fn tract_only() -> Runtimes {
+    Runtimes {
+        onnxruntime: None,
+        onnxruntime_missing: Some("disabled for this test".into()),
+    }
+}
+
+fn opts(backend: Backend) -> LoadOptions {
+    LoadOptions {
+        backend,
+        ..LoadOptions::default()
+    }
+}
+
+const ALL: &[(&str, u32)] = &[
+    ("logreg", 1),
+    ("logreg", 2),
+    ("mlp", 1),
+    ("multi_io", 1),
+    ("dtypes", 1),
+    ("forest", 1),
+    ("logreg_zipmap", 1),
+];
+
+#[test]
+fn onnxruntime_matches_python_onnxruntime_on_every_fixture() {
+    let Some(rt) = ort() else { return };
+    for (name, version) in ALL {
+        let g = golden(name, *version);
+        let model = rt
+            .load(&model_path(name, *version), &opts(Backend::Onnxruntime))
+            .unwrap();
+        assert_eq!(model.backend(), Backend::Onnxruntime);
+        let out = model.infer(&g.inputs).unwrap();
+        assert_matches(&format!("onnxruntime {name}/{version}"), &out, &g.outputs);
+        // Signature read from the graph matches what Python onnxruntime reports.
+        for (spec, want) in model
+            .signature()
+            .inputs
+            .iter()
+            .zip(g.signature["inputs"].as_array().unwrap())
+        {
+            assert_eq!(spec.name, want["name"].as_str().unwrap());
+            assert_eq!(spec.datatype.as_str(), want["datatype"].as_str().unwrap());
+            assert_eq!(serde_json::to_value(&spec.shape).unwrap(), want["shape"]);
+        }
+    }
+}
+
+#[test]
+fn onnxruntime_runs_several_instances_concurrently() {
+    let Some(rt) = ort() else { return };
+    let g = golden("logreg", 1);
+    let model = rt
+        .load(
+            &model_path("logreg", 1),
+            &LoadOptions {
+                backend: Backend::Onnxruntime,
+                intra_op_threads: 1,
+                instances: 2,
+            },
+        )
+        .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    assert_matches("concurrent", &model.infer(&g.inputs).unwrap(), &g.outputs);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn tract_matches_on_linear_mlp_and_plain_graphs() {
+    let rt = tract_only();
+    for (name, version) in [("logreg", 1), ("logreg", 2), ("mlp", 1), ("multi_io", 1)] {
+        let g = golden(name, version);
+        let model = rt
+            .load(&model_path(name, version), &opts(Backend::Tract))
+            .unwrap();
+        assert_eq!(model.backend(), Backend::Tract);
+        let out = model.infer(&g.inputs).unwrap();
+        assert_matches(&format!("tract {name}/{version}"), &out, &g.outputs);
+        let sig = model.signature();
+        assert_eq!(
+            sig.inputs.len(),
+            g.signature["inputs"].as_array().unwrap().len()
+        );
+        assert!(
+            sig.inputs.iter().all(|s| s.shape.first() == Some(&-1)),
+            "{name}: batch dim is dynamic: {sig:?}"
+        );
+    }
+}
+
+#[test]
+fn auto_without_onnxruntime_uses_tract_for_safe_graphs_and_refuses_trees() {
+    let rt = tract_only();
+    let model = rt
+        .load(&model_path("logreg", 1), &opts(Backend::Auto))
+        .unwrap();
+    assert_eq!(model.backend(), Backend::Tract);
+    let err = rt
+        .load(&model_path("forest", 1), &opts(Backend::Auto))
+        .err()
+        .unwrap();
+    match &err {
+        RuntimeError::UnsupportedOperator {
+            operator, remedy, ..
+        } => {
+            assert_eq!(operator, "TreeEnsembleClassifier");
+            assert!(remedy.contains("pip install onnxruntime"), "{remedy}");
+        }
+        other => panic!("expected UnsupportedOperator, got {other}"),
+    }
+    let err = rt
+        .load(&model_path("logreg_zipmap", 1), &opts(Backend::Auto))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("ZipMap"), "{err}");
+    // Explicitly asking for ONNX Runtime without it is a clear error, not a panic.
+    let err = rt
+        .load(&model_path("logreg", 1), &opts(Backend::Onnxruntime))
+        .err()
+        .unwrap();
+    assert!(matches!(err, RuntimeError::LibraryUnavailable(_)), "{err}");
+}
+
+#[test]
+fn missing_and_corrupt_files_are_load_errors() {
+    let rt = tract_only();
+    let err = rt
+        .load(Path::new("/nonexistent/model.onnx"), &opts(Backend::Tract))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("file not found"), "{err}");
+    let dir = std::env::temp_dir().join(format!("gb-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("model.onnx");
+    std::fs::write(&bad, b"this is not an onnx model").unwrap();
+    for backend in [Backend::Tract, Backend::Auto] {
+        let err = rt.load(&bad, &opts(backend)).err().unwrap();
+        assert!(matches!(err, RuntimeError::Load { .. }), "{err}");
+    }
+    if let Some(ort) = ort() {
+        let err = ort.load(&bad, &opts(Backend::Onnxruntime)).err().unwrap();
+        assert!(matches!(err, RuntimeError::Load { .. }), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wrong_library_path_is_a_clear_error() {
+    let err = greenbelt_runtime::onnxruntime::OrtRuntime::init(Some(Path::new(
+        "/nonexistent/libonnxruntime.so",
+    )))
+    .err()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_input_errors() {
+    let rt = tract_only();
+    let g = golden("dtypes", 1);
+    let Ok(model) = rt.load(&model_path("dtypes", 1), &opts(Backend::Tract)) else {
+        eprintln!("tract cannot load dtypes; covered by the onnxruntime test");
+        return;
+    };
+    let mut inputs = g.inputs.clone();
+    for t in &mut inputs {
+        if let TensorData::Bytes(v) = &mut t.data {
+            v[0] = bytes::Bytes::from_static(&[0xff, 0xfe]);
+        }
+    }
+    let err = model.infer(&inputs).err().unwrap();
+    assert!(matches!(err, RuntimeError::Input(_)), "{err}");
+}
