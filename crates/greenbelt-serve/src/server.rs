@@ -116,6 +116,9 @@ impl Server {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             tokio::spawn(
                 tonic::transport::Server::builder()
+                    .layer(tower::util::MapResponseLayer::new(
+                        crate::grpc::too_large_is_resource_exhausted,
+                    ))
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, wait(rx.clone())),
             )

@@ -34,6 +34,25 @@ pub fn service(state: Arc<AppState>) -> GrpcInferenceServiceServer<GrpcService> 
         .max_encoding_message_size(usize::MAX)
 }
 
+/// tonic rejects an over-limit message in its codec with OUT_OF_RANGE; the
+/// gRPC status-code guide (and grpc-core) answer RESOURCE_EXHAUSTED, as our
+/// own `ServeError::PayloadTooLarge` does. Rewrite that one status.
+pub fn too_large_is_resource_exhausted<B>(
+    mut resp: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let h = resp.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        tracing::info!(target: "greenbelt::request", protocol = "grpc", outcome = "client_error", status = 413, "message larger than [server] max_request_bytes");
+    }
+    resp
+}
+
 fn status(e: ServeError) -> Status {
     Status::new(e.grpc_code(), e.to_string())
 }
