@@ -1,6 +1,8 @@
 //! In-process integration tests of the server: real listeners on ephemeral
 //! ports, real fixture models, REST and gRPC clients.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 mod support;
 
 mod errors;

@@ -1,9 +1,6 @@
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use greenbelt_serve::infer::AppState;
 use greenbelt_serve::{Config, Server};
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -30,7 +27,6 @@ pub fn write_model_config(repo: &Path, model: &str, toml: &str) {
 pub struct TestServer {
     pub http: String,
     pub grpc: String,
-    pub state: Arc<AppState>,
     pub repo: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<()>>,
@@ -50,7 +46,6 @@ pub async fn start(setup: impl FnOnce(&Path), extra: &str) -> TestServer {
     let server = Server::build(config).await.unwrap();
     let http = format!("http://{}", server.http_addr().unwrap());
     let grpc = format!("http://{}", server.grpc_addr().unwrap());
-    let state = server.state.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(async move {
         server
@@ -63,7 +58,6 @@ pub async fn start(setup: impl FnOnce(&Path), extra: &str) -> TestServer {
     TestServer {
         http,
         grpc,
-        state,
         repo,
         stop: Some(tx),
         join: Some(join),
