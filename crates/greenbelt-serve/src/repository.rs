@@ -549,12 +549,18 @@ impl Repository {
         for name in names {
             match self.get(&name) {
                 Some(entry) if !entry.versions.is_empty() => {
+                    // A failed reload keeps these versions serving; say why it failed.
+                    let reason = entry
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("serving; last load failed: {e}"))
+                        .unwrap_or_default();
                     for v in entry.versions.keys() {
                         out.push(IndexEntry {
                             name: name.clone(),
                             version: Some(v.to_string()),
                             state: ModelState::Ready,
-                            reason: String::new(),
+                            reason: reason.clone(),
                         });
                     }
                 }

@@ -151,6 +151,16 @@ async fn a_bad_load_never_takes_down_the_serving_version() {
     assert!(msg.contains("version 2"), "{msg}");
     let (status, body) = s.infer_logreg("/v2/models/logreg/infer").await;
     assert_eq!((status, body["model_version"].as_str()), (200, Some("1")));
+    // The model's status says the last load failed while version 1 serves.
+    let (_, index) = s.post("/v2/repository/index", &json!({})).await;
+    assert_eq!(index[0]["state"], "READY");
+    assert!(
+        index[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("last load failed: version 2"),
+        "{index}"
+    );
     // A broken config is refused the same way.
     write_model_config(s.repo.path(), "logreg", "version_polcy = \"all\"\n");
     let (status, body) = s
