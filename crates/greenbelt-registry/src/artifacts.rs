@@ -1,0 +1,175 @@
+//! Content-addressed artifact storage through `object_store`: a local
+//! directory by default, an S3-compatible bucket with the `s3` feature.
+//! Objects live at `sha256/<2 hex>/<64 hex>.<ext>`; every read re-hashes the
+//! bytes and refuses a mismatch.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+
+use crate::RegistryError;
+
+#[derive(Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+    /// The URI prefix artifact URIs start with, without a trailing slash.
+    base: String,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl ArtifactStore {
+    /// `file:///abs/dir`, a plain directory path, or (feature `s3`)
+    /// `s3://bucket/prefix` with credentials from the usual AWS environment.
+    pub fn open(location: &str) -> Result<ArtifactStore, RegistryError> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            return open_s3(rest);
+        }
+        let dir = location.strip_prefix("file://").unwrap_or(location);
+        std::fs::create_dir_all(dir).map_err(|e| {
+            RegistryError::Artifact(format!("cannot create artifact directory {dir}: {e}"))
+        })?;
+        let abs = std::fs::canonicalize(dir)
+            .map_err(|e| RegistryError::Artifact(format!("artifact directory {dir}: {e}")))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&abs).map_err(|e| {
+            RegistryError::Artifact(format!("artifact directory {}: {e}", abs.display()))
+        })?;
+        Ok(ArtifactStore {
+            store: Arc::new(store),
+            base: format!("file://{}", abs.display()),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Store `bytes`; returns (uri, sha256). Storing the same bytes twice is a no-op.
+    pub async fn put(&self, bytes: Bytes, ext: &str) -> Result<(String, String), RegistryError> {
+        let sha = sha256_hex(&bytes);
+        let key = format!("sha256/{}/{sha}.{ext}", &sha[..2]);
+        let path = ObjectPath::from(key.as_str());
+        self.store
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| RegistryError::Artifact(format!("writing {key}: {e}")))?;
+        Ok((format!("{}/{key}", self.base), sha))
+    }
+
+    /// Read `uri` and check it hashes to `sha256`.
+    pub async fn get(&self, uri: &str, sha256: &str) -> Result<Bytes, RegistryError> {
+        let key = uri
+            .strip_prefix(&self.base)
+            .and_then(|k| k.strip_prefix('/'))
+            .ok_or_else(|| {
+                RegistryError::Artifact(format!(
+                    "artifact {uri} is not in this store ({}); point [registry] artifacts at the store that holds it",
+                    self.base
+                ))
+            })?;
+        let bytes = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(|e| RegistryError::Artifact(format!("reading {uri}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| RegistryError::Artifact(format!("reading {uri}: {e}")))?;
+        let got = sha256_hex(&bytes);
+        if got != sha256 {
+            return Err(RegistryError::Artifact(format!(
+                "{uri} is corrupted: sha256 is {got}, the registry recorded {sha256}; refusing to load it"
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(rest: &str) -> Result<ArtifactStore, RegistryError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| RegistryError::Artifact(format!("s3://{bucket}: {e}")))?;
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(
+            s3,
+            prefix.trim_end_matches('/'),
+        ))
+    };
+    Ok(ArtifactStore {
+        store,
+        base: format!("s3://{}", rest.trim_end_matches('/')),
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(rest: &str) -> Result<ArtifactStore, RegistryError> {
+    Err(RegistryError::Artifact(format!(
+        "s3://{rest}: this build has no S3 support; rebuild with `--features greenbelt-registry/s3`"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_and_corruption_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (uri, sha) = store
+            .put(Bytes::from_static(b"model bytes"), "onnx")
+            .await
+            .unwrap();
+        assert!(
+            uri.starts_with("file://") && uri.ends_with(&format!("{sha}.onnx")),
+            "{uri}"
+        );
+        assert_eq!(
+            store.get(&uri, &sha).await.unwrap(),
+            Bytes::from_static(b"model bytes")
+        );
+        // Same bytes, same place.
+        assert_eq!(
+            store
+                .put(Bytes::from_static(b"model bytes"), "onnx")
+                .await
+                .unwrap()
+                .0,
+            uri
+        );
+        // Flip the file on disk: refused with a clear message.
+        let file = uri.strip_prefix("file://").unwrap();
+        std::fs::write(file, b"tampered").unwrap();
+        let err = store.get(&uri, &sha).await.unwrap_err().to_string();
+        assert!(err.contains("corrupted") && err.contains(&sha), "{err}");
+        let err = store
+            .get("file:///elsewhere/x.onnx", &sha)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in this store"), "{err}");
+        let err = ArtifactStore::open("s3://bucket")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            cfg!(feature = "s3") || err.contains("no S3 support"),
+            "{err}"
+        );
+    }
+}
