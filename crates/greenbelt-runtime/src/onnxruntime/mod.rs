@@ -146,6 +146,8 @@ fn version_of(path: &Path) -> String {
         .find_map(|kv| kv.trim().strip_prefix("git-branch=rel-"))
         .map(str::to_string);
     from_info.unwrap_or_else(|| {
+        // `libonnxruntime.so` is often a link to `libonnxruntime.so.1.32.0`.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
