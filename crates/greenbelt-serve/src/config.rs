@@ -13,6 +13,71 @@ pub struct Config {
     pub repository: RepositoryConfig,
     pub runtime: RuntimeConfig,
     pub telemetry: TelemetryConfig,
+    pub registry: RegistryConfig,
+    /// Models served from a registry alias (`[[routes]]`).
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `sqlite://path` (default `sqlite://.greenbelt/registry.db`) or `postgres://...`.
+    pub url: Option<String>,
+    /// Artifact store: a directory, `file:///abs/dir`, or `s3://bucket/prefix`.
+    pub artifacts: String,
+    /// How often a server checks its routes' aliases, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Actor recorded for changes made without a token (CLI, pipeline).
+    pub actor: String,
+    /// Admin tokens for the registry API's write endpoints: name = token.
+    /// When empty, writes are open (single-machine default).
+    pub admin_tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: None,
+            artifacts: ".greenbelt/artifacts".into(),
+            poll_interval_ms: 200,
+            actor: "greenbelt".into(),
+            admin_tokens: Default::default(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    pub const DEFAULT_URL: &'static str = "sqlite://.greenbelt/registry.db";
+
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(Self::DEFAULT_URL)
+    }
+}
+
+/// Serve `name` from whatever version `model@alias` points to in the registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: String,
+    /// Registry model; defaults to `name`.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default = "default_alias")]
+    pub alias: String,
+    /// Runtime settings for the versions this route loads (backend, batching, ...).
+    #[serde(default)]
+    pub config: crate::repository::ModelConfig,
+}
+
+fn default_alias() -> String {
+    "champion".into()
+}
+
+impl RouteConfig {
+    pub fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +244,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[server] request_timeout_ms must be > 0".into(),
             ));
+        }
+        if self.registry.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[registry] poll_interval_ms must be > 0".into(),
+            ));
+        }
+        for r in &self.routes {
+            crate::repository::check_model_name(&r.name)
+                .map_err(|e| ConfigError::Invalid(format!("[[routes]] name: {e}")))?;
         }
         if s.max_inflight == 0 {
             return Err(ConfigError::Invalid(

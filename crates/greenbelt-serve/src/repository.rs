@@ -145,6 +145,43 @@ pub struct ServedVersion {
     stamp: FileStamp,
 }
 
+impl ServedVersion {
+    /// Run one inference on zeros (dynamic dims = 1) so the first real
+    /// request does not pay for lazy initialisation. Blocking.
+    pub fn warm(&self) -> Result<std::time::Duration, String> {
+        use greenbelt_core::{DataType, Tensor, TensorData};
+        let started = Instant::now();
+        let inputs = self
+            .signature
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = spec
+                    .shape
+                    .iter()
+                    .map(|d| if *d < 0 { 1 } else { *d })
+                    .collect();
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                let mut data = TensorData::with_capacity(spec.datatype, n);
+                match (&mut data, spec.datatype) {
+                    (TensorData::Bytes(v), DataType::Bytes) => v.resize(n, bytes::Bytes::new()),
+                    (TensorData::Bool(v), _) => v.resize(n, false),
+                    _ => {
+                        let zeros = vec![0u8; n * spec.datatype.element_size().unwrap_or(1)];
+                        data = greenbelt_core::raw::decode(&spec.name, spec.datatype, n, &zeros)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Tensor::new(spec.name.clone(), shape, data).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.runtime
+            .infer(&inputs)
+            .map_err(|e| format!("warm-up inference failed: {e}"))?;
+        Ok(started.elapsed())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct FileStamp {
     len: u64,
@@ -176,6 +213,9 @@ pub struct ModelEntry {
     pub versions: BTreeMap<u64, Arc<ServedVersion>>,
     /// The last load error, if the last load failed in whole or part.
     pub last_error: Option<String>,
+    /// The version unversioned requests go to; None = the newest. Set for
+    /// models served from a registry alias.
+    pub default_version: Option<u64>,
 }
 
 impl ModelEntry {
@@ -187,8 +227,12 @@ impl ModelEntry {
         }
     }
 
-    pub fn newest(&self) -> Option<&Arc<ServedVersion>> {
-        self.versions.values().next_back()
+    /// The version an unversioned request goes to.
+    pub fn default(&self) -> Option<&Arc<ServedVersion>> {
+        match self.default_version {
+            Some(v) => self.versions.get(&v),
+            None => self.versions.values().next_back(),
+        }
     }
 }
 
@@ -291,7 +335,7 @@ impl Repository {
             .ok_or_else(|| ServeError::ModelNotFound(model.to_string()))?;
         match version.filter(|v| !v.is_empty()) {
             None => entry
-                .newest()
+                .default()
                 .cloned()
                 .ok_or_else(|| ServeError::ModelNotReady {
                     model: model.to_string(),
@@ -363,6 +407,7 @@ impl Repository {
             config,
             versions,
             last_error: error.clone(),
+            default_version: None,
         });
         self.insert(entry.clone());
         match error {
@@ -424,6 +469,52 @@ impl Repository {
             }
         }
         Ok((config, versions, errors))
+    }
+
+    /// Load one version from `file` (used by sources other than the disk
+    /// repository, e.g. a registry). Blocking.
+    pub fn load_file(
+        &self,
+        name: &str,
+        version: u64,
+        file: &Path,
+        config: &ModelConfig,
+    ) -> Result<ServedVersion, String> {
+        self.load_version(name, version, file, config, FileStamp::of(file))
+    }
+
+    /// Replace the entry of `name` atomically: requests already holding a
+    /// version finish on it; new ones see the new set.
+    pub fn install(
+        &self,
+        name: &str,
+        config: ModelConfig,
+        versions: BTreeMap<u64, Arc<ServedVersion>>,
+        default_version: Option<u64>,
+    ) {
+        let previous = self.get(name);
+        if let Some(prev) = &previous {
+            for v in prev.versions.keys().filter(|v| !versions.contains_key(v)) {
+                self.metrics.set_ready(name, &v.to_string(), false);
+            }
+        }
+        for v in versions.keys() {
+            self.metrics.set_ready(name, &v.to_string(), true);
+        }
+        self.insert(Arc::new(ModelEntry {
+            name: name.to_string(),
+            config,
+            versions,
+            last_error: None,
+            default_version,
+        }));
+    }
+
+    /// Record a failed load from another source without touching what serves.
+    pub fn record_error(&self, name: &str, reason: &str) {
+        self.metrics.load_failed(name);
+        let previous = self.get(name);
+        self.record_failure(name, previous, reason);
     }
 
     fn load_version(
@@ -495,12 +586,14 @@ impl Repository {
                 config: prev.config.clone(),
                 versions: prev.versions.clone(),
                 last_error: Some(reason.to_string()),
+                default_version: prev.default_version,
             },
             None => ModelEntry {
                 name: name.to_string(),
                 config: ModelConfig::default(),
                 versions: BTreeMap::new(),
                 last_error: Some(reason.to_string()),
+                default_version: None,
             },
         };
         self.insert(Arc::new(entry));

@@ -31,6 +31,8 @@ pub struct Server {
     pub state: Arc<AppState>,
     http: TcpListener,
     grpc: Option<TcpListener>,
+    /// Extra REST routes (e.g. the registry API) merged into the V2 router.
+    extra: Option<axum::Router>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
@@ -84,7 +86,20 @@ impl Server {
             .map_err(|e| StartError::Other(format!("start-up load failed: {e}")))?;
         }
         state.set_ready(true);
-        Ok(Server { state, http, grpc })
+        Ok(Server {
+            state,
+            http,
+            grpc,
+            extra: None,
+        })
+    }
+
+    /// Serve `router`'s routes beside the V2 API.
+    pub fn merge(&mut self, router: axum::Router) {
+        self.extra = Some(match self.extra.take() {
+            Some(r) => r.merge(router),
+            None => router,
+        });
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -105,7 +120,10 @@ impl Server {
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let router = crate::http::router(self.state.clone());
+        let mut router = crate::http::router(self.state.clone());
+        if let Some(extra) = self.extra {
+            router = router.merge(extra);
+        }
         let http = tokio::spawn(
             axum::serve(self.http, router)
                 .with_graceful_shutdown(wait(rx.clone()))

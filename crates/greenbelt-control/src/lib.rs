@@ -1,0 +1,7 @@
+//! The control plane: serving from registry aliases and the promotion
+//! pipeline (train → validate → gate → register → promote).
+//!
+//! It drives the data plane (`greenbelt-serve`) and the registry; it must not
+//! sit on the request path.
+
+pub mod watch;

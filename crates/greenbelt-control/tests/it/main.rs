@@ -1,0 +1,6 @@
+//! Control-plane integration tests: a real server serving from registry
+//! aliases, under continuous load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
+mod rollback;
