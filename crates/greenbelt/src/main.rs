@@ -3,6 +3,7 @@
 
 mod bench;
 mod quickstart;
+mod registry_cmd;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,8 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Drive a running server with load and report throughput and latency.
     Bench(bench::Args),
+    /// The model registry: versions, aliases, history, rollback.
+    Registry(registry_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -118,33 +121,77 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let server = Server::build(config).await.context("starting the server")?;
+    let routes = config.routes.clone();
+    let with_registry = !routes.is_empty() || config.registry.url.is_some();
+    let registry_config = config.registry.clone();
+    let mut server = Server::build(config.clone())
+        .await
+        .context("starting the server")?;
+    let mut watchers = Vec::new();
+    if with_registry {
+        let registry = registry_cmd::open(&config, None)
+            .await
+            .context("opening the registry")?;
+        let artifacts = greenbelt_registry::ArtifactStore::open(&registry_config.artifacts)?;
+        let tokens = registry_config
+            .admin_tokens
+            .iter()
+            .map(|(name, token)| (token.clone(), name.clone()))
+            .collect();
+        server.merge(greenbelt_registry::http::router(std::sync::Arc::new(
+            greenbelt_registry::http::ApiState {
+                registry: registry.clone(),
+                tokens,
+            },
+        )));
+        let watcher = std::sync::Arc::new(greenbelt_control::watch::Watcher::new(
+            registry,
+            artifacts,
+            server.state.repository.clone(),
+            PathBuf::from(".greenbelt/cache"),
+            std::time::Duration::from_millis(registry_config.poll_interval_ms),
+        ));
+        watchers = watcher.spawn(routes, None);
+        tracing::info!(registry = %registry_config.url(), "registry API at /registry; routes follow their aliases");
+    }
     tracing::info!(
         http = ?server.http_addr(),
         grpc = ?server.grpc_addr(),
         "greenbelt serving"
     );
     server.run(shutdown_signal()).await?;
+    for w in watchers {
+        w.abort();
+    }
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _guard = init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Registry(args) => registry_cmd::run(args).await,
         }
     });
-    if let Err(e) = &result {
-        tracing::error!(error = %format!("{e:#}"), "greenbelt failed");
-        eprintln!("error: {e:#}");
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    result
 }

@@ -1,0 +1,31 @@
+//! Model training for Greenbelt: binary classifiers trained in-process from a
+//! dense `f64` matrix, evaluated with scikit-learn-compatible metrics, and
+//! exported as ONNX files that the serving runtimes load.
+//!
+//! This crate owns:
+//! - [`metrics`]: ROC AUC, average precision, log-loss, accuracy, precision,
+//!   recall, F1, RMSE, MAE, matching scikit-learn to 1e-9 (golden-tested);
+//! - [`logreg`]: deterministic L2 logistic regression (Newton's method);
+//! - [`gbdt`]: seeded, deterministic histogram gradient-boosted trees;
+//! - [`onnx`]: byte-deterministic ONNX export of both, with the repository's
+//!   classifier signature (`input` -> `label`, `probabilities`);
+//! - [`synthetic`]: reproducible data sets for tests and demos.
+//!
+//! It must not read files or tables (callers pass a [`DenseMatrix`]), load
+//! or serve models (that is `greenbelt-runtime` and `greenbelt-serve`), or
+//! depend on them. It uses `tract-onnx` only for its ONNX protobuf types.
+
+pub mod data;
+pub mod error;
+pub mod gbdt;
+pub mod logreg;
+pub mod metrics;
+pub mod onnx;
+pub mod rng;
+pub mod synthetic;
+
+pub use data::DenseMatrix;
+pub use error::TrainError;
+pub use gbdt::{GbdtModel, GbdtParams};
+pub use logreg::{LogRegModel, LogRegParams};
+pub use onnx::{export_gbdt, export_logreg};
