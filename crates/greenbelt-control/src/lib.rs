@@ -4,4 +4,6 @@
 //! It drives the data plane (`greenbelt-serve`) and the registry; it must not
 //! sit on the request path.
 
+pub mod demo;
+pub mod pipeline;
 pub mod watch;

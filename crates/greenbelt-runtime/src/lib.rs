@@ -111,7 +111,10 @@ impl Runtimes {
                 },
                 Err(e) => Runtimes {
                     onnxruntime: None,
-                    onnxruntime_missing: Some(e.to_string()),
+                    onnxruntime_missing: Some(match e {
+                        RuntimeError::LibraryUnavailable(why) => why,
+                        other => other.to_string(),
+                    }),
                 },
             }
         }

@@ -2,6 +2,7 @@
 //! Behaviour lives in the library crates.
 
 mod bench;
+mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
 
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::Args),
     /// The model registry: versions, aliases, history, rollback.
     Registry(registry_cmd::Args),
+    /// Promotion pipelines: train, validate, gate, register, promote.
+    Pipeline(pipeline_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -59,9 +62,15 @@ struct ServeArgs {
     grpc_addr: Option<String>,
 }
 
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stdout for `serve` (one JSON object a line) and to stderr for
+/// commands whose stdout is their report.
+fn init_logging(format: LogFormat, to_stdout: bool) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let (writer, guard) = if to_stdout {
+        tracing_appender::non_blocking(std::io::stdout())
+    } else {
+        tracing_appender::non_blocking(std::io::stderr())
+    };
     let filter =
         EnvFilter::try_from_env("GREENBELT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -168,7 +177,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _guard = init_logging(cli.log_format);
+    let to_stdout = matches!(cli.command, Command::Serve(_));
+    let _guard = init_logging(cli.log_format, to_stdout);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +195,7 @@ fn main() -> std::process::ExitCode {
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Registry(args) => registry_cmd::run(args).await,
+            Command::Pipeline(args) => pipeline_cmd::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,136 @@
+//! A pipeline definition file (TOML). Every section is checked with
+//! `deny_unknown_fields`, so a typo is an error with its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::PipelineError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    /// Pipeline name, recorded in lineage and audit reasons.
+    pub name: String,
+    /// Registry model the candidate is registered under.
+    pub model: String,
+    /// Alias promoted when every gate passes.
+    #[serde(default = "champion")]
+    pub alias: String,
+    pub data: DataDef,
+    pub train: TrainDef,
+    /// Gate rules, e.g. "auc >= 0.80", "auc >= champion.auc - 0.005",
+    /// "log_loss <= champion.log_loss * 1.02", "p99_ms <= 5".
+    #[serde(default)]
+    pub gates: Vec<String>,
+    #[serde(default)]
+    pub latency: LatencyDef,
+    /// The directory of the pipeline file; commands run there.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn champion() -> String {
+    "champion".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDef {
+    /// CSV or Parquet file, relative to the pipeline file.
+    pub path: PathBuf,
+    /// Binary 0/1 label column.
+    pub label: String,
+    /// Event-time column: when set, the split is by time (latest rows are the holdout).
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Feature columns; default every numeric column but label, timestamp and `exclude`.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// Columns never used as features (ids, keys).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "holdout")]
+    pub holdout_fraction: f64,
+    /// Seed of the random split (used when there is no timestamp).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn holdout() -> f64 {
+    0.2
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TrainDef {
+    /// Greenbelt's own trainers, exported to ONNX.
+    Builtin {
+        /// "logreg" or "gbdt".
+        algorithm: String,
+        #[serde(default)]
+        params: toml::Table,
+    },
+    /// Any program that writes an ONNX model. Placeholders: {train}, {holdout}
+    /// (CSV files: features then label), {output} (ONNX to write), {features}
+    /// (comma-separated names), {label}, {workdir}.
+    Command {
+        command: Vec<String>,
+        #[serde(default = "command_timeout")]
+        timeout_s: u64,
+    },
+}
+
+fn command_timeout() -> u64 {
+    600
+}
+
+/// The in-process load test behind `p50_ms` / `p99_ms` gates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencyDef {
+    pub concurrency: usize,
+    pub requests: usize,
+}
+
+impl Default for LatencyDef {
+    fn default() -> Self {
+        LatencyDef {
+            concurrency: 4,
+            requests: 2000,
+        }
+    }
+}
+
+impl PipelineDef {
+    /// Read a pipeline file; relative data paths resolve against its directory.
+    pub fn read(path: &Path) -> Result<PipelineDef, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            PipelineError::Definition(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut def: PipelineDef = toml::from_str(&text)
+            .map_err(|e| PipelineError::Definition(format!("{}: {e}", path.display())))?;
+        def.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if def.data.path.is_relative() {
+            def.data.path = def.base_dir.join(&def.data.path);
+        }
+        if let TrainDef::Builtin { algorithm, .. } = &def.train
+            && !matches!(algorithm.as_str(), "logreg" | "gbdt")
+        {
+            return Err(PipelineError::Definition(format!(
+                "{}: train.algorithm \"{algorithm}\" is not one of \"logreg\", \"gbdt\"",
+                path.display()
+            )));
+        }
+        if def.latency.concurrency == 0 || def.latency.requests == 0 {
+            return Err(PipelineError::Definition(format!(
+                "{}: latency.concurrency and latency.requests must be > 0",
+                path.display()
+            )));
+        }
+        for rule in &def.gates {
+            super::gates::Rule::parse(rule)?;
+        }
+        Ok(def)
+    }
+}

@@ -1,0 +1,591 @@
+//! The promotion pipeline: train → validate → evaluate (candidate and
+//! champion on the same holdout, through the real runtime) → latency SLO →
+//! gate → register → promote. Every decision is measured and stored with the
+//! version; a failed gate leaves the champion untouched.
+
+pub mod dataset;
+pub mod definition;
+pub mod gates;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenbelt_core::{Tensor, TensorData};
+use greenbelt_registry::{ArtifactStore, NewVersion, Registry};
+use greenbelt_runtime::{LoadOptions, Model, Runtimes};
+use greenbelt_train::metrics::BinaryMetrics;
+use greenbelt_train::{DenseMatrix, GbdtParams, LogRegParams};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use definition::{PipelineDef, TrainDef};
+use gates::{Rule, RuleResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline definition: {0}")]
+    Definition(String),
+    #[error("data check failed: {0}")]
+    Data(String),
+    #[error("training failed: {0}")]
+    Train(String),
+    #[error("evaluation failed: {0}")]
+    Evaluate(String),
+    #[error("registry: {0}")]
+    Registry(#[from] greenbelt_registry::RegistryError),
+}
+
+/// Where a run keeps its files and how it reports progress.
+pub struct RunContext {
+    pub registry: Registry,
+    pub artifacts: ArtifactStore,
+    pub runtimes: Runtimes,
+    pub actor: String,
+    pub workdir: PathBuf,
+    pub progress: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub pipeline: String,
+    pub run_id: String,
+    pub model: String,
+    pub alias: String,
+    pub dataset: Value,
+    pub split: dataset::SplitInfo,
+    pub trainer: Value,
+    pub candidate_metrics: BTreeMap<String, f64>,
+    pub champion: Option<ChampionInfo>,
+    pub gates: Vec<RuleResult>,
+    pub passed: bool,
+    pub registered_version: i64,
+    pub promoted: bool,
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChampionInfo {
+    pub version: i64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl Report {
+    /// The human-readable form.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "pipeline {} (run {}) for {}@{}\n  data: {} ({} split: {} train / {} holdout rows)\n  trainer: {}\n",
+            self.pipeline,
+            self.run_id,
+            self.model,
+            self.alias,
+            self.dataset["path"].as_str().unwrap_or(""),
+            self.split.kind,
+            self.split.train_rows,
+            self.split.holdout_rows,
+            self.trainer
+        );
+        out.push_str("  metric        candidate   champion\n");
+        for (k, v) in &self.candidate_metrics {
+            let c = self
+                .champion
+                .as_ref()
+                .and_then(|c| c.metrics.get(k))
+                .map_or("-".to_string(), |c| format!("{c:.6}"));
+            out.push_str(&format!("  {k:<12} {v:>10.6}  {c:>9}\n"));
+        }
+        out.push_str("  gates:\n");
+        for g in &self.gates {
+            out.push_str(&format!(
+                "    [{}] {}  (value {}, threshold {}){}\n",
+                g.outcome.to_uppercase(),
+                g.rule,
+                g.value.map_or("-".into(), |v| format!("{v:.6}")),
+                g.threshold.map_or("-".into(), |v| format!("{v:.6}")),
+                g.note
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ));
+        }
+        out.push_str(&format!(
+            "  registered {} version {}; {}\n  timings (ms): {}",
+            self.model,
+            self.registered_version,
+            if self.promoted {
+                format!("promoted to @{}", self.alias)
+            } else if self.passed {
+                "not promoted".to_string()
+            } else {
+                format!("NOT promoted: a gate failed; @{} unchanged", self.alias)
+            },
+            self.timings_ms
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out
+    }
+}
+
+fn metrics_map(m: &BinaryMetrics) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("roc_auc".to_string(), m.roc_auc),
+        ("pr_auc".to_string(), m.pr_auc),
+        ("log_loss".to_string(), m.log_loss),
+        ("accuracy".to_string(), m.accuracy),
+        ("precision".to_string(), m.precision),
+        ("recall".to_string(), m.recall),
+        ("f1".to_string(), m.f1),
+    ])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Run `def` end to end.
+pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, PipelineError> {
+    let started = Instant::now();
+    let mut timings = BTreeMap::new();
+    let run_id = format!("{:x}", greenbelt_registry::now_us());
+    let say = |s: &str| (ctx.progress)(s);
+    std::fs::create_dir_all(&ctx.workdir)
+        .map_err(|e| PipelineError::Train(format!("workdir {}: {e}", ctx.workdir.display())))?;
+    // Absolute, because external commands run in the pipeline file's directory.
+    let workdir = std::fs::canonicalize(&ctx.workdir)
+        .map_err(|e| PipelineError::Train(format!("workdir {}: {e}", ctx.workdir.display())))?;
+
+    say(&format!("[1/6] load and check {}", def.data.path.display()));
+    let t = Instant::now();
+    let path = def.data.path.clone();
+    let data_def = def.data.clone();
+    let (table_sha, rows, prepared) = tokio::task::spawn_blocking(move || {
+        let table = dataset::read(&path)?;
+        let prepared = dataset::prepare(&table, &data_def)?;
+        Ok::<_, PipelineError>((table.sha256.clone(), table.rows, prepared))
+    })
+    .await
+    .map_err(|e| PipelineError::Data(format!("load task failed: {e}")))??;
+    timings.insert("load".to_string(), ms(t.elapsed()));
+    say(&format!(
+        "      {rows} rows, {} features, {} split: {} train / {} holdout",
+        prepared.features.len(),
+        prepared.split.kind,
+        prepared.split.train_rows,
+        prepared.split.holdout_rows
+    ));
+
+    say("[2/6] train");
+    let t = Instant::now();
+    let (onnx, trainer) = train(def, &prepared, &workdir).await?;
+    timings.insert("train".to_string(), ms(t.elapsed()));
+
+    say("[3/6] evaluate candidate and champion on the holdout");
+    let t = Instant::now();
+    let candidate_file = workdir.join(format!("candidate-{run_id}.onnx"));
+    std::fs::write(&candidate_file, &onnx).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+    let candidate = load(&ctx.runtimes, &candidate_file)?;
+    let mut candidate_metrics = evaluate(candidate.clone(), &prepared).await?;
+    let champion = match ctx.registry.alias(&def.model, &def.alias).await? {
+        None => None,
+        Some(v) => {
+            let record = ctx.registry.version(&def.model, v).await?;
+            let bytes = ctx
+                .artifacts
+                .get(&record.artifact_uri, &record.sha256)
+                .await?;
+            let file = workdir.join(format!("champion-{}.onnx", record.sha256));
+            std::fs::write(&file, &bytes).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+            let model = load(&ctx.runtimes, &file)?;
+            let mut metrics = evaluate(model.clone(), &prepared).await?;
+            let lat = latency(model, &prepared, &def.latency).await?;
+            metrics.extend(lat);
+            Some(ChampionInfo {
+                version: v,
+                metrics,
+            })
+        }
+    };
+    timings.insert("evaluate".to_string(), ms(t.elapsed()));
+
+    say(&format!(
+        "[4/6] latency SLO: {} requests at concurrency {}",
+        def.latency.requests, def.latency.concurrency
+    ));
+    let t = Instant::now();
+    candidate_metrics.extend(latency(candidate, &prepared, &def.latency).await?);
+    timings.insert("latency".to_string(), ms(t.elapsed()));
+
+    say("[5/6] gate");
+    let rules: Vec<Rule> = def
+        .gates
+        .iter()
+        .map(|g| Rule::parse(g))
+        .collect::<Result<_, _>>()?;
+    let results = gates::evaluate(
+        &rules,
+        &candidate_metrics,
+        champion.as_ref().map(|c| &c.metrics),
+    );
+    let passed = results.iter().all(|r| r.outcome != "fail");
+    for r in &results {
+        say(&format!("      [{}] {}", r.outcome.to_uppercase(), r.rule));
+    }
+
+    say("[6/6] register and promote");
+    let t = Instant::now();
+    let (uri, sha) = ctx.artifacts.put(onnx.into(), "onnx").await?;
+    let gate_report = json!({
+        "run_id": run_id,
+        "pipeline": def.name,
+        "passed": passed,
+        "rules": results,
+        "champion": champion.as_ref().map(|c| json!({"version": c.version, "metrics": c.metrics})),
+    });
+    let signature = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, prepared.features.len()]}],
+        "features": prepared.features,
+    });
+    let version = ctx
+        .registry
+        .register(NewVersion {
+            model: def.model.clone(),
+            artifact_uri: uri,
+            sha256: sha,
+            format: "onnx".into(),
+            signature,
+            params: trainer.clone(),
+            metrics: serde_json::to_value(&candidate_metrics).unwrap_or_default(),
+            gate_report: gate_report.clone(),
+            lineage: json!({
+                "dataset": def.data.path.display().to_string(),
+                "dataset_sha256": table_sha,
+                "rows": rows,
+                "label": def.data.label,
+                "features": prepared.features,
+                "split": prepared.split,
+                "pipeline": def.name,
+                "run_id": run_id,
+                "code": trainer,
+                "parent": Value::Null,
+            }),
+            tags: json!({ "pipeline": def.name, "status": if passed { "passed" } else { "rejected" } }),
+            created_by: ctx.actor.clone(),
+        })
+        .await?
+        .version;
+    if std::env::var("GREENBELT_PIPELINE_FAULT").as_deref() == Ok("after-register") {
+        // Fault injection for the crash-consistency test: die between steps.
+        say("      fault injected: aborting between register and promote");
+        std::process::abort();
+    }
+    let promoted = if passed {
+        let reason = format!(
+            "pipeline {} run {run_id}: {}/{} gates passed",
+            def.name,
+            results.iter().filter(|r| r.outcome == "pass").count(),
+            results.len()
+        );
+        ctx.registry
+            .set_alias(&def.model, &def.alias, version, &ctx.actor, &reason)
+            .await?;
+        true
+    } else {
+        false
+    };
+    timings.insert("register_promote".to_string(), ms(t.elapsed()));
+    timings.insert("total".to_string(), ms(started.elapsed()));
+    let _ = std::fs::remove_file(&candidate_file);
+    Ok(Report {
+        pipeline: def.name.clone(),
+        run_id,
+        model: def.model.clone(),
+        alias: def.alias.clone(),
+        dataset: json!({ "path": def.data.path.display().to_string(), "sha256": table_sha, "rows": rows }),
+        split: prepared.split.clone(),
+        trainer,
+        candidate_metrics,
+        champion,
+        gates: results,
+        passed,
+        registered_version: version,
+        promoted,
+        timings_ms: timings,
+    })
+}
+
+async fn train(
+    def: &PipelineDef,
+    data: &dataset::Prepared,
+    workdir: &Path,
+) -> Result<(Vec<u8>, Value), PipelineError> {
+    match &def.train {
+        TrainDef::Builtin { algorithm, params } => {
+            let algorithm = algorithm.clone();
+            let params = params.clone();
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || {
+                let x = DenseMatrix::new(&data.train_x, data.train_y.len(), data.features.len())
+                    .map_err(|e| PipelineError::Train(e.to_string()))?;
+                let terr = |e: greenbelt_train::TrainError| PipelineError::Train(e.to_string());
+                match algorithm.as_str() {
+                    "logreg" => {
+                        let p: LogRegParams = toml::Value::Table(params)
+                            .try_into()
+                            .map_err(|e| PipelineError::Definition(format!("train.params for logreg: {e}")))?;
+                        let m = greenbelt_train::logreg::fit(&x, &data.train_y, &p).map_err(terr)?;
+                        let onnx = greenbelt_train::export_logreg(&m, &data.features).map_err(terr)?;
+                        Ok((onnx, json!({"kind": "builtin", "algorithm": "logreg", "params": p, "converged": m.converged})))
+                    }
+                    _ => {
+                        let p: GbdtParams = toml::Value::Table(params)
+                            .try_into()
+                            .map_err(|e| PipelineError::Definition(format!("train.params for gbdt: {e}")))?;
+                        let m = greenbelt_train::gbdt::fit(&x, &data.train_y, &p).map_err(terr)?;
+                        let onnx = greenbelt_train::export_gbdt(&m, &data.features).map_err(terr)?;
+                        Ok((onnx, json!({"kind": "builtin", "algorithm": "gbdt", "params": p})))
+                    }
+                }
+            })
+            .await
+            .map_err(|e| PipelineError::Train(format!("training task failed: {e}")))?
+        }
+        TrainDef::Command { command, timeout_s } => {
+            let train_csv = workdir.join("train.csv");
+            let holdout_csv = workdir.join("holdout.csv");
+            let output = workdir.join("model.onnx");
+            let _ = std::fs::remove_file(&output);
+            dataset::write_csv(
+                &train_csv,
+                &data.features,
+                &def.data.label,
+                &data.train_x,
+                &data.train_y,
+            )?;
+            dataset::write_csv(
+                &holdout_csv,
+                &data.features,
+                &def.data.label,
+                &data.holdout_x,
+                &data.holdout_y,
+            )?;
+            let fill = |arg: &str| {
+                arg.replace("{train}", &train_csv.display().to_string())
+                    .replace("{holdout}", &holdout_csv.display().to_string())
+                    .replace("{output}", &output.display().to_string())
+                    .replace("{features}", &data.features.join(","))
+                    .replace("{label}", &def.data.label)
+                    .replace("{workdir}", &workdir.display().to_string())
+            };
+            let mut args: Vec<String> = command.iter().map(|a| fill(a)).collect();
+            // `python3` means the interpreter in $GREENBELT_PYTHON when set (a venv).
+            if args.first().map(String::as_str) == Some("python3")
+                && let Ok(py) = std::env::var("GREENBELT_PYTHON")
+                && !py.is_empty()
+            {
+                args[0] = py;
+            }
+            let Some((program, rest)) = args.split_first() else {
+                return Err(PipelineError::Definition("train.command is empty".into()));
+            };
+            let dir = if def.base_dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                def.base_dir.as_path()
+            };
+            let child = tokio::process::Command::new(program)
+                .args(rest)
+                .current_dir(dir)
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(*timeout_s), child)
+                .await
+                .map_err(|_| {
+                    PipelineError::Train(format!(
+                        "`{}` ran longer than {timeout_s} s",
+                        args.join(" ")
+                    ))
+                })?
+                .map_err(|e| PipelineError::Train(format!("cannot run `{program}`: {e}")))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String = stderr
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(PipelineError::Train(format!(
+                    "`{}` exited with {}:\n{tail}",
+                    args.join(" "),
+                    out.status
+                )));
+            }
+            let onnx = std::fs::read(&output).map_err(|e| {
+                PipelineError::Train(format!(
+                    "`{}` succeeded but wrote no model at {}: {e}",
+                    args.join(" "),
+                    output.display()
+                ))
+            })?;
+            Ok((onnx, json!({"kind": "command", "command": command})))
+        }
+    }
+}
+
+fn load(runtimes: &Runtimes, file: &Path) -> Result<Arc<dyn Model>, PipelineError> {
+    let model = runtimes
+        .load(file, &LoadOptions::default())
+        .map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+    let sig = model.signature();
+    if sig.inputs.len() != 1 {
+        return Err(PipelineError::Evaluate(format!(
+            "the model must take one FP32 [N, features] input; it takes {:?}",
+            sig.inputs
+        )));
+    }
+    Ok(model)
+}
+
+/// Probability of class 1 for every row, through the runtime.
+fn predict(model: &dyn Model, x: &[f64], cols: usize) -> Result<Vec<f64>, PipelineError> {
+    let sig = model.signature();
+    let input = sig
+        .inputs
+        .first()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let prob_index = sig
+        .outputs
+        .iter()
+        .position(|o| o.name == "probabilities" || o.name == "output_probability")
+        .or_else(|| {
+            sig.outputs
+                .iter()
+                .position(|o| o.datatype == greenbelt_core::DataType::Fp32)
+        })
+        .ok_or_else(|| {
+            PipelineError::Evaluate("the model has no FP32 probability output".into())
+        })?;
+    let mut out = Vec::with_capacity(x.len() / cols.max(1));
+    for chunk in x.chunks(cols.max(1) * 1024) {
+        let rows = chunk.len() / cols.max(1);
+        let t = Tensor::new(
+            input.clone(),
+            vec![rows as i64, cols as i64],
+            TensorData::Fp32(chunk.iter().map(|v| *v as f32).collect()),
+        )
+        .map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+        let outputs = model
+            .infer(&[t])
+            .map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+        let probs = outputs
+            .get(prob_index)
+            .ok_or_else(|| PipelineError::Evaluate("probability output missing".into()))?;
+        let TensorData::Fp32(p) = &probs.data else {
+            return Err(PipelineError::Evaluate("probabilities are not FP32".into()));
+        };
+        let width = probs.shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        out.extend(
+            p.chunks(width)
+                .map(|row| f64::from(row.last().copied().unwrap_or(0.0))),
+        );
+    }
+    Ok(out)
+}
+
+async fn evaluate(
+    model: Arc<dyn Model>,
+    data: &dataset::Prepared,
+) -> Result<BTreeMap<String, f64>, PipelineError> {
+    let x = data.holdout_x.clone();
+    let y = data.holdout_y.clone();
+    let cols = data.features.len();
+    tokio::task::spawn_blocking(move || {
+        let p = predict(model.as_ref(), &x, cols)?;
+        let m =
+            BinaryMetrics::evaluate(&y, &p).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
+        Ok(metrics_map(&m))
+    })
+    .await
+    .map_err(|e| PipelineError::Evaluate(format!("evaluation task failed: {e}")))?
+}
+
+/// In-process load test: `requests` single-row inferences from `concurrency`
+/// workers on the blocking pool; returns p50_ms and p99_ms.
+async fn latency(
+    model: Arc<dyn Model>,
+    data: &dataset::Prepared,
+    def: &definition::LatencyDef,
+) -> Result<BTreeMap<String, f64>, PipelineError> {
+    let cols = data.features.len();
+    let input = model
+        .signature()
+        .inputs
+        .first()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let rows: Arc<Vec<Tensor>> = Arc::new(
+        data.holdout_x
+            .chunks(cols.max(1))
+            .take(256)
+            .map(|r| {
+                Tensor::new(
+                    input.clone(),
+                    vec![1, cols as i64],
+                    TensorData::Fp32(r.iter().map(|v| *v as f32).collect()),
+                )
+                .map_err(|e| PipelineError::Evaluate(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let per_worker = def.requests.div_ceil(def.concurrency);
+    let mut workers = Vec::new();
+    for w in 0..def.concurrency {
+        let model = model.clone();
+        let rows = rows.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_worker);
+            for i in 0..per_worker {
+                let t = rows[(w * per_worker + i) % rows.len().max(1)].clone();
+                let m = model.clone();
+                let start = Instant::now();
+                let r = tokio::task::spawn_blocking(move || m.infer(&[t])).await;
+                lat.push(start.elapsed());
+                match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        return Err(PipelineError::Evaluate(format!("latency test: {e}")));
+                    }
+                    Err(e) => return Err(PipelineError::Evaluate(format!("latency test: {e}"))),
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    let mut all = Vec::with_capacity(def.requests);
+    for w in workers {
+        all.extend(
+            w.await
+                .map_err(|e| PipelineError::Evaluate(e.to_string()))??,
+        );
+    }
+    all.sort();
+    let q = |p: f64| {
+        let i = ((all.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(all.len().saturating_sub(1));
+        all.get(i).map_or(0.0, |d| ms(*d))
+    };
+    Ok(BTreeMap::from([
+        ("p50_ms".to_string(), q(0.5)),
+        ("p99_ms".to_string(), q(0.99)),
+    ]))
+}

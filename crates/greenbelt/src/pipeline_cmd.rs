@@ -1,0 +1,109 @@
+//! `greenbelt pipeline run FILE`: train → validate → gate → register → promote,
+//! with progress on stderr and the report on stdout (`--json` for machines).
+//! Exits non-zero when a gate fails (the champion is left untouched).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use greenbelt_control::pipeline::{self, RunContext, definition::PipelineDef};
+use greenbelt_registry::ArtifactStore;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Run a pipeline file (e.g. examples/fraud/pipeline.toml).
+    Run {
+        file: PathBuf,
+        /// Project config file (default: ./greenbelt.toml when it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the demo's synthetic transactions (CSV).
+    DemoData {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// 0 = no drift, 1 = strong drift.
+        #[arg(long, default_value_t = 0.0)]
+        drift: f64,
+    },
+}
+
+pub async fn run_pipeline(
+    file: &PathBuf,
+    config: &greenbelt_serve::Config,
+    quiet: bool,
+) -> anyhow::Result<pipeline::Report> {
+    let def = PipelineDef::read(file)?;
+    let registry = crate::registry_cmd::open(config, None).await?;
+    let artifacts = ArtifactStore::open(&config.registry.artifacts)?;
+    let ort = config.runtime.onnxruntime_library.clone();
+    let runtimes =
+        tokio::task::spawn_blocking(move || greenbelt_runtime::Runtimes::probe(ort.as_deref()))
+            .await
+            .context("probing runtimes")?;
+    let ctx = RunContext {
+        registry,
+        artifacts,
+        runtimes,
+        actor: crate::registry_cmd::actor(config),
+        workdir: PathBuf::from(".greenbelt/pipelines").join(&def.name),
+        progress: Arc::new(move |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        }),
+    };
+    Ok(pipeline::run(&def, &ctx).await?)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Cmd::Run { file, config, json } => {
+            let config = crate::registry_cmd::load_config(config.as_ref())?;
+            let report = run_pipeline(&file, &config, false).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.text());
+            }
+            if !report.passed {
+                bail!(
+                    "gate failed: {} version {} was registered but not promoted",
+                    report.model,
+                    report.registered_version
+                );
+            }
+            Ok(())
+        }
+        Cmd::DemoData {
+            out,
+            rows,
+            seed,
+            drift,
+        } => {
+            if !(0.0..=1.0).contains(&drift) || rows < 100 {
+                bail!("--rows must be >= 100 and --drift between 0 and 1");
+            }
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, greenbelt_control::demo::fraud_csv(rows, seed, drift))
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {rows} transactions to {}", out.display());
+            Ok(())
+        }
+    }
+}
