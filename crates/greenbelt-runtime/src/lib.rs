@@ -104,9 +104,9 @@ impl Runtimes {
     pub fn probe(ort_library: Option<&Path>) -> Runtimes {
         #[cfg(feature = "onnxruntime")]
         {
-            match onnxruntime::OrtRuntime::init(ort_library) {
+            match onnxruntime::OrtRuntime::shared(ort_library) {
                 Ok(rt) => Runtimes {
-                    onnxruntime: Some(Arc::new(rt)),
+                    onnxruntime: Some(rt),
                     onnxruntime_missing: None,
                 },
                 Err(e) => Runtimes {

@@ -42,6 +42,9 @@ pub struct Prepared {
     pub train_y: Vec<f64>,
     pub holdout_x: Vec<f64>,
     pub holdout_y: Vec<f64>,
+    /// Table row numbers of the holdout set, in order (to evaluate another
+    /// model with its own features on the same rows).
+    pub holdout_rows: Vec<usize>,
     pub split: SplitInfo,
 }
 
@@ -345,6 +348,7 @@ pub fn prepare(table: &Table, def: &DataDef) -> Result<Prepared, PipelineError> 
         train_y,
         holdout_x,
         holdout_y,
+        holdout_rows: order[n_train..].to_vec(),
         split: SplitInfo {
             kind: kind.into(),
             train_rows: n_train,
@@ -367,6 +371,30 @@ fn holdout_rows(rows: usize, fraction: f64) -> Result<usize, PipelineError> {
         )));
     }
     Ok(n)
+}
+
+/// Row-major values of `features` for `rows` of `table`.
+pub fn matrix(
+    table: &Table,
+    features: &[String],
+    rows: &[usize],
+) -> Result<Vec<f64>, PipelineError> {
+    let cols: Vec<&Vec<f64>> = features
+        .iter()
+        .map(|f| match table.columns.get(f) {
+            Some(Column::Num(v)) => Ok(v),
+            _ => Err(err(format!(
+                "feature \"{f}\" is not a numeric column of the dataset"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for &r in rows {
+        for c in &cols {
+            out.push(c.get(r).copied().unwrap_or(f64::NAN));
+        }
+    }
+    Ok(out)
 }
 
 /// Write features and label as CSV (for external training commands).

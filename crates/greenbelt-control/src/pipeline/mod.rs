@@ -163,13 +163,14 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     let t = Instant::now();
     let path = def.data.path.clone();
     let data_def = def.data.clone();
-    let (table_sha, rows, prepared) = tokio::task::spawn_blocking(move || {
+    let (table, prepared) = tokio::task::spawn_blocking(move || {
         let table = dataset::read(&path)?;
         let prepared = dataset::prepare(&table, &data_def)?;
-        Ok::<_, PipelineError>((table.sha256.clone(), table.rows, prepared))
+        Ok::<_, PipelineError>((table, prepared))
     })
     .await
     .map_err(|e| PipelineError::Data(format!("load task failed: {e}")))??;
+    let (table_sha, rows) = (table.sha256.clone(), table.rows);
     timings.insert("load".to_string(), ms(t.elapsed()));
     say(&format!(
         "      {rows} rows, {} features, {} split: {} train / {} holdout",
@@ -201,8 +202,21 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
             let file = workdir.join(format!("champion-{}.onnx", record.sha256));
             std::fs::write(&file, &bytes).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
             let model = load(&ctx.runtimes, &file)?;
-            let mut metrics = evaluate(model.clone(), &prepared).await?;
-            let lat = latency(model, &prepared, &def.latency).await?;
+            // The champion sees the same holdout rows through its own features.
+            let features: Vec<String> = record.lineage["features"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .filter(|f: &Vec<String>| !f.is_empty())
+                .unwrap_or_else(|| prepared.features.clone());
+            let mut champ_data = prepared.clone();
+            champ_data.holdout_x = dataset::matrix(&table, &features, &prepared.holdout_rows)?;
+            champ_data.features = features;
+            let mut metrics = evaluate(model.clone(), &champ_data).await?;
+            let lat = latency(model, &champ_data, &def.latency).await?;
             metrics.extend(lat);
             Some(ChampionInfo {
                 version: v,

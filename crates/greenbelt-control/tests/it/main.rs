@@ -3,4 +3,5 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod pipeline;
 mod rollback;

@@ -36,6 +36,23 @@ impl OrtRuntime {
     /// Find and load `libonnxruntime.so`: the configured path, then
     /// `ORT_DYLIB_PATH`, then beside the binary, then `.greenbelt/onnxruntime`
     /// under the working directory, then a Python `onnxruntime` installation.
+    /// The process-wide runtime: ONNX Runtime allows one environment per
+    /// process, so the first successful initialisation is shared (later
+    /// calls get it whatever path they name).
+    pub fn shared(configured: Option<&Path>) -> Result<std::sync::Arc<OrtRuntime>, RuntimeError> {
+        static SHARED: std::sync::Mutex<Option<std::sync::Arc<OrtRuntime>>> =
+            std::sync::Mutex::new(None);
+        let mut slot = SHARED
+            .lock()
+            .map_err(|_| RuntimeError::LibraryUnavailable("runtime lock poisoned".into()))?;
+        if let Some(rt) = slot.as_ref() {
+            return Ok(rt.clone());
+        }
+        let rt = std::sync::Arc::new(OrtRuntime::init(configured)?);
+        *slot = Some(rt.clone());
+        Ok(rt)
+    }
+
     pub fn init(configured: Option<&Path>) -> Result<OrtRuntime, RuntimeError> {
         let candidates = candidates(configured);
         if candidates.is_empty() {

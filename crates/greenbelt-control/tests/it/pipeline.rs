@@ -1,0 +1,234 @@
+//! The promotion pipeline end to end on the demo data: builtin trainers, an
+//! external Python command, and a gate failure that leaves the champion alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use greenbelt_control::pipeline::definition::PipelineDef;
+use greenbelt_control::pipeline::{RunContext, run};
+use greenbelt_registry::{ArtifactStore, Registry};
+
+struct Project {
+    dir: tempfile::TempDir,
+    registry: Registry,
+    artifacts: ArtifactStore,
+}
+
+async fn project() -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/tx.csv"),
+        greenbelt_control::demo::fraud_csv(6000, 3, 0.0),
+    )
+    .unwrap();
+    let registry = Registry::open(&format!("sqlite://{}/registry.db", dir.path().display()))
+        .await
+        .unwrap();
+    let artifacts = ArtifactStore::open(dir.path().join("artifacts").to_str().unwrap()).unwrap();
+    Project {
+        dir,
+        registry,
+        artifacts,
+    }
+}
+
+impl Project {
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    async fn run(&self, file: &Path) -> greenbelt_control::pipeline::Report {
+        let def = PipelineDef::read(file).unwrap();
+        let ctx = RunContext {
+            registry: self.registry.clone(),
+            artifacts: self.artifacts.clone(),
+            runtimes: greenbelt_runtime::Runtimes::probe(None),
+            actor: "test".into(),
+            workdir: self.dir.path().join("work"),
+            progress: Arc::new(|_| {}),
+        };
+        run(&def, &ctx).await.unwrap()
+    }
+}
+
+const DATA: &str = r#"
+[data]
+path = "data/tx.csv"
+label = "is_fraud"
+timestamp = "event_ts"
+exclude = ["tx_id", "user_id", "merchant_id"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_pipeline_promotes_then_refuses_a_worse_candidate() {
+    let p = project().await;
+    let good = p.write(
+        "logreg.toml",
+        &format!(
+            "name = \"lr\"\nmodel = \"fraud\"\ngates = [\"auc >= 0.65\", \"auc >= champion.auc - 0.005\", \"p99_ms <= 200\"]\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n[latency]\nconcurrency = 2\nrequests = 200\n"
+        ),
+    );
+    let r = p.run(&good).await;
+    assert!(r.passed && r.promoted, "{}", r.text());
+    assert_eq!(r.registered_version, 1);
+    assert_eq!(r.split.kind, "time");
+    assert!(r.candidate_metrics["roc_auc"] > 0.65);
+    assert!(r.candidate_metrics.contains_key("p99_ms"));
+    assert_eq!(
+        p.registry.alias("fraud", "champion").await.unwrap(),
+        Some(1)
+    );
+    let v1 = p.registry.version("fraud", 1).await.unwrap();
+    assert_eq!(v1.gate_report["passed"], true);
+    assert_eq!(v1.lineage["dataset_sha256"].as_str().unwrap().len(), 64);
+    assert!(v1.metrics["roc_auc"].as_f64().unwrap() > 0.65);
+
+    // A deliberately worse candidate: one weak feature. The champion-relative gate refuses it.
+    let worse = p.write(
+        "worse.toml",
+        &format!(
+            "name = \"weak\"\nmodel = \"fraud\"\ngates = [\"auc >= champion.auc - 0.005\"]\n{DATA}features = [\"device_age_days\"]\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n[latency]\nconcurrency = 1\nrequests = 50\n"
+        ),
+    );
+    let before = p.registry.history("fraud", Some("champion")).await.unwrap();
+    let r = p.run(&worse).await;
+    assert!(!r.passed && !r.promoted, "{}", r.text());
+    assert_eq!(r.gates[0].outcome, "fail");
+    assert_eq!(r.champion.as_ref().map(|c| c.version), Some(1));
+    assert_eq!(
+        p.registry.alias("fraud", "champion").await.unwrap(),
+        Some(1),
+        "champion untouched"
+    );
+    assert_eq!(
+        p.registry.history("fraud", Some("champion")).await.unwrap(),
+        before,
+        "no alias event"
+    );
+    let rejected = p
+        .registry
+        .version("fraud", r.registered_version)
+        .await
+        .unwrap();
+    assert_eq!(rejected.tags["status"], "rejected");
+    assert_eq!(rejected.gate_report["passed"], false);
+
+    // Gradient-boosted trees need ONNX Runtime (tract cannot run tree ensembles).
+    if greenbelt_runtime::Runtimes::probe(None)
+        .onnxruntime
+        .is_some()
+    {
+        let gbdt = p.write(
+            "gbdt.toml",
+            &format!(
+                "name = \"gb\"\nmodel = \"fraud\"\ngates = [\"auc >= 0.65\"]\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"gbdt\"\nparams = {{ n_estimators = 40, seed = 1 }}\n[latency]\nconcurrency = 2\nrequests = 200\n"
+            ),
+        );
+        let r = p.run(&gbdt).await;
+        assert!(r.promoted, "{}", r.text());
+    } else {
+        eprintln!("SKIP gbdt pipeline: ONNX Runtime not available (set ORT_DYLIB_PATH)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_python_training_command() {
+    let Ok(python) = std::env::var("GREENBELT_TEST_PYTHON") else {
+        eprintln!(
+            "SKIP external training command: GREENBELT_TEST_PYTHON (a python with scikit-learn and skl2onnx) is not set"
+        );
+        return;
+    };
+    if greenbelt_runtime::Runtimes::probe(None)
+        .onnxruntime
+        .is_none()
+    {
+        eprintln!(
+            "SKIP external training command: ONNX Runtime not available (set ORT_DYLIB_PATH)"
+        );
+        return;
+    }
+    let p = project().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud/train.py");
+    std::fs::copy(&script, p.dir.path().join("train.py")).unwrap();
+    let file = p.write(
+        "py.toml",
+        &format!(
+            "name = \"py\"\nmodel = \"fraud\"\ngates = [\"auc >= 0.65\"]\n{DATA}\n[train]\nkind = \"command\"\ncommand = [\"{python}\", \"train.py\", \"--train\", \"{{train}}\", \"--label\", \"{{label}}\", \"--output\", \"{{output}}\", \"--n-estimators\", \"30\"]\n[latency]\nconcurrency = 2\nrequests = 200\n"
+        ),
+    );
+    let r = p.run(&file).await;
+    assert!(r.promoted, "{}", r.text());
+    assert_eq!(r.trainer["kind"], "command");
+    // A failing command is a clear error naming it.
+    let bad = p.write(
+        "bad.toml",
+        &format!("name = \"bad\"\nmodel = \"fraud\"\n{DATA}\n[train]\nkind = \"command\"\ncommand = [\"{python}\", \"-c\", \"import sys; sys.exit('boom')\"]\n"),
+    );
+    let def = PipelineDef::read(&bad).unwrap();
+    let ctx = RunContext {
+        registry: p.registry.clone(),
+        artifacts: p.artifacts.clone(),
+        runtimes: greenbelt_runtime::Runtimes::probe(None),
+        actor: "test".into(),
+        workdir: p.dir.path().join("work"),
+        progress: Arc::new(|_| {}),
+    };
+    let err = run(&def, &ctx).await.unwrap_err().to_string();
+    assert!(err.contains("boom") && err.contains("exited"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_definitions_and_data_are_named_errors() {
+    let p = project().await;
+    let cases = [
+        ("name = \"x\"\nmodel = \"m\"\nbogus = 1\n", "bogus"),
+        (
+            &format!(
+                "name = \"x\"\nmodel = \"m\"\ngates = [\"auc >> 1\"]\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n"
+            ),
+            "auc >> 1",
+        ),
+        (
+            &format!(
+                "name = \"x\"\nmodel = \"m\"\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"svm\"\n"
+            ),
+            "svm",
+        ),
+    ];
+    for (text, want) in cases {
+        let f = p.write("bad.toml", text);
+        let err = PipelineDef::read(&f).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    // Label leakage by name, missing label.
+    std::fs::write(
+        p.dir.path().join("data/leak.csv"),
+        "a,is_fraud_score,is_fraud\n1,0.9,1\n2,0.1,0\n3,0.8,1\n4,0.2,0\n5,0.7,1\n",
+    )
+    .unwrap();
+    let table =
+        greenbelt_control::pipeline::dataset::read(&p.dir.path().join("data/leak.csv")).unwrap();
+    let def: greenbelt_control::pipeline::definition::DataDef =
+        toml::from_str("path = \"x\"\nlabel = \"is_fraud\"\nholdout_fraction = 0.4").unwrap();
+    let err = greenbelt_control::pipeline::dataset::prepare(&table, &def)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is_fraud_score") && err.contains("leakage"),
+        "{err}"
+    );
+    let def: greenbelt_control::pipeline::definition::DataDef =
+        toml::from_str("path = \"x\"\nlabel = \"nope\"").unwrap();
+    let err = greenbelt_control::pipeline::dataset::prepare(&table, &def)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("label column \"nope\" is missing"), "{err}");
+    let err = greenbelt_control::pipeline::dataset::read(&p.dir.path().join("data/none.csv"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read"), "{err}");
+}
