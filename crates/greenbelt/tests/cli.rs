@@ -1,0 +1,141 @@
+//! The binary end to end: a pipeline killed between "register" and
+//! "promote" leaves the registry consistent, and a re-run completes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+fn greenbelt(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_greenbelt"));
+    c.current_dir(dir).env("GREENBELT_LOG", "warn");
+    c
+}
+
+fn registry_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = greenbelt(dir)
+        .arg("registry")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_crash_between_register_and_promote_leaves_the_registry_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = greenbelt(d)
+        .args([
+            "pipeline",
+            "demo-data",
+            "--out",
+            "data/tx.csv",
+            "--rows",
+            "4000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"crash\"\nmodel = \"fraud\"\ngates = [\"auc >= 0.6\"]\n[data]\npath = \"data/tx.csv\"\nlabel = \"is_fraud\"\ntimestamp = \"event_ts\"\nexclude = [\"tx_id\", \"user_id\", \"merchant_id\"]\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n[latency]\nconcurrency = 1\nrequests = 50\n",
+    )
+    .unwrap();
+    // First run promotes v1.
+    let out = greenbelt(d)
+        .args(["pipeline", "run", "p.toml", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["promoted"], true);
+    let history_before = registry_json(d, &["history", "fraud"]);
+
+    // Second run dies after registering v2, before moving the alias.
+    let out = greenbelt(d)
+        .args(["pipeline", "run", "p.toml"])
+        .env("GREENBELT_PIPELINE_FAULT", "after-register")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the process was killed");
+    let versions = registry_json(d, &["versions", "fraud"]);
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        2,
+        "v2 registered"
+    );
+    assert_eq!(
+        versions["aliases"],
+        serde_json::json!([["champion", 1]]),
+        "alias unchanged"
+    );
+    assert_eq!(
+        registry_json(d, &["history", "fraud"]),
+        history_before,
+        "no half-written event"
+    );
+
+    // A re-run completes: v3 promoted.
+    let out = greenbelt(d)
+        .args(["pipeline", "run", "p.toml", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["registered_version"].as_i64(),
+            report["promoted"].as_bool()
+        ),
+        (Some(3), Some(true))
+    );
+    let at_now = registry_json(d, &["history", "fraud", "--alias", "champion"]);
+    assert_eq!(at_now["events"].as_array().unwrap().len(), 2);
+
+    // Rollback from the CLI goes back to v1 and is recorded.
+    let rolled = registry_json(d, &["rollback", "fraud", "--reason", "test"]);
+    assert_eq!(rolled["event"]["to_version"], 1);
+    assert!(rolled["took_ms"].as_f64().unwrap() < 1000.0);
+}
+
+#[test]
+fn cli_errors_are_clear_and_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = greenbelt(dir.path())
+        .args(["registry", "show", "nope", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model \"nope\" has no version 1"));
+    let out = greenbelt(dir.path())
+        .args(["pipeline", "run", "missing.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read missing.toml"));
+    let out = greenbelt(dir.path())
+        .args(["serve", "--config", "missing.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
