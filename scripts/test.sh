@@ -20,6 +20,15 @@ ORT_DYLIB_PATH="$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxru
 export ORT_DYLIB_PATH
 echo "test.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 
+# The external-training-command test uses the venv's scikit-learn.
+export GREENBELT_TEST_PYTHON="$PWD/.venv/bin/python"
+# Registry tests also run on PostgreSQL when one answers (else they say SKIP).
+if [[ -z "${GREENBELT_TEST_POSTGRES_URL:-}" ]] && command -v pg_isready >/dev/null \
+    && pg_isready -q -h 127.0.0.1 -p 5432 -t 3; then
+    export GREENBELT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/test"
+fi
+echo "test.sh: GREENBELT_TEST_POSTGRES_URL=${GREENBELT_TEST_POSTGRES_URL:-<unset: PostgreSQL tests skip>}"
+
 cargo build -p greenbelt
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
