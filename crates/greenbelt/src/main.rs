@@ -128,41 +128,49 @@ async fn shutdown_signal() {
     }
 }
 
+/// When the config names a registry or routes: mount the registry API and
+/// start following `[[routes]]` aliases. Returns the watcher tasks.
+pub async fn attach_registry(
+    server: &mut Server,
+    config: &Config,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let routes = config.routes.clone();
+    if routes.is_empty() && config.registry.url.is_none() {
+        return Ok(Vec::new());
+    }
+    let registry_config = &config.registry;
+    let registry = registry_cmd::open(config, None)
+        .await
+        .context("opening the registry")?;
+    let artifacts = greenbelt_registry::ArtifactStore::open(&registry_config.artifacts)?;
+    let tokens = registry_config
+        .admin_tokens
+        .iter()
+        .map(|(name, token)| (token.clone(), name.clone()))
+        .collect();
+    server.merge(greenbelt_registry::http::router(std::sync::Arc::new(
+        greenbelt_registry::http::ApiState {
+            registry: registry.clone(),
+            tokens,
+        },
+    )));
+    let watcher = std::sync::Arc::new(greenbelt_control::watch::Watcher::new(
+        registry,
+        artifacts,
+        server.state.repository.clone(),
+        PathBuf::from(".greenbelt/cache"),
+        std::time::Duration::from_millis(registry_config.poll_interval_ms),
+    ));
+    tracing::info!(registry = %registry_config.url(), "registry API at /registry; routes follow their aliases");
+    Ok(watcher.spawn(routes, None))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let routes = config.routes.clone();
-    let with_registry = !routes.is_empty() || config.registry.url.is_some();
-    let registry_config = config.registry.clone();
     let mut server = Server::build(config.clone())
         .await
         .context("starting the server")?;
-    let mut watchers = Vec::new();
-    if with_registry {
-        let registry = registry_cmd::open(&config, None)
-            .await
-            .context("opening the registry")?;
-        let artifacts = greenbelt_registry::ArtifactStore::open(&registry_config.artifacts)?;
-        let tokens = registry_config
-            .admin_tokens
-            .iter()
-            .map(|(name, token)| (token.clone(), name.clone()))
-            .collect();
-        server.merge(greenbelt_registry::http::router(std::sync::Arc::new(
-            greenbelt_registry::http::ApiState {
-                registry: registry.clone(),
-                tokens,
-            },
-        )));
-        let watcher = std::sync::Arc::new(greenbelt_control::watch::Watcher::new(
-            registry,
-            artifacts,
-            server.state.repository.clone(),
-            PathBuf::from(".greenbelt/cache"),
-            std::time::Duration::from_millis(registry_config.poll_interval_ms),
-        ));
-        watchers = watcher.spawn(routes, None);
-        tracing::info!(registry = %registry_config.url(), "registry API at /registry; routes follow their aliases");
-    }
+    let watchers = attach_registry(&mut server, &config).await?;
     tracing::info!(
         http = ?server.http_addr(),
         grpc = ?server.grpc_addr(),

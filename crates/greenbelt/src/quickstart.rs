@@ -1,5 +1,6 @@
-//! `greenbelt quickstart`: lay out a demo project with a bundled model,
-//! serve it, and send a first request so the user sees an answer.
+//! `greenbelt quickstart`: lay out a demo project, train and promote a fraud
+//! model through the promotion pipeline, serve it from the registry alias
+//! (plus a bundled model from a plain model repository), and send traffic.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,9 @@ const SAMPLE_ROW: [f32; 20] = [
     -0.445_443_1,
     2.801_562_5,
 ];
+/// The demo pipeline (the same file as examples/fraud/pipeline.toml).
+const PIPELINE_GBDT: &str = include_str!("../../../examples/fraud/pipeline.toml");
+const PIPELINE_LOGREG: &str = include_str!("../../../examples/fraud/pipeline-logreg.toml");
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,12 +47,20 @@ pub struct Args {
     http_addr: String,
     #[arg(long, default_value = "127.0.0.1:8001")]
     grpc_addr: String,
-    /// Keep serving after the first request (until Ctrl-C).
+    /// Requests of demo traffic to send after the first answer.
+    #[arg(long, default_value_t = 500)]
+    traffic: usize,
+    /// Keep serving after the demo (until Ctrl-C).
     #[arg(long)]
     serve: bool,
 }
 
-fn write_project(dir: &Path, http_addr: &str, grpc_addr: &str) -> anyhow::Result<PathBuf> {
+fn write_project(
+    dir: &Path,
+    http_addr: &str,
+    grpc_addr: &str,
+    gbdt: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let model_dir = dir.join("models/logreg");
     std::fs::create_dir_all(model_dir.join("1"))
         .with_context(|| format!("creating {}", model_dir.display()))?;
@@ -64,7 +76,18 @@ fn write_project(dir: &Path, http_addr: &str, grpc_addr: &str) -> anyhow::Result
          # max_batch_size = 32\n\
          # max_queue_delay_us = 500\n",
     )?;
+    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::write(
+        dir.join("data/transactions.csv"),
+        greenbelt_control::demo::fraud_csv(20_000, 7, 0.0),
+    )?;
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        if gbdt { PIPELINE_GBDT } else { PIPELINE_LOGREG },
+    )?;
     let config_path = dir.join("greenbelt.toml");
+    let d = dir.display();
     std::fs::write(
         &config_path,
         format!(
@@ -73,35 +96,95 @@ fn write_project(dir: &Path, http_addr: &str, grpc_addr: &str) -> anyhow::Result
              http_addr = \"{http_addr}\"\n\
              grpc_addr = \"{grpc_addr}\"\n\
              \n\
-             [repository]\n\
-             path = \"{}\"\n",
-            dir.join("models").display()
+             [repository]              # plain model repository: <path>/<model>/<version>/model.onnx\n\
+             path = \"{d}/models\"\n\
+             \n\
+             [registry]                # versions, aliases, audit history (SQLite file here)\n\
+             url = \"sqlite://{d}/registry.db\"\n\
+             artifacts = \"{d}/artifacts\"\n\
+             \n\
+             [[routes]]                # serve /v2/models/fraud from fraud@champion\n\
+             name = \"fraud\"\n\
+             alias = \"champion\"\n"
         ),
     )?;
     let row: Vec<String> = SAMPLE_ROW.iter().map(|x| x.to_string()).collect();
-    let request = format!(
-        "{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,20],\"datatype\":\"FP32\",\"data\":[{}]}}]}}\n",
-        row.join(",")
-    );
-    std::fs::write(dir.join("request.json"), request)?;
-    Ok(config_path)
+    std::fs::write(
+        dir.join("request.json"),
+        format!(
+            "{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,20],\"datatype\":\"FP32\",\"data\":[{}]}}]}}\n",
+            row.join(",")
+        ),
+    )?;
+    // One transaction's features, in the pipeline's feature order.
+    std::fs::write(
+        dir.join("fraud-request.json"),
+        "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[480.5,2,0.91,6,120.0,250.0,1,12]}]}\n",
+    )?;
+    Ok((config_path, pipeline))
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String, String)> {
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("x-greenbelt-model-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((status, version, resp.text().await?))
+}
+
+fn pretty(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| text.to_string())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config_path = write_project(&args.dir, &args.http_addr, &args.grpc_addr)?;
+    let runtimes = tokio::task::spawn_blocking(|| greenbelt_runtime::Runtimes::probe(None)).await?;
+    let gbdt = runtimes.onnxruntime.is_some();
+    println!("quickstart: runtimes: {}", runtimes.describe());
+    let (config_path, pipeline) = write_project(&args.dir, &args.http_addr, &args.grpc_addr, gbdt)?;
     println!(
-        "quickstart: wrote demo project to {}/ (model repository, greenbelt.toml, request.json)",
-        args.dir.display()
+        "quickstart: wrote the demo project to {}/ (20,000 synthetic transactions, {} pipeline, model repository, greenbelt.toml)",
+        args.dir.display(),
+        if gbdt {
+            "gradient-boosted trees"
+        } else {
+            "logistic regression (no ONNX Runtime: tract cannot run trees)"
+        }
     );
     let config = Config::load(Some(&config_path))?;
-    let server = Server::build(config).await.context("starting the server")?;
+
+    println!(
+        "\nquickstart: train v1 → validate → gate → register → promote (greenbelt pipeline run {})",
+        pipeline.display()
+    );
+    let report = crate::pipeline_cmd::run_pipeline(&pipeline, &config, false).await?;
+    println!("{}", report.text());
+    if !report.promoted && report.champion.is_none() {
+        bail!("the first model was not promoted; see the gate report above");
+    }
+
+    let mut server = Server::build(config.clone())
+        .await
+        .context("starting the server")?;
+    let watchers = crate::attach_registry(&mut server, &config).await?;
     let Some(http) = server.http_addr() else {
         bail!("server has no REST address");
     };
-    println!(
-        "quickstart: runtimes: {}",
-        server.state.repository.runtimes().describe()
-    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run(async move {
         let _ = stop_rx.await;
@@ -110,36 +193,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let body = std::fs::read_to_string(args.dir.join("request.json"))?;
-    let url = format!("{base}/v2/models/logreg/infer");
-    println!("quickstart: POST {url}");
-    let resp = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .context("sending the first request")?;
-    let status = resp.status();
-    let version = resp
-        .headers()
-        .get("x-greenbelt-model-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = resp.text().await?;
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or(text);
-    println!("quickstart: HTTP {status} (served by version {version})\n{pretty}");
-    if !status.is_success() {
+    // Wait (bounded) until the route has loaded fraud@champion.
+    let fraud_body = std::fs::read_to_string(args.dir.join("fraud-request.json"))?;
+    let fraud_url = format!("{base}/v2/models/fraud/infer");
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(r @ (200, _, _)) = post(&client, &fraud_url, &fraud_body).await {
+            first = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((status, version, text)) = first else {
         let _ = stop_tx.send(());
-        let _ = serving.await;
-        bail!("the first request failed");
+        bail!("fraud@champion did not become servable within 10 s");
+    };
+    println!(
+        "\nquickstart: POST {fraud_url}  → HTTP {status}, served by fraud version {version}\n{}",
+        pretty(&text)
+    );
+    let logreg_url = format!("{base}/v2/models/logreg/infer");
+    let body = std::fs::read_to_string(args.dir.join("request.json"))?;
+    let (status, version, text) = post(&client, &logreg_url, &body).await?;
+    println!(
+        "quickstart: POST {logreg_url}  → HTTP {status} (model repository, version {version})\n{}",
+        pretty(&text)
+    );
+
+    let started = tokio::time::Instant::now();
+    let mut ok = 0;
+    for _ in 0..args.traffic {
+        if post(&client, &fraud_url, &fraud_body).await?.0 == 200 {
+            ok += 1;
+        }
     }
     println!(
-        "\nquickstart: try it yourself:\n  curl -s -X POST {url} -H 'content-type: application/json' -d @{}/request.json\n  curl -s {base}/metrics | grep greenbelt_requests_total",
-        args.dir.display()
+        "\nquickstart: sent {} requests to fraud: {ok} OK in {:.2} s",
+        args.traffic,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "\nquickstart: try it yourself:\n  curl -s -X POST {fraud_url} -d @{d}/fraud-request.json\n  curl -s {base}/metrics | grep greenbelt_requests_total\n  greenbelt registry --config {c} history fraud\n  greenbelt pipeline run --config {c} {p}     # train v2; promoted only if it beats v1",
+        d = args.dir.display(),
+        c = config_path.display(),
+        p = pipeline.display()
     );
     if args.serve {
         println!(
@@ -155,5 +252,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(());
     serving.await??;
+    for w in watchers {
+        w.abort();
+    }
     Ok(())
 }
