@@ -42,7 +42,7 @@ enum Cmd {
 }
 
 pub async fn run_pipeline(
-    file: &PathBuf,
+    file: &std::path::Path,
     config: &greenbelt_serve::Config,
     quiet: bool,
 ) -> anyhow::Result<pipeline::Report> {
