@@ -3,5 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod parquet_data;
 mod pipeline;
 mod rollback;
