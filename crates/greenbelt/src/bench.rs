@@ -188,16 +188,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let body = Arc::new(rest_body(&inputs)?);
     let grpc_req = Arc::new(grpc_request(&args.model, &inputs));
-    let grpc_channel = if args.protocol == Proto::Grpc {
-        Some(
-            tonic::transport::Endpoint::from_shared(args.grpc_url.clone())?
-                .connect()
-                .await
-                .context("connecting to the gRPC endpoint")?,
-        )
-    } else {
-        None
-    };
+    // One HTTP/2 connection per worker, like wrk's one connection per client.
+    let mut grpc_channels = Vec::new();
+    if args.protocol == Proto::Grpc {
+        for _ in 0..args.concurrency {
+            grpc_channels.push(
+                tonic::transport::Endpoint::from_shared(args.grpc_url.clone())?
+                    .connect()
+                    .await
+                    .context("connecting to the gRPC endpoint")?,
+            );
+        }
+    }
     let url = Arc::new(format!("{}/v2/models/{}/infer", args.url, args.model));
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(args.duration);
@@ -208,13 +210,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let mut scraped_before_measure = None;
     let empty = Histogram::<u64>::new(3)?;
-    for _ in 0..args.concurrency {
+    for w in 0..args.concurrency {
         let http = http.clone();
         let url = url.clone();
         let body = body.clone();
         let grpc_req = grpc_req.clone();
         let empty = empty.clone();
-        let mut grpc = grpc_channel.clone().map(|ch| {
+        let mut grpc = grpc_channels.get(w).cloned().map(|ch| {
             pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(ch)
                 .max_decoding_message_size(usize::MAX)
         });
