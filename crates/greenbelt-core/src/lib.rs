@@ -17,3 +17,14 @@ pub use error::CoreError;
 pub use infer::{InferRequest, InferResponse, RequestedOutput};
 pub use signature::{Signature, TensorSpec};
 pub use tensor::{Tensor, TensorData};
+
+/// Names of models, versions' aliases and routes: one plain path component of
+/// letters, digits, `_`, `-` and `.`, not starting with `.`, at most 200 bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}

@@ -65,13 +65,7 @@ pub fn parse_time(s: &str) -> Result<i64, RegistryError> {
 
 /// Model and alias names: letters, digits, `_`, `-`, `.`; not starting with `.`.
 pub fn check_name(kind: &str, name: &str) -> Result<(), RegistryError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if greenbelt_core::is_valid_name(name) {
         Ok(())
     } else {
         Err(RegistryError::Invalid(format!(

@@ -258,13 +258,7 @@ pub struct Repository {
 
 /// A model name must be one plain path component.
 pub fn check_model_name(name: &str) -> Result<(), ServeError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if greenbelt_core::is_valid_name(name) {
         Ok(())
     } else {
         Err(ServeError::InvalidInput(format!(
