@@ -223,23 +223,32 @@ pub fn prepare(table: &Table, def: &DataDef) -> Result<Prepared, PipelineError> 
             )));
         }
     };
-    if let Some((i, v)) = label
-        .iter()
-        .enumerate()
-        .find(|(_, v)| **v != 0.0 && **v != 1.0)
-    {
+    let classification = def.task == super::definition::Task::Classification;
+    if let Some((i, v)) = label.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(err(format!(
-            "label \"{}\" row {i} is {v}; a binary label must be 0 or 1",
+            "label \"{}\" row {i} is {v}; labels must be present",
             def.label
         )));
     }
-    let positives = label.iter().filter(|v| **v == 1.0).count();
-    if positives == 0 || positives == label.len() {
-        return Err(err(format!(
-            "label \"{}\" has only one class ({positives} positives in {} rows)",
-            def.label,
-            label.len()
-        )));
+    if classification {
+        if let Some((i, v)) = label
+            .iter()
+            .enumerate()
+            .find(|(_, v)| **v != 0.0 && **v != 1.0)
+        {
+            return Err(err(format!(
+                "label \"{}\" row {i} is {v}; a binary label must be 0 or 1 (or set [data] task = \"regression\")",
+                def.label
+            )));
+        }
+        let positives = label.iter().filter(|v| **v == 1.0).count();
+        if positives == 0 || positives == label.len() {
+            return Err(err(format!(
+                "label \"{}\" has only one class ({positives} positives in {} rows)",
+                def.label,
+                label.len()
+            )));
+        }
     }
     let features: Vec<String> = match &def.features {
         Some(list) => list.clone(),
@@ -261,10 +270,11 @@ pub fn prepare(table: &Table, def: &DataDef) -> Result<Prepared, PipelineError> 
     let label_lc = def.label.to_ascii_lowercase();
     let mut matrix: Vec<&Vec<f64>> = Vec::with_capacity(features.len());
     for f in &features {
-        // Leakage by name: a feature that is (or embeds) the label.
-        if f.to_ascii_lowercase().contains(&label_lc) {
+        // Leakage by name: an inferred feature that is (or embeds) the label.
+        // An explicit `features` list is a deliberate choice and is trusted.
+        if def.features.is_none() && f.to_ascii_lowercase().contains(&label_lc) {
             return Err(err(format!(
-                "feature \"{f}\" looks like the label \"{}\" (label leakage by name); exclude it in [data] exclude",
+                "feature \"{f}\" looks like the label \"{}\" (label leakage by name); exclude it in [data] exclude, or list the features explicitly",
                 def.label
             )));
         }
@@ -335,6 +345,9 @@ pub fn prepare(table: &Table, def: &DataDef) -> Result<Prepared, PipelineError> 
     let (train_x, train_y) = take(&order[..n_train]);
     let (holdout_x, holdout_y) = take(&order[n_train..]);
     for (what, y) in [("training", &train_y), ("holdout", &holdout_y)] {
+        if !classification {
+            break;
+        }
         let pos = y.iter().filter(|v| **v == 1.0).count();
         if pos == 0 || pos == y.len() {
             return Err(err(format!(

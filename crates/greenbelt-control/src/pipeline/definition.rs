@@ -55,6 +55,17 @@ pub struct DataDef {
     /// Seed of the random split (used when there is no timestamp).
     #[serde(default)]
     pub seed: u64,
+    /// "classification" (binary 0/1 label; the default) or "regression".
+    #[serde(default)]
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    #[default]
+    Classification,
+    Regression,
 }
 
 fn holdout() -> f64 {
@@ -119,6 +130,12 @@ impl PipelineDef {
         {
             return Err(PipelineError::Definition(format!(
                 "{}: train.algorithm \"{algorithm}\" is not one of \"logreg\", \"gbdt\"",
+                path.display()
+            )));
+        }
+        if def.data.task == Task::Regression && matches!(def.train, TrainDef::Builtin { .. }) {
+            return Err(PipelineError::Definition(format!(
+                "{}: the built-in trainers are binary classifiers; for task = \"regression\" use [train] kind = \"command\"",
                 path.display()
             )));
         }

@@ -1,7 +1,7 @@
 //! Gate rules: `<metric> <op> <rhs>` where `rhs` is a number, or
 //! `champion.<metric>` optionally followed by `+ x`, `- x` or `* x`.
 //! Metrics: roc_auc (alias auc), pr_auc, log_loss, accuracy, precision,
-//! recall, f1, p50_ms, p99_ms.
+//! recall, f1 (classification), rmse, mae (regression), p50_ms, p99_ms.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,8 @@ pub const METRICS: &[&str] = &[
     "precision",
     "recall",
     "f1",
+    "rmse",
+    "mae",
     "p50_ms",
     "p99_ms",
 ];

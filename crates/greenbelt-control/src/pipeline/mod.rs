@@ -190,7 +190,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     let candidate_file = workdir.join(format!("candidate-{run_id}.onnx"));
     std::fs::write(&candidate_file, &onnx).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
     let candidate = load(&ctx.runtimes, &candidate_file)?;
-    let mut candidate_metrics = evaluate(candidate.clone(), &prepared).await?;
+    let mut candidate_metrics = evaluate(candidate.clone(), &prepared, def.data.task).await?;
     let champion = match ctx.registry.alias(&def.model, &def.alias).await? {
         None => None,
         Some(v) => {
@@ -215,7 +215,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
             let mut champ_data = prepared.clone();
             champ_data.holdout_x = dataset::matrix(&table, &features, &prepared.holdout_rows)?;
             champ_data.features = features;
-            let mut metrics = evaluate(model.clone(), &champ_data).await?;
+            let mut metrics = evaluate(model.clone(), &champ_data, def.data.task).await?;
             let lat = latency(model, &champ_data, &def.latency).await?;
             metrics.extend(lat);
             Some(ChampionInfo {
@@ -468,26 +468,37 @@ fn load(runtimes: &Runtimes, file: &Path) -> Result<Arc<dyn Model>, PipelineErro
     Ok(model)
 }
 
-/// Probability of class 1 for every row, through the runtime.
-fn predict(model: &dyn Model, x: &[f64], cols: usize) -> Result<Vec<f64>, PipelineError> {
+/// Per row, through the runtime: the probability of class 1
+/// (classification) or the prediction (regression).
+fn predict(
+    model: &dyn Model,
+    x: &[f64],
+    cols: usize,
+    task: definition::Task,
+) -> Result<Vec<f64>, PipelineError> {
+    use greenbelt_core::DataType;
     let sig = model.signature();
     let input = sig
         .inputs
         .first()
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let prob_index = sig
-        .outputs
-        .iter()
-        .position(|o| o.name == "probabilities" || o.name == "output_probability")
-        .or_else(|| {
-            sig.outputs
-                .iter()
-                .position(|o| o.datatype == greenbelt_core::DataType::Fp32)
-        })
-        .ok_or_else(|| {
-            PipelineError::Evaluate("the model has no FP32 probability output".into())
-        })?;
+    let float = |d: DataType| matches!(d, DataType::Fp32 | DataType::Fp64);
+    let index = match task {
+        definition::Task::Classification => sig
+            .outputs
+            .iter()
+            .position(|o| o.name == "probabilities" || o.name == "output_probability")
+            .or_else(|| {
+                sig.outputs
+                    .iter()
+                    .position(|o| o.datatype == DataType::Fp32)
+            }),
+        definition::Task::Regression => sig.outputs.iter().position(|o| float(o.datatype)),
+    }
+    .ok_or_else(|| {
+        PipelineError::Evaluate("the model has no floating-point output to evaluate".into())
+    })?;
     let mut out = Vec::with_capacity(x.len() / cols.max(1));
     for chunk in x.chunks(cols.max(1) * 1024) {
         let rows = chunk.len() / cols.max(1);
@@ -500,16 +511,25 @@ fn predict(model: &dyn Model, x: &[f64], cols: usize) -> Result<Vec<f64>, Pipeli
         let outputs = model
             .infer(&[t])
             .map_err(|e| PipelineError::Evaluate(e.to_string()))?;
-        let probs = outputs
-            .get(prob_index)
-            .ok_or_else(|| PipelineError::Evaluate("probability output missing".into()))?;
-        let TensorData::Fp32(p) = &probs.data else {
-            return Err(PipelineError::Evaluate("probabilities are not FP32".into()));
+        let o = outputs
+            .get(index)
+            .ok_or_else(|| PipelineError::Evaluate("the evaluated output is missing".into()))?;
+        let values: Vec<f64> = match &o.data {
+            TensorData::Fp32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            _ => {
+                return Err(PipelineError::Evaluate(format!(
+                    "output \"{}\" is not floating point",
+                    o.name
+                )));
+            }
         };
-        let width = probs.shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        let width = (values.len() / rows.max(1)).max(1);
+        // Classification: the last column is P(class 1); regression: one value per row.
         out.extend(
-            p.chunks(width)
-                .map(|row| f64::from(row.last().copied().unwrap_or(0.0))),
+            values
+                .chunks(width)
+                .map(|row| row.last().copied().unwrap_or(0.0)),
         );
     }
     Ok(out)
@@ -518,15 +538,29 @@ fn predict(model: &dyn Model, x: &[f64], cols: usize) -> Result<Vec<f64>, Pipeli
 async fn evaluate(
     model: Arc<dyn Model>,
     data: &dataset::Prepared,
+    task: definition::Task,
 ) -> Result<BTreeMap<String, f64>, PipelineError> {
     let x = data.holdout_x.clone();
     let y = data.holdout_y.clone();
     let cols = data.features.len();
     tokio::task::spawn_blocking(move || {
-        let p = predict(model.as_ref(), &x, cols)?;
-        let m =
-            BinaryMetrics::evaluate(&y, &p).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
-        Ok(metrics_map(&m))
+        let p = predict(model.as_ref(), &x, cols, task)?;
+        let fail = |e: greenbelt_train::TrainError| PipelineError::Evaluate(e.to_string());
+        match task {
+            definition::Task::Classification => {
+                Ok(metrics_map(&BinaryMetrics::evaluate(&y, &p).map_err(fail)?))
+            }
+            definition::Task::Regression => Ok(BTreeMap::from([
+                (
+                    "rmse".to_string(),
+                    greenbelt_train::metrics::rmse(&y, &p).map_err(fail)?,
+                ),
+                (
+                    "mae".to_string(),
+                    greenbelt_train::metrics::mae(&y, &p).map_err(fail)?,
+                ),
+            ])),
+        }
     })
     .await
     .map_err(|e| PipelineError::Evaluate(format!("evaluation task failed: {e}")))?

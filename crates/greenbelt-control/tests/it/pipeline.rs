@@ -232,3 +232,53 @@ async fn bad_definitions_and_data_are_named_errors() {
         .to_string();
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_pipeline_gates_on_rmse_and_mae() {
+    let Ok(python) = std::env::var("GREENBELT_TEST_PYTHON") else {
+        eprintln!(
+            "SKIP regression pipeline: GREENBELT_TEST_PYTHON (a python with scikit-learn and skl2onnx) is not set"
+        );
+        return;
+    };
+    let p = project().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud/train_amount.py");
+    std::fs::copy(&script, p.dir.path().join("train_amount.py")).unwrap();
+    let pipeline = |name: &str, features: &str| {
+        format!(
+            "name = \"{name}\"\nmodel = \"amount\"\ngates = [\"rmse <= champion.rmse * 1.05\", \"mae <= champion.mae * 1.05\"]\n[data]\npath = \"data/tx.csv\"\nlabel = \"amount\"\ntask = \"regression\"\ntimestamp = \"event_ts\"\nexclude = [\"tx_id\", \"user_id\", \"merchant_id\", \"is_fraud\"]\n{features}\n[train]\nkind = \"command\"\ncommand = [\"{python}\", \"train_amount.py\", \"--train\", \"{{train}}\", \"--label\", \"{{label}}\", \"--output\", \"{{output}}\"]\n[latency]\nconcurrency = 1\nrequests = 50\n"
+        )
+    };
+    let good = p.write(
+        "amount.toml",
+        &pipeline(
+            "lin",
+            "features = [\"user_avg_amount_30d\", \"hour\", \"merchant_risk\", \"user_tx_count_24h\", \"distance_km\", \"is_foreign\", \"device_age_days\"]",
+        ),
+    );
+    let r = p.run(&good).await;
+    assert!(r.promoted, "{}", r.text());
+    assert!(r.candidate_metrics["rmse"] > 0.0 && r.candidate_metrics["mae"] > 0.0);
+    assert!(!r.candidate_metrics.contains_key("roc_auc"));
+    // Without the informative feature the error grows: refused.
+    let worse = p.write(
+        "worse.toml",
+        &pipeline("weak", "features = [\"device_age_days\"]"),
+    );
+    let r = p.run(&worse).await;
+    assert!(!r.promoted, "{}", r.text());
+    assert_eq!(
+        p.registry.alias("amount", "champion").await.unwrap(),
+        Some(1)
+    );
+    // A built-in (classifier) trainer cannot do regression: a clear definition error.
+    let f = p.write(
+        "builtin.toml",
+        "name = \"x\"\nmodel = \"amount\"\n[data]\npath = \"data/tx.csv\"\nlabel = \"amount\"\ntask = \"regression\"\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n",
+    );
+    let err = PipelineDef::read(&f).unwrap_err().to_string();
+    assert!(
+        err.contains("regression") && err.contains("command"),
+        "{err}"
+    );
+}
