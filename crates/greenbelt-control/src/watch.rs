@@ -14,6 +14,9 @@ use greenbelt_serve::config::RouteConfig;
 use greenbelt_serve::repository::{Repository, ServedVersion};
 use tokio::time::Instant;
 
+/// How long a version that failed to load is left alone before a retry.
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+
 /// What one switch measured, for logs and tests.
 #[derive(Debug, Clone)]
 pub struct Switch {
@@ -74,7 +77,9 @@ impl Watcher {
         tx: Option<tokio::sync::mpsc::UnboundedSender<Switch>>,
     ) {
         let mut current: Option<i64> = None;
-        let mut failed: Option<i64> = None;
+        // A version that failed to load, and when; retried after FAILED_RETRY
+        // (the failure may have been transient: a registry or store hiccup).
+        let mut failed: Option<(i64, Instant)> = None;
         let mut interval = tokio::time::interval(self.poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -87,7 +92,9 @@ impl Watcher {
                 }
             };
             let Some(target) = target else { continue };
-            if Some(target) == current || Some(target) == failed {
+            if Some(target) == current
+                || failed.is_some_and(|(v, at)| v == target && at.elapsed() < FAILED_RETRY)
+            {
                 continue;
             }
             match self.switch(&route, current, target).await {
@@ -110,7 +117,7 @@ impl Watcher {
                     tracing::error!(route = %route.name, version = target, error = %e, "new version refused; still serving the previous one");
                     self.repository
                         .record_error(&route.name, &format!("version {target}: {e}"));
-                    failed = Some(target);
+                    failed = Some((target, Instant::now()));
                 }
             }
         }

@@ -138,6 +138,14 @@ pub async fn attach_registry(
     if routes.is_empty() && config.registry.url.is_none() {
         return Ok(Vec::new());
     }
+    let on_disk = server.state.repository.on_disk();
+    if let Some(r) = routes.iter().find(|r| on_disk.contains(&r.name)) {
+        anyhow::bail!(
+            "[[routes]] name \"{}\" is also a model directory in the repository ({}); rename one of them",
+            r.name,
+            config.repository.path.join(&r.name).display()
+        );
+    }
     let registry_config = &config.registry;
     let registry = registry_cmd::open(config, None)
         .await

@@ -139,3 +139,24 @@ fn cli_errors_are_clear_and_nonzero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn a_route_named_like_a_repository_model_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models/fraud/1")).unwrap();
+    std::fs::write(
+        dir.path().join("g.toml"),
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n[repository]\npath = \"models\"\n[[routes]]\nname = \"fraud\"\n",
+    )
+    .unwrap();
+    let out = greenbelt(dir.path())
+        .args(["serve", "--config", "g.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[[routes]] name \"fraud\" is also a model directory"),
+        "{err}"
+    );
+}
