@@ -250,9 +250,15 @@ impl Config {
                 "[registry] poll_interval_ms must be > 0".into(),
             ));
         }
-        for r in &self.routes {
+        for (i, r) in self.routes.iter().enumerate() {
             crate::repository::check_model_name(&r.name)
                 .map_err(|e| ConfigError::Invalid(format!("[[routes]] name: {e}")))?;
+            if self.routes[..i].iter().any(|o| o.name == r.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[routes]] name \"{}\" is declared twice",
+                    r.name
+                )));
+            }
         }
         if s.max_inflight == 0 {
             return Err(ConfigError::Invalid(
@@ -342,6 +348,13 @@ mod tests {
         assert_eq!(c.server.http_addr, "0.0.0.0:9000");
         assert_eq!(c.server.max_inflight, 7);
         assert!(!c.telemetry.log_requests);
+        let e = parse(
+            "[[routes]]\nname = \"fraud\"\n[[routes]]\nname = \"fraud\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("declared twice"), "{e}");
         let e = parse("", &[("GREENBELT__NOPE", "1")])
             .unwrap_err()
             .to_string();
