@@ -142,6 +142,8 @@ fn event_from_row(row: &AnyRow) -> Result<AliasEvent, RegistryError> {
     })
 }
 
+const EVENT_COLUMNS: &str = "id, model, alias, from_version, to_version, at_us, actor, reason";
+
 const VERSION_COLUMNS: &str = "model, version, artifact_uri, sha256, format, signature, params, metrics, gate_report, lineage, tags, created_us, created_by";
 
 impl Registry {
@@ -450,25 +452,19 @@ impl Registry {
         model: &str,
         alias: Option<&str>,
     ) -> Result<Vec<AliasEvent>, RegistryError> {
-        let rows = match alias {
-            Some(a) => {
-                sqlx::query(
-                    "SELECT id, model, alias, from_version, to_version, at_us, actor, reason FROM gb_alias_events WHERE model = $1 AND alias = $2 ORDER BY id",
-                )
-                .bind(model)
-                .bind(a)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT id, model, alias, from_version, to_version, at_us, actor, reason FROM gb_alias_events WHERE model = $1 ORDER BY id",
-                )
-                .bind(model)
-                .fetch_all(&self.pool)
-                .await?
-            }
+        let filter = if alias.is_some() {
+            " AND alias = $2"
+        } else {
+            ""
         };
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM gb_alias_events WHERE model = $1{filter} ORDER BY id"
+        )))
+        .bind(model);
+        if let Some(a) = alias {
+            query = query.bind(a);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -560,10 +556,10 @@ async fn move_alias(
                 .await?;
         }
     }
-    let row = sqlx::query(
+    let row = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO gb_alias_events (model, alias, from_version, to_version, at_us, actor, reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, model, alias, from_version, to_version, at_us, actor, reason",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {EVENT_COLUMNS}"
+    )))
     .bind(model)
     .bind(alias)
     .bind(from)
