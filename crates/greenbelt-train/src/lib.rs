@@ -1,14 +1,17 @@
-//! Model training for Greenbelt: binary classifiers trained in-process from a
-//! dense `f64` matrix, evaluated with scikit-learn-compatible metrics, and
+//! Model training for Greenbelt: binary classifiers and regressors trained
+//! in-process from a dense `f64` matrix, evaluated with scikit-learn-compatible metrics, and
 //! exported as ONNX files that the serving runtimes load.
 //!
 //! This crate owns:
 //! - [`metrics`]: ROC AUC, average precision, log-loss, accuracy, precision,
 //!   recall, F1, RMSE, MAE, matching scikit-learn to 1e-9 (golden-tested);
 //! - [`logreg`]: deterministic L2 logistic regression (Newton's method);
-//! - [`gbdt`]: seeded, deterministic histogram gradient-boosted trees;
-//! - [`onnx`]: byte-deterministic ONNX export of both, with the repository's
-//!   classifier signature (`input` -> `label`, `probabilities`);
+//! - [`linreg`]: deterministic ridge (L2) linear regression (Cholesky);
+//! - [`gbdt`]: seeded, deterministic histogram gradient-boosted trees, for
+//!   log-loss (classification) or squared error (regression);
+//! - [`onnx`]: byte-deterministic ONNX export of all of them, with the
+//!   repository's classifier signature (`input` -> `label`, `probabilities`)
+//!   or the regressor one (`input` -> `prediction` `[N, 1]`);
 //! - [`synthetic`]: reproducible data sets for tests and demos.
 //!
 //! It must not read files or tables (callers pass a [`DenseMatrix`]), load
@@ -18,6 +21,7 @@
 pub mod data;
 pub mod error;
 pub mod gbdt;
+pub mod linreg;
 pub mod logreg;
 pub mod metrics;
 pub mod onnx;
@@ -26,6 +30,7 @@ pub mod synthetic;
 
 pub use data::DenseMatrix;
 pub use error::TrainError;
-pub use gbdt::{GbdtModel, GbdtParams};
+pub use gbdt::{GbdtModel, GbdtParams, Objective};
+pub use linreg::{LinRegModel, LinRegParams};
 pub use logreg::{LogRegModel, LogRegParams};
-pub use onnx::{export_gbdt, export_logreg};
+pub use onnx::{export_gbdt, export_linreg, export_logreg};

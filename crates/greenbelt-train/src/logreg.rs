@@ -378,7 +378,7 @@ fn newton(problem: &Problem<'_>, max_iter: usize, tol: f64) -> Solution {
 /// Solve `a x = b` for symmetric positive definite `a` (row-major `d x d`)
 /// by Cholesky. A nearly singular `a` (a saturated, unpenalised intercept) is
 /// regularised by a growing multiple of its mean diagonal.
-fn solve_spd(a: Vec<f64>, b: &[f64], d: usize) -> Option<Vec<f64>> {
+pub(crate) fn solve_spd(a: Vec<f64>, b: &[f64], d: usize) -> Option<Vec<f64>> {
     let mean_diag = (0..d).map(|i| a[i * d + i]).sum::<f64>() / d.max(1) as f64;
     let mut jitter = 0.0;
     for _ in 0..12 {

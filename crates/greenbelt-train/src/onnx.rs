@@ -1,6 +1,7 @@
 //! Export of trained models as ONNX files that follow the repository's
 //! classifier convention: input `input` FP32 `[N, F]` (N dynamic), outputs
-//! `label` INT64 `[N]` and `probabilities` FP32 `[N, 2]` (class 0, class 1).
+//! `label` INT64 `[N]` and `probabilities` FP32 `[N, 2]` (class 0, class 1);
+//! regressors have the one output `prediction` FP32 `[N, 1]`.
 //!
 //! - Logistic regression is one `ai.onnx.ml.LinearClassifier` (two-class
 //!   coefficients `-w, w`, post-transform `LOGISTIC`), the form scikit-learn's
@@ -8,6 +9,8 @@
 //! - Boosted trees are `ai.onnx.ml.TreeEnsembleRegressor` (raw score, base
 //!   value included) followed by `Sigmoid`, `1 - p`, `Concat` and `ArgMax`.
 //!   tract cannot load tree ensembles, so these need ONNX Runtime.
+//! - Linear regression is one `ai.onnx.ml.LinearRegressor`; boosted trees
+//!   for regression are the `TreeEnsembleRegressor` alone (no sigmoid).
 //!
 //! Files are byte-deterministic: IR version 7, opsets `{"": 13,
 //! "ai.onnx.ml": 1}`, fixed graph and node names, no timestamps. The model's
@@ -25,7 +28,8 @@ use tract_onnx::pb::{
 };
 
 use crate::error::TrainError;
-use crate::gbdt::{GbdtModel, Node};
+use crate::gbdt::{GbdtModel, Node, Objective};
+use crate::linreg::LinRegModel;
 use crate::logreg::LogRegModel;
 
 /// IR version 7 with opset 13: what scikit-learn's converter writes, and what
@@ -43,6 +47,7 @@ pub const META_FEATURES: &str = "greenbelt.feature_names";
 const INPUT: &str = "input";
 const LABEL: &str = "label";
 const PROBABILITIES: &str = "probabilities";
+const PREDICTION: &str = "prediction";
 const ML_DOMAIN: &str = "ai.onnx.ml";
 
 /// Serialise a logistic regression model. `feature_names` must name every
@@ -96,11 +101,67 @@ pub fn export_logreg(model: &LogRegModel, feature_names: &[String]) -> Result<Ve
         "logreg",
         params,
         feature_names,
+        classifier_outputs(),
     ))
 }
 
-/// Serialise a boosted-trees model. `feature_names` must name every feature,
-/// in column order.
+/// Serialise a linear regression model: one `ai.onnx.ml.LinearRegressor`
+/// (no post-transform), output `prediction` FP32 `[N, 1]`. Both ONNX Runtime
+/// and tract run it. `feature_names` must name every feature, in column order.
+pub fn export_linreg(model: &LinRegModel, feature_names: &[String]) -> Result<Vec<u8>, TrainError> {
+    let f = model.n_features();
+    check_names(feature_names, f)?;
+    if let Some(bad) = model
+        .coefficients
+        .iter()
+        .chain([&model.intercept])
+        .find(|v| !v.is_finite() || !(**v as f32).is_finite())
+    {
+        return Err(TrainError::InvalidParam {
+            name: "coefficients",
+            value: bad.to_string(),
+            reason: "every coefficient and the intercept must be finite in f32 to export",
+        });
+    }
+    let node = NodeProto {
+        input: vec![INPUT.into()],
+        output: vec![PREDICTION.into()],
+        name: "LinearRegressor".into(),
+        op_type: "LinearRegressor".into(),
+        domain: ML_DOMAIN.into(),
+        attribute: vec![
+            floats(
+                "coefficients",
+                model.coefficients.iter().map(|c| *c as f32).collect(),
+            ),
+            floats("intercepts", vec![model.intercept as f32]),
+            string("post_transform", "NONE"),
+            int("targets", 1),
+        ],
+        ..NodeProto::default()
+    };
+    let params = json(&model.params)?;
+    let doc = format!(
+        "ridge linear regression trained by {PRODUCER} {}; params {params}",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(model_bytes(
+        "greenbelt_linreg",
+        vec![node],
+        vec![],
+        f,
+        doc,
+        "linreg",
+        params,
+        feature_names,
+        regressor_outputs(),
+    ))
+}
+
+/// Serialise a boosted-trees model: a classifier for [`Objective::LogLoss`],
+/// a regressor (the tree ensemble alone, `prediction` `[N, 1]`) for
+/// [`Objective::SquaredError`]. `feature_names` must name every feature, in
+/// column order.
 pub fn export_gbdt(model: &GbdtModel, feature_names: &[String]) -> Result<Vec<u8>, TrainError> {
     let f = model.n_features;
     check_names(feature_names, f)?;
@@ -139,9 +200,10 @@ pub fn export_gbdt(model: &GbdtModel, feature_names: &[String]) -> Result<Vec<u8
         }
     }
     let n_leaves = t.target_weights.len();
+    let regression = model.objective == Objective::SquaredError;
     let trees = NodeProto {
         input: vec![INPUT.into()],
-        output: vec!["raw_score".into()],
+        output: vec![if regression { PREDICTION } else { "raw_score" }.into()],
         name: "TreeEnsembleRegressor".into(),
         op_type: "TreeEnsembleRegressor".into(),
         domain: ML_DOMAIN.into(),
@@ -164,6 +226,25 @@ pub fn export_gbdt(model: &GbdtModel, feature_names: &[String]) -> Result<Vec<u8
         ],
         ..NodeProto::default()
     };
+    let params = json(&model.params)?;
+    if regression {
+        let doc = format!(
+            "gradient-boosted trees ({} trees, squared error) trained by {PRODUCER} {}; params {params}",
+            model.trees.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(model_bytes(
+            "greenbelt_gbdt_regressor",
+            vec![trees],
+            vec![],
+            f,
+            doc,
+            "gbdt_regression",
+            params,
+            feature_names,
+            regressor_outputs(),
+        ));
+    }
     let nodes = vec![
         trees,
         op("Sigmoid", &["raw_score"], "p1", vec![]),
@@ -182,7 +263,6 @@ pub fn export_gbdt(model: &GbdtModel, feature_names: &[String]) -> Result<Vec<u8
         float_data: vec![1.0],
         ..TensorProto::default()
     };
-    let params = json(&model.params)?;
     let doc = format!(
         "gradient-boosted trees ({} trees, log-loss) trained by {PRODUCER} {}; params {params}",
         model.trees.len(),
@@ -197,6 +277,7 @@ pub fn export_gbdt(model: &GbdtModel, feature_names: &[String]) -> Result<Vec<u8
         "gbdt",
         params,
         feature_names,
+        classifier_outputs(),
     ))
 }
 
@@ -233,6 +314,19 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, TrainError> {
     })
 }
 
+/// The classifier outputs: `label` INT64 `[N]`, `probabilities` FP32 `[N, 2]`.
+fn classifier_outputs() -> Vec<ValueInfoProto> {
+    vec![
+        tensor_info(LABEL, DataType::Int64, &[None]),
+        tensor_info(PROBABILITIES, DataType::Float, &[None, Some(2)]),
+    ]
+}
+
+/// The regressor output: `prediction` FP32 `[N, 1]`.
+fn regressor_outputs() -> Vec<ValueInfoProto> {
+    vec![tensor_info(PREDICTION, DataType::Float, &[None, Some(1)])]
+}
+
 #[allow(clippy::too_many_arguments)] // private; each argument is one part of the file
 fn model_bytes(
     graph_name: &str,
@@ -243,6 +337,7 @@ fn model_bytes(
     trainer: &str,
     params: String,
     feature_names: &[String],
+    outputs: Vec<ValueInfoProto>,
 ) -> Vec<u8> {
     // Serialising a slice of strings cannot fail.
     let names = serde_json::to_string(feature_names).unwrap_or_default();
@@ -255,10 +350,7 @@ fn model_bytes(
             DataType::Float,
             &[None, Some(n_features as i64)],
         )],
-        output: vec![
-            tensor_info(LABEL, DataType::Int64, &[None]),
-            tensor_info(PROBABILITIES, DataType::Float, &[None, Some(2)]),
-        ],
+        output: outputs,
         ..GraphProto::default()
     };
     let model = ModelProto {
@@ -456,5 +548,40 @@ mod tests {
             .count();
         assert_eq!(attr("target_weights").floats.len(), leaves);
         assert_eq!(attr("base_values").floats, vec![model.base_score as f32]);
+    }
+
+    #[test]
+    fn regressors_have_one_prediction_output() {
+        let data = synthetic::regression(300, 3, 1);
+        let x = data.matrix().unwrap();
+        let lin = crate::linreg::fit(&x, &data.y, &Default::default()).unwrap();
+        let bytes = export_linreg(&lin, &names(3)).unwrap();
+        let proto = ModelProto::decode(bytes.as_slice()).unwrap();
+        let meta: Vec<(&str, &str)> = proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        assert!(meta.contains(&(META_TRAINER, "linreg")), "{meta:?}");
+        let graph = proto.graph.unwrap();
+        assert_eq!(graph.node.len(), 1);
+        assert_eq!(graph.node[0].op_type, "LinearRegressor");
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, ["prediction"]);
+
+        let params = gbdt::GbdtParams {
+            n_estimators: 3,
+            ..Default::default()
+        };
+        let trees = gbdt::fit_regression(&x, &data.y, &params).unwrap();
+        let graph = ModelProto::decode(export_gbdt(&trees, &names(3)).unwrap().as_slice())
+            .unwrap()
+            .graph
+            .unwrap();
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["TreeEnsembleRegressor"], "no sigmoid for regression");
+        assert_eq!(graph.node[0].output, ["prediction"]);
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, ["prediction"]);
     }
 }

@@ -1,4 +1,4 @@
-//! Deterministic synthetic binary-classification data sets, for tests, demos
+//! Deterministic synthetic data sets (binary classification and regression), for tests, demos
 //! and benchmarks. They use only `+ - * /` and comparisons on `f64` over
 //! [`SplitMix64`] draws, so any IEEE-754 implementation (the golden script's
 //! Python included) reproduces them bit for bit.
@@ -7,7 +7,7 @@ use crate::data::DenseMatrix;
 use crate::error::TrainError;
 use crate::rng::SplitMix64;
 
-/// An owned row-major feature matrix with 0/1 labels.
+/// An owned row-major feature matrix with 0/1 labels (or real targets).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     pub x: Vec<f64>,
@@ -49,6 +49,29 @@ pub fn linear(rows: usize, cols: usize, seed: u64) -> Dataset {
         }
         let noise = (rng.next_f64() + rng.next_f64() + rng.next_f64() + rng.next_f64() - 2.0) * 1.5;
         y.push(if z + noise > 0.0 { 1.0 } else { 0.0 });
+    }
+    Dataset { x, y, rows, cols }
+}
+
+/// A noisy linear regression problem: the features of [`linear`] (same draws
+/// for the same seed), and the target is the score itself,
+/// `0.25 + sum_j w_j s_j + 1.5 (u1 + u2 + u3 + u4 - 2)`, not thresholded.
+pub fn regression(rows: usize, cols: usize, seed: u64) -> Dataset {
+    const SCALE: [f64; 4] = [1.0, 10.0, 0.1, 100.0];
+    const OFFSET: [f64; 4] = [0.0, 5.0, -1.0, 50.0];
+    let w = linear_weights(cols);
+    let mut rng = SplitMix64::new(seed);
+    let mut x = Vec::with_capacity(rows * cols);
+    let mut y = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let mut z = 0.25;
+        for (j, wj) in w.iter().enumerate() {
+            let s = rng.next_f64() * 4.0 - 2.0;
+            x.push(s * SCALE[j % 4] + OFFSET[j % 4]);
+            z += wj * s;
+        }
+        let noise = (rng.next_f64() + rng.next_f64() + rng.next_f64() + rng.next_f64() - 2.0) * 1.5;
+        y.push(z + noise);
     }
     Dataset { x, y, rows, cols }
 }

@@ -1,9 +1,9 @@
-//! Gradient-boosted decision trees for binary classification (log-loss),
-//! histogram-based like LightGBM and scikit-learn's
-//! `HistGradientBoostingClassifier`.
+//! Gradient-boosted decision trees for binary classification (log-loss) and
+//! regression (squared error), histogram-based like LightGBM and
+//! scikit-learn's `HistGradientBoostingClassifier` / `...Regressor`.
 //!
 //! Each round fits a depth-limited regression tree to the gradient and
-//! hessian of the log-loss at the current raw scores, with Newton leaf values
+//! hessian of the loss at the current raw scores, with Newton leaf values
 //! `-learning_rate * G / (H + l2_regularization)`. Row subsampling (without
 //! replacement, per tree) and feature subsampling (per tree) draw from a
 //! [`SplitMix64`] seeded with `params.seed`, so a seed fixes the model bit for
@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 pub use tree::{Node, Tree};
 
-use crate::data::{DenseMatrix, check_labels, check_pair, require_both_classes, sigmoid};
+use crate::data::{
+    DenseMatrix, check_finite, check_labels, check_pair, require_both_classes, sigmoid,
+};
 use crate::error::TrainError;
 use crate::rng::SplitMix64;
 use bins::Binned;
@@ -142,12 +144,29 @@ impl GbdtParams {
     }
 }
 
-/// A fitted ensemble: `P(y = 1 | x) = sigmoid(base_score + sum of leaf values)`.
+/// The loss a model was boosted on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Binary classification: the raw score is the log-odds of class 1.
+    #[default]
+    LogLoss,
+    /// Regression: the raw score is the prediction.
+    SquaredError,
+}
+
+/// A fitted ensemble. The raw score is `base_score + sum of leaf values`;
+/// for [`Objective::LogLoss`] `P(y = 1 | x) = sigmoid(raw)`, for
+/// [`Objective::SquaredError`] the raw score is the prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GbdtModel {
     pub params: GbdtParams,
+    /// Absent in models saved before regression existed: log-loss.
+    #[serde(default)]
+    pub objective: Objective,
     pub n_features: usize,
-    /// The log-odds of the training base rate (an `f32` value held as `f64`).
+    /// The log-odds of the training base rate (log-loss) or the mean target
+    /// (squared error); an `f32` value held as `f64`.
     pub base_score: f64,
     pub trees: Vec<Tree>,
 }
@@ -189,8 +208,24 @@ impl GbdtModel {
             .collect())
     }
 
-    /// The probability of class 1 per row.
+    /// The prediction per row: the target (squared error) or the
+    /// probability of class 1 (log-loss).
+    pub fn predict(&self, x: &DenseMatrix<'_>) -> Result<Vec<f64>, TrainError> {
+        match self.objective {
+            Objective::SquaredError => self.decision_function(x),
+            Objective::LogLoss => self.predict_proba(x),
+        }
+    }
+
+    /// The probability of class 1 per row (log-loss models only).
     pub fn predict_proba(&self, x: &DenseMatrix<'_>) -> Result<Vec<f64>, TrainError> {
+        if self.objective != Objective::LogLoss {
+            return Err(TrainError::InvalidParam {
+                name: "objective",
+                value: "squared_error".into(),
+                reason: "a regression model has no probabilities; use predict",
+            });
+        }
         Ok(self
             .decision_function(x)?
             .into_iter()
@@ -199,18 +234,53 @@ impl GbdtModel {
     }
 }
 
-/// Fit an ensemble to features `x` and 0/1 labels `y`. Both classes must occur.
+/// Fit an ensemble to features `x` and 0/1 labels `y` (log-loss). Both
+/// classes must occur.
 pub fn fit(x: &DenseMatrix<'_>, y: &[f64], params: &GbdtParams) -> Result<GbdtModel, TrainError> {
     const WHAT: &str = "gbdt fit";
     params.validate()?;
     check_pair(WHAT, "features", x.rows(), "labels", y.len())?;
     let positives = check_labels(WHAT, y)?;
     require_both_classes(WHAT, y.len(), positives)?;
+    let rate = positives as f64 / y.len() as f64;
+    let base_score = f64::from((rate / (1.0 - rate)).ln() as f32);
+    Ok(boost(x, y, params, Objective::LogLoss, base_score))
+}
 
+/// Fit an ensemble to features `x` and real-valued targets `y` with the
+/// squared error: gradient `raw - y`, hessian 1, starting from the mean
+/// target. Leaf values are then `-learning_rate * sum(raw - y) / (n + l2)`.
+pub fn fit_regression(
+    x: &DenseMatrix<'_>,
+    y: &[f64],
+    params: &GbdtParams,
+) -> Result<GbdtModel, TrainError> {
+    const WHAT: &str = "gbdt regression fit";
+    params.validate()?;
+    check_pair(WHAT, "features", x.rows(), "targets", y.len())?;
+    check_finite("targets", y)?;
+    let mean = y.iter().sum::<f64>() / y.len() as f64;
+    let base_score = f64::from(mean as f32);
+    if !base_score.is_finite() {
+        return Err(TrainError::InvalidParam {
+            name: "targets",
+            value: mean.to_string(),
+            reason: "the mean target does not fit in f32; rescale the target",
+        });
+    }
+    Ok(boost(x, y, params, Objective::SquaredError, base_score))
+}
+
+/// The boosting loop shared by both objectives (inputs already checked).
+fn boost(
+    x: &DenseMatrix<'_>,
+    y: &[f64],
+    params: &GbdtParams,
+    objective: Objective,
+    base_score: f64,
+) -> GbdtModel {
     let (n, f) = (x.rows(), x.cols());
     let binned = Binned::build(x, params.max_bins);
-    let rate = positives as f64 / n as f64;
-    let base_score = f64::from((rate / (1.0 - rate)).ln() as f32);
     let grow = GrowParams {
         max_depth: params.max_depth,
         min_samples_leaf: params.min_samples_leaf,
@@ -227,9 +297,17 @@ pub fn fit(x: &DenseMatrix<'_>, y: &[f64], params: &GbdtParams) -> Result<GbdtMo
     let mut trees = Vec::with_capacity(params.n_estimators);
     for _ in 0..params.n_estimators {
         for i in 0..n {
-            let p = sigmoid(raw[i]);
-            grad[i] = p - y[i];
-            hess[i] = p * (1.0 - p);
+            match objective {
+                Objective::LogLoss => {
+                    let p = sigmoid(raw[i]);
+                    grad[i] = p - y[i];
+                    hess[i] = p * (1.0 - p);
+                }
+                Objective::SquaredError => {
+                    grad[i] = raw[i] - y[i];
+                    hess[i] = 1.0;
+                }
+            }
         }
         let rows = if n_rows < n {
             rng.sample_indices(n, n_rows)
@@ -247,12 +325,13 @@ pub fn fit(x: &DenseMatrix<'_>, y: &[f64], params: &GbdtParams) -> Result<GbdtMo
         }
         trees.push(grown.tree);
     }
-    Ok(GbdtModel {
+    GbdtModel {
         params: params.clone(),
+        objective,
         n_features: f,
         base_score,
         trees,
-    })
+    }
 }
 
 /// `round(fraction * n)`, at least 1 (for n >= 1).
@@ -301,6 +380,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn regression_fits_a_nonlinear_target_deterministically() {
+        use crate::metrics::rmse;
+        // Target: the disc's squared radius, plus the label noise as a bump.
+        let make = |rows, seed| {
+            let d = synthetic::disc(rows, seed);
+            let y: Vec<f64> =
+                d.x.chunks(4)
+                    .zip(&d.y)
+                    .map(|(r, l)| 3.0 * (r[0] * r[0] + r[1] * r[1]) + 0.1 * l)
+                    .collect();
+            (d, y)
+        };
+        let (train, y) = make(2000, 1);
+        let (test, yt) = make(1000, 2);
+        let params = GbdtParams {
+            n_estimators: 60,
+            subsample: 0.8,
+            seed: 3,
+            ..GbdtParams::default()
+        };
+        let x = train.matrix().unwrap();
+        let model = fit_regression(&x, &y, &params).unwrap();
+        assert_eq!(model.objective, Objective::SquaredError);
+        assert_eq!(model, fit_regression(&x, &y, &params).unwrap());
+        let mean = y.iter().sum::<f64>() / y.len() as f64;
+        assert_eq!(model.base_score, f64::from(mean as f32));
+        let p = model.predict(&test.matrix().unwrap()).unwrap();
+        let err = rmse(&yt, &p).unwrap();
+        let base = rmse(&yt, &vec![mean; yt.len()]).unwrap();
+        assert!(err < 0.25 * base, "rmse {err} vs constant {base}");
+        assert!(model.predict_proba(&x).is_err());
+        assert!(matches!(
+            fit_regression(&x, &vec![f64::INFINITY; 2000], &params),
+            Err(TrainError::NotFinite { .. })
+        ));
+        // Old saved models (no objective field) read as log-loss.
+        let mut json = serde_json::to_value(&model).unwrap();
+        json.as_object_mut().unwrap().remove("objective");
+        let old: GbdtModel = serde_json::from_value(json).unwrap();
+        assert_eq!(old.objective, Objective::LogLoss);
     }
 
     #[test]

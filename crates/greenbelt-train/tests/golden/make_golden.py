@@ -28,6 +28,10 @@ Contents:
   data, reproduced here bit for bit (SplitMix64 and + - * / only).
 - "gbdt": sklearn HistGradientBoostingClassifier's test AUC on
   synthetic::disc data, as a reference point for the Rust trainer.
+- "linreg": sklearn Ridge (solver="cholesky") and LinearRegression (alpha 0)
+  coefficients on synthetic::regression data, reproduced bit for bit.
+- "gbdt_regression": sklearn HistGradientBoostingRegressor's test RMSE on
+  synthetic::regression data, a reference point for the squared-error trees.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import sklearn
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -103,6 +107,24 @@ def linear(rows: int, cols: int, seed: int):
     return np.array(x, dtype=np.float64), np.array(y, dtype=np.int64)
 
 
+def regression(rows: int, cols: int, seed: int):
+    """greenbelt_train::synthetic::regression"""
+    w = [LINEAR_W[j % 5] for j in range(cols)]
+    rng = SplitMix64(seed)
+    x, y = [], []
+    for _ in range(rows):
+        z = 0.25
+        row = []
+        for j in range(cols):
+            s = rng.next_f64() * 4.0 - 2.0
+            row.append(s * LINEAR_SCALE[j % 4] + LINEAR_OFFSET[j % 4])
+            z += w[j] * s
+        noise = (rng.next_f64() + rng.next_f64() + rng.next_f64() + rng.next_f64() - 2.0) * 1.5
+        x.append(row)
+        y.append(z + noise)
+    return np.array(x, dtype=np.float64), np.array(y, dtype=np.float64)
+
+
 def disc(rows: int, seed: int):
     """greenbelt_train::synthetic::disc"""
     rng = SplitMix64(seed)
@@ -118,13 +140,17 @@ def disc(rows: int, seed: int):
 
 def checksum(x: np.ndarray, y: np.ndarray) -> dict:
     # math.fsum: exactly rounded, so it does not depend on summation order.
-    return {
+    out = {
         "rows": int(x.shape[0]),
         "cols": int(x.shape[1]),
         "x_fsum": math.fsum(float(v) for v in x.ravel()),
-        "positives": int(y.sum()),
         "first_row_bits": bits(x[0]),
     }
+    if y.dtype == np.int64:
+        out["positives"] = int(y.sum())
+    else:
+        out["y_fsum"] = math.fsum(float(v) for v in y)
+    return out
 
 
 # --- metrics ---------------------------------------------------------------
@@ -317,6 +343,59 @@ def gbdt_golden() -> dict:
     }
 
 
+def linreg_golden() -> dict:
+    rows, cols, seed, test_rows, test_seed = 600, 5, 17, 400, 18
+    x, y = regression(rows, cols, seed)
+    xt, yt = regression(test_rows, cols, test_seed)
+    cases = []
+    for name, alpha, fit_intercept in [
+        ("ols", 0.0, True), ("ridge_1", 1.0, True), ("ridge_1000", 1000.0, True),
+        ("ridge_1_no_intercept", 1.0, False),
+    ]:
+        if alpha == 0.0:
+            reg = LinearRegression(fit_intercept=fit_intercept).fit(x, y)
+        else:
+            reg = Ridge(alpha=alpha, fit_intercept=fit_intercept, solver="cholesky").fit(x, y)
+        cases.append({
+            "name": name,
+            "alpha": alpha,
+            "fit_intercept": fit_intercept,
+            "coefficients": [float(v) for v in reg.coef_],
+            "intercept": float(reg.intercept_),
+            "test_rmse": float(root_mean_squared_error(yt, reg.predict(xt))),
+        })
+    return {
+        "data": {"rows": rows, "cols": cols, "seed": seed,
+                 "test_rows": test_rows, "test_seed": test_seed},
+        "checksum": checksum(x, y),
+        "test_checksum": checksum(xt, yt),
+        "cases": cases,
+    }
+
+
+def gbdt_regression_golden() -> dict:
+    """synthetic::regression's linear target, which trees fit piecewise."""
+    rows, cols, seed, test_rows, test_seed = 3000, 4, 21, 2000, 22
+    x, y = regression(rows, cols, seed)
+    xt, yt = regression(test_rows, cols, test_seed)
+    params = {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 3,
+              "min_samples_leaf": 20, "l2_regularization": 0.0, "max_bins": 255}
+    reg = HistGradientBoostingRegressor(
+        max_iter=params["n_estimators"], learning_rate=params["learning_rate"],
+        max_depth=params["max_depth"], max_leaf_nodes=None,
+        min_samples_leaf=params["min_samples_leaf"],
+        l2_regularization=params["l2_regularization"], max_bins=params["max_bins"],
+        early_stopping=False, random_state=0,
+    ).fit(x, y)
+    return {
+        "data": {"rows": rows, "cols": cols, "seed": seed,
+                 "test_rows": test_rows, "test_seed": test_seed},
+        "checksum": checksum(x, y),
+        "params": params,
+        "sklearn_test_rmse": float(root_mean_squared_error(yt, reg.predict(xt))),
+    }
+
+
 # --- ONNX check ------------------------------------------------------------
 
 
@@ -335,6 +414,16 @@ def check_onnx(directory: Path) -> int:
         onnx.checker.check_model(model, full_check=True)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = np.asarray(expected["input"], dtype=np.float32)
+        if "prediction" in expected:  # a regressor
+            (pred,) = sess.run(["prediction"], {"input": x})
+            want = np.asarray(expected["prediction"], dtype=np.float64)
+            err = float(np.max(np.abs(pred[:, 0].astype(np.float64) - want)
+                               / np.maximum(np.abs(want), 1.0)))
+            ok = err <= 1e-5 and pred.shape == (len(want), 1) and pred.dtype == np.float32
+            failed += not ok
+            print(f"{'OK  ' if ok else 'FAIL'} {path.name}: max relative |prediction - predict| = "
+                  f"{err:.2e}, onnxruntime {ort.__version__}")
+            continue
         label, prob = sess.run(["label", "probabilities"], {"input": x})
         want = np.asarray(expected["predict_proba"], dtype=np.float64)
         err = float(np.max(np.abs(prob[:, 1].astype(np.float64) - want)))
@@ -361,6 +450,8 @@ def main() -> int:
         "regression": regression_cases(),
         "logreg": logreg_golden(),
         "gbdt": gbdt_golden(),
+        "linreg": linreg_golden(),
+        "gbdt_regression": gbdt_regression_golden(),
     }
     OUT.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")

@@ -1,5 +1,6 @@
 //! Exported models, loaded and run by greenbelt-runtime: probabilities must
-//! equal `predict_proba` within 1e-5. Each test also leaves its model and
+//! equal `predict_proba` within 1e-5, regressors' predictions `predict`
+//! within 1e-5 relative. Each test also leaves its model and
 //! expectations in `target/tmp/greenbelt-train/` for
 //! `make_golden.py --check-onnx` (Python onnxruntime + the ONNX checker).
 
@@ -9,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 use greenbelt_core::{DataType, Tensor, TensorData};
 use greenbelt_runtime::{Backend, LoadOptions, Model, RuntimeError, Runtimes};
 use greenbelt_train::{
-    DenseMatrix, GbdtParams, LogRegParams, export_gbdt, export_logreg, gbdt, logreg, synthetic,
+    DenseMatrix, GbdtParams, LinRegParams, LogRegParams, export_gbdt, export_linreg, export_logreg,
+    gbdt, linreg, logreg, synthetic,
 };
 
 use crate::out_dir;
@@ -72,6 +74,56 @@ fn save(name: &str, bytes: &[u8], rows: &[f64], cols: usize, want: &[f64]) -> Pa
     )
     .unwrap();
     path
+}
+
+/// Like [`save`], for a regressor: the JSON holds `"prediction"`.
+fn save_regressor(name: &str, bytes: &[u8], rows: &[f64], cols: usize, want: &[f64]) -> PathBuf {
+    let dir = out_dir();
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, bytes).unwrap();
+    let input: Vec<&[f64]> = rows.chunks(cols).collect();
+    let expect = serde_json::json!({ "input": input, "prediction": want });
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec(&expect).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+/// Run a regressor on `x` and compare its one output, `prediction` FP32
+/// `[N, 1]`, with `want`.
+fn check_regressor(what: &str, model: &dyn Model, x: &[f32], cols: usize, want: &[f64]) {
+    let n = want.len();
+    let sig = model.signature();
+    assert_eq!(sig.inputs.len(), 1, "{what}: {sig:?}");
+    assert_eq!(sig.inputs[0].name, "input");
+    assert_eq!(sig.inputs[0].shape, vec![-1, cols as i64], "{what}");
+    assert_eq!(sig.outputs.len(), 1, "{what}: {sig:?}");
+    assert_eq!(sig.outputs[0].name, "prediction");
+    assert_eq!(sig.outputs[0].datatype, DataType::Fp32);
+    assert_eq!(sig.outputs[0].shape, vec![-1, 1], "{what}");
+    let input = Tensor::new(
+        "input",
+        vec![n as i64, cols as i64],
+        TensorData::Fp32(x.to_vec()),
+    )
+    .unwrap();
+    let out = model.infer(&[input]).unwrap();
+    assert_eq!(out[0].shape, vec![n as i64, 1], "{what}");
+    let TensorData::Fp32(p) = &out[0].data else {
+        panic!("{what}: prediction is {:?}", out[0].data.datatype())
+    };
+    let mut worst = 0.0f64;
+    for (i, w) in want.iter().enumerate() {
+        let err = (f64::from(p[i]) - w).abs() / w.abs().max(1.0);
+        worst = worst.max(err);
+        assert!(err <= TOL, "{what} row {i}: runtime {}, predict {w}", p[i]);
+    }
+    eprintln!(
+        "{what} ({:?}): {n} rows, max relative |runtime - predict| = {worst:.1e}",
+        model.backend()
+    );
 }
 
 /// Run the model on `x` (f32, row-major) and compare with `want` (P(class 1)).
@@ -236,4 +288,61 @@ fn gbdt_export_runs_on_onnxruntime_and_is_refused_by_tract() {
         cols,
         &want,
     );
+}
+
+#[test]
+fn linreg_export_runs_on_tract_and_onnxruntime() {
+    let cols = 5;
+    let train = synthetic::regression(800, cols, 41);
+    let model = linreg::fit(&train.matrix().unwrap(), &train.y, &LinRegParams::default()).unwrap();
+    let bytes = export_linreg(&model, &names(cols)).unwrap();
+    assert_eq!(bytes, export_linreg(&model, &names(cols)).unwrap());
+    let test = synthetic::regression(257, cols, 42);
+    let (x32, x) = as_f32_rows(&test.x);
+    let want = model
+        .predict(&DenseMatrix::new(&x, 257, cols).unwrap())
+        .unwrap();
+    let path = save_regressor("linreg", &bytes, &x, cols, &want);
+    let auto = load(&tract_only(), &path, Backend::Auto).unwrap();
+    assert_eq!(auto.backend(), Backend::Tract);
+    check_regressor("linreg", auto.as_ref(), &x32, cols, &want);
+    check_regressor(
+        "linreg 1 row",
+        auto.as_ref(),
+        &x32[..cols],
+        cols,
+        &want[..1],
+    );
+    let Some(rt) = ort() else { return };
+    let ort_model = load(&rt, &path, Backend::Onnxruntime).unwrap();
+    check_regressor("linreg", ort_model.as_ref(), &x32, cols, &want);
+}
+
+#[test]
+fn gbdt_regression_export_runs_on_onnxruntime() {
+    let cols = 4;
+    let train = synthetic::regression(3000, cols, 51);
+    let params = GbdtParams {
+        n_estimators: 50,
+        max_depth: 4,
+        subsample: 0.8,
+        seed: 9,
+        ..GbdtParams::default()
+    };
+    let model = gbdt::fit_regression(&train.matrix().unwrap(), &train.y, &params).unwrap();
+    let bytes = export_gbdt(&model, &names(cols)).unwrap();
+    assert_eq!(bytes, export_gbdt(&model, &names(cols)).unwrap());
+    let test = synthetic::regression(500, cols, 52);
+    let (x32, x) = as_f32_rows(&test.x);
+    let want = model
+        .predict(&DenseMatrix::new(&x, 500, cols).unwrap())
+        .unwrap();
+    let path = save_regressor("gbdt_regression", &bytes, &x, cols, &want);
+    assert!(matches!(
+        load(&tract_only(), &path, Backend::Auto),
+        Err(RuntimeError::UnsupportedOperator { .. })
+    ));
+    let Some(rt) = ort() else { return };
+    let ort_model = load(&rt, &path, Backend::Onnxruntime).unwrap();
+    check_regressor("gbdt regression", ort_model.as_ref(), &x32, cols, &want);
 }
