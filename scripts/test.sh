@@ -29,6 +29,23 @@ if [[ -z "${GREENBELT_TEST_POSTGRES_URL:-}" ]] && command -v pg_isready >/dev/nu
 fi
 echo "test.sh: GREENBELT_TEST_POSTGRES_URL=${GREENBELT_TEST_POSTGRES_URL:-<unset: PostgreSQL tests skip>}"
 
+# S3 artifact tests run against a local moto server (from the venv) on a free
+# port; stopped when this script exits.
+if [[ -z "${GREENBELT_TEST_S3_ENDPOINT:-}" ]]; then
+    s3_port="$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    .venv/bin/python -m moto.server -H 127.0.0.1 -p "$s3_port" >/tmp/greenbelt-test-moto.log 2>&1 &
+    s3_pid=$!
+    trap 'kill "$s3_pid" 2>/dev/null || true' EXIT
+    for _ in $(seq 1 60); do
+        if .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$s3_port/', timeout=1)" 2>/dev/null; then
+            export GREENBELT_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+            break
+        fi
+        sleep 0.5
+    done
+fi
+echo "test.sh: GREENBELT_TEST_S3_ENDPOINT=${GREENBELT_TEST_S3_ENDPOINT:-<unset: moto did not start, see /tmp/greenbelt-test-moto.log; S3 tests skip>}"
+
 cargo build -p greenbelt
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast

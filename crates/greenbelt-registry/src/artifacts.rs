@@ -30,10 +30,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl ArtifactStore {
     /// `file:///abs/dir`, a plain directory path, or (feature `s3`)
-    /// `s3://bucket/prefix` with credentials from the usual AWS environment.
+    /// `s3://bucket/prefix` with credentials and endpoint from the usual AWS
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT` for an S3-compatible service,
+    /// `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
     pub fn open(location: &str) -> Result<ArtifactStore, RegistryError> {
+        ArtifactStore::open_with(location, &[])
+    }
+
+    /// [`ArtifactStore::open`] with S3 settings given explicitly, as
+    /// object_store's `AmazonS3ConfigKey` names (`endpoint`, `allow_http`,
+    /// `access_key_id`, `secret_access_key`, `region`, ...); they override the
+    /// environment. Ignored for a local directory.
+    pub fn open_with(
+        location: &str,
+        s3_options: &[(&str, &str)],
+    ) -> Result<ArtifactStore, RegistryError> {
         if let Some(rest) = location.strip_prefix("s3://") {
-            return open_s3(rest);
+            return open_s3(rest, s3_options);
         }
         let dir = location.strip_prefix("file://").unwrap_or(location);
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -96,28 +110,50 @@ impl ArtifactStore {
 }
 
 #[cfg(feature = "s3")]
-fn open_s3(rest: &str) -> Result<ArtifactStore, RegistryError> {
+fn open_s3(rest: &str, options: &[(&str, &str)]) -> Result<ArtifactStore, RegistryError> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let s3 = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .build()
-        .map_err(|e| RegistryError::Artifact(format!("s3://{bucket}: {e}")))?;
+    if bucket.is_empty() {
+        return Err(RegistryError::Artifact(format!(
+            "s3://{rest}: no bucket name; write s3://BUCKET or s3://BUCKET/PREFIX"
+        )));
+    }
+    // TLS for the S3 client is rustls on ring (see the `s3` feature); reqwest
+    // needs the provider installed before its first client. An error means
+    // one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (key, value) in options {
+        let key: AmazonS3ConfigKey = key.parse().map_err(|e| {
+            RegistryError::Artifact(format!(
+                "s3://{bucket}: option \"{key}\" is not an S3 setting ({e}); use names like endpoint, region, allow_http"
+            ))
+        })?;
+        builder = builder.with_config(key, *value);
+    }
+    let s3 = builder.build().map_err(|e| {
+        RegistryError::Artifact(format!(
+            "s3://{bucket}: {e}; set AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT for a non-AWS service)"
+        ))
+    })?;
+    let prefix = prefix.trim_matches('/');
     let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
         Arc::new(s3)
     } else {
-        Arc::new(object_store::prefix::PrefixStore::new(
-            s3,
-            prefix.trim_end_matches('/'),
-        ))
+        Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
     };
     Ok(ArtifactStore {
         store,
-        base: format!("s3://{}", rest.trim_end_matches('/')),
+        base: if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        },
     })
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(rest: &str) -> Result<ArtifactStore, RegistryError> {
+fn open_s3(rest: &str, _options: &[(&str, &str)]) -> Result<ArtifactStore, RegistryError> {
     Err(RegistryError::Artifact(format!(
         "s3://{rest}: this build has no S3 support; rebuild with `--features greenbelt-registry/s3`"
     )))

@@ -7,3 +7,4 @@
 mod backends;
 mod http;
 mod registry;
+mod s3;
