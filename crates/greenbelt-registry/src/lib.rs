@@ -10,10 +10,12 @@
 
 pub mod artifacts;
 pub mod http;
+pub mod notify;
 mod schema;
 pub mod store;
 
 pub use artifacts::ArtifactStore;
+pub use notify::{AliasChange, AliasListener, Notice};
 pub use store::{AliasEvent, ModelVersion, NewVersion, Registry};
 
 /// Registry errors. Messages name the model, version or alias at fault.

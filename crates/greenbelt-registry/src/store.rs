@@ -83,6 +83,8 @@ pub struct AliasEvent {
 pub struct Registry {
     pool: AnyPool,
     dialect: Dialect,
+    /// The PostgreSQL URL, for [`Registry::alias_listener`]; None on SQLite.
+    listen_url: Option<String>,
 }
 
 /// A stable 63-bit lock key for a model name (FNV-1a).
@@ -186,9 +188,25 @@ impl Registry {
             .map_err(|e| {
                 RegistryError::Db(format!("cannot open registry {}: {e}", redact(&url)))
             })?;
-        let registry = Registry { pool, dialect };
+        let listen_url = (dialect == Dialect::Postgres).then(|| url.clone());
+        let registry = Registry {
+            pool,
+            dialect,
+            listen_url,
+        };
         registry.migrate().await?;
         Ok(registry)
+    }
+
+    /// A subscription to alias moves (PostgreSQL LISTEN/NOTIFY), or None on
+    /// SQLite, where watchers poll.
+    pub async fn alias_listener(
+        &self,
+    ) -> Result<Option<crate::notify::AliasListener>, RegistryError> {
+        match &self.listen_url {
+            Some(url) => Ok(Some(crate::notify::AliasListener::connect(url).await?)),
+            None => Ok(None),
+        }
     }
 
     /// A transaction holding the per-`key` write lock.
@@ -569,6 +587,21 @@ async fn move_alias(
     .bind(reason)
     .fetch_one(&mut **tx)
     .await?;
+    // Announced at commit (NOTIFY is transactional); see crate::notify.
+    if tx.backend_name() == "PostgreSQL" {
+        let change = crate::notify::AliasChange {
+            model: model.to_string(),
+            alias: alias.to_string(),
+            version: to,
+        };
+        // Wrapped so the result is a count, not pg_notify's `void`, which
+        // the Any driver cannot decode.
+        sqlx::query("SELECT count(*) AS n FROM (SELECT pg_notify($1, $2)) AS notified")
+            .bind(crate::notify::ALIAS_CHANNEL)
+            .bind(serde_json::to_string(&change).unwrap_or_default())
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(Some(event_from_row(&row)?))
 }
 

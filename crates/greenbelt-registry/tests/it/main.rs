@@ -6,5 +6,6 @@
 
 mod backends;
 mod http;
+mod notify;
 mod registry;
 mod s3;
