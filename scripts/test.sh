@@ -28,6 +28,12 @@ if [[ -z "${GREENBELT_TEST_POSTGRES_URL:-}" ]] && command -v pg_isready >/dev/nu
     export GREENBELT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/test"
 fi
 echo "test.sh: GREENBELT_TEST_POSTGRES_URL=${GREENBELT_TEST_POSTGRES_URL:-<unset: PostgreSQL tests skip>}"
+# Feature-store online tests also run on Redis when one answers (else they say SKIP).
+if [[ -z "${GREENBELT_TEST_REDIS_URL:-}" ]] && command -v redis-cli >/dev/null \
+    && timeout 3 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    export GREENBELT_TEST_REDIS_URL="redis://127.0.0.1:6379"
+fi
+echo "test.sh: GREENBELT_TEST_REDIS_URL=${GREENBELT_TEST_REDIS_URL:-<unset: Redis tests skip>}"
 
 # S3 artifact tests run against a local moto server (from the venv) on a free
 # port; stopped when this script exits.

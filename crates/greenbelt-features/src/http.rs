@@ -1,0 +1,69 @@
+//! The feature store's HTTP API, as an axum `Router` the server mounts:
+//! `POST /features/online` (Feast-shaped feature values for entity rows) and
+//! `POST /features/push` (validated writes to the online store). Errors are
+//! `{"error": "..."}` with 400 for a bad body or value (naming the field),
+//! 404 for an unknown view, service or feature, 503 when the store fails.
+//! This module only decodes, calls `OnlineService` and encodes.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::de::DeserializeOwned;
+
+use crate::error::FeatureError;
+use crate::online::service::{OnlineRequest, OnlineService, PushRequest};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+fn error(status: u16, msg: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn fail(e: &FeatureError) -> Response {
+    // A contract violation on push is the caller's bad data: 400.
+    let status = match e {
+        FeatureError::Contract(_) => 400,
+        other => other.status_code(),
+    };
+    error(status, &e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| Box::new(error(400, &format!("request body: {e}"))))
+}
+
+async fn online(State(svc): State<OnlineService>, body: Bytes) -> Response {
+    let req: OnlineRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match svc.get_online_features(&req).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e) => fail(&e),
+    }
+}
+
+async fn push(State(svc): State<OnlineService>, body: Bytes) -> Response {
+    let req: PushRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match svc.push(&req).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e) => fail(&e),
+    }
+}
+
+/// The `/features/*` routes over `svc`.
+pub fn router(svc: OnlineService) -> Router {
+    Router::new()
+        .route("/features/online", post(online))
+        .route("/features/push", post(push))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(svc)
+}

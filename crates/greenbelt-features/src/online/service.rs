@@ -1,0 +1,671 @@
+//! Online serving: `get_online_features` and `push` over an online store,
+//! with a bounded in-process cache (moka) in front. TTL is enforced on every
+//! read, cached or not: a value older than its view's TTL comes back null
+//! with status `OUTSIDE_MAX_AGE`. Cache entries live at most
+//! min(cache TTL, view TTL) and are invalidated by writes through this
+//! service (push and online materialization). The response follows Feast's
+//! feature server: `{"metadata":{"feature_names":[...]},"results":[{"values",
+//! "statuses","event_timestamps"}]}`, one result per column (join keys first).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use futures::StreamExt;
+use moka::Expiry;
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{OnlineBackend, OnlineStore, Record, storage_key};
+use crate::contracts::Checker;
+use crate::defs::{Definitions, FeatureRef, FeatureView, ValueType};
+use crate::error::{FeatureError, Result};
+use crate::offline::{CREATED_TIMESTAMP, EVENT_TIMESTAMP, OfflineStore, offline_schema};
+use crate::source::{EngineOptions, session};
+use crate::time::{format_ts, now_us, parse_ts};
+
+/// Most entity rows in one online request.
+pub const MAX_ENTITY_ROWS: usize = 10_000;
+/// Most rows in one push.
+pub const MAX_PUSH_ROWS: usize = 100_000;
+
+/// Per-value status, as Feast names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FieldStatus {
+    Present,
+    NullValue,
+    NotFound,
+    OutsideMaxAge,
+}
+
+/// `POST /features/online` body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineRequest {
+    /// Join key → one value per entity row.
+    pub entities: BTreeMap<String, Vec<Value>>,
+    #[serde(default)]
+    pub feature_service: Option<String>,
+    /// `view:feature` names (instead of a service).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// Name features `view__feature` instead of `feature`.
+    #[serde(default)]
+    pub full_feature_names: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub feature_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureColumn {
+    pub values: Vec<Value>,
+    pub statuses: Vec<FieldStatus>,
+    pub event_timestamps: Vec<String>,
+}
+
+/// The Feast-shaped answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineResponse {
+    pub metadata: Metadata,
+    pub results: Vec<FeatureColumn>,
+}
+
+/// `POST /features/push` body: columns of rows for one view.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    pub feature_view: String,
+    /// Column → values: the join keys, `event_timestamp`, optionally
+    /// `created_timestamp`, and every feature of the view.
+    pub df: BTreeMap<String, Vec<Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub feature_view: String,
+    pub rows: u64,
+    /// Keys whose stored value was replaced (older stored values only).
+    pub written: u64,
+}
+
+/// Cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Off: every read goes to the store.
+    pub enabled: bool,
+    /// Most cached entity keys.
+    pub max_entries: u64,
+    /// Longest an entry lives (also never longer than its view's TTL).
+    pub ttl: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            enabled: true,
+            max_entries: 100_000,
+            ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    record: Option<Record>,
+    ttl: Duration,
+}
+
+struct PerEntry;
+
+impl Expiry<String, Arc<Cached>> for PerEntry {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Arc<Cached>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Online reads and writes for a set of definitions.
+#[derive(Clone)]
+pub struct OnlineService {
+    defs: Arc<Definitions>,
+    store: OnlineStore,
+    cache: Option<Cache<String, Arc<Cached>>>,
+    cache_ttl: Duration,
+    clock: Clock,
+}
+
+fn json_key(what: &str, t: ValueType, v: &Value) -> Result<String> {
+    let bad = || {
+        FeatureError::Invalid(format!(
+            "{what}: {} is not a {}",
+            v.to_string().chars().take(60).collect::<String>(),
+            t.name()
+        ))
+    };
+    match (t, v) {
+        (ValueType::String, Value::String(s)) => Ok(s.clone()),
+        (ValueType::Int64, Value::Number(n)) => n.as_i64().map(|i| i.to_string()).ok_or_else(bad),
+        (ValueType::Bool, Value::Bool(b)) => Ok(b.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+/// One Arrow cell as JSON.
+pub fn cell(a: &ArrayRef, i: usize) -> Value {
+    if a.is_null(i) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Utf8 => a
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .map_or(Value::Null, |s| Value::from(s.value(i))),
+        DataType::Int64 => a
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map_or(Value::Null, |s| Value::from(s.value(i))),
+        DataType::Float64 => a
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .and_then(|s| serde_json::Number::from_f64(s.value(i)))
+            .map_or(Value::Null, Value::Number),
+        DataType::Boolean => a
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .map_or(Value::Null, |s| Value::from(s.value(i))),
+        _ => match cast(a, &DataType::Utf8) {
+            Ok(t) => cell(&t, i),
+            Err(_) => Value::Null,
+        },
+    }
+}
+
+fn key_text(a: &ArrayRef, i: usize) -> Option<String> {
+    match cell(a, i) {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+impl OnlineService {
+    pub fn new(defs: Arc<Definitions>, store: OnlineStore, cache: CacheOptions) -> OnlineService {
+        let c = cache.enabled.then(|| {
+            Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(PerEntry)
+                .build()
+        });
+        OnlineService {
+            defs,
+            store,
+            cache: c,
+            cache_ttl: cache.ttl,
+            clock: Arc::new(now_us),
+        }
+    }
+
+    /// Replace the wall clock (µs UTC) used for TTL checks (tests, canary).
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> OnlineService {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.defs
+    }
+
+    fn entry_ttl(&self, view: &FeatureView) -> Duration {
+        match view.ttl_us {
+            Some(t) => self.cache_ttl.min(Duration::from_micros(t.max(1) as u64)),
+            None => self.cache_ttl,
+        }
+    }
+
+    /// Records for storage keys, cache first, one store read for the misses.
+    async fn fetch(&self, keys: &[(String, &FeatureView)]) -> Result<Vec<Option<Record>>> {
+        let mut out: Vec<Option<Option<Record>>> = vec![None; keys.len()];
+        if let Some(cache) = &self.cache {
+            for (i, (k, _)) in keys.iter().enumerate() {
+                if let Some(c) = cache.get(k).await {
+                    out[i] = Some(c.record.clone());
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let raw = self
+                .store
+                .read(missing.iter().map(|i| keys[*i].0.clone()).collect())
+                .await?;
+            for (i, bytes) in missing.into_iter().zip(raw) {
+                let rec = bytes.map(|b| Record::decode(&b)).transpose()?;
+                if let Some(cache) = &self.cache {
+                    let ttl = self.entry_ttl(keys[i].1);
+                    cache
+                        .insert(
+                            keys[i].0.clone(),
+                            Arc::new(Cached {
+                                record: rec.clone(),
+                                ttl,
+                            }),
+                        )
+                        .await;
+                }
+                out[i] = Some(rec);
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Feature values for entity rows (see the module docs for the shape).
+    pub async fn get_online_features(&self, req: &OnlineRequest) -> Result<OnlineResponse> {
+        let refs: Vec<FeatureRef> = match (&req.feature_service, &req.features) {
+            (Some(s), None) => self.defs.service(s)?.features.clone(),
+            (None, Some(f)) => self.defs.resolve_features(f)?,
+            (Some(_), Some(_)) => {
+                return Err(FeatureError::Invalid(
+                    "give either feature_service or features, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(FeatureError::Invalid(
+                    "feature_service or features is required".into(),
+                ));
+            }
+        };
+        let n = req.entities.values().next().map_or(0, Vec::len);
+        if n > MAX_ENTITY_ROWS {
+            return Err(FeatureError::Invalid(format!(
+                "entities: {n} rows; at most {MAX_ENTITY_ROWS} per request"
+            )));
+        }
+        for (k, v) in &req.entities {
+            if v.len() != n {
+                return Err(FeatureError::Invalid(format!(
+                    "entities.{k} has {} values, other keys have {n}; give every key one value per row",
+                    v.len()
+                )));
+            }
+        }
+        // Views in first-appearance order, with their storage keys per row.
+        let mut views: Vec<&FeatureView> = Vec::new();
+        for r in &refs {
+            let v = self.defs.view(&r.view)?;
+            if !views.iter().any(|x| x.name == v.name) {
+                views.push(v);
+            }
+        }
+        let mut join_names: Vec<(String, ValueType)> = Vec::new();
+        let mut keys: Vec<(String, &FeatureView)> = Vec::with_capacity(n * views.len());
+        for v in &views {
+            let mut texts: Vec<Vec<String>> = vec![Vec::new(); n];
+            for k in &v.join_keys {
+                let col = req.entities.get(&k.name).ok_or_else(|| {
+                    FeatureError::Invalid(format!(
+                        "entities.{}: missing; feature view \"{}\" is keyed by it",
+                        k.name, v.name
+                    ))
+                })?;
+                if !join_names.iter().any(|(j, _)| *j == k.name) {
+                    join_names.push((k.name.clone(), k.dtype));
+                }
+                for (i, val) in col.iter().enumerate() {
+                    texts[i].push(json_key(
+                        &format!("entities.{}[{i}]", k.name),
+                        k.dtype,
+                        val,
+                    )?);
+                }
+            }
+            for t in texts {
+                keys.push((storage_key(&v.name, &t), *v));
+            }
+        }
+        for k in req.entities.keys() {
+            if !join_names.iter().any(|(j, _)| j == k) {
+                return Err(FeatureError::Invalid(format!(
+                    "entities.{k}: not a join key of the requested feature views (they use: {})",
+                    join_names
+                        .iter()
+                        .map(|(j, _)| j.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let records = self.fetch(&keys).await?;
+        let now = (self.clock)();
+        let epoch = format_ts(0);
+        let mut names = Vec::new();
+        let mut results = Vec::new();
+        for (j, _) in &join_names {
+            names.push(j.clone());
+            results.push(FeatureColumn {
+                values: req.entities.get(j).cloned().unwrap_or_default(),
+                statuses: vec![FieldStatus::Present; n],
+                event_timestamps: vec![epoch.clone(); n],
+            });
+        }
+        for r in &refs {
+            let vi = views.iter().position(|v| v.name == r.view).unwrap_or(0);
+            let view = views[vi];
+            names.push(if req.full_feature_names {
+                format!("{}__{}", r.view, r.feature)
+            } else {
+                r.feature.clone()
+            });
+            let mut col = FeatureColumn {
+                values: Vec::with_capacity(n),
+                statuses: Vec::with_capacity(n),
+                event_timestamps: Vec::with_capacity(n),
+            };
+            for row in 0..n {
+                match &records[vi * n + row] {
+                    None => {
+                        col.values.push(Value::Null);
+                        col.statuses.push(FieldStatus::NotFound);
+                        col.event_timestamps.push(epoch.clone());
+                    }
+                    Some(rec) => {
+                        col.event_timestamps.push(format_ts(rec.event_us));
+                        let expired = view.ttl_us.is_some_and(|t| now - rec.event_us > t);
+                        let v = rec.values.get(&r.feature).cloned().unwrap_or(Value::Null);
+                        if expired {
+                            col.values.push(Value::Null);
+                            col.statuses.push(FieldStatus::OutsideMaxAge);
+                        } else if v.is_null() {
+                            col.values.push(Value::Null);
+                            col.statuses.push(FieldStatus::NullValue);
+                        } else {
+                            col.values.push(v);
+                            col.statuses.push(FieldStatus::Present);
+                        }
+                    }
+                }
+            }
+            results.push(col);
+        }
+        Ok(OnlineResponse {
+            metadata: Metadata {
+                feature_names: names,
+            },
+            results,
+        })
+    }
+
+    /// Write rows in the offline layout (join keys, `event_timestamp`,
+    /// `created_timestamp`, features) to the online store, newest per key,
+    /// and drop those keys from the cache. Returns keys written.
+    pub async fn write_batch(&self, view: &FeatureView, batch: &RecordBatch) -> Result<u64> {
+        let col = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                FeatureError::Invalid(format!(
+                    "feature view \"{}\": column \"{name}\" missing in the rows to write",
+                    view.name
+                ))
+            })
+        };
+        let keys: Vec<ArrayRef> = view
+            .join_keys
+            .iter()
+            .map(|k| col(&k.name))
+            .collect::<Result<_>>()?;
+        let ts_type = DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        );
+        let ev = cast(&col(EVENT_TIMESTAMP)?, &ts_type)?;
+        let ev = ev
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .cloned()
+            .ok_or_else(|| FeatureError::Data("event_timestamp is not a timestamp".into()))?;
+        let cr = match batch.column_by_name(CREATED_TIMESTAMP) {
+            Some(c) => cast(c, &ts_type)?
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .cloned(),
+            None => None,
+        };
+        let feats: Vec<(String, ArrayRef)> = view
+            .features
+            .iter()
+            .map(|f| Ok((f.name.clone(), col(&f.name)?)))
+            .collect::<Result<_>>()?;
+        let mut latest: BTreeMap<String, Record> = BTreeMap::new();
+        'rows: for i in 0..batch.num_rows() {
+            if ev.is_null(i) {
+                continue;
+            }
+            let mut kt = Vec::with_capacity(keys.len());
+            for k in &keys {
+                match key_text(k, i) {
+                    Some(t) => kt.push(t),
+                    None => continue 'rows,
+                }
+            }
+            let mut values = Map::new();
+            for (name, a) in &feats {
+                values.insert(name.clone(), cell(a, i));
+            }
+            let rec = Record {
+                event_us: ev.value(i),
+                created_us: cr
+                    .as_ref()
+                    .filter(|c| c.is_valid(i))
+                    .map_or(i64::MIN, |c| c.value(i)),
+                values,
+            };
+            let key = storage_key(&view.name, &kt);
+            match latest.get(&key) {
+                Some(old) if old.order() > rec.order() => {}
+                _ => {
+                    latest.insert(key, rec);
+                }
+            }
+        }
+        let keys: Vec<String> = latest.keys().cloned().collect();
+        let items: Vec<(String, Vec<u8>)> =
+            latest.into_iter().map(|(k, r)| (k, r.encode())).collect();
+        let written = self.store.write(items).await?;
+        if let Some(cache) = &self.cache {
+            for k in keys {
+                cache.invalidate(&k).await;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Validate pushed rows against the view's types and contract, then
+    /// write them (newest per key) and invalidate their cache entries.
+    pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
+        let view = self.defs.view(&req.feature_view)?;
+        let batch = push_batch(view, &req.df)?;
+        if let Some(c) = &view.contract {
+            let mut ch = Checker::new(
+                &format!("feature view \"{}\"", view.name),
+                c,
+                None,
+                (self.clock)(),
+            )
+            .await?;
+            let reasons = ch.check(&batch)?;
+            if let Some((i, r)) = reasons
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+            {
+                return Err(FeatureError::Invalid(format!(
+                    "df row {i} breaks the contract of feature view \"{}\": {r}",
+                    view.name
+                )));
+            }
+        }
+        let written = self.write_batch(view, &batch).await?;
+        Ok(PushResponse {
+            feature_view: view.name.clone(),
+            rows: batch.num_rows() as u64,
+            written,
+        })
+    }
+
+    /// Write a view's latest offline values in [start, end) to the online
+    /// store, streaming.
+    pub async fn materialize_online(
+        &self,
+        offline: &OfflineStore,
+        view_name: &str,
+        start: i64,
+        end: i64,
+        engine: &EngineOptions,
+    ) -> Result<u64> {
+        use datafusion::prelude::{cast as dcast, col, lit};
+        let view = self.defs.view(view_name)?;
+        let ctx = session(engine)?;
+        let ts = DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        );
+        let df = offline.read_view(&ctx, view_name).await?.filter(
+            col(EVENT_TIMESTAMP)
+                .gt_eq(dcast(lit(start), ts.clone()))
+                .and(col(EVENT_TIMESTAMP).lt(dcast(lit(end), ts))),
+        )?;
+        let mut s = df.execute_stream().await?;
+        let mut written = 0;
+        while let Some(b) = s.next().await {
+            written += self.write_batch(view, &b?).await?;
+        }
+        Ok(written)
+    }
+}
+
+/// Pushed columns as a batch in the offline layout, checking every value's type.
+pub fn push_batch(view: &FeatureView, df: &BTreeMap<String, Vec<Value>>) -> Result<RecordBatch> {
+    let n = df.get(EVENT_TIMESTAMP).map(Vec::len).ok_or_else(|| {
+        FeatureError::Invalid(format!(
+            "df.{EVENT_TIMESTAMP}: missing; give each row's event time (RFC 3339, UTC)"
+        ))
+    })?;
+    if n > MAX_PUSH_ROWS {
+        return Err(FeatureError::Invalid(format!(
+            "df: {n} rows; at most {MAX_PUSH_ROWS} per push"
+        )));
+    }
+    for (k, v) in df {
+        if v.len() != n {
+            return Err(FeatureError::Invalid(format!(
+                "df.{k} has {} values, {EVENT_TIMESTAMP} has {n}; give every column one value per row",
+                v.len()
+            )));
+        }
+        let known = k == EVENT_TIMESTAMP
+            || k == CREATED_TIMESTAMP
+            || view.join_keys.iter().any(|j| j.name == *k)
+            || view.feature(k).is_some();
+        if !known {
+            return Err(FeatureError::Invalid(format!(
+                "df.{k}: not a join key, timestamp or feature of feature view \"{}\"",
+                view.name
+            )));
+        }
+    }
+    let schema = offline_schema(view);
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for field in schema.fields() {
+        let name = field.name();
+        let values = match df.get(name) {
+            Some(v) => v.as_slice(),
+            None if name == CREATED_TIMESTAMP => &[],
+            None => {
+                return Err(FeatureError::Invalid(format!(
+                    "df.{name}: missing; feature view \"{}\" needs it",
+                    view.name
+                )));
+            }
+        };
+        let at = |i: usize| format!("df.{name}[{i}]");
+        let arr: ArrayRef = match field.data_type() {
+            DataType::Utf8 => Arc::new(StringArray::from(
+                (0..n)
+                    .map(|i| match values.get(i) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) => Ok(Some(s.clone())),
+                        Some(v) => Err(FeatureError::Invalid(format!(
+                            "{}: {v} is not a string",
+                            at(i)
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            DataType::Int64 => Arc::new(Int64Array::from(
+                (0..n)
+                    .map(|i| match values.get(i) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                            FeatureError::Invalid(format!("{}: {v} is not an int64", at(i)))
+                        }),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            DataType::Float64 => Arc::new(Float64Array::from(
+                (0..n)
+                    .map(|i| match values.get(i) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                            FeatureError::Invalid(format!("{}: {v} is not a float64", at(i)))
+                        }),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            DataType::Boolean => Arc::new(BooleanArray::from(
+                (0..n)
+                    .map(|i| match values.get(i) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::Bool(b)) => Ok(Some(*b)),
+                        Some(v) => Err(FeatureError::Invalid(format!(
+                            "{}: {v} is not a bool",
+                            at(i)
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            _ => Arc::new(
+                TimestampMicrosecondArray::from(
+                    (0..n)
+                        .map(|i| match values.get(i) {
+                            None | Some(Value::Null) if name == CREATED_TIMESTAMP => Ok(None),
+                            Some(Value::String(s)) => parse_ts(&at(i), s).map(Some),
+                            Some(v) => Err(FeatureError::Invalid(format!(
+                                "{}: {v} is not an RFC 3339 timestamp",
+                                at(i)
+                            ))),
+                            None => Err(FeatureError::Invalid(format!("{}: missing", at(i)))),
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                )
+                .with_timezone("UTC"),
+            ),
+        };
+        cols.push(arr);
+    }
+    Ok(RecordBatch::try_new(schema, cols)?)
+}

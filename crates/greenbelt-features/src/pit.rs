@@ -1,0 +1,393 @@
+//! Point-in-time-correct historical retrieval (the training-set join).
+//!
+//! For every entity row (join keys + an event timestamp) and every feature
+//! view asked for, the value is the view's latest row with the same keys and
+//! `event_ts <= entity_ts` and, when the view has a TTL,
+//! `event_ts >= entity_ts - ttl`. Ties on event time are broken by the
+//! created timestamp (a missing created timestamp counts as oldest); rows
+//! equal in both are interchangeable. With `as_of_known_time` a row also
+//! needs `created_ts <= entity_ts` (a missing created timestamp counts as
+//! known at its event time). No match gives null. Every entity row is kept,
+//! in input order, duplicates included. All timestamps are UTC (naive input
+//! is UTC).
+//!
+//! The default mode is an as-of join done as a sort, not a range join: the
+//! entity rows and the view's rows are unioned, sorted by (keys, time, kind,
+//! created), and a running `last_value(... IGNORE NULLS)` window carries the
+//! latest view row to each entity row. Sorts spill to disk under the
+//! session's memory limit. `as_of_known_time` needs a two-dimensional
+//! condition and runs as a keyed range join ranked by `ROW_NUMBER`.
+//! The entity rows themselves are held in memory (one pass, in file order).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
+use datafusion::logical_expr::{JoinType, when};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit};
+use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
+
+use crate::defs::{Definitions, FeatureRef, FeatureView};
+use crate::error::{FeatureError, Result};
+use crate::source::{
+    CREATED, EngineOptions, TS, format_of, q, read_file, session, ts_micros, view_frame,
+};
+
+const ROW: &str = "__gb_row";
+const ET: &str = "__gb_et";
+
+/// How to run a historical retrieval.
+#[derive(Debug, Clone)]
+pub struct HistoricalOptions {
+    /// The entity rows' timestamp column.
+    pub entity_timestamp: String,
+    /// Also require `created_ts <= entity_ts` (no value that was not yet known).
+    pub as_of_known_time: bool,
+    pub engine: EngineOptions,
+}
+
+impl Default for HistoricalOptions {
+    fn default() -> Self {
+        HistoricalOptions {
+            entity_timestamp: "event_timestamp".into(),
+            as_of_known_time: false,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// Entity rows read from a file, in file order.
+pub struct EntityRows {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Read entity rows (CSV or Parquet) in file order.
+pub async fn read_entities(path: &Path) -> Result<EntityRows> {
+    // One partition: the scan then yields rows in file order.
+    let ctx = session(&EngineOptions {
+        target_partitions: 1,
+        ..EngineOptions::default()
+    })?;
+    let df = read_file(&ctx, path, format_of(path)).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    Ok(EntityRows { schema, batches })
+}
+
+/// Group feature references by view, views in first-appearance order.
+fn by_view(features: &[FeatureRef]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for r in features {
+        match out.iter_mut().find(|(v, _)| *v == r.view) {
+            Some((_, fs)) => {
+                if !fs.contains(&r.feature) {
+                    fs.push(r.feature.clone())
+                }
+            }
+            None => out.push((r.view.clone(), vec![r.feature.clone()])),
+        }
+    }
+    out
+}
+
+/// The historical retrieval as a DataFrame: the entity columns, then one
+/// column per feature (named by the feature), rows in entity order.
+pub async fn historical(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    features: &[FeatureRef],
+    entities: EntityRows,
+    opts: &HistoricalOptions,
+) -> Result<DataFrame> {
+    if features.is_empty() {
+        return Err(FeatureError::Invalid(
+            "no features asked for; name a feature service or view:feature list".into(),
+        ));
+    }
+    let schema = entities.schema.clone();
+    let entity_cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    if !entity_cols.contains(&opts.entity_timestamp) {
+        return Err(FeatureError::Invalid(format!(
+            "entity rows have no column \"{}\" (columns: {}); name the timestamp column with --entity-timestamp",
+            opts.entity_timestamp,
+            entity_cols.join(", ")
+        )));
+    }
+    if let Some(c) = entity_cols.iter().find(|c| c.starts_with("__gb")) {
+        return Err(FeatureError::Invalid(format!(
+            "entity column \"{c}\" uses the reserved prefix __gb; rename it"
+        )));
+    }
+    let groups = by_view(features);
+    for (view, fs) in &groups {
+        let v = defs.view(view)?;
+        for k in &v.join_keys {
+            if !entity_cols.contains(&k.name) {
+                return Err(FeatureError::Invalid(format!(
+                    "entity rows have no column \"{}\", the join key of feature view \"{view}\"; add it to the entity rows",
+                    k.name
+                )));
+            }
+        }
+        for f in fs {
+            if v.feature(f).is_none() {
+                return Err(FeatureError::NotFound(format!(
+                    "feature \"{f}\" is not in feature view \"{view}\""
+                )));
+            }
+            if entity_cols.contains(f) {
+                return Err(FeatureError::Invalid(format!(
+                    "feature \"{view}:{f}\" has the name of an entity column; rename that column in the entity rows"
+                )));
+            }
+        }
+    }
+    for r in features {
+        if let Some(o) = features
+            .iter()
+            .find(|o| o.view != r.view && o.feature == r.feature)
+        {
+            return Err(FeatureError::Invalid(format!(
+                "feature name \"{}\" is asked for from two views ({r} and {o}); output columns are named by feature, ask for one of them",
+                r.feature
+            )));
+        }
+    }
+
+    // Entity rows with their position.
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(ROW, DataType::Int64, false)));
+    let with_row = Arc::new(Schema::new(fields));
+    let mut batches = Vec::with_capacity(entities.batches.len());
+    let mut next: i64 = 0;
+    for b in entities.batches {
+        let n = b.num_rows() as i64;
+        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+        cols.push(Arc::new(Int64Array::from_iter_values(next..next + n)));
+        next += n;
+        batches.push(RecordBatch::try_new(with_row.clone(), cols)?);
+    }
+    let table = MemTable::try_new(with_row, vec![batches])?;
+    let mut frame = ctx.read_table(Arc::new(table))?;
+    frame = frame.with_column(ET, ts_micros(ident(&opts.entity_timestamp)))?;
+
+    for (i, (view_name, fs)) in groups.iter().enumerate() {
+        let view = defs.view(view_name)?;
+        let src = view_frame(ctx, defs, view).await?;
+        frame = if opts.as_of_known_time {
+            join_known_time(ctx, frame, src, view, fs, i).await?
+        } else {
+            join_asof(ctx, frame, src, view, fs, i).await?
+        };
+    }
+
+    let mut out: Vec<Expr> = entity_cols.iter().map(ident).collect();
+    for r in features {
+        out.push(ident(&r.feature));
+    }
+    Ok(frame.sort(vec![col(ROW).sort(true, false)])?.select(out)?)
+}
+
+fn null_of(dt: &DataType) -> Result<Expr> {
+    Ok(lit(ScalarValue::try_from(dt)?))
+}
+
+/// Default mode: union + sort + running last_value.
+async fn join_asof(
+    ctx: &SessionContext,
+    frame: DataFrame,
+    src: DataFrame,
+    view: &FeatureView,
+    fs: &[String],
+    n: usize,
+) -> Result<DataFrame> {
+    let cols: Vec<(String, DataType)> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    // View side: keys present, entity columns null, the row packed as a struct.
+    let mut key_filter: Option<Expr> = None;
+    for k in &view.join_keys {
+        let c = ident(&k.name).is_not_null();
+        key_filter = Some(match key_filter {
+            None => c,
+            Some(f) => f.and(c),
+        });
+    }
+    let mut src = src.filter(ident(TS).is_not_null())?;
+    if let Some(f) = key_filter {
+        src = src.filter(f)?;
+    }
+    let mut packed = vec![lit("t"), ident(TS)];
+    for f in fs {
+        packed.push(lit(f.as_str()));
+        packed.push(ident(f));
+    }
+    let mut s_exprs = Vec::new();
+    for (name, dt) in &cols {
+        s_exprs.push(null_of(dt)?.alias(name));
+    }
+    for (i, k) in view.join_keys.iter().enumerate() {
+        s_exprs.push(ident(&k.name).alias(format!("__gb_k{i}")));
+    }
+    s_exprs.push(lit(0i32).alias("__gb_kind"));
+    s_exprs.push(ident(TS).alias("__gb_t"));
+    s_exprs.push(coalesce(vec![ident(CREATED), lit(i64::MIN)]).alias("__gb_c"));
+    s_exprs.push(named_struct(packed).alias("__gb_s"));
+    let s_side = src.select(s_exprs)?;
+    let struct_type = s_side
+        .schema()
+        .field_with_unqualified_name("__gb_s")?
+        .data_type()
+        .clone();
+
+    let mut e_exprs: Vec<Expr> = cols.iter().map(|(c, _)| ident(c)).collect();
+    for (i, k) in view.join_keys.iter().enumerate() {
+        e_exprs.push(cast(ident(&k.name), k.dtype.arrow()).alias(format!("__gb_k{i}")));
+    }
+    e_exprs.push(lit(1i32).alias("__gb_kind"));
+    e_exprs.push(ident(ET).alias("__gb_t"));
+    e_exprs.push(lit(ScalarValue::Int64(None)).alias("__gb_c"));
+    e_exprs.push(null_of(&struct_type)?.alias("__gb_s"));
+    let e_side = frame.select(e_exprs)?;
+
+    let union = e_side.union(s_side)?;
+    let table = format!("__gb_u{n}");
+    ctx.register_table(table.as_str(), union.into_view())?;
+    let partition: Vec<String> = (0..view.join_keys.len())
+        .map(|i| format!("__gb_k{i}"))
+        .collect();
+    let keep: Vec<String> = cols.iter().map(|(c, _)| q(c)).collect();
+    let sql = format!(
+        "SELECT {keep}, __gb_t, __gb_w FROM (SELECT *, last_value(__gb_s) IGNORE NULLS OVER (PARTITION BY {part} ORDER BY __gb_t, __gb_kind, __gb_c ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __gb_w FROM {table}) WHERE __gb_kind = 1",
+        keep = keep.join(", "),
+        part = partition.join(", "),
+    );
+    let windowed = ctx.sql(&sql).await;
+    ctx.deregister_table(table.as_str())?;
+    let windowed = windowed?;
+
+    let mut out: Vec<Expr> = cols.iter().map(|(c, _)| ident(c)).collect();
+    for f in fs {
+        let mut ok = ident("__gb_w").is_not_null();
+        if let Some(ttl) = view.ttl_us {
+            ok = ok.and(get_field(ident("__gb_w"), "t").gt_eq(ident("__gb_t") - lit(ttl)));
+        }
+        out.push(
+            when(ok, get_field(ident("__gb_w"), f.as_str()))
+                .end()?
+                .alias(f),
+        );
+    }
+    Ok(windowed.select(out)?)
+}
+
+/// `as_of_known_time` mode: keyed range join ranked by ROW_NUMBER.
+async fn join_known_time(
+    ctx: &SessionContext,
+    frame: DataFrame,
+    src: DataFrame,
+    view: &FeatureView,
+    fs: &[String],
+    n: usize,
+) -> Result<DataFrame> {
+    let mut e_exprs = vec![ident(ROW).alias("__gb_erow"), ident(ET).alias("__gb_eet")];
+    for (i, k) in view.join_keys.iter().enumerate() {
+        e_exprs.push(cast(ident(&k.name), k.dtype.arrow()).alias(format!("__gb_ek{i}")));
+    }
+    let e_side = frame.clone().select(e_exprs)?;
+    let mut s_exprs = vec![
+        ident(TS).alias("__gb_st"),
+        coalesce(vec![ident(CREATED), lit(i64::MIN)]).alias("__gb_sc"),
+        coalesce(vec![ident(CREATED), ident(TS)]).alias("__gb_sknown"),
+    ];
+    for (i, k) in view.join_keys.iter().enumerate() {
+        s_exprs.push(ident(&k.name).alias(format!("__gb_sk{i}")));
+    }
+    for (i, f) in fs.iter().enumerate() {
+        s_exprs.push(ident(f).alias(format!("__gb_f{i}")));
+    }
+    let s_side = src.filter(ident(TS).is_not_null())?.select(s_exprs)?;
+    let et = format!("__gb_e{n}");
+    let st = format!("__gb_s{n}");
+    ctx.register_table(et.as_str(), e_side.into_view())?;
+    ctx.register_table(st.as_str(), s_side.into_view())?;
+    let mut on: Vec<String> = (0..view.join_keys.len())
+        .map(|i| format!("e.__gb_ek{i} = s.__gb_sk{i}"))
+        .collect();
+    on.push("s.__gb_st <= e.__gb_eet".into());
+    on.push("s.__gb_sknown <= e.__gb_eet".into());
+    if let Some(ttl) = view.ttl_us {
+        on.push(format!("s.__gb_st >= e.__gb_eet - {ttl}"));
+    }
+    let fcols: Vec<String> = (0..fs.len()).map(|i| format!("s.__gb_f{i}")).collect();
+    let fnames: Vec<String> = (0..fs.len()).map(|i| format!("__gb_f{i}")).collect();
+    let sql = format!(
+        "SELECT __gb_erow, {fnames} FROM (SELECT e.__gb_erow, {fcols}, ROW_NUMBER() OVER (PARTITION BY e.__gb_erow ORDER BY s.__gb_st DESC, s.__gb_sc DESC) AS __gb_rn FROM {et} e JOIN {st} s ON {on}) WHERE __gb_rn = 1",
+        fnames = fnames.join(", "),
+        fcols = fcols.join(", "),
+        on = on.join(" AND "),
+    );
+    let ranked = ctx.sql(&sql).await;
+    ctx.deregister_table(et.as_str())?;
+    ctx.deregister_table(st.as_str())?;
+    let ranked = ranked?;
+    let joined = frame.join(ranked, JoinType::Left, &[ROW], &["__gb_erow"], None)?;
+    let cols: Vec<String> = joined
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|c| !c.starts_with("__gb_f") && c != "__gb_erow")
+        .collect();
+    let mut out: Vec<Expr> = cols.iter().map(ident).collect();
+    for (i, f) in fs.iter().enumerate() {
+        out.push(ident(format!("__gb_f{i}")).alias(f));
+    }
+    Ok(joined.select(out)?)
+}
+
+/// Run a historical retrieval from an entity file into a Parquet file;
+/// returns the number of rows written.
+pub async fn historical_to_parquet(
+    defs: &Definitions,
+    features: &[FeatureRef],
+    entities_path: &Path,
+    out: &Path,
+    opts: &HistoricalOptions,
+) -> Result<u64> {
+    let ctx = session(&opts.engine)?;
+    let entities = read_entities(entities_path).await?;
+    let df = historical(&ctx, defs, features, entities, opts).await?;
+    write_parquet(df, out).await
+}
+
+/// Stream a DataFrame into one Parquet file (written beside it, then renamed).
+pub async fn write_parquet(df: DataFrame, out: &Path) -> Result<u64> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    let mut stream = df.execute_stream().await?;
+    let tmp = out.with_extension("parquet.tmp");
+    if let Some(dir) = out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(&tmp)?;
+    let mut writer = ArrowWriter::try_new(file, stream.schema(), None)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
+    writer.close()?;
+    std::fs::rename(&tmp, out)?;
+    Ok(rows)
+}

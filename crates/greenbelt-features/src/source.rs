@@ -1,0 +1,221 @@
+//! Reading a feature view's data: its source file(s) (CSV or Parquet) read
+//! by DataFusion, the view's SQL transformation applied, and the columns
+//! normalised to the declared types. Event and created timestamps become
+//! `__gb_ts` / `__gb_created`: Int64 microseconds since the epoch, UTC
+//! (naive source timestamps are UTC). This module owns the DataFusion
+//! session settings (memory limit, spilling) too.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{
+    CsvReadOptions, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext, cast,
+    ident, lit,
+};
+use datafusion::scalar::ScalarValue;
+
+use crate::defs::{Definitions, FeatureView, Source, SourceFormat};
+use crate::error::{FeatureError, Result};
+
+/// Event time column of a normalised view frame (Int64 µs UTC).
+pub const TS: &str = "__gb_ts";
+/// Created time column of a normalised view frame (Int64 µs UTC, nullable).
+pub const CREATED: &str = "__gb_created";
+
+/// DataFusion settings for feature-store queries.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Memory the query engine may use before spilling to disk (bytes).
+    pub memory_limit: usize,
+    /// Parallel partitions (default: the number of CPUs).
+    pub target_partitions: usize,
+    /// Rows per record batch.
+    pub batch_size: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            memory_limit: 512 * 1024 * 1024,
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            batch_size: 8192,
+        }
+    }
+}
+
+/// A session with a bounded memory pool that spills sorts to temporary files.
+pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(opts.memory_limit)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
+        )
+        .build_arc()?;
+    let config = SessionConfig::new()
+        .with_target_partitions(opts.target_partitions.max(1))
+        .with_batch_size(opts.batch_size.max(1))
+        // The merge phase of a spilling sort reserves this up front; keep it
+        // a fraction of the limit so small limits still work.
+        .with_sort_spill_reservation_bytes(
+            (opts.memory_limit / 8).clamp(64 * 1024, 10 * 1024 * 1024),
+        )
+        .with_information_schema(false)
+        // A round-robin repartition above a sort-preserving merge loses the
+        // order when the partitions are coalesced again; the feature store
+        // relies on ordered streams (entity order, sorted partitions).
+        .with_round_robin_repartition(false);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Read a CSV or Parquet file (or directory) as a DataFrame.
+pub async fn read_file(
+    ctx: &SessionContext,
+    path: &Path,
+    format: SourceFormat,
+) -> Result<DataFrame> {
+    let p = path.to_string_lossy().into_owned();
+    if !path.exists() {
+        return Err(FeatureError::NotFound(format!("file {p} does not exist")));
+    }
+    let df = match format {
+        SourceFormat::Csv => {
+            let ext = path
+                .extension()
+                .map(|e| format!(".{}", e.to_string_lossy()))
+                .unwrap_or_else(|| ".csv".into());
+            ctx.read_csv(
+                p,
+                CsvReadOptions::new().has_header(true).file_extension(&ext),
+            )
+            .await?
+        }
+        SourceFormat::Parquet => {
+            let ext = if path.is_dir() {
+                ".parquet".to_string()
+            } else {
+                path.extension()
+                    .map(|e| format!(".{}", e.to_string_lossy()))
+                    .unwrap_or_default()
+            };
+            ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext))
+                .await?
+        }
+    };
+    Ok(df)
+}
+
+/// Format from a path's extension (`.csv`, else Parquet).
+pub fn format_of(path: &Path) -> SourceFormat {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("csv") => SourceFormat::Csv,
+        _ => SourceFormat::Parquet,
+    }
+}
+
+/// An expression turning any timestamp-like column (RFC 3339 text,
+/// timestamps of any unit, dates) into Int64 µs UTC.
+pub fn ts_micros(e: Expr) -> Expr {
+    cast(
+        cast(
+            e,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ),
+        DataType::Int64,
+    )
+}
+
+/// The source as read, after the view's transformation (if any).
+pub async fn transformed(
+    ctx: &SessionContext,
+    source: &Source,
+    view: &FeatureView,
+) -> Result<DataFrame> {
+    let raw = read_file(ctx, &source.path, source.format)
+        .await
+        .map_err(|e| {
+            FeatureError::Invalid(format!(
+                "feature view \"{}\": source \"{}\": {e}",
+                view.name, source.name
+            ))
+        })?;
+    match &view.transformation {
+        None => Ok(raw),
+        Some(sql) => {
+            // The logical plan keeps the table provider, so the name can be
+            // released right after planning.
+            ctx.register_table("source", raw.into_view())?;
+            let out = ctx.sql(sql).await;
+            ctx.deregister_table("source")?;
+            out.map_err(|e| {
+                FeatureError::Invalid(format!(
+                    "feature view \"{}\": transformation failed: {e}",
+                    view.name
+                ))
+            })
+        }
+    }
+}
+
+/// A view's rows normalised: join keys and features cast to their declared
+/// types, `__gb_ts` and `__gb_created` as Int64 µs UTC.
+pub async fn view_frame(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    view: &FeatureView,
+) -> Result<DataFrame> {
+    let source = defs.source_of(view)?;
+    let df = transformed(ctx, source, view).await?;
+    normalise(df, source, view)
+}
+
+/// Select and cast a view's columns from a frame with the source's column names.
+pub fn normalise(df: DataFrame, source: &Source, view: &FeatureView) -> Result<DataFrame> {
+    let schema = df.schema().clone();
+    let has = |c: &str| schema.fields().iter().any(|f| f.name() == c);
+    let missing = |c: &str| {
+        FeatureError::Invalid(format!(
+            "feature view \"{}\": column \"{c}\" is not in its data (columns: {}); fix the name or the transformation",
+            view.name,
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
+    let mut exprs = Vec::new();
+    for k in &view.join_keys {
+        if !has(&k.name) {
+            return Err(missing(&k.name));
+        }
+        exprs.push(cast(ident(&k.name), k.dtype.arrow()).alias(&k.name));
+    }
+    if !has(&source.event_timestamp) {
+        return Err(missing(&source.event_timestamp));
+    }
+    exprs.push(ts_micros(ident(&source.event_timestamp)).alias(TS));
+    match &source.created_timestamp {
+        Some(c) if has(c) => exprs.push(ts_micros(ident(c)).alias(CREATED)),
+        Some(c) => return Err(missing(c)),
+        None => exprs.push(lit(ScalarValue::Int64(None)).alias(CREATED)),
+    }
+    for f in &view.features {
+        if !has(&f.name) {
+            return Err(missing(&f.name));
+        }
+        exprs.push(cast(ident(&f.name), f.dtype.arrow()).alias(&f.name));
+    }
+    Ok(df.select(exprs)?)
+}
+
+/// Quote an identifier for DataFusion SQL.
+pub fn q(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,12 @@
+//! Integration tests for greenbelt-features (one test binary).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
+mod common;
+mod contracts;
+mod defs;
+mod http;
+mod offline;
+mod online;
+mod pit;
+mod pit_props;

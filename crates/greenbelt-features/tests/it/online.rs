@@ -1,0 +1,334 @@
+//! Online store and service: newer-wins writes, one read across views,
+//! TTL on read (OUTSIDE_MAX_AGE), NOT_FOUND, the Feast response shape, the
+//! cache (hit, and invalidation on push), on the embedded store and on Redis
+//! (`GREENBELT_TEST_REDIS_URL`; skipped with a printed line when unset).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use greenbelt_features::Definitions;
+use greenbelt_features::online::redis::RedisStore;
+use greenbelt_features::online::service::{
+    CacheOptions, FieldStatus, OnlineRequest, OnlineService, PushRequest,
+};
+use greenbelt_features::online::{OnlineBackend, OnlineStore, Record, storage_key};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+pub const DEFS: &str = r#"
+[[entity]]
+name = "user"
+join_keys = [{ name = "user_id", type = "string" }]
+[[entity]]
+name = "merchant"
+join_keys = [{ name = "merchant_id", type = "int64" }]
+[[source]]
+name = "tx"
+path = "tx.csv"
+event_timestamp = "event_ts"
+[[feature_view]]
+name = "user_stats"
+entities = ["user"]
+source = "tx"
+ttl = "1h"
+features = [{ name = "amount", type = "float64" }, { name = "country", type = "string" }]
+[feature_view.contract]
+rules = [{ check = "range", column = "amount", min = 0.0 }]
+[[feature_view]]
+name = "merchant_stats"
+entities = ["merchant"]
+source = "tx"
+features = [{ name = "risk", type = "float64" }]
+[[feature_service]]
+name = "model"
+features = ["user_stats:*", "merchant_stats:risk"]
+"#;
+
+pub fn defs() -> Arc<Definitions> {
+    Arc::new(Definitions::parse(DEFS, std::path::Path::new("/tmp")).unwrap())
+}
+
+fn rec(event_s: i64, created_s: Option<i64>, amount: f64) -> Vec<u8> {
+    let mut values = serde_json::Map::new();
+    values.insert("amount".into(), json!(amount));
+    Record {
+        event_us: T0 + event_s * SEC,
+        created_us: created_s.map_or(i64::MIN, |c| T0 + c * SEC),
+        values,
+    }
+    .encode()
+}
+
+async fn newer_wins(store: &OnlineStore) {
+    let k = storage_key("user_stats", &["u1".into()]);
+    assert_eq!(
+        store
+            .write(vec![(k.clone(), rec(10, None, 1.0))])
+            .await
+            .unwrap(),
+        1
+    );
+    // Older event: ignored.
+    assert_eq!(
+        store
+            .write(vec![(k.clone(), rec(5, Some(99), 2.0))])
+            .await
+            .unwrap(),
+        0
+    );
+    // Same event, later created: replaces.
+    assert_eq!(
+        store
+            .write(vec![(k.clone(), rec(10, Some(1), 3.0))])
+            .await
+            .unwrap(),
+        1
+    );
+    // Same event, earlier created: ignored.
+    assert_eq!(
+        store
+            .write(vec![(k.clone(), rec(10, Some(0), 4.0))])
+            .await
+            .unwrap(),
+        0
+    );
+    let got = store
+        .read(vec![k, "user_stats\u{1f}nobody".into()])
+        .await
+        .unwrap();
+    let r = Record::decode(got[0].as_ref().unwrap()).unwrap();
+    assert_eq!(r.values["amount"], json!(3.0));
+    assert!(got[1].is_none());
+}
+
+fn push(view: &str, cols: Value) -> PushRequest {
+    let df: BTreeMap<String, Vec<Value>> = serde_json::from_value(cols).unwrap();
+    PushRequest {
+        feature_view: view.into(),
+        df,
+    }
+}
+
+fn req(users: Value, merchants: Value) -> OnlineRequest {
+    let mut entities = BTreeMap::new();
+    entities.insert(
+        "user_id".to_string(),
+        serde_json::from_value(users).unwrap(),
+    );
+    entities.insert(
+        "merchant_id".to_string(),
+        serde_json::from_value(merchants).unwrap(),
+    );
+    OnlineRequest {
+        entities,
+        feature_service: Some("model".into()),
+        features: None,
+        full_feature_names: false,
+    }
+}
+
+async fn service_behaviour(store: OnlineStore) {
+    let now = Arc::new(AtomicI64::new(T0 + 100 * SEC));
+    let clock = now.clone();
+    let svc = OnlineService::new(defs(), store.clone(), CacheOptions::default())
+        .with_clock(move || clock.load(Ordering::SeqCst));
+    svc.push(&push("user_stats", json!({
+        "user_id": ["u1", "u2", "u1"],
+        "event_timestamp": ["2026-01-01T00:01:00Z", "2026-01-01T00:00:30Z", "2026-01-01T00:00:10Z"],
+        "amount": [10.0, 20.0, 99.0],
+        "country": ["NL", null, "XX"],
+    })))
+    .await
+    .unwrap();
+    svc.push(&push(
+        "merchant_stats",
+        json!({
+            "merchant_id": [7], "event_timestamp": ["2026-01-01T00:00:00Z"], "risk": [0.5],
+        }),
+    ))
+    .await
+    .unwrap();
+    let r = svc
+        .get_online_features(&req(json!(["u1", "u2", "u9"]), json!([7, 7, 8])))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.metadata.feature_names,
+        ["user_id", "merchant_id", "amount", "country", "risk"]
+    );
+    assert_eq!(
+        r.results[0].values,
+        vec![json!("u1"), json!("u2"), json!("u9")]
+    );
+    assert_eq!(
+        r.results[2].values,
+        vec![json!(10.0), json!(20.0), Value::Null],
+        "the older push row did not win"
+    );
+    assert_eq!(
+        r.results[2].statuses,
+        [
+            FieldStatus::Present,
+            FieldStatus::Present,
+            FieldStatus::NotFound
+        ]
+    );
+    assert_eq!(
+        r.results[3].statuses,
+        [
+            FieldStatus::Present,
+            FieldStatus::NullValue,
+            FieldStatus::NotFound
+        ]
+    );
+    assert_eq!(
+        r.results[2].event_timestamps[0],
+        "2026-01-01T00:01:00.000000Z"
+    );
+    assert_eq!(
+        r.results[4].values,
+        vec![json!(0.5), json!(0.5), Value::Null]
+    );
+    let shape = serde_json::to_value(&r).unwrap();
+    assert_eq!(shape["results"][2]["statuses"][2], json!("NOT_FOUND"));
+    assert!(shape["metadata"]["feature_names"].is_array());
+
+    // TTL on read: 1h after the event the value is OUTSIDE_MAX_AGE; the view without a TTL stays.
+    now.store(T0 + 60 * SEC + 3600 * SEC + 1, Ordering::SeqCst);
+    let r = svc
+        .get_online_features(&req(json!(["u1"]), json!([7])))
+        .await
+        .unwrap();
+    assert_eq!(r.results[2].statuses, [FieldStatus::OutsideMaxAge]);
+    assert_eq!(r.results[2].values, [Value::Null]);
+    assert_eq!(r.results[4].statuses, [FieldStatus::Present]);
+    now.store(T0 + 100 * SEC, Ordering::SeqCst);
+
+    // Cache: a write that bypasses the service is not seen while cached ...
+    let k = storage_key("user_stats", &["u1".into()]);
+    let mut values = serde_json::Map::new();
+    values.insert("amount".into(), json!(555.0));
+    store
+        .write(vec![(
+            k,
+            Record {
+                event_us: T0 + 90 * SEC,
+                created_us: i64::MIN,
+                values,
+            }
+            .encode(),
+        )])
+        .await
+        .unwrap();
+    let r = svc
+        .get_online_features(&req(json!(["u1"]), json!([7])))
+        .await
+        .unwrap();
+    assert_eq!(r.results[2].values, [json!(10.0)], "served from the cache");
+    // ... and a push through the service invalidates it.
+    svc.push(&push("user_stats", json!({
+        "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:01:35Z"], "amount": [11.0], "country": ["DE"],
+    })))
+    .await
+    .unwrap();
+    let r = svc
+        .get_online_features(&req(json!(["u1"]), json!([7])))
+        .await
+        .unwrap();
+    assert_eq!(r.results[2].values, [json!(11.0)]);
+
+    // A push that breaks the contract is refused, naming the rule.
+    let e = svc
+        .push(&push("user_stats", json!({
+            "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:02:00Z"], "amount": [-1.0], "country": ["DE"],
+        })))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("range(amount"), "{e}");
+    // Bad types and missing columns name the field.
+    let e = svc
+        .push(&push("user_stats", json!({ "user_id": [1], "event_timestamp": ["2026-01-01T00:02:00Z"], "amount": [1.0], "country": ["DE"] })))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("df.user_id[0]"), "{e}");
+    let e = svc
+        .push(&push("user_stats", json!({ "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:02:00Z"], "amount": [1.0] })))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("df.country"), "{e}");
+    let e = svc
+        .get_online_features(&req(json!(["u1"]), json!(["7"])))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entities.merchant_id[0]"), "{e}");
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_the_newest_value_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("online.redb");
+    let store = OnlineStore::open(path.to_str().unwrap()).await.unwrap();
+    newer_wins(&store).await;
+    drop(store);
+    let again = OnlineStore::open(path.to_str().unwrap()).await.unwrap();
+    let got = again
+        .read(vec![storage_key("user_stats", &["u1".into()])])
+        .await
+        .unwrap();
+    assert!(got[0].is_some(), "persisted across reopen");
+}
+
+#[tokio::test]
+async fn embedded_service_ttl_cache_and_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path().join("o.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    service_behaviour(store).await;
+}
+
+fn redis_url() -> Option<String> {
+    match std::env::var("GREENBELT_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            println!("SKIP: GREENBELT_TEST_REDIS_URL is not set; Redis online-store tests skipped");
+            None
+        }
+    }
+}
+
+fn unique_prefix(test: &str) -> String {
+    format!(
+        "gbtest:{test}:{}:{}:",
+        std::process::id(),
+        greenbelt_features::time::now_us()
+    )
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_newest_value() {
+    let Some(url) = redis_url() else { return };
+    let store = OnlineStore::Redis(
+        RedisStore::connect(&url, &unique_prefix("newer"))
+            .await
+            .unwrap(),
+    );
+    newer_wins(&store).await;
+}
+
+#[tokio::test]
+async fn redis_service_ttl_cache_and_push() {
+    let Some(url) = redis_url() else { return };
+    let store = OnlineStore::Redis(
+        RedisStore::connect(&url, &unique_prefix("svc"))
+            .await
+            .unwrap(),
+    );
+    service_behaviour(store).await;
+}
