@@ -1,4 +1,5 @@
-//! The control plane: serving from registry aliases and the promotion
+//! The control plane: deployments served from registry aliases with safe
+//! releases (canary, blue/green, shadow analysis), and the promotion
 //! pipeline (train → validate → gate → register → promote).
 //!
 //! It drives the data plane (`greenbelt-serve`) and the registry; it must not
@@ -6,4 +7,4 @@
 
 pub mod demo;
 pub mod pipeline;
-pub mod watch;
+pub mod rollout;

@@ -47,7 +47,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-struct ApiError(StatusCode, String);
+/// A JSON `{"error": ...}` response with its status.
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -74,8 +75,8 @@ fn ok(v: impl serde::Serialize) -> ApiResult {
     Ok(axum::Json(v).into_response())
 }
 
-/// The actor for a write, or 401.
-fn actor(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The actor for a write, or 401 (shared by every admin API).
+pub fn actor(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

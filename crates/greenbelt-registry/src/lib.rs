@@ -9,13 +9,17 @@
 //! about serving or training.
 
 pub mod artifacts;
+pub mod feature_defs;
 pub mod http;
 pub mod notify;
+pub mod rollouts;
 mod schema;
 pub mod store;
 
 pub use artifacts::ArtifactStore;
+pub use feature_defs::FeatureDefinition;
 pub use notify::{AliasChange, AliasListener, Notice};
+pub use rollouts::{RolloutEvent, StoredRollout};
 pub use store::{AliasEvent, ModelVersion, NewVersion, Registry};
 
 /// Registry errors. Messages name the model, version or alias at fault.

@@ -13,7 +13,8 @@ pub fn migrations(dialect: Dialect) -> Vec<(i64, Vec<String>)> {
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    vec![(
+    vec![
+    (
         1,
         vec![
             "CREATE TABLE IF NOT EXISTS gb_models (
@@ -61,5 +62,48 @@ pub fn migrations(dialect: Dialect) -> Vec<(i64, Vec<String>)> {
             "CREATE INDEX IF NOT EXISTS gb_alias_events_by_alias ON gb_alias_events (model, alias, at_us)"
                 .to_string(),
         ],
-    )]
+    ),
+    // 2: rollout state and events (greenbelt-control's rollout controller).
+    (
+        2,
+        vec![
+            // Rollout state, one row per deployment: opaque JSON owned by
+            // the rollout controller, guarded by a revision number for
+            // compare-and-swap between replicas.
+            "CREATE TABLE IF NOT EXISTS gb_rollouts (
+                deployment TEXT PRIMARY KEY,
+                rev BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                updated_us BIGINT NOT NULL
+            )"
+            .to_string(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS gb_rollout_events (
+                    id {serial},
+                    deployment TEXT NOT NULL,
+                    rollout TEXT NOT NULL,
+                    at_us BIGINT NOT NULL,
+                    event TEXT NOT NULL,
+                    detail TEXT NOT NULL
+                )"
+            ),
+            "CREATE INDEX IF NOT EXISTS gb_rollout_events_by_deployment ON gb_rollout_events (deployment, id)"
+                .to_string(),
+        ],
+    ),
+    // 3: feature-store definitions, versioned (greenbelt-features; 2 is the rollout tables).
+    (
+        3,
+        vec!["CREATE TABLE IF NOT EXISTS gb_feature_definitions (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                spec TEXT NOT NULL,
+                applied_us BIGINT NOT NULL,
+                applied_by TEXT NOT NULL,
+                PRIMARY KEY (kind, name, version)
+            )"
+        .to_string()],
+    ),
+    ]
 }

@@ -14,8 +14,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub telemetry: TelemetryConfig,
     pub registry: RegistryConfig,
-    /// Models served from a registry alias (`[[routes]]`).
-    pub routes: Vec<RouteConfig>,
+    /// Deployments: models served from a registry alias, with release
+    /// settings (`[[deployments]]`; `[[routes]]` is accepted too).
+    #[serde(alias = "routes")]
+    pub deployments: Vec<crate::deployment::DeploymentConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,31 +56,9 @@ impl RegistryConfig {
     }
 }
 
-/// Serve `name` from whatever version `model@alias` points to in the registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// The name clients use in `/v2/models/{name}`.
-    pub name: String,
-    /// Registry model; defaults to `name`.
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default = "default_alias")]
-    pub alias: String,
-    /// Runtime settings for the versions this route loads (backend, batching, ...).
-    #[serde(default)]
-    pub config: crate::repository::ModelConfig,
-}
-
-fn default_alias() -> String {
-    "champion".into()
-}
-
-impl RouteConfig {
-    pub fn model(&self) -> &str {
-        self.model.as_deref().unwrap_or(&self.name)
-    }
-}
+/// The old name of a deployment entry (`[[routes]]`), kept for configs
+/// written before deployments had release settings.
+pub type RouteConfig = crate::deployment::DeploymentConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +77,13 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Threads that run inference (0 = one per CPU).
     pub compute_threads: usize,
+    /// Mirrored requests waiting for their shadow; beyond it copies are
+    /// dropped (and counted), never waited for.
+    pub shadow_queue: usize,
+    /// Shadow requests running at once (0 = compute_threads).
+    pub shadow_concurrency: usize,
+    /// Serve registry versions tagged `fault` (drills only): see `fault.rs`.
+    pub allow_fault_injection: bool,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +96,9 @@ impl Default for ServerConfig {
             max_inflight: 4096,
             drain_timeout_ms: 30_000,
             compute_threads: 0,
+            shadow_queue: 1024,
+            shadow_concurrency: 0,
+            allow_fault_injection: false,
         }
     }
 }
@@ -250,15 +240,16 @@ impl Config {
                 "[registry] poll_interval_ms must be > 0".into(),
             ));
         }
-        for (i, r) in self.routes.iter().enumerate() {
+        for (i, r) in self.deployments.iter().enumerate() {
             crate::repository::check_model_name(&r.name)
-                .map_err(|e| ConfigError::Invalid(format!("[[routes]] name: {e}")))?;
-            if self.routes[..i].iter().any(|o| o.name == r.name) {
+                .map_err(|e| ConfigError::Invalid(format!("[[deployments]] name: {e}")))?;
+            if self.deployments[..i].iter().any(|o| o.name == r.name) {
                 return Err(ConfigError::Invalid(format!(
-                    "[[routes]] name \"{}\" is declared twice",
+                    "[[deployments]] name \"{}\" is declared twice",
                     r.name
                 )));
             }
+            r.validate().map_err(ConfigError::Invalid)?;
         }
         if s.max_inflight == 0 {
             return Err(ConfigError::Invalid(

@@ -2,9 +2,11 @@
 //! [`InferRequest`], call [`infer`], and encode what it returns. A single
 //! request is a batch of one.
 //!
-//! Path: admission (in-flight bound) → resolve model version → validate
-//! against the signature → batcher or compute pool, under the request
-//! timeout → select requested outputs → metrics and one log line.
+//! Path: admission (in-flight bound) → route (pinned version, or the
+//! deployment's stable/canary/preview choice) → validate against the
+//! signature → batcher or compute pool, under the request timeout → select
+//! requested outputs → metrics and one log line → shadow copies offered to
+//! the mirror queue (never waited for).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,8 @@ use crate::config::Config;
 use crate::error::{Outcome, ServeError};
 use crate::metrics::{Metrics, Protocol};
 use crate::repository::{Repository, ServedVersion};
+use crate::routing::Track;
+use crate::shadow::{ShadowJob, Shadows};
 
 /// Everything the request path shares.
 pub struct AppState {
@@ -26,6 +30,8 @@ pub struct AppState {
     pub repository: Arc<Repository>,
     pub metrics: Arc<Metrics>,
     pub compute: Compute,
+    /// The shadow mirror: queue and comparison state.
+    pub shadows: Shadows,
     admission: Arc<Semaphore>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -40,6 +46,7 @@ impl AppState {
         compute: Compute,
     ) -> Self {
         AppState {
+            shadows: Shadows::new(config.server.shadow_queue, metrics.clone()),
             admission: Arc::new(Semaphore::new(config.server.max_inflight)),
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             config,
@@ -67,6 +74,7 @@ impl AppState {
     /// Count and log a request that failed before reaching [`infer`] (decode errors).
     pub fn reject(&self, ctx: &RequestContext, model: &str, err: &ServeError) {
         let served = self.repository.resolve(model, None).ok();
+        let track = served.as_ref().map(|_| Track::Stable);
         match &served {
             Some(v) => v
                 .metrics
@@ -77,6 +85,7 @@ impl AppState {
             ctx,
             model,
             served.as_deref().map(|v| &*v.version_label),
+            track,
             Err(err),
             &Stats::default(),
         );
@@ -87,9 +96,11 @@ impl AppState {
         ctx: &RequestContext,
         model: &str,
         version: Option<&str>,
+        track: Option<Track>,
         result: Result<(), &ServeError>,
         stats: &Stats,
     ) {
+        let track = track.map_or("", Track::as_str);
         if !self.config.telemetry.log_requests {
             return;
         }
@@ -102,6 +113,7 @@ impl AppState {
                 protocol = ctx.protocol.as_str(),
                 model,
                 version = version.unwrap_or(""),
+                track,
                 outcome = "success",
                 latency_ms,
                 queue_ms = stats.queue.as_secs_f64() * 1000.0,
@@ -119,6 +131,7 @@ impl AppState {
                 protocol = ctx.protocol.as_str(),
                 model = model.chars().take(200).collect::<String>(),
                 version = version.unwrap_or(""),
+                track,
                 outcome = e.outcome().as_str(),
                 status = e.http_status().as_u16(),
                 latency_ms,
@@ -136,6 +149,9 @@ pub struct RequestContext {
     pub trace_id: String,
     pub protocol: Protocol,
     pub started: Instant,
+    /// Request headers (gRPC metadata), for routing: the track header and
+    /// a deployment's sticky-key header.
+    pub headers: axum::http::HeaderMap,
 }
 
 /// What one request measured.
@@ -149,32 +165,46 @@ pub struct Stats {
     pub response_bytes: usize,
 }
 
-/// Run one inference request end to end.
+/// Run one inference request end to end. Returns the response and the
+/// track that answered.
 pub async fn infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
     req: InferRequest,
     ctx: &RequestContext,
-) -> Result<InferResponse, ServeError> {
-    let served = match state.repository.resolve(model, version) {
-        Ok(v) => v,
+) -> Result<(InferResponse, Track), ServeError> {
+    let routed = match state.repository.route(model, version, &ctx.headers) {
+        Ok(r) => r,
         Err(e) => {
             state.metrics.unresolved(ctx.protocol, e.outcome());
-            state.log(ctx, model, version, Err(&e), &Stats::default());
+            state.log(ctx, model, version, None, Err(&e), &Stats::default());
             return Err(e);
         }
     };
+    let served = routed.served;
+    let track = routed.track;
     let _inflight = served.metrics.inflight();
     let mut stats = Stats {
         rows: req.rows(),
         request_bytes: req.payload_bytes(),
         ..Stats::default()
     };
-    let result = run(state, &served, req, &mut stats).await;
+    // Live traffic of a deployment is mirrored; pinned and preview requests
+    // are someone testing, not traffic to compare.
+    let shadows: Vec<Arc<ServedVersion>> = match (&routed.entry.routing, track) {
+        (Some(r), Track::Stable | Track::Canary) if !r.shadows.is_empty() => r
+            .mirror_to()
+            .filter(|v| *v != served.version)
+            .filter_map(|v| routed.entry.versions.get(&v).cloned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mirrored_inputs = (!shadows.is_empty()).then(|| req.inputs.clone());
+    let result = run(state, &served, req, &mut stats, mirrored_inputs.is_some()).await;
     let took = ctx.started.elapsed();
     match &result {
-        Ok(resp) => {
+        Ok((resp, all_outputs)) => {
             stats.response_bytes = resp.payload_bytes();
             served.metrics.request(ctx.protocol, Outcome::Success, took);
             served.metrics.queue(stats.queue);
@@ -182,25 +212,106 @@ pub async fn infer(
             served
                 .metrics
                 .payload(stats.request_bytes, stats.response_bytes);
-            state.log(ctx, model, Some(&served.version_label), Ok(()), &stats);
+            if routed.entry.routing.is_some() {
+                state
+                    .metrics
+                    .routed(model, &served.version_label, track.as_str());
+            }
+            state.log(
+                ctx,
+                model,
+                Some(&served.version_label),
+                Some(track),
+                Ok(()),
+                &stats,
+            );
+            if let (Some(inputs), Some(primary)) = (mirrored_inputs, all_outputs) {
+                for shadow in shadows {
+                    state.shadows.offer(ShadowJob {
+                        deployment: served.model_name.clone(),
+                        shadow,
+                        inputs: inputs.clone(),
+                        primary: primary.clone(),
+                        primary_latency: took,
+                        request_id: ctx.request_id.clone(),
+                    });
+                }
+            }
         }
         Err(e) => {
             served.metrics.request(ctx.protocol, e.outcome(), took);
             if let ServeError::Overloaded { .. } = e {
                 state.metrics.shed("overloaded");
             }
-            state.log(ctx, model, Some(&served.version_label), Err(e), &stats);
+            state.log(
+                ctx,
+                model,
+                Some(&served.version_label),
+                Some(track),
+                Err(e),
+                &stats,
+            );
         }
     }
-    result
+    result.map(|(resp, _)| (resp, track))
 }
+
+/// What a runtime call returned, with its timing.
+pub struct Executed {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub compute: Duration,
+    pub batch_rows: usize,
+}
+
+/// Run `inputs` (already validated, in signature order) on `served` through
+/// its batcher or the compute pool, under the request timeout. Used by the
+/// request path and by shadow workers.
+pub async fn execute(
+    state: &AppState,
+    served: &Arc<ServedVersion>,
+    inputs: Vec<Tensor>,
+) -> Result<Executed, ServeError> {
+    let rows = inputs.first().map_or(0, Tensor::rows);
+    let work = async {
+        match &served.batcher {
+            Some(batcher) => {
+                let reply = batcher.infer(inputs).await?;
+                Ok::<_, ServeError>(Executed {
+                    outputs: reply.outputs,
+                    queue: reply.queue,
+                    compute: reply.compute,
+                    batch_rows: reply.batch_rows,
+                })
+            }
+            None => {
+                let runtime = served.runtime.clone();
+                let (result, timing) = state.compute.run(move || runtime.infer(&inputs)).await?;
+                Ok(Executed {
+                    outputs: result?,
+                    queue: timing.wait,
+                    compute: timing.compute,
+                    batch_rows: rows,
+                })
+            }
+        }
+    };
+    tokio::time::timeout(state.request_timeout, work)
+        .await
+        .map_err(|_| ServeError::Timeout(state.request_timeout))?
+}
+
+/// The response, and every output the model produced when a shadow needs
+/// them for comparison.
+type RunResult = Result<(InferResponse, Option<Vec<Tensor>>), ServeError>;
 
 async fn run(
     state: &AppState,
     served: &Arc<ServedVersion>,
     req: InferRequest,
     stats: &mut Stats,
-) -> Result<InferResponse, ServeError> {
+    keep_all_outputs: bool,
+) -> RunResult {
     if state.draining.load(Ordering::SeqCst) {
         return Err(ServeError::ShuttingDown);
     }
@@ -223,33 +334,20 @@ async fn run(
             .position(|s| s.name == t.name)
             .unwrap_or(usize::MAX)
     });
-    let work = async {
-        match &served.batcher {
-            Some(batcher) => {
-                let reply = batcher.infer(inputs).await?;
-                Ok::<_, ServeError>((reply.outputs, reply.queue, reply.compute, reply.batch_rows))
-            }
-            None => {
-                let runtime = served.runtime.clone();
-                let rows = stats.rows;
-                let (result, timing) = state.compute.run(move || runtime.infer(&inputs)).await?;
-                Ok((result?, timing.wait, timing.compute, rows))
-            }
-        }
-    };
-    let (outputs, queue, compute, batch_rows) = tokio::time::timeout(state.request_timeout, work)
-        .await
-        .map_err(|_| ServeError::Timeout(state.request_timeout))??;
-    stats.queue = queue;
-    stats.compute = compute;
-    stats.batch_rows = batch_rows;
-    let outputs = select_outputs(outputs, &req.outputs)?;
-    Ok(InferResponse {
-        model_name: served.model_name.to_string(),
-        model_version: served.version_label.to_string(),
-        id: req.id,
-        outputs,
-    })
+    let done = execute(state, served, inputs).await?;
+    stats.queue = done.queue;
+    stats.compute = done.compute;
+    stats.batch_rows = done.batch_rows;
+    let all = keep_all_outputs.then(|| done.outputs.clone());
+    Ok((
+        InferResponse {
+            model_name: served.model_name.to_string(),
+            model_version: served.version_label.to_string(),
+            id: req.id,
+            outputs: select_outputs(done.outputs, &req.outputs)?,
+        },
+        all,
+    ))
 }
 
 /// Keep the requested outputs, in the order asked; all when none were named.

@@ -9,13 +9,18 @@
 pub mod batcher;
 pub mod compute;
 pub mod config;
+pub mod deployment;
 pub mod error;
+pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod live;
 pub mod metrics;
 pub mod repository;
+pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod telemetry;
 
 pub use config::Config;

@@ -18,6 +18,13 @@
 //! | `greenbelt_model_load_duration_seconds` | gauge | model, version |
 //! | `greenbelt_model_load_failures_total` | counter | model |
 //! | `greenbelt_shed_total` | counter | reason |
+//! | `greenbelt_route_requests_total` | counter | deployment, version, track |
+//! | `greenbelt_shadow_requests_total` | counter | deployment, version, outcome (compared, error, dropped) |
+//! | `greenbelt_shadow_rows_total` | counter | deployment, version, agreement (agree, disagree) |
+//! | `greenbelt_shadow_abs_diff` | histogram | deployment, version |
+//! | `greenbelt_shadow_duration_seconds` | histogram | deployment, version |
+//! | `greenbelt_rollout_canary_weight_ratio` | gauge | deployment |
+//! | `greenbelt_rollout_events_total` | counter | deployment, event |
 //!
 //! Requests for a model that is not loaded are counted under `model="_unknown"`.
 
@@ -72,6 +79,47 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentVersionLabels {
+    pub deployment: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub deployment: String,
+    pub version: String,
+    pub track: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub deployment: String,
+    pub version: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgreementLabels {
+    pub deployment: String,
+    pub version: String,
+    pub agreement: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub deployment: String,
+    pub event: String,
+}
+
+/// Absolute score difference buckets: 1e-9 to 1, x10.
+pub const DIFF_BUCKETS: [f64; 10] = [1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
 #[derive(Clone)]
 pub struct Buckets(&'static [f64]);
 
@@ -112,6 +160,13 @@ pub struct Metrics {
     load_duration: Family<VersionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     load_failures: Family<ModelLabels, Counter>,
     shed: Family<ReasonLabels, Counter>,
+    route_requests: Family<RouteLabels, Counter>,
+    shadow_requests: Family<ShadowLabels, Counter>,
+    shadow_rows: Family<AgreementLabels, Counter>,
+    shadow_abs_diff: Family<DeploymentVersionLabels, Histogram, Buckets>,
+    shadow_duration: Family<DeploymentVersionLabels, Histogram, Buckets>,
+    canary_weight: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    rollout_events: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,6 +192,13 @@ impl Metrics {
             load_duration: Family::default(),
             load_failures: Family::default(),
             shed: Family::default(),
+            route_requests: Family::default(),
+            shadow_requests: Family::default(),
+            shadow_rows: Family::default(),
+            shadow_abs_diff: Family::new_with_constructor(Buckets(&DIFF_BUCKETS)),
+            shadow_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
+            canary_weight: Family::default(),
+            rollout_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -199,6 +261,41 @@ impl Metrics {
             "Requests refused before inference because a bound was reached",
             m.shed.clone(),
         );
+        registry.register(
+            "greenbelt_route_requests",
+            "Requests a deployment routed, by the version and track that answered",
+            m.route_requests.clone(),
+        );
+        registry.register(
+            "greenbelt_shadow_requests",
+            "Mirrored requests by shadow version and outcome (dropped = mirror queue full)",
+            m.shadow_requests.clone(),
+        );
+        registry.register(
+            "greenbelt_shadow_rows",
+            "Rows compared between primary and shadow, by class agreement",
+            m.shadow_rows.clone(),
+        );
+        registry.register(
+            "greenbelt_shadow_abs_diff",
+            "Largest absolute score difference between primary and shadow, per mirrored request",
+            m.shadow_abs_diff.clone(),
+        );
+        registry.register(
+            "greenbelt_shadow_duration_seconds",
+            "Time the shadow version took for a mirrored request",
+            m.shadow_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_rollout_canary_weight_ratio",
+            "Share of a deployment's traffic routed to its canary (0..1)",
+            m.canary_weight.clone(),
+        );
+        registry.register(
+            "greenbelt_rollout_events",
+            "Rollout transitions: started, promoted, aborted, paused, inconclusive, rolled_back",
+            m.rollout_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -243,6 +340,7 @@ impl Metrics {
                         model: model.to_string(),
                     })
                     .clone(),
+                live: crate::live::LiveStats::default(),
             }),
         }
     }
@@ -283,6 +381,76 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a routed request under the version and track that answered.
+    pub fn routed(&self, deployment: &str, version: &str, track: &str) {
+        self.route_requests
+            .get_or_create(&RouteLabels {
+                deployment: deployment.to_string(),
+                version: version.to_string(),
+                track: track.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count a mirrored request: `compared`, `error` or `dropped`.
+    pub fn shadow(&self, deployment: &str, version: &str, outcome: &'static str) {
+        self.shadow_requests
+            .get_or_create(&ShadowLabels {
+                deployment: deployment.to_string(),
+                version: version.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Record one compared mirrored request.
+    pub fn shadow_compared(
+        &self,
+        deployment: &str,
+        version: &str,
+        rows_agree: u64,
+        rows_disagree: u64,
+        max_abs_diff: f64,
+        took: Duration,
+    ) {
+        let labels = DeploymentVersionLabels {
+            deployment: deployment.to_string(),
+            version: version.to_string(),
+        };
+        for (agreement, n) in [("agree", rows_agree), ("disagree", rows_disagree)] {
+            self.shadow_rows
+                .get_or_create(&AgreementLabels {
+                    deployment: deployment.to_string(),
+                    version: version.to_string(),
+                    agreement: agreement.to_string(),
+                })
+                .inc_by(n);
+        }
+        self.shadow_abs_diff
+            .get_or_create(&labels)
+            .observe(max_abs_diff);
+        self.shadow_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn set_canary_weight(&self, deployment: &str, ratio: f64) {
+        self.canary_weight
+            .get_or_create(&DeploymentLabels {
+                deployment: deployment.to_string(),
+            })
+            .set(ratio);
+    }
+
+    pub fn rollout_event(&self, deployment: &str, event: &str) {
+        self.rollout_events
+            .get_or_create(&EventLabels {
+                deployment: deployment.to_string(),
+                event: event.to_string(),
+            })
+            .inc();
+    }
+
     /// Count a request that failed before a model version was resolved.
     pub fn unresolved(&self, protocol: Protocol, outcome: Outcome) {
         self.requests
@@ -305,6 +473,7 @@ struct VersionMetricsInner {
     response_bytes: Histogram,
     batch_size: Histogram,
     inflight: Gauge,
+    live: crate::live::LiveStats,
 }
 
 /// Pre-resolved metric handles of one model version; cheap to clone.
@@ -324,6 +493,12 @@ impl VersionMetrics {
             c.inc();
         }
         self.inner.request_duration.observe(took.as_secs_f64());
+        self.inner.live.record(outcome, took);
+    }
+
+    /// Cumulative live counts, for windowed release analysis.
+    pub fn live(&self) -> crate::live::LiveSnapshot {
+        self.inner.live.snapshot()
     }
 
     pub fn queue(&self, took: Duration) {

@@ -216,6 +216,16 @@ pub struct ModelEntry {
     /// The version unversioned requests go to; None = the newest. Set for
     /// models served from a registry alias.
     pub default_version: Option<u64>,
+    /// A deployment's routing plan (stable/canary/preview/shadows); None
+    /// for plain repository models.
+    pub routing: Option<Arc<crate::routing::Routing>>,
+}
+
+/// Where one request goes.
+pub struct Routed {
+    pub served: Arc<ServedVersion>,
+    pub track: crate::routing::Track,
+    pub entry: Arc<ModelEntry>,
 }
 
 impl ModelEntry {
@@ -402,6 +412,7 @@ impl Repository {
             versions,
             last_error: error.clone(),
             default_version: None,
+            routing: None,
         });
         self.insert(entry.clone());
         match error {
@@ -452,7 +463,7 @@ impl Repository {
                 versions.insert(v, served.clone());
                 continue;
             }
-            match self.load_version(name, v, &file, &config, stamp) {
+            match self.load_version(name, v, &file, &config, stamp, None) {
                 Ok(served) => {
                     versions.insert(v, Arc::new(served));
                 }
@@ -474,7 +485,27 @@ impl Repository {
         file: &Path,
         config: &ModelConfig,
     ) -> Result<ServedVersion, String> {
-        self.load_version(name, version, file, config, FileStamp::of(file))
+        self.load_version(name, version, file, config, FileStamp::of(file), None)
+    }
+
+    /// [`Repository::load_file`] for a drill: the version is served through
+    /// the fault wrapper (see `fault.rs`). Blocking.
+    pub fn load_file_with_fault(
+        &self,
+        name: &str,
+        version: u64,
+        file: &Path,
+        config: &ModelConfig,
+        fault: crate::fault::Fault,
+    ) -> Result<ServedVersion, String> {
+        self.load_version(
+            name,
+            version,
+            file,
+            config,
+            FileStamp::of(file),
+            Some(fault),
+        )
     }
 
     /// Replace the entry of `name` atomically: requests already holding a
@@ -485,6 +516,30 @@ impl Repository {
         config: ModelConfig,
         versions: BTreeMap<u64, Arc<ServedVersion>>,
         default_version: Option<u64>,
+    ) {
+        self.install_entry(name, config, versions, default_version, None);
+    }
+
+    /// Install a deployment: its versions and routing plan, atomically. The
+    /// stable version is the default for clients that do not route.
+    pub fn install_deployment(
+        &self,
+        name: &str,
+        config: ModelConfig,
+        versions: BTreeMap<u64, Arc<ServedVersion>>,
+        routing: crate::routing::Routing,
+    ) {
+        let stable = Some(routing.stable);
+        self.install_entry(name, config, versions, stable, Some(Arc::new(routing)));
+    }
+
+    fn install_entry(
+        &self,
+        name: &str,
+        config: ModelConfig,
+        versions: BTreeMap<u64, Arc<ServedVersion>>,
+        default_version: Option<u64>,
+        routing: Option<Arc<crate::routing::Routing>>,
     ) {
         let previous = self.get(name);
         if let Some(prev) = &previous {
@@ -501,7 +556,59 @@ impl Repository {
             versions,
             last_error: None,
             default_version,
+            routing,
         }));
+    }
+
+    /// Route one request: a version named by the client is pinned;
+    /// otherwise a deployment's plan chooses (track header, sticky key,
+    /// weights), and a plain model answers with its default version.
+    pub fn route(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Routed, ServeError> {
+        use crate::routing::{TRACK_HEADER, Track};
+        let entry = self
+            .get(model)
+            .ok_or_else(|| ServeError::ModelNotFound(model.to_string()))?;
+        if version.is_some_and(|v| !v.is_empty()) {
+            let served = self.resolve(model, version)?;
+            return Ok(Routed {
+                served,
+                track: Track::Pinned,
+                entry,
+            });
+        }
+        let Some(routing) = &entry.routing else {
+            let served = self.resolve(model, None)?;
+            return Ok(Routed {
+                served,
+                track: Track::Stable,
+                entry,
+            });
+        };
+        let track = headers.get(TRACK_HEADER).and_then(|v| v.to_str().ok());
+        let key = routing
+            .sticky_header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.as_bytes());
+        let (v, track) = routing.choose(track, key)?;
+        let served = entry
+            .versions
+            .get(&v)
+            .cloned()
+            .ok_or_else(|| ServeError::ModelNotReady {
+                model: model.to_string(),
+                reason: format!("version {v} of the routing plan is not loaded"),
+            })?;
+        Ok(Routed {
+            served,
+            track,
+            entry,
+        })
     }
 
     /// Record a failed load from another source without touching what serves.
@@ -518,6 +625,7 @@ impl Repository {
         file: &Path,
         config: &ModelConfig,
         stamp: Option<FileStamp>,
+        fault: Option<crate::fault::Fault>,
     ) -> Result<ServedVersion, String> {
         let started = Instant::now();
         let opts = LoadOptions {
@@ -525,7 +633,10 @@ impl Repository {
             intra_op_threads: config.intra_op_threads,
             instances: config.instances,
         };
-        let runtime = self.runtimes.load(file, &opts).map_err(|e| e.to_string())?;
+        let mut runtime = self.runtimes.load(file, &opts).map_err(|e| e.to_string())?;
+        if let Some(f) = fault {
+            runtime = crate::fault::FaultyModel::wrap(runtime, f);
+        }
         let signature = apply_overrides(runtime.signature(), config)?;
         let label = version.to_string();
         let metrics = self.metrics.version(name, &label);
@@ -581,6 +692,7 @@ impl Repository {
                 versions: prev.versions.clone(),
                 last_error: Some(reason.to_string()),
                 default_version: prev.default_version,
+                routing: prev.routing.clone(),
             },
             None => ModelEntry {
                 name: name.to_string(),
@@ -588,6 +700,7 @@ impl Repository {
                 versions: BTreeMap::new(),
                 last_error: Some(reason.to_string()),
                 default_version: None,
+                routing: None,
             },
         };
         self.insert(Arc::new(entry));

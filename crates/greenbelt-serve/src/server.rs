@@ -69,7 +69,12 @@ impl Server {
             Some(bind(&config.server.grpc_addr).await?)
         };
         let load_on_startup = config.repository.load_on_startup;
+        let shadow_concurrency = match config.server.shadow_concurrency {
+            0 => config.compute_threads(),
+            n => n,
+        };
         let state = Arc::new(AppState::new(config, repository.clone(), metrics, compute));
+        crate::shadow::Shadows::spawn_workers(state.clone(), shadow_concurrency);
         if load_on_startup {
             if !repository.root().is_dir() {
                 tracing::warn!(path = %repository.root().display(), "model repository directory does not exist; serving no models");

@@ -2,9 +2,12 @@
 //! Behaviour lives in the library crates.
 
 mod bench;
+mod features_cmd;
+mod drill_cmd;
 mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
+mod rollout_cmd;
 
 use std::path::PathBuf;
 
@@ -44,6 +47,14 @@ enum Command {
     Registry(registry_cmd::Args),
     /// Promotion pipelines: train, validate, gate, register, promote.
     Pipeline(pipeline_cmd::Args),
+    /// The feature store: apply, plan, validate, materialize, historical, canary.
+    Features(features_cmd::Args),
+    /// Releases: start, watch and steer canary and blue/green rollouts.
+    Rollout(rollout_cmd::Args),
+    /// Shadow traffic: compare a deployment's shadows with its primary.
+    Shadow(rollout_cmd::ShadowArgs),
+    /// Incident drills, each one command with a measured report.
+    Drill(drill_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -128,23 +139,29 @@ async fn shutdown_signal() {
     }
 }
 
-/// When the config names a registry or routes: mount the registry API and
-/// start following `[[routes]]` aliases. Returns the watcher tasks.
+/// When the config names a registry or deployments: mount the registry and
+/// rollout APIs and start one controller task per `[[deployments]]` entry
+/// (follow the alias, run rollouts, keep shadows). Returns the tasks.
 pub async fn attach_registry(
     server: &mut Server,
     config: &Config,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let routes = config.routes.clone();
-    if routes.is_empty() && config.registry.url.is_none() {
+    let deployments = config.deployments.clone();
+    if deployments.is_empty() && config.registry.url.is_none() {
         return Ok(Vec::new());
     }
     let on_disk = server.state.repository.on_disk();
-    if let Some(r) = routes.iter().find(|r| on_disk.contains(&r.name)) {
+    if let Some(r) = deployments.iter().find(|r| on_disk.contains(&r.name)) {
         anyhow::bail!(
-            "[[routes]] name \"{}\" is also a model directory in the repository ({}); rename one of them",
+            "[[deployments]] name \"{}\" is also a model directory in the repository ({}); rename one of them",
             r.name,
             config.repository.path.join(&r.name).display()
         );
+    }
+    for d in &deployments {
+        greenbelt_control::rollout::analysis::conditions(&d.rollout.analysis).map_err(|e| {
+            anyhow::anyhow!("[[deployments]] \"{}\": rollout.analysis: {e}", d.name)
+        })?;
     }
     let registry_config = &config.registry;
     let registry = registry_cmd::open(config, None)
@@ -156,21 +173,26 @@ pub async fn attach_registry(
         .iter()
         .map(|(name, token)| (token.clone(), name.clone()))
         .collect();
-    server.merge(greenbelt_registry::http::router(std::sync::Arc::new(
-        greenbelt_registry::http::ApiState {
-            registry: registry.clone(),
-            tokens,
-        },
-    )));
-    let watcher = std::sync::Arc::new(greenbelt_control::watch::Watcher::new(
+    let api = std::sync::Arc::new(greenbelt_registry::http::ApiState {
+        registry: registry.clone(),
+        tokens,
+    });
+    server.merge(greenbelt_registry::http::router(api.clone()));
+    server.merge(greenbelt_control::rollout::http::router(
+        std::sync::Arc::new(greenbelt_control::rollout::http::RolloutApi {
+            api,
+            deployments: deployments.clone(),
+        }),
+    ));
+    let controller = std::sync::Arc::new(greenbelt_control::rollout::Controller::new(
         registry,
         artifacts,
-        server.state.repository.clone(),
+        server.state.clone(),
         PathBuf::from(".greenbelt/cache"),
         std::time::Duration::from_millis(registry_config.poll_interval_ms),
     ));
-    tracing::info!(registry = %registry_config.url(), "registry API at /registry; routes follow their aliases");
-    Ok(watcher.spawn(routes, None))
+    tracing::info!(registry = %registry_config.url(), "registry API at /registry, rollouts at /admin/rollouts; deployments follow their aliases");
+    Ok(controller.spawn(deployments, None))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -179,6 +201,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("starting the server")?;
     let watchers = attach_registry(&mut server, &config).await?;
+    if let Some(features) = features_cmd::serve_router().await? {
+        server.merge(features);
+    }
     tracing::info!(
         http = ?server.http_addr(),
         grpc = ?server.grpc_addr(),
@@ -212,6 +237,10 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Registry(args) => registry_cmd::run(args).await,
             Command::Pipeline(args) => pipeline_cmd::run(args).await,
+            Command::Features(args) => features_cmd::run(args).await,
+            Command::Rollout(args) => rollout_cmd::run(args).await,
+            Command::Shadow(args) => rollout_cmd::shadow(args).await,
+            Command::Drill(args) => drill_cmd::run(args).await,
         }
     });
     match result {

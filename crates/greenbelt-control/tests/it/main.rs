@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod notify;
 mod parquet_data;
 mod pipeline;
+mod releases;
 mod rollback;

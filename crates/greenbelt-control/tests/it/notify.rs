@@ -41,6 +41,7 @@ async fn register(reg: &Registry, store: &ArtifactStore, model: &str, version: u
         model: model.into(),
         artifact_uri: uri,
         sha256: sha,
+        format: "onnx".into(),
         created_by: "test".into(),
         ..Default::default()
     })
@@ -79,6 +80,10 @@ async fn an_alias_move_wakes_the_controller_without_waiting_for_the_poll() {
     ));
     let (switch_tx, mut switches) = tokio::sync::mpsc::unbounded_channel();
     let tasks = controller.spawn(deployments, Some(switch_tx));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
     // The first poll happens at once and serves v1.
     let first = tokio::time::timeout(Duration::from_secs(20), switches.recv())
         .await
@@ -109,4 +114,6 @@ async fn an_alias_move_wakes_the_controller_without_waiting_for_the_poll() {
     for t in tasks {
         t.abort();
     }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
 }

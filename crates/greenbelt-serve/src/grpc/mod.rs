@@ -265,6 +265,7 @@ impl GrpcInferenceService for GrpcService {
             trace_id: trace.trace_id.clone(),
             protocol: Protocol::Grpc,
             started: Instant::now(),
+            headers: req.metadata().clone().into_headers(),
         };
         let r = req.into_inner();
         let model = r.model_name.clone();
@@ -276,10 +277,14 @@ impl GrpcInferenceService for GrpcService {
                 return Err(status(e));
             }
         };
-        let out = infer(&self.state, &model, Some(&version), decoded, &ctx)
+        let (out, track) = infer(&self.state, &model, Some(&version), decoded, &ctx)
             .await
             .map_err(status)?;
         let mut resp = Response::new(encode_response(out));
+        resp.metadata_mut().insert(
+            crate::routing::TRACK_RESPONSE_HEADER,
+            tonic::metadata::MetadataValue::from_static(track.as_str()),
+        );
         if let Ok(v) = trace.header().parse() {
             resp.metadata_mut().insert("traceparent", v);
         }

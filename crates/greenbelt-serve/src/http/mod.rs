@@ -52,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(repository_unload),
         )
         .route("/metrics", get(metrics))
+        .route("/admin/deployments/{model}", get(deployment_status))
+        .route("/admin/shadow/{model}", get(shadow_report))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -222,7 +224,9 @@ async fn handle_infer(
         trace_id: trace.trace_id.clone(),
         protocol: Protocol::Rest,
         started: Instant::now(),
+        headers,
     };
+    let headers = &ctx.headers;
     let result = async {
         let body = body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -233,7 +237,7 @@ async fn handle_infer(
                 ServeError::InvalidInput(format!("cannot read request body: {rejection}"))
             }
         })?;
-        let header_len = match header_str(&headers, codec::HEADER_LENGTH) {
+        let header_len = match header_str(headers, codec::HEADER_LENGTH) {
             None => None,
             Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
                 ServeError::InvalidInput(format!(
@@ -254,7 +258,7 @@ async fn handle_infer(
             let binary_output = req.binary_output;
             match infer(&state, &model, version.as_deref(), req, &ctx).await {
                 Err(e) => ApiError(e).into_response(),
-                Ok(out) => match codec::encode_response(&out, &requested, binary_output) {
+                Ok((out, track)) => match codec::encode_response(&out, &requested, binary_output) {
                     Err(e) => ApiError(e).into_response(),
                     Ok(enc) => {
                         let mut resp = Response::new(axum::body::Body::from(enc.body));
@@ -279,6 +283,10 @@ async fn handle_infer(
                         if let Ok(v) = HeaderValue::from_str(&out.model_version) {
                             h.insert(HeaderName::from_static(VERSION_HEADER), v);
                         }
+                        h.insert(
+                            HeaderName::from_static(crate::routing::TRACK_RESPONSE_HEADER),
+                            HeaderValue::from_static(track.as_str()),
+                        );
                         resp
                     }
                 },
@@ -333,6 +341,52 @@ async fn repository_unload(
         .await
         .map_err(|e| ServeError::Internal(format!("unload task failed: {e}")))??;
     Ok(axum::Json(json!({})).into_response())
+}
+
+/// A deployment's installed routing plan and its versions' live counts.
+async fn deployment_status(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let entry = state
+        .repository
+        .get(&model)
+        .ok_or_else(|| ServeError::ModelNotFound(model.clone()))?;
+    let versions: serde_json::Map<String, serde_json::Value> = entry
+        .versions
+        .iter()
+        .map(|(v, s)| {
+            let live = s.metrics.live();
+            (
+                v.to_string(),
+                serde_json::json!({
+                    "requests": live.requests,
+                    "server_errors": live.server_errors,
+                    "timeouts": live.timeouts,
+                    "client_errors": live.client_errors,
+                }),
+            )
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "name": model,
+        "routing": entry.routing.as_deref(),
+        "default_version": entry.default_version,
+        "versions": versions,
+        "last_error": entry.last_error,
+    }))
+    .into_response())
+}
+
+/// `greenbelt shadow report`: every shadow comparison of a deployment.
+async fn shadow_report(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    if state.repository.get(&model).is_none() {
+        return Err(ServeError::ModelNotFound(model).into());
+    }
+    Ok(axum::Json(state.shadows.reports(&model)).into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -1,0 +1,430 @@
+//! Release analysis: conditions like `error_rate <= 0.01` or
+//! `p99_ms <= stable.p99_ms * 1.5 + 5`, evaluated on one window of the
+//! candidate's and the stable version's own live metrics, the shadow
+//! comparison of the candidate, and optional PromQL queries.
+//!
+//! A window where the candidate served fewer than `min_samples` requests, or
+//! where a condition's metric has no value (no shadow comparisons, a failed
+//! query), is **inconclusive**: the rollout pauses instead of promoting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use greenbelt_serve::deployment::AnalysisSpec;
+use greenbelt_serve::live::Window;
+use greenbelt_serve::shadow::ShadowWindow;
+use serde::Serialize;
+
+use super::machine::{AnalysisRun, Verdict};
+
+/// Metrics a condition may name (each also as `stable.<metric>`, except the
+/// shadow ones), besides `prom.<query name>`.
+pub const METRICS: &[&str] = &[
+    "requests",
+    "errors",
+    "error_rate",
+    "p50_ms",
+    "p99_ms",
+    "shadow_agreement",
+    "shadow_error_rate",
+    "shadow_compared",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+enum Op {
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Operand {
+    Number(f64),
+    Metric(String),
+}
+
+/// One parsed condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub text: String,
+    metric: String,
+    op: Op,
+    /// First operand, then (operator, operand) pairs, left to right.
+    first: Operand,
+    rest: Vec<(char, Operand)>,
+}
+
+fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> Result<(), String> {
+    if let Some(q) = name.strip_prefix("prom.") {
+        return if queries.contains_key(q) {
+            Ok(())
+        } else {
+            Err(format!(
+                "condition \"{text}\": prom.{q} has no query; add it under analysis.queries"
+            ))
+        };
+    }
+    let base = name.strip_prefix("stable.").unwrap_or(name);
+    if METRICS.contains(&base) && !(name.starts_with("stable.") && base.starts_with("shadow_")) {
+        Ok(())
+    } else {
+        Err(format!(
+            "condition \"{text}\": metric \"{name}\" is unknown; use one of {}, stable.<metric> or prom.<query>",
+            METRICS.join(", ")
+        ))
+    }
+}
+
+fn operand(text: &str, tok: &str, queries: &BTreeMap<String, String>) -> Result<Operand, String> {
+    if let Ok(x) = tok.parse::<f64>() {
+        return if x.is_finite() {
+            Ok(Operand::Number(x))
+        } else {
+            Err(format!(
+                "condition \"{text}\": \"{tok}\" is not a finite number"
+            ))
+        };
+    }
+    check_metric(text, tok, queries)?;
+    Ok(Operand::Metric(tok.to_string()))
+}
+
+impl Condition {
+    /// Parse `<metric> <op> <operand> [(*|+|-|/) <operand>]...`, tokens
+    /// separated by spaces.
+    pub fn parse(text: &str, queries: &BTreeMap<String, String>) -> Result<Condition, String> {
+        let toks: Vec<&str> = text.split_whitespace().collect();
+        if toks.len() < 3 || toks.len().is_multiple_of(2) {
+            return Err(format!(
+                "condition \"{text}\": write <metric> <op> <value>, with spaces, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5\""
+            ));
+        }
+        check_metric(text, toks[0], queries)?;
+        let op = match toks[1] {
+            ">=" => Op::Ge,
+            ">" => Op::Gt,
+            "<=" => Op::Le,
+            "<" => Op::Lt,
+            other => {
+                return Err(format!(
+                    "condition \"{text}\": \"{other}\" is not a comparison; use >=, >, <= or <"
+                ));
+            }
+        };
+        let first = operand(text, toks[2], queries)?;
+        let mut rest = Vec::new();
+        for pair in toks[3..].chunks(2) {
+            let op = match pair[0] {
+                "*" | "+" | "-" | "/" => pair[0].chars().next().unwrap_or('+'),
+                other => {
+                    return Err(format!(
+                        "condition \"{text}\": \"{other}\" is not an operator; use * + - /"
+                    ));
+                }
+            };
+            rest.push((op, operand(text, pair[1], queries)?));
+        }
+        Ok(Condition {
+            text: text.to_string(),
+            metric: toks[0].to_string(),
+            op,
+            first,
+            rest,
+        })
+    }
+
+    fn value(o: &Operand, values: &BTreeMap<String, f64>) -> Option<f64> {
+        match o {
+            Operand::Number(x) => Some(*x),
+            Operand::Metric(m) => values.get(m).copied(),
+        }
+    }
+
+    /// (measured, threshold, holds), or the name of a metric with no value.
+    fn evaluate(&self, values: &BTreeMap<String, f64>) -> Result<(f64, f64, bool), String> {
+        let missing = |m: &str| format!("{m} has no value in this window");
+        let left = values
+            .get(&self.metric)
+            .copied()
+            .ok_or_else(|| missing(&self.metric))?;
+        let mut right = Self::value(&self.first, values)
+            .ok_or_else(|| missing(&format!("{:?}", self.first)))?;
+        for (op, o) in &self.rest {
+            let x = Self::value(o, values).ok_or_else(|| missing(&format!("{o:?}")))?;
+            right = match op {
+                '*' => right * x,
+                '/' if x != 0.0 => right / x,
+                '/' => f64::INFINITY,
+                '-' => right - x,
+                _ => right + x,
+            };
+        }
+        let holds = match self.op {
+            Op::Ge => left >= right,
+            Op::Gt => left > right,
+            Op::Le => left <= right,
+            Op::Lt => left < right,
+        };
+        Ok((left, right, holds))
+    }
+}
+
+/// Every condition of `spec`, parsed; the first error names the condition.
+pub fn conditions(spec: &AnalysisSpec) -> Result<Vec<Condition>, String> {
+    spec.conditions
+        .iter()
+        .map(|c| Condition::parse(c, &spec.queries))
+        .collect()
+}
+
+/// What one window measured.
+#[derive(Debug, Clone, Default)]
+pub struct Measurement {
+    pub candidate: Window,
+    pub stable: Window,
+    pub shadow: Option<ShadowWindow>,
+    /// PromQL results by query name; a failed query is absent.
+    pub prom: BTreeMap<String, f64>,
+}
+
+impl Measurement {
+    fn values(&self) -> BTreeMap<String, f64> {
+        let mut v = BTreeMap::new();
+        for (prefix, w) in [("", &self.candidate), ("stable.", &self.stable)] {
+            v.insert(format!("{prefix}requests"), w.requests as f64);
+            v.insert(format!("{prefix}errors"), w.errors as f64);
+            v.insert(format!("{prefix}error_rate"), w.error_rate);
+            if w.requests > 0 {
+                v.insert(format!("{prefix}p50_ms"), w.p50_ms);
+                v.insert(format!("{prefix}p99_ms"), w.p99_ms);
+            }
+        }
+        if let Some(s) = &self.shadow {
+            v.insert("shadow_compared".into(), s.compared as f64);
+            if s.compared + s.errors > 0 {
+                v.insert("shadow_error_rate".into(), s.error_rate);
+            }
+            if s.rows > 0 {
+                v.insert("shadow_agreement".into(), s.agreement);
+            }
+        }
+        for (k, x) in &self.prom {
+            v.insert(format!("prom.{k}"), *x);
+        }
+        v
+    }
+}
+
+/// Judge one window.
+pub fn judge(
+    conditions: &[Condition],
+    min_samples: u64,
+    m: &Measurement,
+    at_ms: i64,
+) -> AnalysisRun {
+    let values = m.values();
+    let mut failed = Vec::new();
+    let mut missing = Vec::new();
+    if m.candidate.requests < min_samples {
+        missing.push(format!(
+            "{} requests < min_samples {}",
+            m.candidate.requests, min_samples
+        ));
+    }
+    for c in conditions {
+        // Shadow conditions judge a running shadow; after a blue/green
+        // switch there is none, and the other conditions decide.
+        if m.shadow.is_none() && c.metric.starts_with("shadow_") {
+            continue;
+        }
+        match c.evaluate(&values) {
+            Ok((_, _, true)) => {}
+            Ok((left, right, false)) => failed.push(format!(
+                "{} (measured {left:.6}, threshold {right:.6})",
+                c.text
+            )),
+            Err(e) => missing.push(format!("{}: {e}", c.text)),
+        }
+    }
+    // A measured failure is a failure even in a small window: errors from a
+    // broken candidate must abort, not pause.
+    let (verdict, notes) = if !failed.is_empty() && m.candidate.requests > 0 {
+        (Verdict::Failure, failed)
+    } else if !missing.is_empty() {
+        (Verdict::Inconclusive, missing)
+    } else if !failed.is_empty() {
+        (Verdict::Failure, failed)
+    } else {
+        (Verdict::Success, Vec::new())
+    };
+    AnalysisRun {
+        at_ms,
+        verdict,
+        values,
+        notes,
+    }
+}
+
+/// Run the named PromQL queries against `base_url`; a query that fails or
+/// returns no sample is left out (its conditions become inconclusive).
+pub async fn prometheus(
+    base_url: &str,
+    queries: &BTreeMap<String, String>,
+    deployment: &str,
+    version: i64,
+    timeout: Duration,
+) -> BTreeMap<String, f64> {
+    let client = reqwest::Client::new();
+    let mut out = BTreeMap::new();
+    for (name, q) in queries {
+        let query = q
+            .replace("{deployment}", deployment)
+            .replace("{version}", &version.to_string());
+        let url = format!("{}/api/v1/query", base_url.trim_end_matches('/'));
+        let resp = client
+            .get(&url)
+            .query(&[("query", query.as_str())])
+            .timeout(timeout)
+            .send()
+            .await;
+        let value = match resp {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|j| scalar(&j)),
+            Err(e) => {
+                tracing::warn!(query = %name, error = %e, "prometheus query failed");
+                None
+            }
+        };
+        if let Some(x) = value {
+            out.insert(name.clone(), x);
+        }
+    }
+    out
+}
+
+/// The first sample of a Prometheus `/api/v1/query` answer (vector or scalar).
+fn scalar(j: &serde_json::Value) -> Option<f64> {
+    let data = j.get("data")?;
+    let value = match data.get("resultType")?.as_str()? {
+        "vector" => data.get("result")?.get(0)?.get("value")?,
+        "scalar" => data.get("result")?,
+        _ => return None,
+    };
+    value
+        .get(1)?
+        .as_str()?
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, errors: u64, p99_ms: f64) -> Window {
+        Window {
+            requests,
+            errors,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_fix() {
+        let q = BTreeMap::new();
+        for (text, want) in [
+            ("error_rate<=0.01", "with spaces"),
+            ("eror_rate <= 0.01", "unknown"),
+            ("error_rate == 0.01", "not a comparison"),
+            ("p99_ms <= stable.p99_ms ^ 2", "not an operator"),
+            ("prom.x < 1", "analysis.queries"),
+            ("stable.shadow_agreement > 1", "unknown"),
+        ] {
+            let e = Condition::parse(text, &q).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn judge_success_failure_inconclusive() {
+        let c = conditions(&AnalysisSpec {
+            conditions: vec![
+                "error_rate <= 0.05".into(),
+                "p99_ms <= stable.p99_ms * 2 + 1".into(),
+            ],
+            ..AnalysisSpec::default()
+        })
+        .unwrap();
+        let ok = Measurement {
+            candidate: window(100, 1, 10.0),
+            stable: window(900, 0, 5.0),
+            ..Measurement::default()
+        };
+        assert_eq!(judge(&c, 50, &ok, 0).verdict, Verdict::Success);
+        let slow = Measurement {
+            candidate: window(100, 0, 12.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &slow, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(r.notes[0].contains("threshold 11"), "{:?}", r.notes);
+        // Too few requests and nothing failing: inconclusive, not success.
+        let few = Measurement {
+            candidate: window(10, 0, 1.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &few, 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.notes[0].contains("min_samples"));
+        // But errors in a small window are a failure.
+        let failing = Measurement {
+            candidate: window(10, 10, 1.0),
+            ..ok
+        };
+        assert_eq!(judge(&c, 50, &failing, 0).verdict, Verdict::Failure);
+    }
+
+    #[test]
+    fn shadow_and_prom_values() {
+        let mut queries = BTreeMap::new();
+        queries.insert("burn".to_string(), "sum(rate(x[1m]))".to_string());
+        let c = vec![
+            Condition::parse("shadow_agreement >= 0.99", &queries).unwrap(),
+            Condition::parse("prom.burn < 2", &queries).unwrap(),
+        ];
+        let mut m = Measurement {
+            candidate: window(100, 0, 1.0),
+            stable: window(100, 0, 1.0),
+            shadow: None,
+            prom: BTreeMap::new(),
+        };
+        assert_eq!(judge(&c, 1, &m, 0).verdict, Verdict::Inconclusive);
+        m.shadow = Some(ShadowWindow {
+            compared: 100,
+            rows: 100,
+            agreement: 0.9,
+            ..ShadowWindow::default()
+        });
+        m.prom.insert("burn".into(), 1.0);
+        let r = judge(&c, 1, &m, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(r.notes[0].starts_with("shadow_agreement"), "{:?}", r.notes);
+        assert_eq!(
+            scalar(
+                &serde_json::json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.0,"1.5"]}]}})
+            ),
+            Some(1.5)
+        );
+    }
+}

@@ -1,0 +1,580 @@
+//! The deployment controller: one task per `[[deployments]]` entry that, on
+//! every tick (the registry poll interval):
+//!
+//! 1. reads the deployment's rollout state from the registry database and
+//!    advances it (timed pauses, analysis runs on the server's own live
+//!    per-version metrics), writing it back compare-and-swap so replicas
+//!    agree;
+//! 2. moves registry aliases the rollout decided (promotion, switch back),
+//!    with the reason in the audit history;
+//! 3. computes the traffic plan (stable, canary weight, preview, shadows;
+//!    without a rollout: the version the alias points to), loads and warms
+//!    every version the plan needs **before** switching, and installs the
+//!    plan atomically. The previous stable version stays warm.
+//!
+//! The controller is never on the request path: requests read the installed
+//! plan; they never wait for the registry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenbelt_registry::{ArtifactStore, Registry, RegistryError};
+use greenbelt_serve::deployment::DeploymentConfig;
+use greenbelt_serve::infer::AppState;
+use greenbelt_serve::live::LiveSnapshot;
+use greenbelt_serve::repository::ServedVersion;
+use greenbelt_serve::routing::{FULL, Routing, ShadowRoute};
+use greenbelt_serve::shadow::ShadowCounters;
+use tokio::time::Instant;
+
+use super::analysis::{self, Measurement};
+use super::machine::{Phase, Rollout};
+
+/// How long a version that failed to load is left alone before a retry.
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+
+/// A change of the stable version, for logs and tests.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub route: String,
+    pub from: Option<i64>,
+    pub to: i64,
+    /// Time from noticing the change to serving the new version.
+    pub took: Duration,
+    /// Whether the target was already loaded (e.g. the warm previous version).
+    pub was_warm: bool,
+}
+
+pub struct Controller {
+    registry: Registry,
+    artifacts: ArtifactStore,
+    state: Arc<AppState>,
+    cache: PathBuf,
+    poll: Duration,
+    actor: String,
+    /// Wall time at `base`, so a paused tokio clock drives rollout time in tests.
+    base_wall_ms: i64,
+    base: Instant,
+}
+
+/// Live counters at the start of the current analysis window.
+struct Snap {
+    rollout: String,
+    candidate: LiveSnapshot,
+    stable: LiveSnapshot,
+    shadow: ShadowCounters,
+}
+
+/// What one deployment's task remembers between ticks.
+#[derive(Default)]
+struct Local {
+    installed: Option<Routing>,
+    stable: Option<i64>,
+    previous: Option<i64>,
+    failed: HashMap<i64, Instant>,
+    snap: Option<Snap>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Controller {
+    pub fn new(
+        registry: Registry,
+        artifacts: ArtifactStore,
+        state: Arc<AppState>,
+        cache: PathBuf,
+        poll: Duration,
+    ) -> Controller {
+        Controller {
+            registry,
+            artifacts,
+            state,
+            cache,
+            poll,
+            actor: "rollout-controller".into(),
+            base_wall_ms: wall_ms(),
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.base_wall_ms
+            .saturating_add(i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Run every deployment until the returned handles are aborted;
+    /// `on_switch` hears about each change of stable version.
+    pub fn spawn(
+        self: Arc<Self>,
+        deployments: Vec<DeploymentConfig>,
+        on_switch: Option<tokio::sync::mpsc::UnboundedSender<Switch>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = deployments
+            .into_iter()
+            .map(|dep| {
+                let me = self.clone();
+                let tx = on_switch.clone();
+                let wake = wake.clone();
+                tokio::spawn(async move { me.run(dep, tx, wake).await })
+            })
+            .collect();
+        // On PostgreSQL, alias moves are also announced (LISTEN/NOTIFY): wake
+        // every deployment at once instead of at its next poll.
+        let registry = self.registry.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match registry.alias_listener().await {
+                    Ok(None) => return,
+                    Ok(Some(mut listener)) => {
+                        wake.notify_waiters();
+                        while listener.recv().await.is_ok() {
+                            wake.notify_waiters();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "alias notifications unavailable; polling only")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+        tasks
+    }
+
+    async fn run(
+        &self,
+        dep: DeploymentConfig,
+        tx: Option<tokio::sync::mpsc::UnboundedSender<Switch>>,
+        wake: Arc<tokio::sync::Notify>,
+    ) {
+        let mut local = Local::default();
+        let mut interval = tokio::time::interval(self.poll);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = wake.notified() => {}
+            }
+            if let Err(e) = self.tick(&dep, &mut local, tx.as_ref()).await {
+                tracing::warn!(deployment = %dep.name, error = %e, "deployment tick failed; keeping the current plan");
+            }
+        }
+    }
+
+    /// One reconciliation step (public for tests that drive it by hand).
+    async fn tick(
+        &self,
+        dep: &DeploymentConfig,
+        local: &mut Local,
+        tx: Option<&tokio::sync::mpsc::UnboundedSender<Switch>>,
+    ) -> Result<(), RegistryError> {
+        let noticed = Instant::now();
+        let model = dep.model();
+        let mut rollout = self.advance_rollout(dep, local).await?;
+        let alias_version = self.reconcile_aliases(dep, rollout.as_mut()).await?;
+
+        // The plan: a rollout that still owns the traffic, else the alias.
+        let plan = match &rollout {
+            Some((_, r)) if r.is_active() => Some(r.plan()),
+            _ => None,
+        };
+        let (stable, canary, preview, mut shadows, mut warm) = match plan {
+            Some(p) => (
+                p.stable,
+                p.canary,
+                p.preview,
+                p.shadow.into_iter().collect::<Vec<_>>(),
+                p.warm,
+            ),
+            None => match alias_version {
+                Some(v) => (v, None, None, Vec::new(), Vec::new()),
+                None => return Ok(()),
+            },
+        };
+        if local.stable.is_some_and(|s| s != stable) {
+            local.previous = local.stable;
+        }
+        if let Some(p) = local.previous.filter(|p| *p != stable) {
+            warm.push(p);
+        }
+        for s in &dep.shadow {
+            let v = match (&s.alias, s.version) {
+                (Some(a), _) => self.registry.alias(model, a).await?,
+                (None, v) => v,
+            };
+            if let Some(v) = v.filter(|v| *v != stable) {
+                shadows.push((v, s.fraction));
+            }
+        }
+
+        // Load everything the plan needs before switching anything.
+        let entry = self.state.repository.get(&dep.name);
+        let mut needed: Vec<i64> = vec![stable];
+        needed.extend(canary.map(|c| c.0));
+        needed.extend(preview);
+        needed.extend(shadows.iter().map(|s| s.0));
+        needed.extend(warm.iter().copied());
+        needed.sort_unstable();
+        needed.dedup();
+        let mut versions: BTreeMap<u64, Arc<ServedVersion>> = BTreeMap::new();
+        let mut load_error: Option<(i64, String)> = None;
+        let mut stable_was_warm = true;
+        for v in needed {
+            let Ok(key) = u64::try_from(v) else { continue };
+            if let Some(s) = entry.as_ref().and_then(|e| e.versions.get(&key)) {
+                versions.insert(key, s.clone());
+                continue;
+            }
+            if v == stable {
+                stable_was_warm = false;
+            }
+            if local
+                .failed
+                .get(&v)
+                .is_some_and(|at| at.elapsed() < FAILED_RETRY)
+            {
+                continue;
+            }
+            match self.load(dep, v).await {
+                Ok(s) => {
+                    local.failed.remove(&v);
+                    versions.insert(key, Arc::new(s));
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %dep.name, version = v, error = %e, "version refused; traffic stays where it is");
+                    self.state
+                        .repository
+                        .record_error(&dep.name, &format!("version {v}: {e}"));
+                    local.failed.insert(v, Instant::now());
+                    load_error = Some((v, e));
+                }
+            }
+        }
+        // A candidate that cannot load fails its rollout.
+        if let (Some((v, e)), Some((rev, r))) = (&load_error, rollout.as_mut())
+            && r.is_active()
+            && *v == r.candidate
+        {
+            let _ = r.command(super::machine::Command::Abort, self.now_ms(), &self.actor);
+            r.reason = Some(format!("candidate version {v} failed to load: {e}"));
+            self.persist(dep, *rev, r).await?;
+            return Ok(());
+        }
+        let Some(stable_key) = u64::try_from(stable)
+            .ok()
+            .filter(|k| versions.contains_key(k))
+        else {
+            return Ok(());
+        };
+        let has = |v: i64| u64::try_from(v).ok().filter(|k| versions.contains_key(k));
+        let routing = Routing {
+            stable: stable_key,
+            canary: canary.and_then(|(v, _)| has(v)),
+            canary_bp: canary.map_or(0, |(_, w)| ((w * 100.0).round() as u32).min(FULL)),
+            preview: preview.and_then(has),
+            sticky_header: dep.sticky_header.clone(),
+            shadows: shadows
+                .iter()
+                .filter_map(|(v, f)| {
+                    has(*v).map(|version| ShadowRoute {
+                        version,
+                        fraction_bp: ((f * f64::from(FULL)).round() as u32).min(FULL),
+                    })
+                })
+                .collect(),
+        };
+        let same_versions = entry
+            .as_ref()
+            .is_some_and(|e| e.versions.keys().eq(versions.keys()));
+        if local.installed.as_ref() == Some(&routing) && same_versions {
+            return Ok(());
+        }
+        self.state
+            .metrics
+            .set_canary_weight(&dep.name, f64::from(routing.canary_bp) / f64::from(FULL));
+        let from = local.stable;
+        self.state.repository.install_deployment(
+            &dep.name,
+            dep.config.clone(),
+            versions,
+            routing.clone(),
+        );
+        local.installed = Some(routing);
+        local.stable = Some(stable);
+        if from != Some(stable) {
+            let sw = Switch {
+                route: dep.name.clone(),
+                from,
+                to: stable,
+                took: noticed.elapsed(),
+                was_warm: stable_was_warm,
+            };
+            tracing::info!(
+                deployment = %sw.route,
+                from = ?sw.from,
+                to = sw.to,
+                switch_ms = sw.took.as_secs_f64() * 1000.0,
+                was_warm = sw.was_warm,
+                "deployment switched its stable version"
+            );
+            if let Some(tx) = tx {
+                let _ = tx.send(sw);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read, advance and store the deployment's rollout.
+    async fn advance_rollout(
+        &self,
+        dep: &DeploymentConfig,
+        local: &mut Local,
+    ) -> Result<Option<(i64, Rollout)>, RegistryError> {
+        let Some(stored) = self.registry.rollout(&dep.name).await? else {
+            return Ok(None);
+        };
+        let mut r: Rollout = match serde_json::from_value(stored.state) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(RegistryError::Invalid(format!(
+                    "stored rollout of \"{}\" is unreadable ({e}); start a new one",
+                    dep.name
+                )));
+            }
+        };
+        if !r.is_active() {
+            local.snap = None;
+            return Ok(Some((stored.rev, r)));
+        }
+        let now = self.now_ms();
+        let mut changed = r.tick(now);
+        let (cand_v, stable_v) = r.analysed();
+        let counters = self.counters(&dep.name, cand_v, stable_v);
+        let fresh = local.snap.as_ref().is_none_or(|s| s.rollout != r.id);
+        if fresh {
+            local.snap = counters.map(|(candidate, stable, shadow)| Snap {
+                rollout: r.id.clone(),
+                candidate,
+                stable,
+                shadow,
+            });
+        } else if r.analysis_due(now)
+            && let (Some(snap), Some((candidate, stable, shadow))) = (&local.snap, counters)
+        {
+            let conditions =
+                analysis::conditions(&r.spec.analysis).map_err(RegistryError::Invalid)?;
+            let prom = match &r.spec.analysis.prometheus_url {
+                Some(url) => {
+                    analysis::prometheus(
+                        url,
+                        &r.spec.analysis.queries,
+                        &dep.name,
+                        cand_v,
+                        self.poll.max(Duration::from_secs(2)),
+                    )
+                    .await
+                }
+                None => BTreeMap::new(),
+            };
+            let m = Measurement {
+                candidate: candidate.since(&snap.candidate),
+                stable: stable.since(&snap.stable),
+                shadow: r.plan().shadow.map(|_| shadow.since(&snap.shadow)),
+                prom,
+            };
+            let run = analysis::judge(&conditions, r.spec.analysis.min_samples, &m, now);
+            tracing::info!(deployment = %dep.name, rollout = %r.id, verdict = ?run.verdict, notes = ?run.notes, "analysis run");
+            r.record(now, run);
+            local.snap = Some(Snap {
+                rollout: r.id.clone(),
+                candidate,
+                stable,
+                shadow,
+            });
+            changed = true;
+        }
+        if changed {
+            match self.persist(dep, stored.rev, &mut r).await {
+                Ok(rev) => return Ok(Some((rev, r))),
+                Err(RegistryError::Conflict(_)) => {
+                    // Another replica or a person wrote first: use theirs next tick.
+                    local.snap = None;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some((stored.rev, r)))
+    }
+
+    /// Store `r` over revision `rev`, with its pending events.
+    async fn persist(
+        &self,
+        dep: &DeploymentConfig,
+        rev: i64,
+        r: &mut Rollout,
+    ) -> Result<i64, RegistryError> {
+        let events = std::mem::take(&mut r.pending);
+        let state = serde_json::to_value(&*r).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let new_rev = self
+            .registry
+            .put_rollout(&dep.name, Some(rev), &state, &r.id, &events)
+            .await?;
+        for (event, detail) in &events {
+            self.state.metrics.rollout_event(&dep.name, event);
+            tracing::info!(deployment = %dep.name, rollout = %r.id, event = %event, detail = %detail, "rollout event");
+        }
+        Ok(new_rev)
+    }
+
+    /// Live counters of the candidate, the stable version, and the
+    /// candidate's shadow comparison, when both versions are loaded.
+    fn counters(
+        &self,
+        deployment: &str,
+        candidate: i64,
+        stable: i64,
+    ) -> Option<(LiveSnapshot, LiveSnapshot, ShadowCounters)> {
+        let entry = self.state.repository.get(deployment)?;
+        let c = u64::try_from(candidate).ok()?;
+        let s = u64::try_from(stable).ok()?;
+        let cand = entry.versions.get(&c)?.metrics.live();
+        let stab = entry.versions.get(&s)?.metrics.live();
+        let shadow = self.state.shadows.stats(deployment, c).counters();
+        Some((cand, stab, shadow))
+    }
+
+    /// Move the aliases a rollout decided; returns where the stable alias
+    /// points afterwards.
+    async fn reconcile_aliases(
+        &self,
+        dep: &DeploymentConfig,
+        rollout: Option<&mut (i64, Rollout)>,
+    ) -> Result<Option<i64>, RegistryError> {
+        let model = dep.model();
+        let mut current = self.registry.alias(model, &dep.alias).await?;
+        let Some((rev, r)) = rollout else {
+            return Ok(current);
+        };
+        if r.alias_done {
+            return Ok(current);
+        }
+        let target = match r.phase {
+            Phase::Promoted | Phase::PostPromotion => Some(r.candidate),
+            Phase::Aborted if r.switched_ms.is_some() => Some(r.stable),
+            _ => None,
+        };
+        if let Some(t) = target
+            && current != Some(t)
+        {
+            let why = match r.phase {
+                Phase::Aborted => format!(
+                    "rollout {} rolled back: {}",
+                    r.id,
+                    r.reason.clone().unwrap_or_default()
+                ),
+                _ => format!("rollout {} promoted version {t}", r.id),
+            };
+            self.registry
+                .set_alias(model, &dep.alias, t, &self.actor, &why)
+                .await?;
+            current = Some(t);
+        }
+        // The `canary` alias names the candidate while a rollout runs.
+        let canary = self.registry.alias(model, "canary").await?;
+        if r.is_active() && canary != Some(r.candidate) {
+            self.registry
+                .set_alias(
+                    model,
+                    "canary",
+                    r.candidate,
+                    &self.actor,
+                    &format!("rollout {} started", r.id),
+                )
+                .await?;
+        }
+        if !r.is_active() {
+            if canary == Some(r.candidate) {
+                let why = match r.phase {
+                    Phase::Aborted => format!(
+                        "rollout {} aborted: {}",
+                        r.id,
+                        r.reason.clone().unwrap_or_default()
+                    ),
+                    _ => format!("rollout {} promoted", r.id),
+                };
+                self.registry
+                    .delete_alias(model, "canary", &self.actor, &why)
+                    .await?;
+            }
+            r.alias_done = true;
+            match self.persist(dep, *rev, r).await {
+                Ok(new) => *rev = new,
+                Err(RegistryError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(current)
+    }
+
+    async fn load(&self, dep: &DeploymentConfig, target: i64) -> Result<ServedVersion, String> {
+        let record = self
+            .registry
+            .version(dep.model(), target)
+            .await
+            .map_err(|e| e.to_string())?;
+        if record.format != "onnx" {
+            return Err(format!(
+                "format \"{}\" is not servable (onnx only)",
+                record.format
+            ));
+        }
+        let bytes = self
+            .artifacts
+            .get(&record.artifact_uri, &record.sha256)
+            .await
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.cache)
+            .map_err(|e| format!("cache {}: {e}", self.cache.display()))?;
+        let file = self.cache.join(format!("{}.onnx", record.sha256));
+        let tmp = self.cache.join(format!("{}.onnx.tmp", record.sha256));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &file).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let repo = self.state.repository.clone();
+        let name = dep.name.clone();
+        let config = dep.config.clone();
+        let fault = record
+            .tags
+            .get("fault")
+            .and_then(|f| f.as_str())
+            .map(str::to_string);
+        let allow_faults = self.state.config.server.allow_fault_injection;
+        let v = u64::try_from(target).map_err(|_| format!("version {target} is not positive"))?;
+        tokio::task::spawn_blocking(move || {
+            let served = match fault {
+                None => repo.load_file(&name, v, &file, &config)?,
+                Some(f) if allow_faults => {
+                    let fault = greenbelt_serve::fault::Fault::parse(&f)?;
+                    repo.load_file_with_fault(&name, v, &file, &config, fault)?
+                }
+                Some(f) => {
+                    return Err(format!(
+                        "version {v} carries the drill tag fault=\"{f}\"; set [server] allow_fault_injection = true to serve it (drills only)"
+                    ));
+                }
+            };
+            served.warm()?;
+            Ok::<_, String>(served)
+        })
+        .await
+        .map_err(|e| format!("load task failed: {e}"))?
+    }
+}

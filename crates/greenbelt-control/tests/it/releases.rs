@@ -1,0 +1,594 @@
+//! Safe releases against a real server under real traffic: a canary that
+//! passes, a canary that fails analysis and is rolled back automatically, an
+//! inconclusive canary that pauses, blue/green promotion and automatic
+//! switch-back, and shadow comparison against known disagreement.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use greenbelt_control::rollout::{self, Controller, Phase, controller::wall_ms};
+use greenbelt_registry::{ArtifactStore, NewVersion, Registry};
+use greenbelt_serve::{Config, Server};
+use serde_json::json;
+
+fn fixture(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../fixtures/models/logreg/{version}/model.onnx"))
+}
+
+/// Deterministic rows in [-3, 3).
+fn rows(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n * 20)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0) as f32
+        })
+        .collect()
+}
+
+fn body(seed: u64) -> serde_json::Value {
+    json!({"inputs": [{"name": "input", "shape": [1, 20], "datatype": "FP32", "data": rows(seed, 1)}]})
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    reg: Registry,
+    base: String,
+    deployment: greenbelt_serve::deployment::DeploymentConfig,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    client: reqwest::Client,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A server with deployment `fraud` (extra TOML appended to its entry),
+/// versions v1 (champion), v2 and any extra tagged copies.
+async fn env(extra: &str, tagged: &[(u32, serde_json::Value)]) -> (Env, Vec<i64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(&format!("sqlite://{}/registry.db", dir.path().display()))
+        .await
+        .unwrap();
+    let store = ArtifactStore::open(dir.path().join("artifacts").to_str().unwrap()).unwrap();
+    let mut versions = Vec::new();
+    for (fixture_version, tags) in [(1, json!({})), (2, json!({}))]
+        .into_iter()
+        .chain(tagged.iter().cloned())
+    {
+        let bytes = std::fs::read(fixture(fixture_version)).unwrap();
+        let (uri, sha) = store.put(bytes.into(), "onnx").await.unwrap();
+        let v = reg
+            .register(NewVersion {
+                model: "fraud".into(),
+                artifact_uri: uri,
+                sha256: sha,
+                format: "onnx".into(),
+                tags,
+                created_by: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .version;
+        versions.push(v);
+    }
+    reg.set_alias("fraud", "champion", versions[0], "test", "initial")
+        .await
+        .unwrap();
+    let text = format!(
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\nallow_fault_injection = true\n[telemetry]\nlog_requests = false\n[repository]\npath = \"{}\"\n[[deployments]]\nname = \"fraud\"\n{extra}\n",
+        dir.path().join("empty-repo").display()
+    );
+    let config = Config::from_toml_str(&text, Path::new("test.toml"), std::iter::empty()).unwrap();
+    let deployment = config.deployments[0].clone();
+    let server = Server::build(config).await.unwrap();
+    let base = format!("http://{}", server.http_addr().unwrap());
+    let controller = Arc::new(Controller::new(
+        reg.clone(),
+        store,
+        server.state.clone(),
+        dir.path().join("cache"),
+        Duration::from_millis(25),
+    ));
+    let tasks = controller.spawn(vec![deployment.clone()], None);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let env = Env {
+        _dir: dir,
+        reg,
+        base,
+        deployment,
+        tasks,
+        stop: Some(stop),
+        client: reqwest::Client::new(),
+    };
+    // Wait until v1 serves.
+    for _ in 0..400 {
+        if env.call(0, None).await.1.as_deref() == Some("1") {
+            return (env, versions);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("v1 never served");
+}
+
+/// One observed response.
+#[derive(Debug, Clone)]
+struct Seen {
+    ok: bool,
+    version: Option<String>,
+    track: Option<String>,
+}
+
+impl Env {
+    async fn call(
+        &self,
+        seed: u64,
+        headers: Option<(&str, &str)>,
+    ) -> (bool, Option<String>, Option<String>) {
+        let mut req = self
+            .client
+            .post(format!("{}/v2/models/fraud/infer", self.base))
+            .json(&body(seed));
+        if let Some((k, v)) = headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let h = |n: &str| {
+                    r.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                (
+                    r.status().is_success(),
+                    h("x-greenbelt-model-version"),
+                    h("x-greenbelt-track"),
+                )
+            }
+            Err(_) => (false, None, None),
+        }
+    }
+
+    /// Continuous load from `clients` tasks until `stop` is set.
+    fn load(
+        &self,
+        clients: usize,
+        stop: Arc<AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+        (0..clients)
+            .map(|c| {
+                let client = self.client.clone();
+                let url = format!("{}/v2/models/fraud/infer", self.base);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let r = client
+                            .post(&url)
+                            .json(&body(c as u64 * 1_000_000 + i))
+                            .send()
+                            .await;
+                        seen.push(match r {
+                            Ok(r) => {
+                                let h = |n: &str| {
+                                    r.headers()
+                                        .get(n)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_string)
+                                };
+                                Seen {
+                                    ok: r.status().is_success(),
+                                    version: h("x-greenbelt-model-version"),
+                                    track: h("x-greenbelt-track"),
+                                }
+                            }
+                            Err(_) => Seen {
+                                ok: false,
+                                version: None,
+                                track: None,
+                            },
+                        });
+                    }
+                    seen
+                })
+            })
+            .collect()
+    }
+
+    async fn wait_phase(&self, want: &[Phase], limit: Duration) -> rollout::Rollout {
+        let start = tokio::time::Instant::now();
+        loop {
+            let st = rollout::status(&self.reg, "fraud").await.unwrap();
+            if want.contains(&st.rollout.phase) {
+                return st.rollout;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "rollout stuck in {:?}: {:?}",
+                st.rollout.phase,
+                st.rollout.runs.last()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Seen>>>) -> Vec<Seen> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+const CANARY: &str = r#"sticky_header = "x-user"
+[deployments.rollout]
+steps = [{ set_weight = 30 }, { analysis = 3 }, { set_weight = 100 }, { analysis = 1 }]
+[deployments.rollout.analysis]
+interval = "300ms"
+min_samples = 10
+failure_limit = 0
+conditions = ["error_rate <= 0.01", "p99_ms <= stable.p99_ms * 20 + 50"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_passes_analysis_and_promotes_with_zero_failures() {
+    let (e, v) = env(CANARY, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = rollout::start(&e.reg, &e.deployment, v[1], None, "test", wall_ms())
+        .await
+        .unwrap();
+    assert_eq!((r.stable, r.candidate, r.weight), (v[0], v[1], 30.0));
+    // During the 30% step: a sticky user always lands on one version, and
+    // the track header can force the canary.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        let first = e.call(7, Some(("x-user", user))).await.1;
+        for _ in 0..5 {
+            assert_eq!(
+                e.call(7, Some(("x-user", user))).await.1,
+                first,
+                "user {user} switched versions"
+            );
+        }
+    }
+    let forced = e.call(1, Some(("x-greenbelt-track", "canary"))).await;
+    assert_eq!(
+        (forced.1.as_deref(), forced.2.as_deref()),
+        (Some("2"), Some("canary"))
+    );
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    assert_eq!(done.phase, Phase::Promoted, "{:?}", done.runs);
+    // The champion alias moved, with the rollout named in the history.
+    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    let history = e.reg.history("fraud", Some("champion")).await.unwrap();
+    assert!(
+        history.last().unwrap().reason.contains(&done.id),
+        "{history:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = collect(load).await;
+    assert!(
+        seen.iter().all(|s| s.ok),
+        "{} failed requests",
+        seen.iter().filter(|s| !s.ok).count()
+    );
+    let canary = seen
+        .iter()
+        .filter(|s| s.track.as_deref() == Some("canary"))
+        .count();
+    assert!(canary > 0, "the canary never answered");
+    assert_eq!(seen.last().unwrap().version.as_deref(), Some("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_canary_is_rolled_back_automatically() {
+    // v3: a copy of v1 that fails every request after warm-up.
+    let (e, v) = env(CANARY, &[(1, json!({"fault": "error"}))]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    rollout::start(&e.reg, &e.deployment, v[2], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(done.phase, Phase::Aborted);
+    assert!(
+        done.reason.as_deref().unwrap_or("").contains("error_rate"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(done.weight, 0.0);
+    // Detected within two analysis intervals (plus start-up of the canary).
+    assert!(took < Duration::from_secs(5), "abort took {took:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = e.call(3, None).await;
+    assert_eq!((after.0, after.1.as_deref()), (true, Some("1")));
+    stop.store(true, Ordering::Relaxed);
+    let seen = collect(load).await;
+    let failed = seen.iter().filter(|s| !s.ok).count();
+    assert!(failed > 0, "the broken canary never answered");
+    // Failures only ever came from the canary share.
+    assert!(
+        (failed as f64) < seen.len() as f64 * 0.3,
+        "{failed} of {}",
+        seen.len()
+    );
+    // Champion untouched; the canary alias records the abort and why.
+    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[0]));
+    let canary = e.reg.history("fraud", Some("canary")).await.unwrap();
+    let last = canary.last().unwrap();
+    assert_eq!(last.to_version, None);
+    assert!(
+        last.reason.contains("aborted") && last.reason.contains("error_rate"),
+        "{last:?}"
+    );
+    let st = rollout::status(&e.reg, "fraud").await.unwrap();
+    assert!(st.events.iter().any(|ev| ev.event == "aborted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_is_inconclusive_and_pauses() {
+    let extra = CANARY.replace("min_samples = 10", "min_samples = 100000");
+    let (e, v) = env(&extra, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(1, stop.clone());
+    rollout::start(&e.reg, &e.deployment, v[1], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let r = e
+        .wait_phase(
+            &[Phase::Paused, Phase::Promoted, Phase::Aborted],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(r.phase, Phase::Paused);
+    assert!(
+        r.pause_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("min_samples"),
+        "{:?}",
+        r.pause_reason
+    );
+    assert_eq!(
+        e.reg.alias("fraud", "champion").await.unwrap(),
+        Some(v[0]),
+        "never promoted"
+    );
+    // A person can still abort it.
+    rollout::command(&e.reg, "fraud", rollout::Command::Abort, "ops", wall_ms())
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(collect(load).await.iter().all(|s| s.ok));
+}
+
+const BLUE_GREEN: &str = r#"[deployments.rollout]
+strategy = "blue_green"
+auto_promote = true
+pre_promotion_analysis = 1
+post_promotion_analysis = 2
+scale_down_delay = "200ms"
+[deployments.rollout.analysis]
+interval = "300ms"
+min_samples = 5
+shadow_fraction = 1.0
+conditions = ["error_rate <= 0.01", "shadow_error_rate <= 0.01"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_previews_switches_and_switches_back_on_failure() {
+    let (e, v) = env(BLUE_GREEN, &[(1, json!({"fault": "error"}))]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rollout::start(&e.reg, &e.deployment, v[1], None, "test", wall_ms())
+        .await
+        .unwrap();
+    // The preview is reachable on request, while production stays on v1.
+    let mut preview = None;
+    for _ in 0..200 {
+        let r = e.call(5, Some(("x-greenbelt-track", "preview"))).await;
+        if r.0 {
+            preview = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let preview = preview.expect("preview never reachable");
+    assert_eq!(
+        (preview.1.as_deref(), preview.2.as_deref()),
+        (Some("2"), Some("preview"))
+    );
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    assert_eq!(done.phase, Phase::Promoted, "{:?}", done.runs);
+    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = collect(load).await;
+    assert!(
+        seen.iter().all(|s| s.ok),
+        "blue/green switch failed requests"
+    );
+    assert!(seen.iter().any(|s| s.version.as_deref() == Some("1")));
+    assert_eq!(seen.last().unwrap().version.as_deref(), Some("2"));
+
+    // Now a broken green with no pre-promotion analysis: it goes live, the
+    // post-promotion analysis fails, and traffic switches back to v2.
+    let mut dep = e.deployment.clone();
+    dep.rollout.pre_promotion_analysis = 0;
+    dep.rollout.analysis.conditions = vec!["error_rate <= 0.01".into()];
+    dep.rollout.analysis.shadow_fraction = 0.0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    rollout::start(&e.reg, &dep, v[2], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    assert_eq!(done.phase, Phase::Aborted);
+    assert!(
+        done.switched_ms.is_some(),
+        "it was switched before the failure"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = collect(load).await;
+    assert_eq!(seen.last().unwrap().version.as_deref(), Some("2"));
+    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    let history = e.reg.history("fraud", Some("champion")).await.unwrap();
+    assert!(
+        history.last().unwrap().reason.contains("rolled back"),
+        "{:?}",
+        history.last()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_comparison_counts_known_disagreement() {
+    // v2 (the other logreg) mirrors every request; v3 (v1 with flipped
+    // outputs) mirrors every request and disagrees on every row.
+    let extra = "[[deployments.shadow]]\nversion = 2\nfraction = 1.0\n[[deployments.shadow]]\nversion = 3\nfraction = 1.0\n";
+    let (e, _v) = env(extra, &[(1, json!({"fault": "wrong"}))]).await;
+    // Wait for both shadows to be loaded and attached.
+    for _ in 0..400 {
+        let s: serde_json::Value = e
+            .client
+            .get(format!("{}/admin/deployments/fraud", e.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["routing"]["shadows"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // What each version answers, asked directly (pinned): the expected disagreement.
+    let n = 200u64;
+    let mut expected_disagree = 0;
+    let label = |v: serde_json::Value| {
+        v["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "label")
+            .unwrap()["data"][0]
+            .as_i64()
+            .unwrap()
+    };
+    for seed in 0..n {
+        let mut labels = Vec::new();
+        for ver in [1, 2] {
+            let r: serde_json::Value = e
+                .client
+                .post(format!("{}/v2/models/fraud/versions/{ver}/infer", e.base))
+                .json(&body(seed))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            labels.push(label(r));
+        }
+        expected_disagree += u64::from(labels[0] != labels[1]);
+    }
+    let before: Vec<greenbelt_serve::shadow::ShadowReport> = e
+        .client
+        .get(format!("{}/admin/shadow/fraud", e.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let base = |v: u64| {
+        before
+            .iter()
+            .find(|r| r.version == v)
+            .map(|r| r.counters)
+            .unwrap_or_default()
+    };
+    for seed in 0..n {
+        let (ok, version, _) = e.call(seed, None).await;
+        assert!(ok && version.as_deref() == Some("1"));
+    }
+    let mut reports: Vec<greenbelt_serve::shadow::ShadowReport> = Vec::new();
+    for _ in 0..400 {
+        reports = e
+            .client
+            .get(format!("{}/admin/shadow/fraud", e.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if reports.len() == 2
+            && reports.iter().all(|r| {
+                let b = base(r.version);
+                r.counters.compared + r.counters.errors + r.counters.dropped
+                    >= n + b.compared + b.errors + b.dropped
+            })
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let (other, wrong) = (&reports[0], &reports[1]);
+    assert_eq!((other.version, wrong.version), (2, 3));
+    let w = other.counters.since(&base(2));
+    assert_eq!(w.compared, n, "nothing dropped at this rate");
+    assert_eq!(
+        w.rows - (w.agreement * w.rows as f64).round() as u64,
+        expected_disagree
+    );
+    assert_eq!(wrong.counters.rows_agree, 0);
+    assert_eq!(wrong.agreement, 0.0);
+    assert!(wrong.abs_diff.max > 0.0 && !wrong.worst.is_empty());
+    assert!(wrong.worst.len() <= greenbelt_serve::shadow::WORST_KEPT);
+    eprintln!(
+        "shadow v2: {expected_disagree} of {n} rows disagree; window agreement {:.3}",
+        w.agreement
+    );
+}

@@ -1,0 +1,300 @@
+//! `[[deployments]]` in `greenbelt.toml` (also accepted as `[[routes]]`): a
+//! name clients call, served from a registry model's alias, with the
+//! release strategy `greenbelt rollout start` uses, the analysis that judges
+//! a release, and standing shadows. Parsed here (serde, unknown keys are
+//! errors) and checked by [`DeploymentConfig::validate`]; the rollout
+//! controller in `greenbelt-control` executes it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Serve `name` from whatever version `model@alias` points to, and release
+/// new versions of it safely.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: String,
+    /// Registry model; defaults to `name`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The alias the stable version follows.
+    #[serde(default = "default_alias")]
+    pub alias: String,
+    /// Runtime settings for the versions this deployment loads.
+    #[serde(default)]
+    pub config: crate::repository::ModelConfig,
+    /// Header whose value keeps a caller on one version during a canary
+    /// (hashed; e.g. `x-user-id`). Unset: each request draws by weight.
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+    /// How `greenbelt rollout start` releases a new version.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// Standing shadows: versions that get a copy of live traffic.
+    #[serde(default)]
+    pub shadow: Vec<ShadowSpec>,
+}
+
+fn default_alias() -> String {
+    "champion".into()
+}
+
+impl DeploymentConfig {
+    pub fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Check everything a typo could break, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let at = format!("[[deployments]] \"{}\"", self.name);
+        if let Some(h) = &self.sticky_header
+            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(format!(
+                "{at}: sticky_header \"{h}\" is not a valid header name"
+            ));
+        }
+        for (i, s) in self.shadow.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("{at}: shadow[{i}]: {e}"))?;
+        }
+        self.rollout
+            .validate()
+            .map_err(|e| format!("{at}: rollout.{e}"))
+    }
+}
+
+/// A version that receives a copy of live traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// Registry alias of the shadow (e.g. `challenger`)...
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// ...or a fixed version.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// Share of requests copied, 0..=1.
+    pub fraction: f64,
+}
+
+impl ShadowSpec {
+    fn validate(&self) -> Result<(), String> {
+        match (&self.alias, self.version) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err("set exactly one of alias or version".into());
+            }
+            (None, Some(v)) if v <= 0 => return Err(format!("version {v} must be >= 1")),
+            _ => {}
+        }
+        fraction("fraction", self.fraction)
+    }
+}
+
+fn fraction(field: &str, x: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&x) {
+        Ok(())
+    } else {
+        Err(format!("{field} = {x} must be between 0 and 1"))
+    }
+}
+
+/// Parse a duration like `30s`, `500ms`, `2m`.
+pub fn duration(field: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{field} = \"{text}\" is not a duration like 30s or 500ms: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Canary,
+    BlueGreen,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSpec {
+    pub strategy: Strategy,
+    /// Canary steps, in order: `{ set_weight = 20 }` (percent),
+    /// `{ pause = "30s" }` (or `{ pause = "" }`: until promoted by hand),
+    /// `{ analysis = 3 }` (wait for 3 successful analysis runs).
+    pub steps: Vec<StepSpec>,
+    pub analysis: AnalysisSpec,
+    /// Blue/green: promote as soon as pre-promotion analysis passes (else
+    /// wait for `greenbelt rollout promote`).
+    pub auto_promote: bool,
+    /// Blue/green: analysis runs this many times on the preview before
+    /// promotion (0 = none).
+    pub pre_promotion_analysis: u32,
+    /// Blue/green: analysis runs this many times on the new active version
+    /// after promotion; a failure switches back (0 = none).
+    pub post_promotion_analysis: u32,
+    /// Blue/green: how long the old version stays loaded after promotion.
+    pub scale_down_delay: String,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            strategy: Strategy::Canary,
+            steps: vec![
+                StepSpec::weight(10.0),
+                StepSpec::analysis(2),
+                StepSpec::weight(50.0),
+                StepSpec::analysis(2),
+            ],
+            analysis: AnalysisSpec::default(),
+            auto_promote: true,
+            pre_promotion_analysis: 2,
+            post_promotion_analysis: 2,
+            scale_down_delay: "30s".into(),
+        }
+    }
+}
+
+impl RolloutSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, s) in self.steps.iter().enumerate() {
+            s.validate().map_err(|e| format!("steps[{i}]: {e}"))?;
+        }
+        if self.strategy == Strategy::Canary && self.steps.is_empty() {
+            return Err("steps: a canary needs at least one step, e.g. { set_weight = 20 }".into());
+        }
+        duration("scale_down_delay", &self.scale_down_delay)?;
+        self.analysis
+            .validate()
+            .map_err(|e| format!("analysis.{e}"))
+    }
+}
+
+/// One canary step; exactly one field is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<u32>,
+}
+
+impl StepSpec {
+    pub fn weight(percent: f64) -> StepSpec {
+        StepSpec {
+            set_weight: Some(percent),
+            ..StepSpec::default()
+        }
+    }
+
+    pub fn analysis(count: u32) -> StepSpec {
+        StepSpec {
+            analysis: Some(count),
+            ..StepSpec::default()
+        }
+    }
+
+    pub fn pause(text: &str) -> StepSpec {
+        StepSpec {
+            pause: Some(text.to_string()),
+            ..StepSpec::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let set = [
+            self.set_weight.is_some(),
+            self.pause.is_some(),
+            self.analysis.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if set != 1 {
+            return Err("set exactly one of set_weight, pause, analysis".into());
+        }
+        if let Some(w) = self.set_weight
+            && !(0.0..=100.0).contains(&w)
+        {
+            return Err(format!("set_weight = {w} must be a percentage 0..=100"));
+        }
+        if let Some(p) = &self.pause
+            && !p.trim().is_empty()
+        {
+            duration("pause", p)?;
+        }
+        if self.analysis == Some(0) {
+            return Err(
+                "analysis = 0: give the number of successful runs to wait for (>= 1)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How a release is judged, on each version's own live metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisSpec {
+    /// Time between analysis runs.
+    pub interval: String,
+    /// Failed runs tolerated; one more aborts the rollout.
+    pub failure_limit: u32,
+    /// Fewest requests the candidate must have served in an interval for a
+    /// run to count; fewer = inconclusive, and the rollout pauses.
+    pub min_samples: u64,
+    /// Conditions every run must meet, e.g. `error_rate <= 0.01`,
+    /// `p99_ms <= stable.p99_ms * 1.5 + 5`, `shadow_agreement >= 0.99`,
+    /// `prom.my_query < 3`. Metrics: requests, errors, error_rate, p50_ms,
+    /// p99_ms, shadow_agreement, shadow_error_rate, shadow_compared; each
+    /// also as `stable.<metric>`.
+    pub conditions: Vec<String>,
+    /// Copy this share of the stable version's traffic to the candidate
+    /// during the rollout, so its outputs can be compared (0 = no shadow).
+    pub shadow_fraction: f64,
+    /// Prometheus base URL for `prom.<name>` conditions.
+    pub prometheus_url: Option<String>,
+    /// Named PromQL queries; `{deployment}` and `{version}` are replaced.
+    pub queries: BTreeMap<String, String>,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        AnalysisSpec {
+            interval: "10s".into(),
+            failure_limit: 0,
+            min_samples: 50,
+            conditions: vec!["error_rate <= 0.01".into()],
+            shadow_fraction: 0.0,
+            prometheus_url: None,
+            queries: BTreeMap::new(),
+        }
+    }
+}
+
+impl AnalysisSpec {
+    pub fn interval(&self) -> Result<Duration, String> {
+        let d = duration("interval", &self.interval)?;
+        if d < Duration::from_millis(10) {
+            return Err(format!(
+                "interval = \"{}\" must be at least 10ms",
+                self.interval
+            ));
+        }
+        Ok(d)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.interval()?;
+        fraction("shadow_fraction", self.shadow_fraction)?;
+        if !self.queries.is_empty() && self.prometheus_url.is_none() {
+            return Err("queries: set prometheus_url to use PromQL queries".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Live per-version request statistics for release analysis: request and
+//! failure counts and a log-bucketed latency histogram, all atomics, so the
+//! request path pays a few uncontended `fetch_add`s. The rollout controller
+//! takes snapshots and analyses the difference between two of them (a
+//! window), which Prometheus histograms with fixed coarse buckets cannot
+//! give precisely enough for a p99 condition.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Outcome;
+
+/// Values below this many microseconds get a bucket each.
+const LINEAR: u64 = 16;
+/// Sub-buckets per power of two above `LINEAR` (relative error ≤ 1/8).
+const SUB_BITS: u32 = 3;
+const SUB: u64 = 1 << SUB_BITS;
+/// Octaves from 2^4 µs up to 2^40 µs (~12 days).
+const OCTAVES: u64 = 37;
+const BUCKETS: usize = (LINEAR + OCTAVES * SUB) as usize;
+
+fn bucket_of(us: u64) -> usize {
+    if us < LINEAR {
+        return us as usize;
+    }
+    let e = u64::from(63 - us.leading_zeros());
+    let octave = (e - 4).min(OCTAVES - 1);
+    let sub = if e - 4 >= OCTAVES {
+        SUB - 1
+    } else {
+        (us >> (e - u64::from(SUB_BITS))) & (SUB - 1)
+    };
+    (LINEAR + octave * SUB + sub) as usize
+}
+
+/// The largest latency (µs) that falls in bucket `i`.
+fn bucket_upper(i: usize) -> u64 {
+    let i = i as u64;
+    if i < LINEAR {
+        return i;
+    }
+    let octave = (i - LINEAR) / SUB;
+    let sub = (i - LINEAR) % SUB;
+    let e = octave + 4;
+    let width = 1u64 << (e - u64::from(SUB_BITS));
+    (1u64 << e) + (sub + 1) * width - 1
+}
+
+pub struct LiveStats {
+    requests: AtomicU64,
+    server_errors: AtomicU64,
+    timeouts: AtomicU64,
+    client_errors: AtomicU64,
+    latency: Box<[AtomicU64]>,
+}
+
+impl Default for LiveStats {
+    fn default() -> Self {
+        LiveStats {
+            requests: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LiveStats {
+    /// Record one answered request. Shed requests are not the version's fault
+    /// and are not counted.
+    pub fn record(&self, outcome: Outcome, took: Duration) {
+        match outcome {
+            Outcome::Shed => return,
+            Outcome::ServerError => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Timeout => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::ClientError => {
+                self.client_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Success => {}
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        if let Some(b) = self.latency.get(bucket_of(us)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> LiveSnapshot {
+        LiveSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            server_errors: self.server_errors.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            client_errors: self.client_errors.load(Ordering::Relaxed),
+            latency: self
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// Cumulative counts at one instant; `since` turns two into a window.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSnapshot {
+    pub requests: u64,
+    pub server_errors: u64,
+    pub timeouts: u64,
+    pub client_errors: u64,
+    latency: Vec<u64>,
+}
+
+/// What a version did during a window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Window {
+    pub requests: u64,
+    /// Server errors plus timeouts: failures that are the version's fault.
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl LiveSnapshot {
+    /// The window between `earlier` and `self` (counts never go down; a
+    /// reset version counts from zero).
+    pub fn since(&self, earlier: &LiveSnapshot) -> Window {
+        let requests = self.requests.saturating_sub(earlier.requests);
+        let errors = (self.server_errors + self.timeouts)
+            .saturating_sub(earlier.server_errors + earlier.timeouts);
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(earlier.latency.get(i).copied().unwrap_or(0)))
+            .collect();
+        Window {
+            requests,
+            errors,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            p50_ms: quantile_ms(&counts, 0.50),
+            p99_ms: quantile_ms(&counts, 0.99),
+        }
+    }
+}
+
+fn quantile_ms(counts: &[u64], q: f64) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bucket_upper(i) as f64 / 1000.0;
+        }
+    }
+    0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bound_their_values() {
+        let mut last = 0;
+        for us in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            100,
+            999,
+            1000,
+            12_345,
+            1 << 30,
+            u64::MAX,
+        ] {
+            let b = bucket_of(us);
+            assert!(b >= last, "{us}");
+            last = b;
+            assert!(b < BUCKETS);
+            if us < (1 << 40) {
+                assert!(bucket_upper(b) >= us, "{us} > upper {}", bucket_upper(b));
+                assert!(bucket_upper(b) as f64 <= us as f64 * 1.13 + 1.0, "{us}");
+            }
+        }
+    }
+
+    #[test]
+    fn window_rates_and_quantiles() {
+        let s = LiveStats::default();
+        let before = s.snapshot();
+        for _ in 0..98 {
+            s.record(Outcome::Success, Duration::from_millis(1));
+        }
+        s.record(Outcome::ServerError, Duration::from_millis(50));
+        s.record(Outcome::Timeout, Duration::from_millis(100));
+        s.record(Outcome::Shed, Duration::from_millis(100));
+        let w = s.snapshot().since(&before);
+        assert_eq!(w.requests, 100);
+        assert_eq!(w.errors, 2);
+        assert!((w.error_rate - 0.02).abs() < 1e-12);
+        assert!((1.0..1.13).contains(&w.p50_ms), "{}", w.p50_ms);
+        assert!((50.0..57.0).contains(&w.p99_ms), "{}", w.p99_ms);
+        // An empty window.
+        let now = s.snapshot();
+        assert_eq!(now.since(&now), Window::default());
+    }
+}
