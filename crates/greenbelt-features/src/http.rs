@@ -5,7 +5,7 @@
 //! 404 for an unknown view, service or feature, 503 when the store fails.
 //! This module only decodes, calls `OnlineService` and encodes.
 
-use axum::Router;
+pub use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -81,8 +81,8 @@ pub struct AliasEvent {
 
 #[derive(Clone)]
 pub struct Registry {
-    pool: AnyPool,
-    dialect: Dialect,
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
     /// The PostgreSQL URL, for [`Registry::alias_listener`]; None on SQLite.
     listen_url: Option<String>,
 }

@@ -1,0 +1,534 @@
+//! `greenbelt features ...`: the feature store from the command line —
+//! apply/plan definitions (versioned in the registry database), validate
+//! contracts, materialize to the offline and online stores, historical
+//! (point-in-time) retrieval, the freshness canary, and the demo data.
+//! Behaviour lives in greenbelt-features; this file parses and prints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use greenbelt_features::Definitions;
+use greenbelt_features::offline::{
+    MaterializeOptions, OfflineStore, materialize, materialize_incremental,
+};
+use greenbelt_features::online::OnlineStore;
+use greenbelt_features::online::service::{
+    CacheOptions, OnlineRequest, OnlineService, PushRequest,
+};
+use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
+use greenbelt_features::plan::{Action, plan, plan_text, specs};
+use greenbelt_features::source::EngineOptions;
+use greenbelt_features::time::{format_ts, now_us, parse_ts};
+use serde_json::{Value, json};
+
+use crate::registry_cmd;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Feature definitions file.
+    #[arg(long, short = 'f', global = true, default_value = "features.toml")]
+    file: PathBuf,
+    /// Project config file (for the registry URL; default ./greenbelt.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Registry URL (overrides [registry] url).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Memory the query engine may use before spilling to disk (MiB).
+    #[arg(long, global = true, default_value_t = 512)]
+    memory_limit_mb: usize,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the definitions and record them in the registry (a changed definition is a new version).
+    Apply,
+    /// Show what apply would change.
+    Plan,
+    /// Run the data contracts over the sources and views; exits non-zero when a rule fails.
+    Validate {
+        /// Only this feature view.
+        #[arg(long)]
+        view: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Materialize [start, end) to the offline store (and the online store).
+    Materialize {
+        /// RFC 3339 (UTC), inclusive.
+        #[arg(long)]
+        start: String,
+        /// RFC 3339 (UTC), exclusive.
+        #[arg(long)]
+        end: String,
+        /// Views (default: all).
+        #[arg(long = "view")]
+        views: Vec<String>,
+        /// Do not write the online store.
+        #[arg(long)]
+        no_online: bool,
+    },
+    /// Materialize from each view's watermark to --end (default now).
+    MaterializeIncremental {
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long = "view")]
+        views: Vec<String>,
+        #[arg(long)]
+        no_online: bool,
+    },
+    /// Point-in-time-correct training data: one output row per entity row, in order.
+    Historical {
+        /// Entity rows (Parquet or CSV): join keys + a timestamp column.
+        #[arg(long)]
+        entities: PathBuf,
+        /// A feature service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Or view:feature names, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Output Parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The entity rows' timestamp column.
+        #[arg(long, default_value = "event_timestamp")]
+        entity_timestamp: String,
+        /// Only values whose created timestamp is at or before the entity timestamp.
+        #[arg(long)]
+        as_of_known_time: bool,
+    },
+    /// Write a sentinel row through push, read it back online, report the lag vs the view's freshness SLA.
+    Canary {
+        /// Views (default: every online view).
+        #[arg(long = "view")]
+        views: Vec<String>,
+        /// Give up on a read-back after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Write the fraud demo's transactions CSV (greenbelt_control::demo::fraud_csv).
+    DemoData {
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Output path (default: data/transactions.csv beside the definitions file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn print(json_mode: bool, value: &Value, text: &str) {
+    if json_mode {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        print!("{text}");
+    }
+}
+
+fn engine(args: &Args) -> EngineOptions {
+    EngineOptions {
+        memory_limit: args.memory_limit_mb.max(16) * 1024 * 1024,
+        ..EngineOptions::default()
+    }
+}
+
+fn views_or_all(defs: &Definitions, views: &[String]) -> anyhow::Result<Vec<String>> {
+    if views.is_empty() {
+        return Ok(defs.views.keys().cloned().collect());
+    }
+    for v in views {
+        defs.view(v)?;
+    }
+    Ok(views.to_vec())
+}
+
+async fn applied(
+    args: &Args,
+) -> anyhow::Result<(
+    greenbelt_registry::Registry,
+    BTreeMap<(String, String), (i64, Value)>,
+    String,
+)> {
+    let config = registry_cmd::load_config(args.config.as_ref())?;
+    let reg = registry_cmd::open(&config, args.url.as_deref()).await?;
+    let who = registry_cmd::actor(&config);
+    let mut map = BTreeMap::new();
+    for d in reg.feature_definitions().await? {
+        map.insert((d.kind, d.name), (d.version, d.spec));
+    }
+    Ok((reg, map, who))
+}
+
+async fn online(defs: &Arc<Definitions>) -> anyhow::Result<OnlineService> {
+    let store = OnlineStore::open(&defs.online_url)
+        .await
+        .with_context(|| format!("opening the online store {}", defs.online_url))?;
+    Ok(OnlineService::new(
+        defs.clone(),
+        store,
+        CacheOptions {
+            enabled: false,
+            ..CacheOptions::default()
+        },
+    ))
+}
+
+async fn run_materialize(
+    args: &Args,
+    defs: &Arc<Definitions>,
+    views: &[String],
+    range: Option<(i64, i64)>,
+    end: i64,
+    no_online: bool,
+) -> anyhow::Result<()> {
+    let store = OfflineStore::open(&defs.offline_path)?;
+    let opts = MaterializeOptions {
+        engine: engine(args),
+        now_us: None,
+    };
+    let svc = if no_online {
+        None
+    } else {
+        Some(online(defs).await?)
+    };
+    let mut reports = Vec::new();
+    for v in views {
+        let started = tokio::time::Instant::now();
+        eprintln!("materializing {v} ...");
+        let r = match range {
+            Some((s, e)) => materialize(defs, &store, v, s, e, &opts).await,
+            None => materialize_incremental(defs, &store, v, end, &opts).await,
+        }
+        .with_context(|| format!("materializing feature view \"{v}\""))?;
+        let mut online_written = 0;
+        if let Some(svc) = &svc
+            && defs.view(v)?.online
+            && r.rows > 0
+        {
+            let s = parse_ts("start", &r.start)?;
+            let e = parse_ts("end", &r.end)?;
+            online_written = svc
+                .materialize_online(&store, v, s, e, &opts.engine)
+                .await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "  {v}: {} rows in {secs:.2}s ({:.0} rows/s), {} partitions, {} quarantined, {} online keys, watermark {}",
+            r.rows,
+            r.rows as f64 / secs.max(1e-9),
+            r.partitions_written.len(),
+            r.quarantined,
+            online_written,
+            r.watermark
+        );
+        let mut j = serde_json::to_value(&r)?;
+        j["online_keys_written"] = json!(online_written);
+        j["seconds"] = json!(secs);
+        reports.push(j);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(())
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Cmd::DemoData { rows, seed, out } = &args.command {
+        let out = out.clone().unwrap_or_else(|| {
+            args.file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("data/transactions.csv")
+        });
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, greenbelt_control::demo::fraud_csv(*rows, *seed, 0.0))
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("wrote {rows} transactions to {}", out.display());
+        return Ok(());
+    }
+    let defs = Arc::new(Definitions::load(&args.file)?);
+    match &args.command {
+        Cmd::DemoData { .. } => Ok(()),
+        Cmd::Plan => {
+            let (_, applied, _) = applied(&args).await?;
+            let p = plan(&specs(&defs)?, &applied);
+            print(args.json, &serde_json::to_value(&p)?, &plan_text(&p));
+            Ok(())
+        }
+        Cmd::Apply => {
+            let (reg, applied, who) = applied(&args).await?;
+            let wanted = specs(&defs)?;
+            let p = plan(&wanted, &applied);
+            let recorded = reg
+                .apply_feature_definitions(
+                    &wanted
+                        .iter()
+                        .map(|d| (d.kind.clone(), d.name.clone(), d.spec.clone()))
+                        .collect::<Vec<_>>(),
+                    &who,
+                )
+                .await?;
+            let mut text = plan_text(&p);
+            if recorded.is_empty() {
+                text.push_str("nothing to apply\n");
+            }
+            for r in &recorded {
+                text.push_str(&format!(
+                    "recorded {} \"{}\" v{}{}\n",
+                    r.kind,
+                    r.name,
+                    r.version,
+                    if r.spec.is_null() { " (removed)" } else { "" }
+                ));
+            }
+            let changed = p.iter().filter(|e| e.action != Action::Unchanged).count();
+            print(
+                args.json,
+                &json!({ "plan": p, "recorded": recorded, "changed": changed }),
+                &text,
+            );
+            Ok(())
+        }
+        Cmd::Validate { view, source } => {
+            use greenbelt_features::validate::{validate_all, validate_source, validate_view};
+            let e = engine(&args);
+            let now = now_us();
+            let reports = match (view, source) {
+                (Some(v), _) => validate_view(&defs, v, now, &e)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                (None, Some(s)) => validate_source(&defs, s, now, &e)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                (None, None) => validate_all(&defs, now, &e).await?,
+            };
+            let text: String = reports.iter().map(|r| r.text()).collect();
+            let text = if text.is_empty() {
+                "no contracts to check\n".to_string()
+            } else {
+                text
+            };
+            print(args.json, &serde_json::to_value(&reports)?, &text);
+            if reports.iter().any(|r| !r.passed) {
+                bail!(
+                    "{} of {} contracts failed",
+                    reports.iter().filter(|r| !r.passed).count(),
+                    reports.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Materialize {
+            start,
+            end,
+            views,
+            no_online,
+        } => {
+            let s = parse_ts("--start", start)?;
+            let e = parse_ts("--end", end)?;
+            let views = views_or_all(&defs, views)?;
+            run_materialize(&args, &defs, &views, Some((s, e)), e, *no_online).await
+        }
+        Cmd::MaterializeIncremental {
+            end,
+            views,
+            no_online,
+        } => {
+            let e = match end {
+                Some(t) => parse_ts("--end", t)?,
+                None => now_us(),
+            };
+            let views = views_or_all(&defs, views)?;
+            run_materialize(&args, &defs, &views, None, e, *no_online).await
+        }
+        Cmd::Historical {
+            entities,
+            service,
+            features,
+            out,
+            entity_timestamp,
+            as_of_known_time,
+        } => {
+            let refs = match (service, features.is_empty()) {
+                (Some(s), true) => defs.service(s)?.features.clone(),
+                (None, false) => defs.resolve_features(features)?,
+                _ => bail!("give --service or --features (view:feature,...), not both or neither"),
+            };
+            let opts = HistoricalOptions {
+                entity_timestamp: entity_timestamp.clone(),
+                as_of_known_time: *as_of_known_time,
+                engine: engine(&args),
+            };
+            let started = tokio::time::Instant::now();
+            let rows = historical_to_parquet(&defs, &refs, entities, out, &opts).await?;
+            let secs = started.elapsed().as_secs_f64();
+            print(
+                args.json,
+                &json!({ "rows": rows, "out": out, "features": refs.iter().map(|r| r.to_string()).collect::<Vec<_>>(), "seconds": secs }),
+                &format!(
+                    "wrote {rows} rows with {} features to {} in {secs:.2}s\n",
+                    refs.len(),
+                    out.display()
+                ),
+            );
+            Ok(())
+        }
+        Cmd::Canary { views, timeout_ms } => {
+            let svc = online(&defs).await?;
+            let views: Vec<String> = if views.is_empty() {
+                defs.views
+                    .values()
+                    .filter(|v| v.online)
+                    .map(|v| v.name.clone())
+                    .collect()
+            } else {
+                views.clone()
+            };
+            let mut results = Vec::new();
+            let mut breaches = 0;
+            for v in &views {
+                let r = canary(&svc, &defs, v, *timeout_ms).await?;
+                if r["breach"] == json!(true) {
+                    breaches += 1;
+                }
+                results.push(r);
+            }
+            let text: String = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}: lag {} ms (sla {})\n",
+                        if r["breach"] == json!(true) {
+                            "BREACH"
+                        } else {
+                            "ok    "
+                        },
+                        r["view"].as_str().unwrap_or(""),
+                        r["lag_ms"],
+                        r["sla"].as_str().unwrap_or("none")
+                    )
+                })
+                .collect();
+            print(args.json, &json!(results), &text);
+            if breaches > 0 {
+                bail!("{breaches} feature views breached their freshness SLA");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Push a sentinel row for `view` and read it back through the online API.
+async fn canary(
+    svc: &OnlineService,
+    defs: &Definitions,
+    view_name: &str,
+    timeout_ms: u64,
+) -> anyhow::Result<Value> {
+    let view = defs.view(view_name)?;
+    let written_at = now_us();
+    let mut df = BTreeMap::new();
+    let mut entities = BTreeMap::new();
+    for k in &view.join_keys {
+        let v = match k.dtype {
+            greenbelt_features::ValueType::String => json!("__greenbelt_canary"),
+            greenbelt_features::ValueType::Int64 => json!(-424242),
+            greenbelt_features::ValueType::Bool => json!(true),
+            greenbelt_features::ValueType::Float64 => json!(0.0),
+        };
+        df.insert(k.name.clone(), vec![v.clone()]);
+        entities.insert(k.name.clone(), vec![v]);
+    }
+    df.insert("event_timestamp".into(), vec![json!(format_ts(written_at))]);
+    for f in &view.features {
+        let v = match f.dtype {
+            greenbelt_features::ValueType::String => json!("canary"),
+            greenbelt_features::ValueType::Int64 => json!(0),
+            greenbelt_features::ValueType::Bool => json!(false),
+            greenbelt_features::ValueType::Float64 => json!(0.0),
+        };
+        df.insert(f.name.clone(), vec![v]);
+    }
+    svc.push(&PushRequest {
+        feature_view: view_name.to_string(),
+        df,
+    })
+    .await
+    .with_context(|| format!("canary push to \"{view_name}\""))?;
+    let req = OnlineRequest {
+        entities,
+        feature_service: None,
+        features: Some(
+            view.features
+                .iter()
+                .map(|f| format!("{view_name}:{}", f.name))
+                .collect(),
+        ),
+        full_feature_names: false,
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let want = format_ts(written_at);
+    loop {
+        let resp = svc.get_online_features(&req).await?;
+        let seen = resp
+            .results
+            .last()
+            .and_then(|c| c.event_timestamps.first())
+            .is_some_and(|t| *t >= want);
+        if seen {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "canary for \"{view_name}\": the sentinel was not readable within {timeout_ms} ms"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let lag_us = now_us() - written_at;
+    let breach = view.freshness_sla_us.is_some_and(|s| lag_us > s);
+    Ok(json!({
+        "view": view_name,
+        "lag_ms": lag_us as f64 / 1000.0,
+        "sla": view.freshness_sla_us.map(|s| format!("{}s", s / 1_000_000)),
+        "breach": breach,
+        "at": format_ts(written_at),
+    }))
+}
+
+/// The `/features` routes for `serve` when a definitions file is found:
+/// `$GREENBELT_FEATURES`, else `./features.toml`. `None` when there is none.
+pub async fn serve_router() -> anyhow::Result<Option<greenbelt_features::http::Router>> {
+    let path = match std::env::var("GREENBELT_FEATURES") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("features.toml"),
+    };
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let defs = Arc::new(Definitions::load(&path)?);
+    let store = OnlineStore::open(&defs.online_url)
+        .await
+        .with_context(|| format!("opening the online store {}", defs.online_url))?;
+    tracing::info!(definitions = %path.display(), online = %defs.online_url, "feature store API at /features");
+    let svc = OnlineService::new(defs, store, CacheOptions::default());
+    Ok(Some(greenbelt_features::http::router(svc)))
+}
