@@ -10,6 +10,7 @@
 pub mod contracts;
 pub mod defs;
 pub mod error;
+pub mod freshness;
 pub mod http;
 pub mod offline;
 pub mod online;

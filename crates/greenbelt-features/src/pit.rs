@@ -276,7 +276,11 @@ async fn join_asof(
 
     let mut out: Vec<Expr> = cols.iter().map(|(c, _)| ident(c)).collect();
     for f in fs {
-        let mut ok = ident("__gb_w").is_not_null();
+        // An entity row without a timestamp matches nothing (its null
+        // time sorts after every view row).
+        let mut ok = ident("__gb_w")
+            .is_not_null()
+            .and(ident("__gb_t").is_not_null());
         if let Some(ttl) = view.ttl_us {
             ok = ok.and(get_field(ident("__gb_w"), "t").gt_eq(ident("__gb_t") - lit(ttl)));
         }

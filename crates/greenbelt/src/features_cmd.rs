@@ -1,7 +1,8 @@
 //! `greenbelt features ...`: the feature store from the command line —
 //! apply/plan definitions (versioned in the registry database), validate
 //! contracts, materialize to the offline and online stores, historical
-//! (point-in-time) retrieval, the freshness canary, and the demo data.
+//! (point-in-time) retrieval, freshness, the synthetic canary, and the demo
+//! data.
 //! Behaviour lives in greenbelt-features; this file parses and prints.
 
 use std::collections::BTreeMap;
@@ -115,6 +116,12 @@ enum Cmd {
         /// Give up on a read-back after this many milliseconds.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+    /// Per view: watermark, newest offline event, age vs the freshness SLA; exits non-zero on a breach.
+    Freshness {
+        /// Prometheus text exposition instead of the report.
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Write the fraud demo's transactions CSV (greenbelt_control::demo::fraud_csv).
     DemoData {
@@ -389,6 +396,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     out.display()
                 ),
             );
+            Ok(())
+        }
+        Cmd::Freshness { prometheus } => {
+            let store = OfflineStore::open(&defs.offline_path)?;
+            let f = greenbelt_features::freshness::freshness(&defs, &store, now_us()).await?;
+            if *prometheus {
+                print!("{}", greenbelt_features::freshness::prometheus_text(&f));
+            } else {
+                let text: String = f
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} {}: newest event {}, age {}, watermark {}, sla {}\n",
+                            if v.breach { "BREACH" } else { "ok    " },
+                            v.view,
+                            v.newest_event.as_deref().unwrap_or("none"),
+                            v.age_seconds.map_or("-".into(), |a| format!("{a:.0}s")),
+                            v.watermark.as_deref().unwrap_or("none"),
+                            v.sla_seconds.map_or("none".into(), |s| format!("{s:.0}s")),
+                        )
+                    })
+                    .collect();
+                print(args.json, &serde_json::to_value(&f)?, &text);
+            }
+            if f.iter().any(|v| v.breach) {
+                bail!(
+                    "{} feature views are staler than their freshness SLA",
+                    f.iter().filter(|v| v.breach).count()
+                );
+            }
             Ok(())
         }
         Cmd::Canary { views, timeout_ms } => {

@@ -308,3 +308,56 @@ async fn a_source_larger_than_the_memory_limit_materializes() {
     assert_eq!(r.rows, n);
     assert_eq!(r.partitions_written.len(), (n * 30 / 86_400 + 1) as usize);
 }
+
+#[tokio::test]
+async fn freshness_reports_watermark_newest_event_and_breach() {
+    let (_dir, defs, store) = setup("quarantine");
+    let mut text =
+        defs_text("quarantine").replace("features = [", "freshness_sla = \"1day\"\nfeatures = [");
+    text.push('\n');
+    let defs2 = Definitions::parse(&text, defs.offline_path.parent().unwrap()).unwrap();
+    let before =
+        greenbelt_features::freshness::freshness(&defs2, &store, t("2026-01-03T09:00:00Z"))
+            .await
+            .unwrap();
+    assert!(
+        before[0].breach,
+        "no data yet is a breach when there is an SLA"
+    );
+    materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap();
+    let f = greenbelt_features::freshness::freshness(&defs2, &store, t("2026-01-03T09:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        f[0].newest_event.as_deref(),
+        Some("2026-01-03T08:00:00.000000Z")
+    );
+    assert_eq!(
+        f[0].watermark.as_deref(),
+        Some("2026-01-04T00:00:00.000000Z")
+    );
+    assert_eq!(f[0].age_seconds, Some(3600.0));
+    assert!(!f[0].breach);
+    let late = greenbelt_features::freshness::freshness(&defs2, &store, t("2026-01-05"))
+        .await
+        .unwrap();
+    assert!(late[0].breach);
+    let prom = greenbelt_features::freshness::prometheus_text(&late);
+    assert!(
+        prom.contains("greenbelt_feature_view_age_seconds{view=\"user_stats\"} 144000"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("greenbelt_feature_view_freshness_breach{view=\"user_stats\"} 1"),
+        "{prom}"
+    );
+}

@@ -54,6 +54,7 @@ u1,2026-01-01T12:00:01Z,g
 u2,2026-01-01T09:30:00Z,h
 u3,2026-01-01T11:00:00Z,i
 u1,2026-01-01T12:00:00+01:00,j
+u1,,k
 ";
 
 async fn run(dir: &Path, known: bool) -> datafusion::arrow::array::RecordBatch {
@@ -71,7 +72,7 @@ async fn run(dir: &Path, known: bool) -> datafusion::arrow::array::RecordBatch {
     let n = historical_to_parquet(&defs, &features, &dir.join("entities.csv"), &out, &opts)
         .await
         .unwrap();
-    assert_eq!(n, 10);
+    assert_eq!(n, 11);
     let back = read_entities(&out).await.unwrap();
     concat(&back.batches)
 }
@@ -82,7 +83,7 @@ async fn known_answers_ttl_edges_ties_duplicates_and_order() {
     let b = run(dir.path(), false).await;
     assert_eq!(
         strs(&b, "label"),
-        ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"].map(|s| Some(s.to_string()))
+        ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"].map(|s| Some(s.to_string()))
     );
     let amount = f64s(&b, "amount");
     assert_eq!(
@@ -98,6 +99,7 @@ async fn known_answers_ttl_edges_ties_duplicates_and_order() {
             Some(7.0),
             None,      // unknown key
             Some(3.0), // 12:00+01:00 is 11:00 UTC
+            None,      // no timestamp: no value, never the newest one
         ]
     );
     // No TTL on the transformed view: the value stays.
