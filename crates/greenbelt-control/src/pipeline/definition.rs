@@ -39,7 +39,7 @@ fn champion() -> String {
 pub struct DataDef {
     /// CSV or Parquet file, relative to the pipeline file.
     pub path: PathBuf,
-    /// Binary 0/1 label column.
+    /// Label column: binary 0/1 (classification) or numeric (regression).
     pub label: String,
     /// Event-time column: when set, the split is by time (latest rows are the holdout).
     #[serde(default)]
@@ -77,7 +77,8 @@ fn holdout() -> f64 {
 pub enum TrainDef {
     /// Greenbelt's own trainers, exported to ONNX.
     Builtin {
-        /// "logreg" or "gbdt".
+        /// Classification: "logreg" or "gbdt" (log-loss); regression:
+        /// "linreg" (ridge) or "gbdt" (squared error).
         algorithm: String,
         #[serde(default)]
         params: toml::Table,
@@ -125,19 +126,19 @@ impl PipelineDef {
         if def.data.path.is_relative() {
             def.data.path = def.base_dir.join(&def.data.path);
         }
-        if let TrainDef::Builtin { algorithm, .. } = &def.train
-            && !matches!(algorithm.as_str(), "logreg" | "gbdt")
-        {
-            return Err(PipelineError::Definition(format!(
-                "{}: train.algorithm \"{algorithm}\" is not one of \"logreg\", \"gbdt\"",
-                path.display()
-            )));
-        }
-        if def.data.task == Task::Regression && matches!(def.train, TrainDef::Builtin { .. }) {
-            return Err(PipelineError::Definition(format!(
-                "{}: the built-in trainers are binary classifiers; for task = \"regression\" use [train] kind = \"command\"",
-                path.display()
-            )));
+        if let TrainDef::Builtin { algorithm, .. } = &def.train {
+            let (task, allowed) = match def.data.task {
+                Task::Classification => ("classification", ["logreg", "gbdt"]),
+                Task::Regression => ("regression", ["linreg", "gbdt"]),
+            };
+            if !allowed.contains(&algorithm.as_str()) {
+                return Err(PipelineError::Definition(format!(
+                    "{}: train.algorithm \"{algorithm}\" is not a built-in trainer for task = \"{task}\"; use \"{}\" or \"{}\" (or [train] kind = \"command\")",
+                    path.display(),
+                    allowed[0],
+                    allowed[1]
+                )));
+            }
         }
         if def.latency.concurrency == 0 || def.latency.requests == 0 {
             return Err(PipelineError::Definition(format!(

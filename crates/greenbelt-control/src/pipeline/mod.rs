@@ -6,6 +6,7 @@
 pub mod dataset;
 pub mod definition;
 pub mod gates;
+pub mod lineage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +17,12 @@ use greenbelt_core::{Tensor, TensorData};
 use greenbelt_registry::{ArtifactStore, NewVersion, Registry};
 use greenbelt_runtime::{LoadOptions, Model, Runtimes};
 use greenbelt_train::metrics::BinaryMetrics;
-use greenbelt_train::{DenseMatrix, GbdtParams, LogRegParams};
+use greenbelt_train::{DenseMatrix, GbdtParams, LinRegParams, LogRegParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use definition::{PipelineDef, TrainDef};
+use definition::{PipelineDef, Task, TrainDef};
 use gates::{Rule, RuleResult};
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +191,8 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     let candidate_file = workdir.join(format!("candidate-{run_id}.onnx"));
     std::fs::write(&candidate_file, &onnx).map_err(|e| PipelineError::Evaluate(e.to_string()))?;
     let candidate = load(&ctx.runtimes, &candidate_file)?;
+    // As the runtime sees it: what the registry records and servers check.
+    let candidate_signature = candidate.signature().clone();
     let mut candidate_metrics = evaluate(candidate.clone(), &prepared, def.data.task).await?;
     let champion = match ctx.registry.alias(&def.model, &def.alias).await? {
         None => None,
@@ -261,9 +264,11 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
         "champion": champion.as_ref().map(|c| json!({"version": c.version, "metrics": c.metrics})),
     });
     let signature = json!({
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, prepared.features.len()]}],
+        "inputs": candidate_signature.inputs,
+        "outputs": candidate_signature.outputs,
         "features": prepared.features,
     });
+    let code = lineage::code_reference(def, &trainer).await;
     let version = ctx
         .registry
         .register(NewVersion {
@@ -284,7 +289,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
                 "split": prepared.split,
                 "pipeline": def.name,
                 "run_id": run_id,
-                "code": trainer,
+                "code": code,
                 "parent": Value::Null,
             }),
             tags: json!({ "pipeline": def.name, "status": if passed { "passed" } else { "rejected" } }),
@@ -342,12 +347,32 @@ async fn train(
             let algorithm = algorithm.clone();
             let params = params.clone();
             let data = data.clone();
+            let task = def.data.task;
             tokio::task::spawn_blocking(move || {
                 let x = DenseMatrix::new(&data.train_x, data.train_y.len(), data.features.len())
                     .map_err(|e| PipelineError::Train(e.to_string()))?;
                 let terr = |e: greenbelt_train::TrainError| PipelineError::Train(e.to_string());
-                match algorithm.as_str() {
-                    "logreg" => {
+                let gbdt_params = |params: toml::Table| -> Result<GbdtParams, PipelineError> {
+                    toml::Value::Table(params)
+                        .try_into()
+                        .map_err(|e| PipelineError::Definition(format!("train.params for gbdt: {e}")))
+                };
+                match (task, algorithm.as_str()) {
+                    (Task::Regression, "linreg") => {
+                        let p: LinRegParams = toml::Value::Table(params)
+                            .try_into()
+                            .map_err(|e| PipelineError::Definition(format!("train.params for linreg: {e}")))?;
+                        let m = greenbelt_train::linreg::fit(&x, &data.train_y, &p).map_err(terr)?;
+                        let onnx = greenbelt_train::export_linreg(&m, &data.features).map_err(terr)?;
+                        Ok((onnx, json!({"kind": "builtin", "algorithm": "linreg", "params": p})))
+                    }
+                    (Task::Regression, "gbdt") => {
+                        let p = gbdt_params(params)?;
+                        let m = greenbelt_train::gbdt::fit_regression(&x, &data.train_y, &p).map_err(terr)?;
+                        let onnx = greenbelt_train::export_gbdt(&m, &data.features).map_err(terr)?;
+                        Ok((onnx, json!({"kind": "builtin", "algorithm": "gbdt", "objective": m.objective, "params": p})))
+                    }
+                    (Task::Classification, "logreg") => {
                         let p: LogRegParams = toml::Value::Table(params)
                             .try_into()
                             .map_err(|e| PipelineError::Definition(format!("train.params for logreg: {e}")))?;
@@ -355,14 +380,15 @@ async fn train(
                         let onnx = greenbelt_train::export_logreg(&m, &data.features).map_err(terr)?;
                         Ok((onnx, json!({"kind": "builtin", "algorithm": "logreg", "params": p, "converged": m.converged})))
                     }
-                    _ => {
-                        let p: GbdtParams = toml::Value::Table(params)
-                            .try_into()
-                            .map_err(|e| PipelineError::Definition(format!("train.params for gbdt: {e}")))?;
+                    (Task::Classification, "gbdt") => {
+                        let p = gbdt_params(params)?;
                         let m = greenbelt_train::gbdt::fit(&x, &data.train_y, &p).map_err(terr)?;
                         let onnx = greenbelt_train::export_gbdt(&m, &data.features).map_err(terr)?;
                         Ok((onnx, json!({"kind": "builtin", "algorithm": "gbdt", "params": p})))
                     }
+                    (task, other) => Err(PipelineError::Definition(format!(
+                        "train.algorithm \"{other}\" is not a built-in trainer for task = {task:?}"
+                    ))),
                 }
             })
             .await

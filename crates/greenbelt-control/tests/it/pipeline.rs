@@ -271,14 +271,266 @@ async fn regression_pipeline_gates_on_rmse_and_mae() {
         p.registry.alias("amount", "champion").await.unwrap(),
         Some(1)
     );
-    // A built-in (classifier) trainer cannot do regression: a clear definition error.
-    let f = p.write(
-        "builtin.toml",
-        "name = \"x\"\nmodel = \"amount\"\n[data]\npath = \"data/tx.csv\"\nlabel = \"amount\"\ntask = \"regression\"\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n",
+}
+
+const AMOUNT_FEATURES: &str = "features = [\"user_avg_amount_30d\", \"hour\", \"merchant_risk\", \"user_tx_count_24h\", \"distance_km\", \"is_foreign\", \"device_age_days\"]";
+
+fn regression_pipeline(name: &str, gates: &str, features: &str, train: &str) -> String {
+    format!(
+        "name = \"{name}\"\nmodel = \"amount\"\ngates = [{gates}]\n[data]\npath = \"data/tx.csv\"\nlabel = \"amount\"\ntask = \"regression\"\ntimestamp = \"event_ts\"\nexclude = [\"tx_id\", \"user_id\", \"merchant_id\", \"is_fraud\"]\n{features}\n[train]\nkind = \"builtin\"\n{train}\n[latency]\nconcurrency = 1\nrequests = 50\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_regression_trainers_gate_on_rmse_and_mae() {
+    use greenbelt_train::{DenseMatrix, LinRegParams, linreg, metrics};
+    let p = project().await;
+    let file = p.write(
+        "linreg.toml",
+        &regression_pipeline(
+            "lin",
+            "\"rmse <= 200\", \"mae <= 150\", \"p99_ms <= 200\"",
+            AMOUNT_FEATURES,
+            "algorithm = \"linreg\"\nparams = { alpha = 0.5 }",
+        ),
     );
-    let err = PipelineDef::read(&f).unwrap_err().to_string();
+    let r = p.run(&file).await;
+    assert!(r.passed && r.promoted, "{}", r.text());
+    assert_eq!(r.trainer["algorithm"], "linreg");
+    assert!(!r.candidate_metrics.contains_key("roc_auc"));
+
+    // The pipeline's numbers are the metrics module's on the same holdout:
+    // refit the (deterministic) model here and evaluate it in f64.
+    let def = PipelineDef::read(&file).unwrap();
+    let table = greenbelt_control::pipeline::dataset::read(&def.data.path).unwrap();
+    let data = greenbelt_control::pipeline::dataset::prepare(&table, &def.data).unwrap();
+    let cols = data.features.len();
+    let x = DenseMatrix::new(&data.train_x, data.train_y.len(), cols).unwrap();
+    let model = linreg::fit(
+        &x,
+        &data.train_y,
+        &LinRegParams {
+            alpha: 0.5,
+            ..LinRegParams::default()
+        },
+    )
+    .unwrap();
+    let hx = DenseMatrix::new(&data.holdout_x, data.holdout_y.len(), cols).unwrap();
+    let pred = model.predict(&hx).unwrap();
+    let rmse = metrics::rmse(&data.holdout_y, &pred).unwrap();
+    let mae = metrics::mae(&data.holdout_y, &pred).unwrap();
+    // Only the runtime's f32 arithmetic separates the two.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
     assert!(
-        err.contains("regression") && err.contains("command"),
-        "{err}"
+        close(r.candidate_metrics["rmse"], rmse),
+        "{} vs {rmse}",
+        r.candidate_metrics["rmse"]
     );
+    assert!(
+        close(r.candidate_metrics["mae"], mae),
+        "{} vs {mae}",
+        r.candidate_metrics["mae"]
+    );
+    let gate = |name: &str| r.gates.iter().find(|g| g.rule.starts_with(name)).unwrap();
+    assert_eq!(gate("rmse").value, Some(r.candidate_metrics["rmse"]));
+    assert_eq!(gate("mae").threshold, Some(150.0));
+    // The registered version records the regressor's signature.
+    let v1 = p.registry.version("amount", 1).await.unwrap();
+    assert_eq!(v1.signature["outputs"][0]["name"], "prediction");
+    assert_eq!(
+        v1.signature["inputs"][0]["shape"],
+        serde_json::json!([-1, cols])
+    );
+    assert_eq!(v1.params["algorithm"], "linreg");
+
+    // A worse linear model (one weak feature) is refused against the champion.
+    let worse = p.write(
+        "worse.toml",
+        &regression_pipeline(
+            "weak",
+            "\"rmse <= champion.rmse * 1.05\", \"mae <= champion.mae * 1.05\"",
+            "features = [\"device_age_days\"]",
+            "algorithm = \"linreg\"",
+        ),
+    );
+    let r = p.run(&worse).await;
+    assert!(!r.passed && !r.promoted, "{}", r.text());
+    assert_eq!(r.champion.as_ref().map(|c| c.version), Some(1));
+    assert_eq!(
+        p.registry.alias("amount", "champion").await.unwrap(),
+        Some(1)
+    );
+
+    // Boosted trees with the squared error (need ONNX Runtime).
+    if greenbelt_runtime::Runtimes::probe(None)
+        .onnxruntime
+        .is_some()
+    {
+        let gbdt = p.write(
+            "gbdt.toml",
+            &regression_pipeline(
+                "trees",
+                "\"rmse <= champion.rmse * 1.5\"",
+                AMOUNT_FEATURES,
+                "algorithm = \"gbdt\"\nparams = { n_estimators = 60, seed = 4, subsample = 0.8 }",
+            ),
+        );
+        let r = p.run(&gbdt).await;
+        assert!(r.promoted, "{}", r.text());
+        assert_eq!(r.trainer["objective"], "squared_error");
+        // Same check against the metrics module, on the refit trees.
+        let params = greenbelt_train::GbdtParams {
+            n_estimators: 60,
+            seed: 4,
+            subsample: 0.8,
+            ..Default::default()
+        };
+        let trees = greenbelt_train::gbdt::fit_regression(&x, &data.train_y, &params).unwrap();
+        let pred = trees.predict(&hx).unwrap();
+        let rmse = metrics::rmse(&data.holdout_y, &pred).unwrap();
+        assert!(
+            close(r.candidate_metrics["rmse"], rmse),
+            "{} vs {rmse}",
+            r.candidate_metrics["rmse"]
+        );
+        assert!(rmse < r.champion.as_ref().unwrap().metrics["rmse"] * 1.5);
+    } else {
+        eprintln!("SKIP gbdt regression pipeline: ONNX Runtime not available (set ORT_DYLIB_PATH)");
+    }
+
+    // Trainer and task must agree: named errors.
+    for (algorithm, task, want) in [
+        ("logreg", "regression", "use \"linreg\" or \"gbdt\""),
+        ("linreg", "classification", "use \"logreg\" or \"gbdt\""),
+    ] {
+        let f = p.write(
+            "mismatch.toml",
+            &format!(
+                "name = \"x\"\nmodel = \"amount\"\n[data]\npath = \"data/tx.csv\"\nlabel = \"amount\"\ntask = \"{task}\"\n[train]\nkind = \"builtin\"\nalgorithm = \"{algorithm}\"\n"
+            ),
+        );
+        let err = PipelineDef::read(&f).unwrap_err().to_string();
+        assert!(err.contains(algorithm) && err.contains(want), "{err}");
+    }
+}
+
+/// `git` in `dir`, which must succeed.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineage_records_the_git_revision_and_the_training_script() {
+    let p = project().await;
+    let d = p.dir.path();
+    let builtin = p.write(
+        "lr.toml",
+        &format!(
+            "name = \"lr\"\nmodel = \"fraud\"\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n[latency]\nconcurrency = 1\nrequests = 20\n"
+        ),
+    );
+    // Not a git repository: no git entry.
+    let r = p.run(&builtin).await;
+    let v1 = p
+        .registry
+        .version("fraud", r.registered_version)
+        .await
+        .unwrap();
+    assert_eq!(v1.lineage["code"]["algorithm"], "logreg", "{}", v1.lineage);
+    assert!(v1.lineage["code"].get("git").is_none(), "{}", v1.lineage);
+
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP git lineage: no git on PATH");
+        return;
+    }
+    // A git work tree: the revision of HEAD, clean.
+    std::fs::write(d.join(".gitignore"), "work/\nartifacts/\nregistry.db*\n").unwrap();
+    git(d, &["init", "-q"]);
+    git(d, &["add", "."]);
+    git(d, &["commit", "-q", "-m", "pipeline"]);
+    let head = git(d, &["rev-parse", "HEAD"]);
+    let r = p.run(&builtin).await;
+    let v = p
+        .registry
+        .version("fraud", r.registered_version)
+        .await
+        .unwrap();
+    assert_eq!(
+        v.lineage["code"]["git"],
+        serde_json::json!({"revision": head, "dirty": false}),
+        "{}",
+        v.lineage
+    );
+
+    // An external command: its script's sha256, and a dirty tree once a
+    // tracked file changes. The "training" copies v1's model.
+    let model = v1.artifact_uri.strip_prefix("file://").unwrap();
+    let script = format!("#!/bin/sh\ncp '{model}' \"$1\"\n");
+    std::fs::write(d.join("train.sh"), &script).unwrap();
+    git(d, &["add", "train.sh"]);
+    git(d, &["commit", "-q", "-m", "script"]);
+    let head = git(d, &["rev-parse", "HEAD"]);
+    std::fs::write(
+        d.join("lr.toml"),
+        std::fs::read_to_string(&builtin).unwrap() + "\n",
+    )
+    .unwrap();
+    let command = p.write(
+        "cmd.toml",
+        &format!(
+            "name = \"sh\"\nmodel = \"fraud\"\n{DATA}\n[train]\nkind = \"command\"\ncommand = [\"sh\", \"train.sh\", \"{{output}}\"]\n[latency]\nconcurrency = 1\nrequests = 20\n"
+        ),
+    );
+    let r = p.run(&command).await;
+    let v = p
+        .registry
+        .version("fraud", r.registered_version)
+        .await
+        .unwrap();
+    let code = &v.lineage["code"];
+    assert_eq!(code["kind"], "command");
+    assert_eq!(
+        code["command"],
+        serde_json::json!(["sh", "train.sh", "{output}"])
+    );
+    assert_eq!(
+        code["scripts"],
+        serde_json::json!([{
+            "path": "train.sh",
+            "sha256": greenbelt_registry::artifacts::sha256_hex(script.as_bytes()),
+        }]),
+        "{code}"
+    );
+    assert_eq!(code["git"]["revision"], head.as_str());
+    assert_eq!(code["git"]["dirty"], true, "lr.toml was modified: {code}");
+}
+
+#[test]
+fn every_example_pipeline_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("pipeline") && name.ends_with(".toml") {
+            PipelineDef::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} example pipelines");
 }
