@@ -43,4 +43,8 @@ for kind in "${kinds[@]}"; do
         tail -20 serve.log
     fi
 done
+echo "== greenbelt rollout status fraud (the last drill's rollout)"
+"$bin" rollout status fraud || status=1
+echo "== greenbelt shadow report fraud (the drills' shadow comparisons)"
+"$bin" shadow report fraud --server "http://127.0.0.1:$port" || status=1
 exit $status

@@ -351,4 +351,53 @@ mod tests {
             .to_string();
         assert!(e.contains("GREENBELT__SECTION__KEY"), "{e}");
     }
+
+    #[test]
+    fn release_example_parses_and_bad_release_settings_name_the_field() {
+        let c = parse(
+            include_str!("../../../examples/releases/greenbelt.toml"),
+            &[],
+        )
+        .unwrap();
+        let d = &c.deployments[0];
+        assert_eq!(d.name, "fraud");
+        assert_eq!(d.rollout.steps.len(), 4);
+        assert!(c.server.allow_fault_injection);
+        // `[[routes]]` is still accepted.
+        let c = parse("[[routes]]\nname = \"a\"\n", &[]).unwrap();
+        assert_eq!(c.deployments[0].alias, "champion");
+        for (text, want) in [
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nsteps = [{ set_weight = 120 }]\n",
+                "set_weight = 120",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nsteps = [{ set_weight = 10, pause = \"1s\" }]\n",
+                "exactly one",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nsteps = [{ pause = \"soon\" }]\n",
+                "pause = \"soon\"",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout.analysis]\ninterval = \"1ms\"\n",
+                "at least 10ms",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[[deployments.shadow]]\nfraction = 0.5\n",
+                "exactly one of alias or version",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\nsticky_header = \"bad header\"\n",
+                "sticky_header",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nstrategy = \"rainbow\"\n",
+                "rainbow",
+            ),
+        ] {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 }

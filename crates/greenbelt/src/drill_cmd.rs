@@ -236,12 +236,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .analysis
         .interval()
         .map_or(10_000, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let weight = started
-        .spec
-        .steps
-        .iter()
-        .filter_map(|s| s.set_weight)
-        .fold(0.0_f64, f64::max);
+    // The weight in force while the bad version was being judged.
+    let weight = started.weight;
     let slow_ms = slow_d.as_secs_f64() * 1000.0 * 0.8;
     let is_bad = |s: &Seen| match kind {
         Kind::Error => !s.ok,

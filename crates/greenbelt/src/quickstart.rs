@@ -103,9 +103,18 @@ fn write_project(
              url = \"sqlite://{d}/registry.db\"\n\
              artifacts = \"{d}/artifacts\"\n\
              \n\
-             [[routes]]                # serve /v2/models/fraud from fraud@champion\n\
+             [[deployments]]           # serve /v2/models/fraud from fraud@champion\n\
              name = \"fraud\"\n\
-             alias = \"champion\"\n"
+             alias = \"champion\"\n\
+             sticky_header = \"x-user-id\"  # a user stays on one version during a canary\n\
+             \n\
+             [deployments.rollout]     # `greenbelt rollout start fraud --version N`\n\
+             steps = [{{ set_weight = 10 }}, {{ analysis = 2 }}, {{ set_weight = 50 }}, {{ analysis = 2 }}]\n\
+             \n\
+             [deployments.rollout.analysis]\n\
+             interval = \"10s\"\n\
+             min_samples = 50\n\
+             conditions = [\"error_rate <= 0.01\", \"p99_ms <= stable.p99_ms * 2 + 5\"]\n"
         ),
     )?;
     let row: Vec<String> = SAMPLE_ROW.iter().map(|x| x.to_string()).collect();

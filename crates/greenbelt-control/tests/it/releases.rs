@@ -38,6 +38,8 @@ fn body(seed: u64) -> serde_json::Value {
 struct Env {
     _dir: tempfile::TempDir,
     reg: Registry,
+    store: ArtifactStore,
+    app: Arc<greenbelt_serve::infer::AppState>,
     base: String,
     deployment: greenbelt_serve::deployment::DeploymentConfig,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -97,9 +99,10 @@ async fn env(extra: &str, tagged: &[(u32, serde_json::Value)]) -> (Env, Vec<i64>
     let deployment = config.deployments[0].clone();
     let server = Server::build(config).await.unwrap();
     let base = format!("http://{}", server.http_addr().unwrap());
+    let app = server.state.clone();
     let controller = Arc::new(Controller::new(
         reg.clone(),
-        store,
+        store.clone(),
         server.state.clone(),
         dir.path().join("cache"),
         Duration::from_millis(25),
@@ -112,6 +115,8 @@ async fn env(extra: &str, tagged: &[(u32, serde_json::Value)]) -> (Env, Vec<i64>
     let env = Env {
         _dir: dir,
         reg,
+        store,
+        app,
         base,
         deployment,
         tasks,
@@ -215,6 +220,17 @@ impl Env {
             .collect()
     }
 
+    /// The alias moves in the controller tick after the decision is stored.
+    async fn wait_alias(&self, alias: &str, want: Option<i64>) {
+        for _ in 0..400 {
+            if self.reg.alias("fraud", alias).await.unwrap() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fraud@{alias} never became {want:?}");
+    }
+
     async fn wait_phase(&self, want: &[Phase], limit: Duration) -> rollout::Rollout {
         let start = tokio::time::Instant::now();
         loop {
@@ -284,7 +300,7 @@ async fn canary_passes_analysis_and_promotes_with_zero_failures() {
         .await;
     assert_eq!(done.phase, Phase::Promoted, "{:?}", done.runs);
     // The champion alias moved, with the rollout named in the history.
-    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    e.wait_alias("champion", Some(v[1])).await;
     let history = e.reg.history("fraud", Some("champion")).await.unwrap();
     assert!(
         history.last().unwrap().reason.contains(&done.id),
@@ -344,7 +360,7 @@ async fn failing_canary_is_rolled_back_automatically() {
         seen.len()
     );
     // Champion untouched; the canary alias records the abort and why.
-    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[0]));
+    e.wait_alias("champion", Some(v[0])).await;
     let canary = e.reg.history("fraud", Some("canary")).await.unwrap();
     let last = canary.last().unwrap();
     assert_eq!(last.to_version, None);
@@ -434,7 +450,7 @@ async fn blue_green_previews_switches_and_switches_back_on_failure() {
         .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
         .await;
     assert_eq!(done.phase, Phase::Promoted, "{:?}", done.runs);
-    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    e.wait_alias("champion", Some(v[1])).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let seen = collect(load).await;
@@ -468,7 +484,7 @@ async fn blue_green_previews_switches_and_switches_back_on_failure() {
     stop.store(true, Ordering::Relaxed);
     let seen = collect(load).await;
     assert_eq!(seen.last().unwrap().version.as_deref(), Some("2"));
-    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[1]));
+    e.wait_alias("champion", Some(v[1])).await;
     let history = e.reg.history("fraud", Some("champion")).await.unwrap();
     assert!(
         history.last().unwrap().reason.contains("rolled back"),
@@ -591,4 +607,79 @@ async fn shadow_comparison_counts_known_disagreement() {
         "shadow v2: {expected_disagree} of {n} rows disagree; window agreement {:.3}",
         w.agreement
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_the_rollout() {
+    let extra = CANARY.replace(
+        "steps = [{ set_weight = 30 }, { analysis = 3 }, { set_weight = 100 }, { analysis = 1 }]",
+        "steps = [{ set_weight = 40 }, { pause = \"\" }, { set_weight = 100 }]",
+    );
+    let (mut e, v) = env(&extra, &[]).await;
+    rollout::start(&e.reg, &e.deployment, v[1], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let r = e
+        .wait_phase(&[Phase::Paused], Duration::from_secs(10))
+        .await;
+    assert_eq!((r.weight, r.step), (40.0, 1));
+    // Wait until the canary answers, then "restart": stop the controller.
+    let mut canary_seen = false;
+    for _ in 0..200 {
+        if e.call(1, Some(("x-greenbelt-track", "canary"))).await.0 {
+            canary_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(canary_seen);
+    for t in e.tasks.drain(..) {
+        t.abort();
+    }
+    // A person promotes while no controller runs; the state is in the database.
+    rollout::command(&e.reg, "fraud", rollout::Command::Promote, "ops", wall_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.reg.alias("fraud", "champion").await.unwrap(),
+        Some(v[0]),
+        "nothing applied it yet"
+    );
+    let s: serde_json::Value = e
+        .client
+        .get(format!("{}/admin/deployments/fraud", e.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        s["routing"]["canary_bp"], 4000,
+        "the last plan keeps serving meanwhile"
+    );
+    let done = rollout::status(&e.reg, "fraud").await.unwrap().rollout;
+    assert_eq!(
+        done.phase,
+        Phase::Promoted,
+        "promote past the pause finishes the steps"
+    );
+    // A new controller, as a restarted server builds it, picks it up.
+    let controller = Arc::new(Controller::new(
+        e.reg.clone(),
+        e.store.clone(),
+        e.app.clone(),
+        e._dir.path().join("cache"),
+        Duration::from_millis(25),
+    ));
+    e.tasks = controller.spawn(vec![e.deployment.clone()], None);
+    for _ in 0..200 {
+        if e.reg.alias("fraud", "champion").await.unwrap() == Some(v[1])
+            && e.call(2, None).await.1.as_deref() == Some("2")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the restarted controller did not apply the promotion");
 }
