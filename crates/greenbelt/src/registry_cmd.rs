@@ -128,6 +128,29 @@ fn parse_json(what: &str, s: Option<&str>) -> anyhow::Result<Value> {
     }
 }
 
+/// The inputs and outputs of the model in `file`, as the runtime that will
+/// serve it sees them (it is loaded with `backend = "auto"`, so a file the
+/// server could not load is refused here, before it is registered).
+async fn model_signature(file: &std::path::Path, config: &Config) -> anyhow::Result<Value> {
+    let ort = config.runtime.onnxruntime_library.clone();
+    let path = file.to_path_buf();
+    let signature = tokio::task::spawn_blocking(move || {
+        let runtimes = greenbelt_runtime::Runtimes::probe(ort.as_deref());
+        runtimes
+            .load(&path, &greenbelt_runtime::LoadOptions::default())
+            .map(|m| m.signature().clone())
+    })
+    .await
+    .context("loading the model to read its signature")?
+    .with_context(|| {
+        format!(
+            "{} does not load, so its signature cannot be recorded; register a valid ONNX model (tree ensembles need ONNX Runtime: set [runtime] onnxruntime_library or ORT_DYLIB_PATH)",
+            file.display()
+        )
+    })?;
+    Ok(serde_json::to_value(signature)?)
+}
+
 fn print(json_mode: bool, value: &Value, text: impl FnOnce() -> String) {
     if json_mode {
         println!("{value}");
@@ -206,6 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signature = model_signature(&file, &config).await?;
             let store = ArtifactStore::open(&config.registry.artifacts)?;
             let (uri, sha) = store.put(bytes.into(), "onnx").await?;
             let v = reg
@@ -214,6 +238,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     artifact_uri: uri,
                     sha256: sha,
                     format: "onnx".into(),
+                    signature,
                     metrics: parse_json("metrics", metrics.as_deref())?,
                     tags: parse_json("tags", tags.as_deref())?,
                     lineage: json!({ "source_file": file.display().to_string() }),

@@ -160,3 +160,44 @@ fn a_route_named_like_a_repository_model_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn manual_registration_records_the_model_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/logreg/1/model.onnx");
+    let v = registry_json(d, &["register", "lr", "--file", model.to_str().unwrap()]);
+    let sig = &v["signature"];
+    assert_eq!(
+        sig["inputs"],
+        serde_json::json!([{"name": "input", "datatype": "FP32", "shape": [-1, 20]}]),
+        "{v}"
+    );
+    let outputs: Vec<&str> = sig["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(outputs, ["label", "probabilities"], "{v}");
+    assert_eq!(sig["outputs"][1]["shape"], serde_json::json!([-1, 2]));
+    // Stored: `show` gives it back.
+    let shown = registry_json(d, &["show", "lr", "1"]);
+    assert_eq!(&shown["signature"], sig);
+
+    // A file that is not a model is refused before anything is registered.
+    std::fs::write(d.join("junk.onnx"), b"not a model").unwrap();
+    let out = greenbelt(d)
+        .args(["registry", "register", "lr", "--file", "junk.onnx"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("junk.onnx does not load") && stderr.contains("signature"),
+        "{stderr}"
+    );
+    let versions = registry_json(d, &["versions", "lr"]);
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+}
