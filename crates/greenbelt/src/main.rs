@@ -2,8 +2,8 @@
 //! Behaviour lives in the library crates.
 
 mod bench;
-mod features_cmd;
 mod drill_cmd;
+mod features_cmd;
 mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;

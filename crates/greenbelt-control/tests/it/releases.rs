@@ -683,3 +683,60 @@ async fn a_restarted_controller_resumes_the_rollout() {
     }
     panic!("the restarted controller did not apply the promotion");
 }
+
+#[tokio::test]
+async fn promql_conditions_read_a_prometheus_answer() {
+    // A stand-in Prometheus: answers /api/v1/query with the query it got
+    // echoed as a label and a fixed sample, or an error for "bad".
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(
+            |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                let query = q.get("query").cloned().unwrap_or_default();
+                if query.contains("bad") {
+                    return axum::Json(json!({"status": "error", "error": "parse error"}));
+                }
+                axum::Json(json!({"status": "success", "data": {"resultType": "vector",
+                "result": [{"metric": {"q": query}, "value": [1.0, "0.25"]}]}}))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut queries = std::collections::BTreeMap::new();
+    queries.insert(
+        "burn".to_string(),
+        "rate(errors{deployment=\"{deployment}\",version=\"{version}\"}[1m])".to_string(),
+    );
+    queries.insert("broken".to_string(), "bad query".to_string());
+    let got = greenbelt_control::rollout::analysis::prometheus(
+        &url,
+        &queries,
+        "fraud",
+        7,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(got.get("burn"), Some(&0.25));
+    assert!(
+        !got.contains_key("broken"),
+        "a failed query has no value (→ inconclusive)"
+    );
+    let c = greenbelt_control::rollout::analysis::Condition::parse("prom.burn < 0.2", &queries)
+        .unwrap();
+    let m = greenbelt_control::rollout::analysis::Measurement {
+        candidate: greenbelt_serve::live::Window {
+            requests: 100,
+            ..Default::default()
+        },
+        prom: got,
+        ..Default::default()
+    };
+    let run = greenbelt_control::rollout::analysis::judge(&[c], 1, &m, 0);
+    assert_eq!(
+        run.verdict,
+        greenbelt_control::rollout::machine::Verdict::Failure
+    );
+    assert!(run.notes[0].contains("prom.burn"), "{:?}", run.notes);
+}

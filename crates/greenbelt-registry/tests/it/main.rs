@@ -8,4 +8,5 @@ mod backends;
 mod http;
 mod notify;
 mod registry;
+mod rollouts;
 mod s3;
