@@ -156,7 +156,7 @@ fn a_route_named_like_a_repository_model_is_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("[[routes]] name \"fraud\" is also a model directory"),
+        err.contains("[[deployments]] name \"fraud\" is also a model directory"),
         "{err}"
     );
 }
