@@ -15,10 +15,9 @@ use serde::Serialize;
 
 use crate::error::ServeError;
 
-/// Header that forces a track: `stable`, `canary` or `preview`.
+/// Request header that forces a track (`stable`, `canary` or `preview`);
+/// the same header on a response names the track that answered.
 pub const TRACK_HEADER: &str = "x-greenbelt-track";
-/// Response header naming the track that answered.
-pub const TRACK_RESPONSE_HEADER: &str = "x-greenbelt-track";
 
 pub const FULL: u32 = 10_000;
 

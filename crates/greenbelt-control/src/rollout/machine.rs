@@ -237,7 +237,7 @@ impl Rollout {
                     "weight",
                     serde_json::json!({"step": self.step, "weight": w}),
                 );
-                self.next_step(now_ms);
+                self.next_step();
             } else if let Some(p) = &step.pause {
                 if p.trim().is_empty() {
                     self.phase = Phase::Paused;
@@ -255,7 +255,7 @@ impl Rollout {
                     return;
                 }
                 self.pause_until_ms = None;
-                self.next_step(now_ms);
+                self.next_step();
             } else if let Some(n) = step.analysis {
                 if self.successes < n {
                     return;
@@ -264,14 +264,14 @@ impl Rollout {
                     "analysis_passed",
                     serde_json::json!({"step": self.step, "runs": n}),
                 );
-                self.next_step(now_ms);
+                self.next_step();
             } else {
-                self.next_step(now_ms);
+                self.next_step();
             }
         }
     }
 
-    fn next_step(&mut self, _now_ms: i64) {
+    fn next_step(&mut self) {
         self.step += 1;
         self.successes = 0;
     }
@@ -418,7 +418,7 @@ impl Rollout {
                     self.pause_reason = None;
                     self.pause_until_ms = None;
                     self.window_start_ms = now_ms;
-                    self.next_step(now_ms);
+                    self.next_step();
                     self.advance(now_ms);
                 }
             },
@@ -441,7 +441,7 @@ impl Rollout {
                 self.pause_reason = None;
                 self.window_start_ms = now_ms;
                 if at_pause_step {
-                    self.next_step(now_ms);
+                    self.next_step();
                 } else if self.spec.strategy == Strategy::BlueGreen
                     && self.successes >= self.spec.pre_promotion_analysis
                 {

@@ -282,7 +282,7 @@ impl GrpcInferenceService for GrpcService {
             .map_err(status)?;
         let mut resp = Response::new(encode_response(out));
         resp.metadata_mut().insert(
-            crate::routing::TRACK_RESPONSE_HEADER,
+            crate::routing::TRACK_HEADER,
             tonic::metadata::MetadataValue::from_static(track.as_str()),
         );
         if let Ok(v) = trace.header().parse() {

@@ -284,7 +284,7 @@ async fn handle_infer(
                             h.insert(HeaderName::from_static(VERSION_HEADER), v);
                         }
                         h.insert(
-                            HeaderName::from_static(crate::routing::TRACK_RESPONSE_HEADER),
+                            HeaderName::from_static(crate::routing::TRACK_HEADER),
                             HeaderValue::from_static(track.as_str()),
                         );
                         resp
