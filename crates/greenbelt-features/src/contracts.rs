@@ -197,10 +197,13 @@ impl Contract {
                             "{at}: bins must be between 2 and 1000"
                         )));
                     }
-                    let p = Path::new(reference.as_str());
-                    if p.is_relative() {
-                        *reference = base.join(p).to_string_lossy().into_owned();
-                    }
+                    // A relative path resolves against the definitions'
+                    // directory; an s3:// URL stays as written.
+                    *reference = crate::defs::Location::parse(reference, base)
+                        .map_err(|e| FeatureError::Invalid(format!("{at}: reference {e}")))?
+                        .to_path()
+                        .to_string_lossy()
+                        .into_owned();
                 }
                 _ => {}
             }
@@ -774,8 +777,8 @@ async fn load_reference(
     bins: usize,
 ) -> Result<Psi> {
     let ctx = crate::source::session(&crate::source::EngineOptions::default())?;
-    let p = Path::new(path);
-    let df = crate::source::read_file(&ctx, p, crate::source::format_of(p))
+    let loc = crate::defs::Location::from_path(Path::new(path))?;
+    let df = crate::source::read_file(&ctx, &loc, crate::source::format_of(&loc))
         .await
         .map_err(|e| {
             FeatureError::Invalid(format!("contract rule {}: reference: {e}", rule.label()))

@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [store]
-//! offline = "data/offline"     # directory of the offline store (relative to this file)
+//! offline = "data/offline"     # directory (relative to this file) or s3://bucket/prefix
 //! online = "data/online.redb"  # redb file, or redis://host:port
 //!
 //! [[entity]]
@@ -15,7 +15,7 @@
 //!
 //! [[source]]
 //! name = "transactions"
-//! path = "data/transactions.csv"   # .csv or .parquet
+//! path = "data/transactions.csv"   # .csv or .parquet; a directory; or s3://bucket/key
 //! event_timestamp = "event_ts"
 //! created_timestamp = "created_ts" # optional
 //!
@@ -93,7 +93,8 @@ pub struct DefinitionsFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
-    /// Offline store directory (relative paths are relative to the file).
+    /// Offline store: a directory (relative paths are relative to the file)
+    /// or `s3://bucket/prefix`.
     #[serde(default = "default_offline")]
     pub offline: String,
     /// Online store: a redb file path, or a `redis://` URL.
@@ -147,7 +148,8 @@ pub enum SourceFormat {
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
-    /// A file or a directory of files (relative to the definitions file).
+    /// A file or a directory of files (relative to the definitions file),
+    /// or `s3://bucket/key` (a key ending in `/` is a directory).
     pub path: String,
     /// `csv` or `parquet`; by default from the path's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,10 +214,129 @@ pub struct Entity {
     pub join_keys: Vec<Column>,
 }
 
+/// Where a source, an entity file or the offline store lives: a local path
+/// or an S3 object or prefix (`s3://bucket/key`). S3 settings and
+/// credentials come from the standard AWS environment variables (see
+/// `source::s3_store`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    Local(PathBuf),
+    /// `key` has no leading `/`; a trailing `/` marks a directory (prefix);
+    /// empty is the bucket's root.
+    S3 {
+        bucket: String,
+        key: String,
+    },
+}
+
+impl Location {
+    /// Parse `s3://bucket/key` or a path; a relative path resolves against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Location> {
+        if let Some(rest) = s3_rest(text) {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(FeatureError::Invalid(format!(
+                    "\"{text}\" has no valid bucket name (3-63 lowercase letters, digits, '-' or '.'); write s3://BUCKET/KEY"
+                )));
+            }
+            let key = key.trim_start_matches('/');
+            if key.contains("//") {
+                return Err(FeatureError::Invalid(format!(
+                    "\"{text}\" has an empty path segment (//); remove it"
+                )));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if text.contains("://") {
+            return Err(FeatureError::Invalid(format!(
+                "\"{text}\" is not a local path or an s3:// URL; other object stores are not supported"
+            )));
+        }
+        let p = Path::new(text);
+        Ok(Location::Local(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }))
+    }
+
+    /// The location a path value holds (as [`Definitions::offline_path`] and
+    /// [`Source::path`] do): `s3://...` text is S3, anything else local.
+    pub fn from_path(p: &Path) -> Result<Location> {
+        match p.to_str() {
+            Some(t) if s3_rest(t).is_some() => Location::parse(t, Path::new("")),
+            _ => Ok(Location::Local(p.to_path_buf())),
+        }
+    }
+
+    /// The location as a path value: the local path, or the `s3://` URL text.
+    pub fn to_path(&self) -> PathBuf {
+        match self {
+            Location::Local(p) => p.clone(),
+            s3 => PathBuf::from(s3.to_string()),
+        }
+    }
+
+    /// `a/b` under this location (a directory or prefix).
+    pub fn join(&self, rel: &str) -> Location {
+        match self {
+            Location::Local(p) => Location::Local(p.join(rel)),
+            Location::S3 { bucket, key } => {
+                let base = key.trim_end_matches('/');
+                Location::S3 {
+                    bucket: bucket.clone(),
+                    key: if base.is_empty() {
+                        rel.to_string()
+                    } else {
+                        format!("{base}/{rel}")
+                    },
+                }
+            }
+        }
+    }
+
+    /// The file name's extension (without the dot), if any.
+    pub fn extension(&self) -> Option<String> {
+        match self {
+            Location::Local(p) => p.extension().map(|e| e.to_string_lossy().into_owned()),
+            Location::S3 { key, .. } => {
+                let name = key.rsplit('/').next().unwrap_or("");
+                name.rsplit_once('.')
+                    .filter(|(stem, _)| !stem.is_empty())
+                    .map(|(_, e)| e.to_string())
+            }
+        }
+    }
+}
+
+fn s3_rest(text: &str) -> Option<&str> {
+    text.strip_prefix("s3://")
+        .or_else(|| text.strip_prefix("S3://"))
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     pub name: String,
+    /// The path as resolved (for an S3 source, the `s3://` URL text).
     pub path: PathBuf,
+    /// Where the data is.
+    pub location: Location,
     pub format: SourceFormat,
     pub event_timestamp: String,
     pub created_timestamp: Option<String>,
@@ -281,7 +402,11 @@ pub struct FeatureService {
 /// Validated definitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definitions {
+    /// The offline store as a path value: the resolved directory, or the
+    /// `s3://` URL text ([`crate::offline::OfflineStore::open`] takes either).
     pub offline_path: PathBuf,
+    /// The offline store's location.
+    pub offline: Location,
     pub online_url: String,
     pub entities: BTreeMap<String, Entity>,
     pub sources: BTreeMap<String, Source>,
@@ -409,9 +534,12 @@ impl Definitions {
                 .as_ref()
                 .map(|c| Contract::from_spec(&format!("source \"{}\"", s.name), c, base))
                 .transpose()?;
+            let location = Location::parse(&s.path, base)
+                .map_err(|e| FeatureError::Invalid(format!("source \"{}\": path {e}", s.name)))?;
             let source = Source {
                 name: s.name.clone(),
-                path: resolve(&s.path),
+                path: location.to_path(),
+                location,
                 format,
                 event_timestamp: s.event_timestamp.clone(),
                 created_timestamp: s.created_timestamp.clone(),
@@ -571,7 +699,9 @@ impl Definitions {
                 )));
             }
         }
-        let offline_path = resolve(&spec.store.offline);
+        let offline = Location::parse(&spec.store.offline, base)
+            .map_err(|e| FeatureError::Invalid(format!("[store] offline: {e}")))?;
+        let offline_path = offline.to_path();
         let online_url = if spec.store.online.starts_with("redis://") {
             spec.store.online.clone()
         } else {
@@ -579,6 +709,7 @@ impl Definitions {
         };
         Ok(Definitions {
             offline_path,
+            offline,
             online_url,
             entities,
             sources,
@@ -661,4 +792,86 @@ fn expand_ref(views: &BTreeMap<String, FeatureView>, r: &FeatureRef) -> Result<V
         )));
     }
     Ok(vec![r.clone()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_paths_and_s3_urls() {
+        let base = Path::new("/base");
+        assert_eq!(
+            Location::parse("data/x.csv", base).unwrap(),
+            Location::Local(PathBuf::from("/base/data/x.csv"))
+        );
+        let s3 = Location::parse("s3://my-bucket/dir/x.parquet", base).unwrap();
+        assert_eq!(
+            s3,
+            Location::S3 {
+                bucket: "my-bucket".into(),
+                key: "dir/x.parquet".into()
+            }
+        );
+        assert_eq!(s3.extension().as_deref(), Some("parquet"));
+        assert_eq!(s3.to_string(), "s3://my-bucket/dir/x.parquet");
+        // The path value round-trips.
+        assert_eq!(Location::from_path(&s3.to_path()).unwrap(), s3);
+        let dir = Location::parse("s3://my-bucket/dir/", base).unwrap();
+        assert_eq!(dir.extension(), None);
+        assert_eq!(dir.join("a/b").to_string(), "s3://my-bucket/dir/a/b");
+        let root = Location::parse("s3://my-bucket", base).unwrap();
+        assert_eq!(root.join("v").to_string(), "s3://my-bucket/v");
+        for bad in [
+            "s3://",
+            "s3://B",
+            "s3://ab/x",
+            "s3://a_b/x",
+            "s3://bucket/a//b",
+        ] {
+            assert!(Location::parse(bad, base).is_err(), "{bad}");
+        }
+        let e = Location::parse("gs://bucket/x", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn s3_store_and_source_paths_are_kept_as_urls() {
+        let d = Definitions::parse(
+            r#"
+[store]
+offline = "s3://lake/features/offline"
+[[entity]]
+name = "user"
+join_keys = [{ name = "user_id", type = "string" }]
+[[source]]
+name = "tx"
+path = "s3://lake/raw/tx/"
+event_timestamp = "ts"
+[[feature_view]]
+name = "v"
+entities = ["user"]
+source = "tx"
+features = [{ name = "amount", type = "float64" }]
+"#,
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(d.offline_path, Path::new("s3://lake/features/offline"));
+        assert_eq!(
+            d.offline,
+            Location::S3 {
+                bucket: "lake".into(),
+                key: "features/offline".into()
+            }
+        );
+        assert_eq!(d.sources["tx"].format, SourceFormat::Parquet);
+        assert_eq!(d.sources["tx"].location.to_string(), "s3://lake/raw/tx/");
+        let e = Definitions::parse("[store]\noffline = \"s3://\"\n", Path::new("/base"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[store] offline") && e.contains("bucket"), "{e}");
+    }
 }

@@ -46,6 +46,11 @@ impl FeatureError {
 
 impl From<DataFusionError> for FeatureError {
     fn from(e: DataFusionError) -> Self {
+        if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+            return FeatureError::Data(format!(
+                "{e}; the query engine needs more memory than its limit for this data: raise --memory-limit-mb (the limit is shared by the engine's parallel partitions, and each needs room for a few record batches of the widest rows)"
+            ));
+        }
         FeatureError::Data(e.to_string())
     }
 }

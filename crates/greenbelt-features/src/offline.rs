@@ -4,17 +4,22 @@
 //! `<root>/<view>/date=YYYY-MM-DD/part-0.parquet` holding the view's join
 //! keys, `event_timestamp` and `created_timestamp` (timestamp µs UTC) and its
 //! features; `<root>/<view>/_watermark.json` the materialization watermark;
-//! `<root>/_quarantine/<view>/<start>_<end>.parquet` rows a contract set
-//! aside, with a `quarantine_reason` column. Files go through `object_store`
-//! (local file system) and appear by rename, so a failed run leaves the
-//! previous files in place.
+//! `<root>/_quarantine/<view>/<start>_<end>.parquet` view rows a contract
+//! set aside and `<root>/_quarantine/<view>.source/<start>_<end>.parquet`
+//! source rows the source's contract set aside, each with a
+//! `quarantine_reason` column. The root is a local directory or
+//! `s3://bucket/prefix`. Files go through `object_store` and appear by
+//! rename (S3: a server-side copy of a fully uploaded object, then the
+//! temporary is deleted), so a failed run leaves the previous files in place.
 //!
 //! `materialize(view, start, end)` (end exclusive) rewrites every day
 //! partition the range touches: rows of that day outside the range are
 //! kept, rows inside it are replaced by the source's. Re-running a range
 //! therefore gives the same files, never duplicates. Execution streams
 //! record batches out of a DataFusion sort that spills to disk, so memory
-//! stays bounded by the engine's limit, not the source size.
+//! stays bounded by the engine's limit, not the source size. The source's
+//! contract (if any) judges the source rows of the range before the view's
+//! transformation, the view's contract the view's rows after it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,20 +30,31 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::object_store::buffered::BufWriter;
 use datafusion::object_store::local::LocalFileSystem;
 use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::prefix::PrefixStore;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, SessionContext, cast, col, ident, lit};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::contracts::{Checker, Policy, ValidationReport, run_may_continue};
-use crate::defs::{Definitions, FeatureView};
+use crate::defs::{Definitions, FeatureView, Location, Source};
 use crate::error::{FeatureError, Result};
-use crate::source::{CREATED, EngineOptions, TS, session, view_frame};
+use crate::source::{
+    CREATED, EngineOptions, TS, normalise, raw_source, s3_store, session, transform, ts_micros,
+    view_frame,
+};
 use crate::time::{DAY_US, date_of, day_start, format_ts, now_us, parse_ts};
 
 /// Event time column in the offline store.
@@ -49,16 +65,23 @@ pub const CREATED_TIMESTAMP: &str = "created_timestamp";
 pub const REASON: &str = "quarantine_reason";
 
 const ROWS_PER_GROUP: usize = 64 * 1024;
+/// Marks the source rows of the run's range while a source contract is checked.
+const IN_RANGE: &str = "__gb_in_range";
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// The offline store on a local path.
+/// The offline store: a local directory or an S3 prefix.
 #[derive(Clone)]
 pub struct OfflineStore {
+    location: Location,
     root: PathBuf,
+    /// Keys are relative to the store's root.
     store: Arc<dyn ObjectStore>,
+    /// S3: the bucket and its client, registered with the sessions that read
+    /// the store's files.
+    bucket: Option<(String, Arc<dyn ObjectStore>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,27 +92,78 @@ struct Watermark {
 }
 
 impl OfflineStore {
+    /// Open the store at a directory, or at the `s3://bucket/prefix` a path
+    /// value holds (as [`Definitions::offline_path`] does).
     pub fn open(root: &Path) -> Result<OfflineStore> {
-        std::fs::create_dir_all(root).map_err(|e| {
-            FeatureError::Io(format!(
-                "cannot create offline store {}: {e}",
-                root.display()
-            ))
-        })?;
-        let store = LocalFileSystem::new_with_prefix(root)?;
-        Ok(OfflineStore {
-            root: root.to_path_buf(),
-            store: Arc::new(store),
-        })
+        OfflineStore::open_location(&Location::from_path(root)?)
     }
 
+    /// Open the store at `location` (a local directory is created).
+    pub fn open_location(location: &Location) -> Result<OfflineStore> {
+        match location {
+            Location::Local(root) => {
+                std::fs::create_dir_all(root).map_err(|e| {
+                    FeatureError::Io(format!(
+                        "cannot create offline store {}: {e}",
+                        root.display()
+                    ))
+                })?;
+                let store = LocalFileSystem::new_with_prefix(root)?;
+                Ok(OfflineStore {
+                    location: location.clone(),
+                    root: root.clone(),
+                    store: Arc::new(store),
+                    bucket: None,
+                })
+            }
+            Location::S3 { bucket, key } => {
+                let s3 = s3_store(bucket)?;
+                let prefix = key.trim_matches('/');
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    s3.clone()
+                } else {
+                    Arc::new(PrefixStore::new(s3.clone(), prefix))
+                };
+                let location = Location::S3 {
+                    bucket: bucket.clone(),
+                    key: prefix.to_string(),
+                };
+                Ok(OfflineStore {
+                    root: location.to_path(),
+                    location,
+                    store,
+                    bucket: Some((bucket.clone(), s3)),
+                })
+            }
+        }
+    }
+
+    /// The root as a path value (for S3, the `s3://` URL text).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The directory holding a view's partitions.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Let `ctx` read this store's files (registers the S3 client).
+    pub fn register(&self, ctx: &SessionContext) -> Result<()> {
+        if let Some((bucket, s3)) = &self.bucket {
+            let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
+            ctx.register_object_store(url.as_ref(), s3.clone());
+        }
+        Ok(())
+    }
+
+    /// The URL (or local path) DataFusion reads `rel` under the root by.
+    fn url(&self, rel: &str) -> String {
+        self.location.join(rel).to_string()
+    }
+
+    /// The directory holding a view's partitions (for S3, its URL text).
     pub fn view_dir(&self, view: &str) -> PathBuf {
-        self.root.join(view)
+        self.location.join(view).to_path()
     }
 
     fn part(view: &str, date: &str) -> StorePath {
@@ -137,46 +211,136 @@ impl OfflineStore {
 
     /// The dates (`YYYY-MM-DD`) that have a partition for `view`.
     pub async fn partitions(&self, view: &str) -> Result<Vec<String>> {
-        let dir = self.view_dir(view);
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(out);
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(d) = name.strip_prefix("date=")
-                && e.path().join("part-0.parquet").exists()
+        let mut out = BTreeSet::new();
+        let mut listing = self.store.list(Some(&StorePath::from(view)));
+        while let Some(meta) = listing.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                Err(datafusion::object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let parts: Vec<_> = meta.location.parts().collect();
+            if let [v, d, f] = parts.as_slice()
+                && v.as_ref() == view
+                && f.as_ref() == "part-0.parquet"
+                && let Some(date) = d.as_ref().strip_prefix("date=")
             {
-                out.push(d.to_string());
+                out.insert(date.to_string());
             }
         }
-        out.sort();
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// A view's offline data as a DataFrame (empty views are an error).
     pub async fn read_view(&self, ctx: &SessionContext, view: &str) -> Result<DataFrame> {
-        let dir = self.view_dir(view);
         if self.partitions(view).await?.is_empty() {
             return Err(FeatureError::NotFound(format!(
                 "feature view \"{view}\" has no offline data in {}; run greenbelt features materialize first",
-                self.root.display()
+                self.location
             )));
         }
+        self.register(ctx)?;
         Ok(ctx
             .read_parquet(
-                format!("{}/", dir.display()),
+                format!("{}/", self.url(view)),
                 datafusion::prelude::ParquetReadOptions::default().file_extension(".parquet"),
             )
             .await?)
     }
 
-    /// The Parquet file of one quarantine run.
+    fn quarantine_key(view: &str, start: i64, end: i64) -> String {
+        format!("_quarantine/{view}/{start}_{end}.parquet")
+    }
+
+    fn source_quarantine_key(view: &str, start: i64, end: i64) -> String {
+        format!("_quarantine/{view}.source/{start}_{end}.parquet")
+    }
+
+    /// The Parquet file of one quarantine run's view rows (for S3, its URL text).
     pub fn quarantine_file(&self, view: &str, start: i64, end: i64) -> PathBuf {
-        self.root
-            .join("_quarantine")
-            .join(view)
-            .join(format!("{start}_{end}.parquet"))
+        self.location
+            .join(&OfflineStore::quarantine_key(view, start, end))
+            .to_path()
+    }
+
+    /// The Parquet file of one quarantine run's source rows (for S3, its URL text).
+    pub fn source_quarantine_file(&self, view: &str, start: i64, end: i64) -> PathBuf {
+        self.location
+            .join(&OfflineStore::source_quarantine_key(view, start, end))
+            .to_path()
+    }
+}
+
+/// A side table of rows set aside with their reason, written to a temporary
+/// object and renamed into place when the run commits.
+struct SideTable {
+    store: Arc<dyn ObjectStore>,
+    key: StorePath,
+    tmp: StorePath,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    rows: u64,
+}
+
+impl SideTable {
+    fn new(store: Arc<dyn ObjectStore>, key: &str, run: &str) -> SideTable {
+        SideTable {
+            store,
+            key: StorePath::from(key),
+            tmp: StorePath::from(format!("{key}.{run}.tmp")),
+            writer: None,
+            rows: 0,
+        }
+    }
+
+    /// Append `rows` with one reason each.
+    async fn write(&mut self, rows: &RecordBatch, reasons: Vec<String>) -> Result<()> {
+        let why: ArrayRef = Arc::new(StringArray::from(reasons));
+        let mut fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(REASON, DataType::Utf8, false));
+        let schema = Arc::new(Schema::new(fields));
+        let mut cols = rows.columns().to_vec();
+        cols.push(why);
+        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        if self.writer.is_none() {
+            let obj = BufWriter::new(self.store.clone(), self.tmp.clone());
+            self.writer = Some(AsyncArrowWriter::try_new(obj, schema, None)?);
+        }
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&batch).await?;
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Move the table into place, or remove a stale one of an earlier run of
+    /// the same range when nothing was set aside; returns whether it exists.
+    async fn commit(self) -> Result<bool> {
+        match self.writer {
+            Some(w) => {
+                w.close().await?;
+                self.store.rename(&self.tmp, &self.key).await?;
+                Ok(true)
+            }
+            None => {
+                match self.store.delete(&self.key).await {
+                    Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn abort(self) {
+        if let Some(w) = self.writer {
+            let _ = w.close().await;
+            let _ = self.store.delete(&self.tmp).await;
+        }
     }
 }
 
@@ -197,10 +361,21 @@ pub struct MaterializeReport {
     pub rows: u64,
     pub partitions_written: Vec<String>,
     pub partitions_removed: Vec<String>,
+    /// Rows set aside in all: view rows plus source rows.
     pub quarantined: u64,
+    /// The side table of view rows, when any were set aside.
     pub quarantine_file: Option<String>,
+    /// Source rows the source's contract set aside.
+    #[serde(default)]
+    pub source_quarantined: u64,
+    #[serde(default)]
+    pub source_quarantine_file: Option<String>,
     pub watermark: String,
+    /// The view contract's report.
     pub validation: Option<ValidationReport>,
+    /// The source contract's report (over the source rows of the range).
+    #[serde(default)]
+    pub source_validation: Option<ValidationReport>,
 }
 
 /// The offline schema of a view.
@@ -227,6 +402,12 @@ pub async fn offline_frame(
     end: i64,
 ) -> Result<DataFrame> {
     let df = view_frame(ctx, defs, view).await?;
+    offline_layout(df, view, start, end)
+}
+
+/// A normalised view frame (see `source::normalise`) in the offline layout,
+/// event time in [start, end), sorted by event time.
+fn offline_layout(df: DataFrame, view: &FeatureView, start: i64, end: i64) -> Result<DataFrame> {
     let df = df.filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end))))?;
     let mut exprs = Vec::new();
     for k in &view.join_keys {
@@ -241,6 +422,190 @@ pub async fn offline_frame(
         .select(exprs)?
         .sort(vec![col(EVENT_TIMESTAMP).sort(true, false)])?)
 }
+
+// ---------- the source contract at materialization ----------
+
+/// Checks the source rows of the run's range against the source's contract
+/// as they stream into the view's transformation: under `fail` the first
+/// offending row stops the run; under `quarantine` offending rows go to the
+/// side table with their reason and do not reach the view.
+struct SourceGate {
+    target: String,
+    checker: Option<Checker>,
+    table: Option<SideTable>,
+    /// Column of the input that says whether a row is in the range (absent:
+    /// every row is).
+    flag: Option<usize>,
+    /// The error that stopped the stream, kept with its kind.
+    failure: Option<FeatureError>,
+}
+
+impl SourceGate {
+    async fn pass(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let (data, in_range) = match self.flag {
+            Some(i) => {
+                let flags = batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .cloned()
+                    .ok_or_else(|| FeatureError::Data("range flag is not boolean".into()))?;
+                let keep: Vec<usize> = (0..batch.num_columns()).filter(|c| *c != i).collect();
+                (batch.project(&keep)?, Some(flags))
+            }
+            None => (batch, None),
+        };
+        let checked = match &in_range {
+            Some(flags) => filter_record_batch(&data, flags)?,
+            None => data.clone(),
+        };
+        let checker = self
+            .checker
+            .as_mut()
+            .ok_or_else(|| FeatureError::Data("the source was read twice".into()))?;
+        let reasons = checker.check(&checked)?;
+        if reasons.iter().all(Option::is_none) {
+            return Ok(data);
+        }
+        if checker.policy() == Policy::Fail {
+            let first = reasons.iter().flatten().next().cloned().unwrap_or_default();
+            return Err(FeatureError::Contract(format!(
+                "{}: rule {first} failed (policy fail; nothing was written)",
+                self.target
+            )));
+        }
+        let bad = BooleanArray::from(reasons.iter().map(Option::is_some).collect::<Vec<_>>());
+        let table = self
+            .table
+            .as_mut()
+            .ok_or_else(|| FeatureError::Data("the source was read twice".into()))?;
+        table
+            .write(
+                &filter_record_batch(&checked, &bad)?,
+                reasons.iter().flatten().cloned().collect(),
+            )
+            .await?;
+        let mut verdicts = reasons.iter();
+        let keep: BooleanArray = (0..data.num_rows())
+            .map(|i| {
+                let checked_row = in_range
+                    .as_ref()
+                    .is_none_or(|f| f.is_valid(i) && f.value(i));
+                Some(!checked_row || verdicts.next().is_none_or(Option::is_none))
+            })
+            .collect();
+        Ok(filter_record_batch(&data, &keep)?)
+    }
+}
+
+/// The source rows as a one-shot stream through a [`SourceGate`], for the
+/// view's transformation to read as its table `source`.
+struct GatedSource {
+    schema: SchemaRef,
+    input: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+    gate: Arc<tokio::sync::Mutex<SourceGate>>,
+}
+
+impl std::fmt::Debug for GatedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatedSource")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for GatedSource {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let input = self.input.lock().ok().and_then(|mut i| i.take());
+        let schema = self.schema.clone();
+        let Some(input) = input else {
+            return Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::once(async {
+                    Err(DataFusionError::Internal(
+                        "the checked source can be read once".into(),
+                    ))
+                }),
+            ));
+        };
+        let gate = self.gate.clone();
+        let out = input.then(move |batch| {
+            let gate = gate.clone();
+            async move {
+                let batch = batch?;
+                let mut g = gate.lock().await;
+                match g.pass(batch).await {
+                    Ok(b) => Ok(b),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        g.failure.get_or_insert(e);
+                        Err(DataFusionError::Execution(msg))
+                    }
+                }
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, out))
+    }
+}
+
+/// The view's source as a table whose rows of [start, end) pass the source
+/// contract (see [`SourceGate`]). A view without a transformation reads only
+/// the range; one with a transformation reads every source row, and rows
+/// outside the range pass unchecked. A source without its event-time column
+/// (a transformation makes it) is checked whole.
+async fn gated_source(
+    ctx: &SessionContext,
+    source: &Source,
+    view: &FeatureView,
+    start: i64,
+    end: i64,
+    checker: Checker,
+    table: SideTable,
+) -> Result<(DataFrame, Arc<tokio::sync::Mutex<SourceGate>>)> {
+    let raw = raw_source(ctx, source, view).await?;
+    let has_ts = raw
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.name() == &source.event_timestamp);
+    let ts = || ts_micros(ident(&source.event_timestamp));
+    let in_range = ts().gt_eq(lit(start)).and(ts().lt(lit(end)));
+    let (raw, flagged) = match (has_ts, &view.transformation) {
+        (false, _) => (raw, false),
+        (true, None) => (raw.filter(in_range)?, false),
+        (true, Some(_)) => (raw.with_column(IN_RANGE, in_range)?, true),
+    };
+    let input = raw.execute_stream().await?;
+    let in_schema = input.schema();
+    let (flag, schema) = if flagged {
+        let i = in_schema.index_of(IN_RANGE)?;
+        let keep: Vec<usize> = (0..in_schema.fields().len()).filter(|c| *c != i).collect();
+        (Some(i), Arc::new(in_schema.project(&keep)?))
+    } else {
+        (None, in_schema)
+    };
+    let gate = Arc::new(tokio::sync::Mutex::new(SourceGate {
+        target: format!("source \"{}\"", source.name),
+        checker: Some(checker),
+        table: Some(table),
+        flag,
+        failure: None,
+    }));
+    let part = GatedSource {
+        schema: schema.clone(),
+        input: std::sync::Mutex::new(Some(input)),
+        gate: gate.clone(),
+    };
+    let part: Arc<dyn PartitionStream> = Arc::new(part);
+    let table = StreamingTable::try_new(schema, vec![part])?;
+    Ok((ctx.read_table(Arc::new(table))?, gate))
+}
+
+// ---------- writing partitions ----------
 
 struct PartWriter {
     date: String,
@@ -286,17 +651,21 @@ impl Run<'_> {
         let mut rows = 0;
         let day0 = parse_ts("date", date)?;
         let fully_covered = day0 >= self.start && day0 + DAY_US <= self.end;
-        let existing = self
-            .store
-            .root
-            .join(self.view)
-            .join(format!("date={date}"))
-            .join("part-0.parquet");
-        if !fully_covered && existing.exists() {
+        let existing = OfflineStore::part(self.view, date);
+        let exists = if fully_covered {
+            false
+        } else {
+            match self.store.store.head(&existing).await {
+                Ok(_) => true,
+                Err(datafusion::object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if exists {
             let old = self
                 .ctx
                 .read_parquet(
-                    existing.to_string_lossy().into_owned(),
+                    self.store.url(existing.as_ref()),
                     datafusion::prelude::ParquetReadOptions::default(),
                 )
                 .await?;
@@ -337,6 +706,23 @@ impl Run<'_> {
     }
 }
 
+/// Everything a failed run leaves behind is removed: temporary partitions
+/// and side tables. The store is as it was.
+async fn abandon(
+    run: &Run<'_>,
+    current: Option<PartWriter>,
+    view_q: SideTable,
+    gate: Option<&Arc<tokio::sync::Mutex<SourceGate>>>,
+) {
+    run.abort(current).await;
+    view_q.abort().await;
+    if let Some(g) = gate
+        && let Some(t) = g.lock().await.table.take()
+    {
+        t.abort().await;
+    }
+}
+
 /// Materialize `view` for event times in [start, end) into the offline store
 /// (see the module docs for the guarantees).
 pub async fn materialize(
@@ -355,9 +741,33 @@ pub async fn materialize(
         )));
     }
     let view = defs.view(view_name)?;
+    let source = defs.source_of(view)?;
     let ctx = session(&opts.engine)?;
+    store.register(&ctx)?;
+    let now = opts.now_us.unwrap_or_else(now_us);
+    let run_id = format!("{}", now_us());
     let schema = offline_schema(view);
-    let df = offline_frame(&ctx, defs, view, start, end).await?;
+    let (df, gate) = match &source.contract {
+        None => (offline_frame(&ctx, defs, view, start, end).await?, None),
+        Some(contract) => {
+            let checker = Checker::new(
+                &format!("source \"{}\"", source.name),
+                contract,
+                Some(&source.event_timestamp),
+                now,
+            )
+            .await?;
+            let table = SideTable::new(
+                store.store.clone(),
+                &OfflineStore::source_quarantine_key(view_name, start, end),
+                &run_id,
+            );
+            let (checked, gate) =
+                gated_source(&ctx, source, view, start, end, checker, table).await?;
+            let df = normalise(transform(&ctx, checked, view).await?, source, view)?;
+            (offline_layout(df, view, start, end)?, Some(gate))
+        }
+    };
     let mut stream = df.execute_stream().await?;
     let mut checker = match &view.contract {
         Some(c) => Some(
@@ -365,7 +775,7 @@ pub async fn materialize(
                 &format!("feature view \"{view_name}\""),
                 c,
                 Some(EVENT_TIMESTAMP),
-                opts.now_us.unwrap_or_else(now_us),
+                now,
             )
             .await?,
         ),
@@ -378,12 +788,14 @@ pub async fn materialize(
         schema: schema.clone(),
         start,
         end,
-        run_id: format!("{}", now_us()),
+        run_id: run_id.clone(),
         done: Vec::new(),
     };
-    let qfile = store.quarantine_file(view_name, start, end);
-    let qtmp = qfile.with_extension("parquet.tmp");
-    let mut quarantine: Option<datafusion::parquet::arrow::ArrowWriter<std::fs::File>> = None;
+    let mut view_q = SideTable::new(
+        store.store.clone(),
+        &OfflineStore::quarantine_key(view_name, start, end),
+        &run_id,
+    );
     let mut current: Option<PartWriter> = None;
     let mut rows = 0u64;
     let result: Result<()> = async {
@@ -404,24 +816,9 @@ pub async fn materialize(
                         }
                         let bad = BooleanArray::from(reasons.iter().map(|r| r.is_some()).collect::<Vec<_>>());
                         let good = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
-                        let bad_rows = filter_record_batch(&batch, &bad)?;
-                        let why: ArrayRef = Arc::new(StringArray::from(reasons.iter().flatten().cloned().collect::<Vec<_>>()));
-                        let mut cols = bad_rows.columns().to_vec();
-                        cols.push(why);
-                        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-                        fields.push(Field::new(REASON, DataType::Utf8, false));
-                        let qschema = Arc::new(Schema::new(fields));
-                        let qb = RecordBatch::try_new(qschema.clone(), cols)?;
-                        if quarantine.is_none() {
-                            if let Some(dir) = qtmp.parent() {
-                                std::fs::create_dir_all(dir)?;
-                            }
-                            let f = std::fs::File::create(&qtmp)?;
-                            quarantine = Some(datafusion::parquet::arrow::ArrowWriter::try_new(f, qschema, None)?);
-                        }
-                        if let Some(q) = quarantine.as_mut() {
-                            q.write(&qb)?;
-                        }
+                        view_q
+                            .write(&filter_record_batch(&batch, &bad)?, reasons.iter().flatten().cloned().collect())
+                            .await?;
                         filter_record_batch(&batch, &good)?
                     } else {
                         batch
@@ -463,17 +860,48 @@ pub async fn materialize(
         Ok(())
     }
     .await;
+    drop(stream);
     if let Err(e) = result {
-        run.abort(current).await;
-        let _ = std::fs::remove_file(&qtmp);
+        // A contract failure inside the source stream comes back as a
+        // DataFusion error; report the failure itself.
+        let e = match &gate {
+            Some(g) => g.lock().await.failure.take().unwrap_or(e),
+            None => e,
+        };
+        abandon(&run, current, view_q, gate.as_ref()).await;
         return Err(e);
+    }
+
+    // Dataset-level rules: the source's first, then the view's.
+    let mut source_table = None;
+    let mut source_report = None;
+    if let (Some(g), Some(contract)) = (&gate, &source.contract) {
+        let mut g = g.lock().await;
+        source_table = g.table.take();
+        if let Some(ch) = g.checker.take() {
+            let r = ch.finish();
+            if !run_may_continue(contract, &r) {
+                drop(g);
+                if let Some(t) = source_table {
+                    t.abort().await;
+                }
+                abandon(&run, None, view_q, None).await;
+                return Err(FeatureError::Contract(format!(
+                    "{} (nothing was written)",
+                    r.failure().unwrap_or_else(|| "a rule failed".into())
+                )));
+            }
+            source_report = Some(r);
+        }
     }
     let report = checker.map(Checker::finish);
     if let (Some(r), Some(c)) = (&report, &view.contract)
         && !run_may_continue(c, r)
     {
-        run.abort(None).await;
-        let _ = std::fs::remove_file(&qtmp);
+        if let Some(t) = source_table {
+            t.abort().await;
+        }
+        abandon(&run, None, view_q, None).await;
         return Err(FeatureError::Contract(format!(
             "{} (nothing was written)",
             r.failure().unwrap_or_else(|| "a rule failed".into())
@@ -502,23 +930,45 @@ pub async fn materialize(
                 Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-            let _ = std::fs::remove_dir(store.root.join(view_name).join(format!("date={date}")));
+            if let Location::Local(root) = &store.location {
+                let _ = std::fs::remove_dir(root.join(view_name).join(format!("date={date}")));
+            }
             partitions_removed.push(date);
         } else {
             store.store.rename(&tmp, &fin).await?;
             partitions_written.push(date);
         }
     }
-    let mut quarantine_file = None;
-    let quarantined = report.as_ref().map_or(0, |r| r.quarantined);
-    match quarantine {
-        Some(q) => {
-            q.close()?;
-            std::fs::rename(&qtmp, &qfile)?;
-            quarantine_file = Some(qfile.to_string_lossy().into_owned());
+    let view_quarantined = view_q.rows;
+    let quarantine_file = view_q.commit().await?.then(|| {
+        store
+            .quarantine_file(view_name, start, end)
+            .to_string_lossy()
+            .into_owned()
+    });
+    let mut source_quarantined = 0;
+    let mut source_quarantine_file = None;
+    if let Some(t) = source_table {
+        source_quarantined = t.rows;
+        if t.commit().await? {
+            source_quarantine_file = Some(
+                store
+                    .source_quarantine_file(view_name, start, end)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
-        None => {
-            let _ = std::fs::remove_file(&qfile);
+    } else {
+        // No source contract (any more): no side table for this range.
+        match store
+            .store
+            .delete(&StorePath::from(OfflineStore::source_quarantine_key(
+                view_name, start, end,
+            )))
+            .await
+        {
+            Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     let wm = store
@@ -533,10 +983,13 @@ pub async fn materialize(
         rows,
         partitions_written,
         partitions_removed,
-        quarantined,
+        quarantined: view_quarantined + source_quarantined,
         quarantine_file,
+        source_quarantined,
+        source_quarantine_file,
         watermark: format_ts(wm),
         validation: report,
+        source_validation: source_report,
     })
 }
 

@@ -17,21 +17,29 @@
 //! latest view row to each entity row. Sorts spill to disk under the
 //! session's memory limit. `as_of_known_time` needs a two-dimensional
 //! condition and runs as a keyed range join ranked by `ROW_NUMBER`.
-//! The entity rows themselves are held in memory (one pass, in file order).
+//! An entity file is read through DataFusion as a one-partition stream that
+//! numbers its rows in file order (re-read, not held, when a plan reads it
+//! twice); the final sort by that number restores the input order.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
 use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
 use datafusion::logical_expr::{JoinType, when};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit};
 use datafusion::scalar::ScalarValue;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
-use crate::defs::{Definitions, FeatureRef, FeatureView};
+use crate::defs::{Definitions, FeatureRef, FeatureView, Location};
 use crate::error::{FeatureError, Result};
 use crate::source::{
     CREATED, EngineOptions, TS, format_of, q, read_file, session, ts_micros, view_frame,
@@ -60,23 +68,149 @@ impl Default for HistoricalOptions {
     }
 }
 
-/// Entity rows read from a file, in file order.
+/// Entity rows held in memory, in order (for callers that have them;
+/// files go through [`historical_to_parquet`], which streams them).
 pub struct EntityRows {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
 
-/// Read entity rows (CSV or Parquet) in file order.
-pub async fn read_entities(path: &Path) -> Result<EntityRows> {
-    // One partition: the scan then yields rows in file order.
-    let ctx = session(&EngineOptions {
+/// One session with one partition: a file scan then yields rows in file order.
+fn file_order_session() -> Result<SessionContext> {
+    session(&EngineOptions {
         target_partitions: 1,
         ..EngineOptions::default()
-    })?;
-    let df = read_file(&ctx, path, format_of(path)).await?;
+    })
+}
+
+/// Read entity rows (CSV or Parquet, local or `s3://`) into memory, in file order.
+pub async fn read_entities(path: &Path) -> Result<EntityRows> {
+    let ctx = file_order_session()?;
+    let loc = Location::from_path(path)?;
+    let df = read_file(&ctx, &loc, format_of(&loc)).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     Ok(EntityRows { schema, batches })
+}
+
+/// `schema` with the row-number column added; entity columns may not use
+/// the reserved prefix.
+fn with_row_number(schema: &SchemaRef) -> Result<SchemaRef> {
+    if let Some(f) = schema
+        .fields()
+        .iter()
+        .find(|f| f.name().starts_with("__gb"))
+    {
+        return Err(FeatureError::Invalid(format!(
+            "entity column \"{}\" uses the reserved prefix __gb; rename it",
+            f.name()
+        )));
+    }
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(ROW, DataType::Int64, false)));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `batch` with row numbers from `first` on.
+fn numbered(schema: &SchemaRef, batch: &RecordBatch, first: i64) -> Result<RecordBatch> {
+    let n = batch.num_rows() as i64;
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols.push(Arc::new(Int64Array::from_iter_values(first..first + n)));
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// An entity file as a stream of numbered rows in file order. Each
+/// execution reads the file again from the start (in a one-partition
+/// session of its own), so the numbering is the same every time.
+struct EntityFile {
+    location: Location,
+    format: crate::defs::SourceFormat,
+    /// The file's schema with the row number.
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for EntityFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityFile")
+            .field("location", &self.location.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for EntityFile {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let location = self.location.clone();
+        let format = self.format;
+        let schema = self.schema.clone();
+        let open = async move {
+            let ctx = file_order_session().map_err(external)?;
+            let df = read_file(&ctx, &location, format).await.map_err(external)?;
+            df.execute_stream().await
+        };
+        let mut next: i64 = 0;
+        let numbering = schema.clone();
+        let rows = futures::stream::once(open).try_flatten().map(move |b| {
+            let b = b?;
+            let out = numbered(&numbering, &b, next).map_err(external)?;
+            next += b.num_rows() as i64;
+            Ok(out)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, rows))
+    }
+}
+
+fn external(e: FeatureError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// Entity rows to retrieve features for.
+pub enum Entities {
+    /// Rows in memory, in order.
+    Rows(EntityRows),
+    /// A CSV or Parquet file (local or `s3://`), streamed in file order.
+    File(Location),
+}
+
+/// The entity rows as a frame with their position in `__gb_row`.
+async fn entity_frame(ctx: &SessionContext, entities: Entities) -> Result<(SchemaRef, DataFrame)> {
+    match entities {
+        Entities::Rows(rows) => {
+            let with_row = with_row_number(&rows.schema)?;
+            let mut batches = Vec::with_capacity(rows.batches.len());
+            let mut next: i64 = 0;
+            for b in rows.batches {
+                batches.push(numbered(&with_row, &b, next)?);
+                next += b.num_rows() as i64;
+            }
+            let table = MemTable::try_new(with_row, vec![batches])?;
+            Ok((rows.schema, ctx.read_table(Arc::new(table))?))
+        }
+        Entities::File(location) => {
+            let format = format_of(&location);
+            // The schema as the file scan will yield it.
+            let probe = file_order_session()?;
+            let schema: SchemaRef = Arc::new(
+                read_file(&probe, &location, format)
+                    .await?
+                    .schema()
+                    .as_arrow()
+                    .clone(),
+            );
+            let with_row = with_row_number(&schema)?;
+            let file = EntityFile {
+                location,
+                format,
+                schema: with_row.clone(),
+            };
+            let file: Arc<dyn PartitionStream> = Arc::new(file);
+            let table = StreamingTable::try_new(with_row, vec![file])?;
+            Ok((schema, ctx.read_table(Arc::new(table))?))
+        }
+    }
 }
 
 /// Group feature references by view, views in first-appearance order.
@@ -104,23 +238,29 @@ pub async fn historical(
     entities: EntityRows,
     opts: &HistoricalOptions,
 ) -> Result<DataFrame> {
+    historical_of(ctx, defs, features, Entities::Rows(entities), opts).await
+}
+
+/// [`historical`] for entity rows in memory or in a file (streamed).
+pub async fn historical_of(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    features: &[FeatureRef],
+    entities: Entities,
+    opts: &HistoricalOptions,
+) -> Result<DataFrame> {
     if features.is_empty() {
         return Err(FeatureError::Invalid(
             "no features asked for; name a feature service or view:feature list".into(),
         ));
     }
-    let schema = entities.schema.clone();
+    let (schema, frame) = entity_frame(ctx, entities).await?;
     let entity_cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     if !entity_cols.contains(&opts.entity_timestamp) {
         return Err(FeatureError::Invalid(format!(
             "entity rows have no column \"{}\" (columns: {}); name the timestamp column with --entity-timestamp",
             opts.entity_timestamp,
             entity_cols.join(", ")
-        )));
-    }
-    if let Some(c) = entity_cols.iter().find(|c| c.starts_with("__gb")) {
-        return Err(FeatureError::Invalid(format!(
-            "entity column \"{c}\" uses the reserved prefix __gb; rename it"
         )));
     }
     let groups = by_view(features);
@@ -159,21 +299,7 @@ pub async fn historical(
         }
     }
 
-    // Entity rows with their position.
-    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(ROW, DataType::Int64, false)));
-    let with_row = Arc::new(Schema::new(fields));
-    let mut batches = Vec::with_capacity(entities.batches.len());
-    let mut next: i64 = 0;
-    for b in entities.batches {
-        let n = b.num_rows() as i64;
-        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-        cols.push(Arc::new(Int64Array::from_iter_values(next..next + n)));
-        next += n;
-        batches.push(RecordBatch::try_new(with_row.clone(), cols)?);
-    }
-    let table = MemTable::try_new(with_row, vec![batches])?;
-    let mut frame = ctx.read_table(Arc::new(table))?;
+    let mut frame = frame;
     frame = frame.with_column(ET, ts_micros(ident(&opts.entity_timestamp)))?;
 
     for (i, (view_name, fs)) in groups.iter().enumerate() {
@@ -368,30 +494,65 @@ pub async fn historical_to_parquet(
     opts: &HistoricalOptions,
 ) -> Result<u64> {
     let ctx = session(&opts.engine)?;
-    let entities = read_entities(entities_path).await?;
-    let df = historical(&ctx, defs, features, entities, opts).await?;
+    let entities = Entities::File(Location::from_path(entities_path)?);
+    let df = historical_of(&ctx, defs, features, entities, opts).await?;
     write_parquet(df, out).await
 }
 
-/// Stream a DataFrame into one Parquet file (written beside it, then renamed).
+/// Stream a DataFrame into one Parquet file: a local path (written beside
+/// it, then renamed) or `s3://bucket/key` (uploaded, then copied into place).
 pub async fn write_parquet(df: DataFrame, out: &Path) -> Result<u64> {
-    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::arrow::{ArrowWriter, AsyncArrowWriter};
     let mut stream = df.execute_stream().await?;
-    let tmp = out.with_extension("parquet.tmp");
-    if let Some(dir) = out.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::File::create(&tmp)?;
-    let mut writer = ArrowWriter::try_new(file, stream.schema(), None)?;
     let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        writer.write(&batch)?;
+    match Location::from_path(out)? {
+        Location::Local(out) => {
+            let tmp = out.with_extension("parquet.tmp");
+            if let Some(dir) = out.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::File::create(&tmp)?;
+            let mut writer = ArrowWriter::try_new(file, stream.schema(), None)?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+            writer.close()?;
+            std::fs::rename(&tmp, out)?;
+        }
+        Location::S3 { bucket, key } => {
+            use datafusion::object_store::ObjectStoreExt;
+            use datafusion::object_store::buffered::BufWriter;
+            use datafusion::object_store::path::Path as StorePath;
+            if key.is_empty() || key.ends_with('/') {
+                return Err(FeatureError::Invalid(format!(
+                    "s3://{bucket}/{key} names a prefix; give the output object's key, e.g. s3://{bucket}/{key}train.parquet"
+                )));
+            }
+            let s3 = crate::source::s3_store(&bucket)?;
+            let fin = StorePath::from(key.as_str());
+            let tmp = StorePath::from(format!("{key}.tmp"));
+            let obj = BufWriter::new(s3.clone(), tmp.clone());
+            let mut writer = AsyncArrowWriter::try_new(obj, stream.schema(), None)?;
+            let written: Result<()> = async {
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    rows += batch.num_rows() as u64;
+                    writer.write(&batch).await?;
+                }
+                writer.close().await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = written {
+                let _ = s3.delete(&tmp).await;
+                return Err(e);
+            }
+            s3.rename(&tmp, &fin).await?;
+        }
     }
-    writer.close()?;
-    std::fs::rename(&tmp, out)?;
     Ok(rows)
 }

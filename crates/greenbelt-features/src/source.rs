@@ -1,24 +1,28 @@
-//! Reading a feature view's data: its source file(s) (CSV or Parquet) read
-//! by DataFusion, the view's SQL transformation applied, and the columns
-//! normalised to the declared types. Event and created timestamps become
-//! `__gb_ts` / `__gb_created`: Int64 microseconds since the epoch, UTC
-//! (naive source timestamps are UTC). This module owns the DataFusion
-//! session settings (memory limit, spilling) too.
+//! Reading a feature view's data: its source file(s) (CSV or Parquet, on
+//! local disk or S3) read by DataFusion, the view's SQL transformation
+//! applied, and the columns normalised to the declared types. Event and
+//! created timestamps become `__gb_ts` / `__gb_created`: Int64 microseconds
+//! since the epoch, UTC (naive source timestamps are UTC). This module owns
+//! the DataFusion session settings (memory limit, spilling) and the S3
+//! clients registered with a session.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::object_store::path::Path as StorePath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext, cast,
     ident, lit,
 };
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 
-use crate::defs::{Definitions, FeatureView, Source, SourceFormat};
+use crate::defs::{Definitions, FeatureView, Location, Source, SourceFormat};
 use crate::error::{FeatureError, Result};
 
 /// Event time column of a normalised view frame (Int64 µs UTC).
@@ -73,46 +77,132 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
-/// Read a CSV or Parquet file (or directory) as a DataFrame.
+/// The S3 client for `bucket`, configured from the standard AWS environment:
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (`AWS_SESSION_TOKEN`),
+/// `AWS_REGION` (default `us-east-1`), `AWS_ENDPOINT_URL` for an
+/// S3-compatible service and `AWS_ALLOW_HTTP=true` for a plain-HTTP one
+/// (every `AWS_*` name object_store knows is read). Without credentials in
+/// the environment the client asks the instance/container metadata service.
+#[cfg(feature = "s3")]
+pub fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    use datafusion::object_store::aws::AmazonS3Builder;
+    let s3 = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| {
+            FeatureError::Invalid(format!(
+                "s3://{bucket}: {e}; set AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS service)"
+            ))
+        })?;
+    Ok(Arc::new(s3))
+}
+
+/// Without the `s3` feature: an error saying how to get it.
+#[cfg(not(feature = "s3"))]
+pub fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    Err(FeatureError::Invalid(format!(
+        "s3://{bucket}: this build has no S3 support; rebuild with `--features greenbelt-features/s3` (the greenbelt binary has it by default)"
+    )))
+}
+
+/// The S3 client for `bucket` registered with `ctx` (registered on first use,
+/// so DataFusion can read `s3://bucket/...` URLs in this session).
+pub fn bucket_store(ctx: &SessionContext, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    let url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
+    if let Ok(store) = ctx.runtime_env().object_store(&url) {
+        return Ok(store);
+    }
+    let store = s3_store(bucket)?;
+    ctx.register_object_store(url.as_ref(), store.clone());
+    Ok(store)
+}
+
+/// Make `ctx` able to read `loc` (registers the S3 client of its bucket).
+pub fn register_location(ctx: &SessionContext, loc: &Location) -> Result<()> {
+    if let Location::S3 { bucket, .. } = loc {
+        bucket_store(ctx, bucket)?;
+    }
+    Ok(())
+}
+
+/// The URL DataFusion reads `loc` by, and whether it is a directory
+/// (prefix); errors when nothing is there.
+async fn resolve(ctx: &SessionContext, loc: &Location) -> Result<(String, bool)> {
+    match loc {
+        Location::Local(path) => {
+            let p = path.to_string_lossy().into_owned();
+            if !path.exists() {
+                return Err(FeatureError::NotFound(format!("file {p} does not exist")));
+            }
+            Ok((p, path.is_dir()))
+        }
+        Location::S3 { bucket, key } => {
+            let store = bucket_store(ctx, bucket)?;
+            let trimmed = key.trim_end_matches('/');
+            let is_file = if key.is_empty() || key.ends_with('/') {
+                false
+            } else {
+                match store.head(&StorePath::from(trimmed)).await {
+                    Ok(_) => true,
+                    Err(datafusion::object_store::Error::NotFound { .. }) => false,
+                    Err(e) => return Err(FeatureError::Io(format!("{loc}: {e}"))),
+                }
+            };
+            if is_file {
+                return Ok((format!("s3://{bucket}/{trimmed}"), false));
+            }
+            let prefix = (!trimmed.is_empty()).then(|| StorePath::from(trimmed));
+            match store.list(prefix.as_ref()).next().await {
+                Some(Ok(_)) => Ok((
+                    if trimmed.is_empty() {
+                        format!("s3://{bucket}/")
+                    } else {
+                        format!("s3://{bucket}/{trimmed}/")
+                    },
+                    true,
+                )),
+                Some(Err(e)) => Err(FeatureError::Io(format!("{loc}: {e}"))),
+                None => Err(FeatureError::NotFound(format!(
+                    "{loc} does not exist (no object with that key or prefix)"
+                ))),
+            }
+        }
+    }
+}
+
+/// Read a CSV or Parquet file (or directory), local or on S3, as a DataFrame.
 pub async fn read_file(
     ctx: &SessionContext,
-    path: &Path,
+    loc: &Location,
     format: SourceFormat,
 ) -> Result<DataFrame> {
-    let p = path.to_string_lossy().into_owned();
-    if !path.exists() {
-        return Err(FeatureError::NotFound(format!("file {p} does not exist")));
-    }
+    let (url, is_dir) = resolve(ctx, loc).await?;
+    let ext = loc.extension().map(|e| format!(".{e}"));
     let df = match format {
         SourceFormat::Csv => {
-            let ext = path
-                .extension()
-                .map(|e| format!(".{}", e.to_string_lossy()))
-                .unwrap_or_else(|| ".csv".into());
+            let ext = ext.unwrap_or_else(|| ".csv".into());
             ctx.read_csv(
-                p,
+                url,
                 CsvReadOptions::new().has_header(true).file_extension(&ext),
             )
             .await?
         }
         SourceFormat::Parquet => {
-            let ext = if path.is_dir() {
+            let ext = if is_dir {
                 ".parquet".to_string()
             } else {
-                path.extension()
-                    .map(|e| format!(".{}", e.to_string_lossy()))
-                    .unwrap_or_default()
+                ext.unwrap_or_default()
             };
-            ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext))
+            ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext))
                 .await?
         }
     };
     Ok(df)
 }
 
-/// Format from a path's extension (`.csv`, else Parquet).
-pub fn format_of(path: &Path) -> SourceFormat {
-    match path.extension().and_then(|e| e.to_str()) {
+/// Format from a location's extension (`.csv`, else Parquet).
+pub fn format_of(loc: &Location) -> SourceFormat {
+    match loc.extension() {
         Some(e) if e.eq_ignore_ascii_case("csv") => SourceFormat::Csv,
         _ => SourceFormat::Parquet,
     }
@@ -130,20 +220,38 @@ pub fn ts_micros(e: Expr) -> Expr {
     )
 }
 
-/// The source as read, after the view's transformation (if any).
-pub async fn transformed(
+/// A view's source as read (no transformation).
+pub async fn raw_source(
     ctx: &SessionContext,
     source: &Source,
     view: &FeatureView,
 ) -> Result<DataFrame> {
-    let raw = read_file(ctx, &source.path, source.format)
+    read_file(ctx, &source.location, source.format)
         .await
         .map_err(|e| {
             FeatureError::Invalid(format!(
                 "feature view \"{}\": source \"{}\": {e}",
                 view.name, source.name
             ))
-        })?;
+        })
+}
+
+/// The source as read, after the view's transformation (if any).
+pub async fn transformed(
+    ctx: &SessionContext,
+    source: &Source,
+    view: &FeatureView,
+) -> Result<DataFrame> {
+    let raw = raw_source(ctx, source, view).await?;
+    transform(ctx, raw, view).await
+}
+
+/// Apply the view's transformation (if any) to its source rows `raw`.
+pub async fn transform(
+    ctx: &SessionContext,
+    raw: DataFrame,
+    view: &FeatureView,
+) -> Result<DataFrame> {
     match &view.transformation {
         None => Ok(raw),
         Some(sql) => {

@@ -33,7 +33,7 @@ pub async fn validate_source(
         return Ok(None);
     };
     let ctx = session(engine)?;
-    let df = read_file(&ctx, &source.path, source.format).await?;
+    let df = read_file(&ctx, &source.location, source.format).await?;
     let checker = Checker::new(
         &format!("source \"{name}\""),
         contract,

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod child;
 mod common;
 mod contracts;
 mod defs;
@@ -10,3 +11,4 @@ mod offline;
 mod online;
 mod pit;
 mod pit_props;
+mod s3;

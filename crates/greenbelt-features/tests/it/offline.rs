@@ -361,3 +361,272 @@ async fn freshness_reports_watermark_newest_event_and_breach() {
         "{prom}"
     );
 }
+
+/// Definitions whose source carries a contract (`source_rules`, policy
+/// `policy`); the view optionally transforms the source.
+fn source_contract_defs(policy: &str, source_rules: &str, transformation: Option<&str>) -> String {
+    let t = transformation
+        .map(|t| format!("transformation = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[store]
+offline = "offline"
+[[entity]]
+name = "user"
+join_keys = [{{ name = "user_id", type = "string" }}]
+[[source]]
+name = "tx"
+path = "tx.csv"
+event_timestamp = "event_ts"
+[source.contract]
+policy = "{policy}"
+rules = [{source_rules}]
+[[feature_view]]
+name = "user_stats"
+entities = ["user"]
+source = "tx"
+{t}features = [{{ name = "amount", type = "float64" }}]
+"#
+    )
+}
+
+/// The source: one row with a malformed user id in the range, one outside it.
+const TX_BAD_USERS: &str = "user_id,event_ts,amount
+u1,2026-01-01T10:00:00Z,1
+x2,2026-01-01T11:00:00Z,2
+u3,2026-01-02T12:00:00Z,3
+y4,2026-01-05T12:00:00Z,4
+";
+
+const USER_ID_RULE: &str = r#"{ check = "regex", column = "user_id", pattern = "^u[0-9]+$" }"#;
+
+fn setup_source(text: &str, tx: &str) -> (tempfile::TempDir, Definitions, OfflineStore) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tx.csv"), tx).unwrap();
+    let defs = Definitions::parse(text, dir.path()).unwrap();
+    let store = OfflineStore::open(&defs.offline_path).unwrap();
+    (dir, defs, store)
+}
+
+#[tokio::test]
+async fn source_contract_fail_stops_the_run_and_writes_nothing() {
+    let (_dir, defs, store) = setup_source(
+        &source_contract_defs("fail", USER_ID_RULE, None),
+        TX_BAD_USERS,
+    );
+    let o = MaterializeOptions::default();
+    let e = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &o,
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, greenbelt_features::FeatureError::Contract(_)),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains("source \"tx\"")
+            && msg.contains("regex(user_id")
+            && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert!(store.partitions("user_stats").await.unwrap().is_empty());
+    assert_eq!(store.watermark("user_stats").await.unwrap(), None);
+    assert!(!store.root().join("_quarantine").exists());
+    // Only the range's rows are judged: a range without bad rows goes through
+    // (the bad row of 2026-01-05 is outside it).
+    let r = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-02"),
+        t("2026-01-04"),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.rows, 1);
+    let v = r.source_validation.unwrap();
+    assert!(v.passed);
+    assert_eq!(v.rows, 1);
+}
+
+#[tokio::test]
+async fn source_contract_fail_on_a_dataset_rule_writes_nothing() {
+    let rules = r#"{ check = "row_count", min = 10 }"#;
+    let (_dir, defs, store) = setup_source(
+        &source_contract_defs("quarantine", rules, None),
+        TX_BAD_USERS,
+    );
+    let e = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("source \"tx\"") && e.contains("row_count") && e.contains("nothing was written"),
+        "{e}"
+    );
+    assert!(store.partitions("user_stats").await.unwrap().is_empty());
+}
+
+async fn quarantined_source_rows(file: &str) -> Vec<(String, String)> {
+    let q = read_entities(Path::new(file)).await.unwrap();
+    let q = concat(&q.batches);
+    // The side table keeps the source's own columns, then the reason.
+    let names: Vec<String> = q
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["user_id", "event_ts", "amount", REASON]);
+    strs(&q, "user_id")
+        .into_iter()
+        .zip(strs(&q, REASON))
+        .map(|(u, r)| (u.unwrap(), r.unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn source_contract_quarantine_sets_source_rows_aside_with_the_reason() {
+    let (dir, defs, store) = setup_source(
+        &source_contract_defs("quarantine", USER_ID_RULE, None),
+        TX_BAD_USERS,
+    );
+    let o = MaterializeOptions::default();
+    let r = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.rows, 2);
+    assert_eq!(r.source_quarantined, 1);
+    assert_eq!(r.quarantined, 1, "the total counts source rows too");
+    assert_eq!(r.quarantine_file, None, "no view rows were set aside");
+    let file = r.source_quarantine_file.clone().unwrap();
+    assert!(
+        file.ends_with(&format!(
+            "_quarantine/user_stats.source/{}_{}.parquet",
+            t("2026-01-01"),
+            t("2026-01-04")
+        )),
+        "{file}"
+    );
+    let q = quarantined_source_rows(&file).await;
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].0, "x2");
+    assert!(q[0].1.contains("regex(user_id"), "{q:?}");
+    let rows = offline_rows(store.root()).await;
+    assert_eq!(
+        rows,
+        vec![
+            ("u1".to_string(), "1@2026-01-01".to_string()),
+            ("u3".to_string(), "3@2026-01-02".to_string()),
+        ]
+    );
+    let v = r.source_validation.unwrap();
+    assert_eq!((v.rows, v.quarantined), (3, 1));
+
+    // Re-running the range gives the same side table, not a second copy;
+    // once the source is fixed, the range's side table goes away.
+    let again = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert_eq!(quarantined_source_rows(&file).await.len(), 1);
+    assert_eq!(again.source_quarantine_file.as_deref(), Some(file.as_str()));
+    std::fs::write(dir.path().join("tx.csv"), TX_BAD_USERS.replace("x2", "u2")).unwrap();
+    let fixed = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &o,
+    )
+    .await
+    .unwrap();
+    assert_eq!((fixed.rows, fixed.source_quarantined), (3, 0));
+    assert_eq!(fixed.source_quarantine_file, None);
+    assert!(!Path::new(&file).exists());
+    let leftovers: Vec<_> = walk(store.root())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn source_contract_quarantine_applies_before_the_transformation() {
+    // The transformation sums amounts per user and hour; a bad source row
+    // must not reach it, and rows outside the range pass unchecked.
+    let sql = "SELECT user_id, date_trunc('hour', CAST(event_ts AS TIMESTAMP)) AS event_ts, sum(amount) AS amount FROM source GROUP BY 1, 2";
+    let tx = "user_id,event_ts,amount
+u1,2026-01-01T10:00:00Z,1
+u1,2026-01-01T10:10:00Z,-100
+u1,2026-01-01T10:20:00Z,2
+u1,2026-01-05T10:00:00Z,-7
+";
+    let rules = r#"{ check = "range", column = "amount", min = 0.0 }"#;
+    let (_dir, defs, store) =
+        setup_source(&source_contract_defs("quarantine", rules, Some(sql)), tx);
+    let r = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.source_quarantined, 1);
+    assert_eq!(
+        offline_rows(store.root()).await,
+        vec![("u1".to_string(), "3@2026-01-01".to_string())]
+    );
+    let q = quarantined_source_rows(r.source_quarantine_file.as_ref().unwrap()).await;
+    assert_eq!(q.len(), 1);
+    assert!(q[0].1.contains("range(amount"), "{q:?}");
+}
+
+/// Every file under `root`.
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 use greenbelt_features::Definitions;
-use greenbelt_features::pit::{EntityRows, HistoricalOptions, historical};
+use greenbelt_features::defs::Location;
+use greenbelt_features::pit::{Entities, EntityRows, HistoricalOptions, historical_of};
 use greenbelt_features::source::{EngineOptions, session};
 use proptest::prelude::*;
 
@@ -213,9 +214,42 @@ fn run_case(
         batches.push(eb.slice(at, n));
         at += n;
     }
-    let entities = EntityRows {
+    // The same rows in a Parquet file of 7-row row groups, streamed.
+    let file = dir.path().join("entities.parquet");
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(7))
+        .build();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&file).unwrap(),
+        eb.schema(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(&eb).unwrap();
+    w.close().unwrap();
+    let rows = EntityRows {
         schema: eb.schema(),
         batches,
+    };
+    for entities in [Entities::Rows(rows), Entities::File(Location::Local(file))] {
+        check_case(&defs, entities, &a, &b, &e, ttl_a, ttl_b, known);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_case(
+    defs: &Definitions,
+    entities: Entities,
+    a: &[Row],
+    b: &[Row],
+    e: &[Ent],
+    ttl_a: Option<i64>,
+    ttl_b: Option<i64>,
+    known: bool,
+) {
+    let from = match &entities {
+        Entities::Rows(_) => "rows in memory",
+        Entities::File(_) => "a file",
     };
     let features = defs
         .resolve_features(&["va:a_val".to_string(), "vb:b_val".to_string()])
@@ -235,7 +269,7 @@ fn run_case(
         .unwrap();
     let out = rt.block_on(async {
         let ctx = session(&opts.engine).unwrap();
-        historical(&ctx, &defs, &features, entities, &opts)
+        historical_of(&ctx, defs, &features, entities, &opts)
             .await
             .unwrap()
             .collect()
@@ -243,7 +277,7 @@ fn run_case(
             .unwrap()
     });
     let total: usize = out.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(total, e.len(), "every entity row is kept");
+    assert_eq!(total, e.len(), "every entity row is kept ({from})");
     if e.is_empty() {
         return;
     }
@@ -267,9 +301,9 @@ fn run_case(
     let av = i64s(&out, "a_val");
     let bv = i64s(&out, "b_val");
     for (i, ent) in e.iter().enumerate() {
-        assert_eq!(tags[i], Some(i as i64), "entity order kept");
-        let want_a = reference(&a, ent.user, ent.ts, ttl_a, known);
-        let want_b = reference(&b, ent.merchant, ent.ts, ttl_b, known);
+        assert_eq!(tags[i], Some(i as i64), "entity order kept ({from})");
+        let want_a = reference(a, ent.user, ent.ts, ttl_a, known);
+        let want_b = reference(b, ent.merchant, ent.ts, ttl_b, known);
         let ok_a = if want_a.is_empty() {
             av[i].is_none()
         } else {
@@ -282,12 +316,12 @@ fn run_case(
         };
         assert!(
             ok_a,
-            "row {i} {ent:?}: a_val {:?}, reference {want_a:?}",
+            "row {i} {ent:?} ({from}): a_val {:?}, reference {want_a:?}",
             av[i]
         );
         assert!(
             ok_b,
-            "row {i} {ent:?}: b_val {:?}, reference {want_b:?}",
+            "row {i} {ent:?} ({from}): b_val {:?}, reference {want_b:?}",
             bv[i]
         );
         // Leakage: the value's row never has an event time after the entity row's.
