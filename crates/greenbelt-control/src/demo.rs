@@ -33,10 +33,16 @@ fn normal(rng: &mut SplitMix64) -> f64 {
 /// `rows` transactions as CSV text, ordered by event time, starting at
 /// 2026-01-01T00:00:00Z and spanning about 60 days.
 pub fn fraud_csv(rows: usize, seed: u64, drift: f64) -> String {
+    fraud_csv_from(rows, seed, drift, 1_767_225_600) // 2026-01-01T00:00:00Z
+}
+
+/// [`fraud_csv`] starting at `start` (Unix seconds, UTC) instead: the
+/// quickstart ends its data just before "now", so online features are
+/// within their TTL when it serves them.
+pub fn fraud_csv_from(rows: usize, seed: u64, drift: f64, start: u64) -> String {
     let mut rng = SplitMix64::new(seed);
     let mut out = COLUMNS.join(",");
     out.push('\n');
-    let start: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
     let span = 60 * 86_400u64;
     let users = (rows / 20).max(10);
     let merchants = (rows / 100).max(5);

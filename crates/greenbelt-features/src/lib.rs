@@ -7,6 +7,7 @@
 //! All timestamps are UTC; naive timestamps in sources and requests are read
 //! as UTC.
 
+pub mod canary;
 pub mod contracts;
 pub mod defs;
 pub mod error;

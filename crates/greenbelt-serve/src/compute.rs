@@ -56,3 +56,140 @@ impl Compute {
         Ok((r, Timing { wait, compute }))
     }
 }
+
+/// Work that must never take CPU from live requests: threads scheduled
+/// `SCHED_IDLE` on Linux (they run only when no normal thread wants the
+/// core), fed through a bounded queue. A job that waited longer than its
+/// deadline before a thread picked it up is skipped, not run late.
+pub struct IdlePool {
+    tx: std::sync::mpsc::SyncSender<IdleJob>,
+}
+
+type IdleJob = Box<dyn FnOnce() + Send>;
+
+/// Why background work did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Every idle thread is busy and the queue is full.
+    QueueFull,
+    /// The CPU never went idle before the deadline.
+    Starved,
+}
+
+impl IdlePool {
+    /// `threads` idle-priority threads sharing a queue of `queue` jobs.
+    pub fn new(threads: usize, queue: usize) -> IdlePool {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<IdleJob>(queue.max(1));
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("greenbelt-idle-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start an idle-priority thread");
+            }
+        }
+        IdlePool { tx }
+    }
+
+    /// Run `f` on an idle thread if one picks it up within `deadline`.
+    pub async fn run<R, F>(&self, deadline: Duration, f: F) -> Result<(R, Timing), Skipped>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let queued = std::time::Instant::now();
+        let job: IdleJob = Box::new(move || {
+            let wait = queued.elapsed();
+            if wait > deadline {
+                let _ = done.send(Err(Skipped::Starved));
+                return;
+            }
+            let start = std::time::Instant::now();
+            let r = f();
+            let _ = done.send(Ok((
+                r,
+                Timing {
+                    wait,
+                    compute: start.elapsed(),
+                },
+            )));
+        });
+        self.tx.try_send(job).map_err(|_| Skipped::QueueFull)?;
+        // The job answers once a thread reaches it; if the CPU stays busy
+        // the job reports Starved then. The outer bound covers a job that
+        // started in time and then ran long.
+        match tokio::time::timeout(deadline * 4, result).await {
+            Ok(Ok(r)) => r,
+            _ => Err(Skipped::Starved),
+        }
+    }
+}
+
+/// Lower the calling thread to `SCHED_IDLE` (Linux) or the lowest normal
+/// priority elsewhere; best effort, logged when refused.
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let policy = if cfg!(target_os = "linux") {
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+    } else {
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other)
+    };
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
+    {
+        tracing::warn!(error = ?e, "could not lower a background thread's priority; shadows will compete with live requests for CPU");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_pool_runs_work_and_bounds_its_queue() {
+        let pool = IdlePool::new(1, 1);
+        let (r, t) = pool.run(Duration::from_secs(5), || 6 * 7).await.unwrap();
+        assert_eq!(r, 42);
+        assert!(t.wait < Duration::from_secs(5));
+        // One thread blocked and one job queued: the next is refused at once.
+        let pool = Arc::new(pool);
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let blocker = tokio::spawn(async move {
+            p.run(Duration::from_secs(5), move || {
+                let _ = hold_rx.recv_timeout(Duration::from_secs(5));
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.run(Duration::from_millis(1), || ()).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let full = pool.run(Duration::from_secs(5), || ()).await;
+        assert_eq!(full.err(), Some(Skipped::QueueFull));
+        let _ = hold_tx.send(());
+        assert!(blocker.await.unwrap().is_ok());
+        assert_eq!(
+            queued.await.unwrap().err(),
+            Some(Skipped::Starved),
+            "waited past its deadline: skipped, not run late"
+        );
+    }
+}

@@ -18,6 +18,22 @@ pub struct Config {
     /// settings (`[[deployments]]`; `[[routes]]` is accepted too).
     #[serde(alias = "routes")]
     pub deployments: Vec<crate::deployment::DeploymentConfig>,
+    /// The feature store `serve` mounts (`/features/*`, entity-key requests).
+    pub features: FeaturesConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// The definitions file (`features.toml`). Unset: `$GREENBELT_FEATURES`,
+    /// else `./features.toml` when it exists; none: no feature store.
+    pub definitions: Option<PathBuf>,
+    /// Run the synthetic freshness canary inside `serve` this often
+    /// (humantime, e.g. "1m"); unset: off.
+    pub canary_interval: Option<String>,
+    /// How often `serve` refreshes the freshness gauges on /metrics
+    /// (humantime; default "30s").
+    pub freshness_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -32,6 +32,9 @@ pub struct AppState {
     pub compute: Compute,
     /// The shadow mirror: queue and comparison state.
     pub shadows: Shadows,
+    /// The online feature store, for models that read a feature service
+    /// (set once by the binary when a feature store is configured).
+    pub features: std::sync::OnceLock<Arc<dyn crate::features::FeatureSource>>,
     admission: Arc<Semaphore>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -47,6 +50,7 @@ impl AppState {
     ) -> Self {
         AppState {
             shadows: Shadows::new(config.server.shadow_queue, metrics.clone()),
+            features: std::sync::OnceLock::new(),
             admission: Arc::new(Semaphore::new(config.server.max_inflight)),
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             config,
@@ -185,6 +189,24 @@ pub async fn infer(
     let served = routed.served;
     let track = routed.track;
     let _inflight = served.metrics.inflight();
+    let (req, assembled) =
+        match crate::features::assemble(&served, state.features.get().map(|f| &**f), req).await {
+            Ok(r) => r,
+            Err(e) => {
+                served
+                    .metrics
+                    .request(ctx.protocol, e.outcome(), ctx.started.elapsed());
+                state.log(
+                    ctx,
+                    model,
+                    Some(&served.version_label),
+                    Some(track),
+                    Err(&e),
+                    &Stats::default(),
+                );
+                return Err(e);
+            }
+        };
     let mut stats = Stats {
         rows: req.rows(),
         request_bytes: req.payload_bytes(),
@@ -201,7 +223,12 @@ pub async fn infer(
         _ => Vec::new(),
     };
     let mirrored_inputs = (!shadows.is_empty()).then(|| req.inputs.clone());
-    let result = run(state, &served, req, &mut stats, mirrored_inputs.is_some()).await;
+    let mut result = run(state, &served, req, &mut stats, mirrored_inputs.is_some()).await;
+    if let (Ok((resp, _)), Some(a)) = (&mut result, assembled)
+        && !a.hide
+    {
+        resp.outputs.push(a.statuses);
+    }
     let took = ctx.started.elapsed();
     match &result {
         Ok((resp, all_outputs)) => {
@@ -213,9 +240,7 @@ pub async fn infer(
                 .metrics
                 .payload(stats.request_bytes, stats.response_bytes);
             if routed.entry.routing.is_some() {
-                state
-                    .metrics
-                    .routed(model, &served.version_label, track.as_str());
+                served.metrics.routed(track);
             }
             state.log(
                 ctx,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deployment;
 pub mod error;
 pub mod fault;
+pub mod features;
 pub mod grpc;
 pub mod http;
 pub mod infer;

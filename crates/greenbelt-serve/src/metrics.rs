@@ -167,6 +167,9 @@ pub struct Metrics {
     shadow_duration: Family<DeploymentVersionLabels, Histogram, Buckets>,
     canary_weight: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollout_events: Family<EventLabels, Counter>,
+    /// Text blocks other subsystems keep current (the feature store's
+    /// freshness gauges), appended to the exposition by name.
+    external: std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Default for Metrics {
@@ -198,6 +201,7 @@ impl Metrics {
             shadow_abs_diff: Family::new_with_constructor(Buckets(&DIFF_BUCKETS)),
             shadow_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
             canary_weight: Family::default(),
+            external: Default::default(),
             rollout_events: Family::default(),
             registry: Registry::default(),
         };
@@ -268,7 +272,7 @@ impl Metrics {
         );
         registry.register(
             "greenbelt_shadow_requests",
-            "Mirrored requests by shadow version and outcome (dropped = mirror queue full)",
+            "Mirrored requests by shadow version and outcome (compared, error; dropped = mirror queue full; starved = the CPU stayed busy with live requests)",
             m.shadow_requests.clone(),
         );
         registry.register(
@@ -304,7 +308,33 @@ impl Metrics {
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Ok(external) = self.external.read()
+            && !external.is_empty()
+        {
+            // Keep the terminating "# EOF" last.
+            let eof = out.ends_with("# EOF\n");
+            if eof {
+                out.truncate(out.len() - "# EOF\n".len());
+            }
+            for text in external.values() {
+                out.push_str(text);
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            if eof {
+                out.push_str("# EOF\n");
+            }
+        }
         out
+    }
+
+    /// Replace the named block of externally computed metrics (Prometheus
+    /// text, `# HELP`/`# TYPE` included).
+    pub fn set_external(&self, name: &'static str, text: String) {
+        if let Ok(mut external) = self.external.write() {
+            external.insert(name, text);
+        }
     }
 
     /// Handles for one model version.
@@ -341,6 +371,9 @@ impl Metrics {
                     })
                     .clone(),
                 live: crate::live::LiveStats::default(),
+                route_family: self.route_requests.clone(),
+                route_labels: labels,
+                routed: Default::default(),
             }),
         }
     }
@@ -377,17 +410,6 @@ impl Metrics {
         self.shed
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
-            })
-            .inc();
-    }
-
-    /// Count a routed request under the version and track that answered.
-    pub fn routed(&self, deployment: &str, version: &str, track: &str) {
-        self.route_requests
-            .get_or_create(&RouteLabels {
-                deployment: deployment.to_string(),
-                version: version.to_string(),
-                track: track.to_string(),
             })
             .inc();
     }
@@ -474,6 +496,11 @@ struct VersionMetricsInner {
     batch_size: Histogram,
     inflight: Gauge,
     live: crate::live::LiveStats,
+    /// `greenbelt_route_requests_total` handles per track, made on first use
+    /// (a version outside any deployment never creates the series).
+    route_family: Family<RouteLabels, Counter>,
+    route_labels: VersionLabels,
+    routed: [std::sync::OnceLock<Counter>; 4],
 }
 
 /// Pre-resolved metric handles of one model version; cheap to clone.
@@ -494,6 +521,29 @@ impl VersionMetrics {
         }
         self.inner.request_duration.observe(took.as_secs_f64());
         self.inner.live.record(outcome, took);
+    }
+
+    /// Count a request its deployment routed here, on `track`. Allocates
+    /// the labels once per track, then it is one atomic add.
+    pub fn routed(&self, track: crate::routing::Track) {
+        let i = crate::routing::Track::ALL
+            .iter()
+            .position(|t| *t == track)
+            .unwrap_or(0);
+        let Some(slot) = self.inner.routed.get(i) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.inner
+                .route_family
+                .get_or_create(&RouteLabels {
+                    deployment: self.inner.route_labels.model.clone(),
+                    version: self.inner.route_labels.version.clone(),
+                    track: track.as_str().to_string(),
+                })
+                .clone()
+        })
+        .inc();
     }
 
     /// Cumulative live counts, for windowed release analysis.

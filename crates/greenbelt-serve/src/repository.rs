@@ -45,6 +45,9 @@ pub struct ModelConfig {
     pub inputs: Vec<TensorSpec>,
     /// Signature overrides, by output name.
     pub outputs: Vec<TensorSpec>,
+    /// Read the input from a feature service when a request carries entity
+    /// keys (`[features] service = "..."`).
+    pub features: Option<crate::features::FeatureInputConfig>,
 }
 
 impl Default for ModelConfig {
@@ -58,6 +61,7 @@ impl Default for ModelConfig {
             batching: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            features: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct ServedVersion {
     pub batcher: Option<Batcher>,
     pub metrics: VersionMetrics,
     pub platform: &'static str,
+    /// The feature service this version reads (from its config).
+    pub features: Option<crate::features::FeatureInputConfig>,
     stamp: FileStamp,
 }
 
@@ -638,6 +644,9 @@ impl Repository {
             runtime = crate::fault::FaultyModel::wrap(runtime, f);
         }
         let signature = apply_overrides(runtime.signature(), config)?;
+        if let Some(f) = &config.features {
+            crate::features::check_config(f, &signature.inputs, None)?;
+        }
         let label = version.to_string();
         let metrics = self.metrics.version(name, &label);
         let batcher = match &config.batching {
@@ -677,6 +686,7 @@ impl Repository {
             signature,
             batcher,
             metrics,
+            features: config.features.clone(),
             stamp: stamp.unwrap_or(FileStamp {
                 len: 0,
                 modified: None,

@@ -448,6 +448,8 @@ pub struct Shadows {
     rx: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
     stats: Mutex<StatsMap>,
     metrics: Arc<Metrics>,
+    /// Idle-priority threads for shadow inference (started with the workers).
+    pool: std::sync::OnceLock<crate::compute::IdlePool>,
 }
 
 impl Shadows {
@@ -458,6 +460,7 @@ impl Shadows {
             rx: Mutex::new(Some(rx)),
             stats: Mutex::new(HashMap::new()),
             metrics,
+            pool: std::sync::OnceLock::new(),
         }
     }
 
@@ -506,6 +509,10 @@ impl Shadows {
             return;
         };
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let _ = state
+            .shadows
+            .pool
+            .set(crate::compute::IdlePool::new(concurrency, concurrency));
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -525,7 +532,17 @@ async fn run_one(state: &AppState, job: ShadowJob) {
     let started = Instant::now();
     let stats = state.shadows.stats(&job.deployment, job.shadow.version);
     let version = job.shadow.version.to_string();
-    let result = crate::infer::execute(state, &job.shadow, job.inputs.clone()).await;
+    let result = match execute(state, &job).await {
+        Ok(r) => r,
+        Err(skipped) => {
+            // The CPU was busy with live requests: not the shadow's fault,
+            // so not an error; counted as dropped.
+            tracing::debug!(deployment = %job.deployment, version = %version, reason = ?skipped, "shadow request skipped");
+            state.metrics.shadow(&job.deployment, &version, "starved");
+            stats.dropped();
+            return;
+        }
+    };
     let took = started.elapsed();
     let outcome = match &result {
         Ok(_) => crate::error::Outcome::Success,
@@ -554,6 +571,32 @@ async fn run_one(state: &AppState, job: ShadowJob) {
             stats.error();
         }
     }
+}
+
+/// Run the shadow version on the idle-priority pool, so a mirrored request
+/// only uses CPU that live requests leave free. A shadow with dynamic
+/// batching goes through its own batcher as before.
+async fn execute(
+    state: &AppState,
+    job: &ShadowJob,
+) -> Result<Result<crate::infer::Executed, crate::error::ServeError>, crate::compute::Skipped> {
+    let (Some(pool), None) = (state.shadows.pool.get(), &job.shadow.batcher) else {
+        return Ok(crate::infer::execute(state, &job.shadow, job.inputs.clone()).await);
+    };
+    let runtime = job.shadow.runtime.clone();
+    let inputs = job.inputs.clone();
+    let rows = inputs.first().map_or(0, Tensor::rows);
+    let (result, timing) = pool
+        .run(state.request_timeout, move || runtime.infer(&inputs))
+        .await?;
+    Ok(result
+        .map_err(Into::into)
+        .map(|outputs| crate::infer::Executed {
+            outputs,
+            queue: timing.wait,
+            compute: timing.compute,
+            batch_rows: rows,
+        }))
 }
 
 #[cfg(test)]

@@ -16,13 +16,11 @@ use greenbelt_features::offline::{
     MaterializeOptions, OfflineStore, materialize, materialize_incremental,
 };
 use greenbelt_features::online::OnlineStore;
-use greenbelt_features::online::service::{
-    CacheOptions, OnlineRequest, OnlineService, PushRequest,
-};
+use greenbelt_features::online::service::{CacheOptions, OnlineService};
 use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
 use greenbelt_features::plan::{Action, plan, plan_text, specs};
 use greenbelt_features::source::EngineOptions;
-use greenbelt_features::time::{format_ts, now_us, parse_ts};
+use greenbelt_features::time::{now_us, parse_ts};
 use serde_json::{Value, json};
 
 use crate::registry_cmd;
@@ -431,141 +429,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Canary { views, timeout_ms } => {
             let svc = online(&defs).await?;
             let views: Vec<String> = if views.is_empty() {
-                defs.views
-                    .values()
-                    .filter(|v| v.online)
-                    .map(|v| v.name.clone())
-                    .collect()
+                greenbelt_features::canary::default_views(&svc)
             } else {
                 views.clone()
             };
             let mut results = Vec::new();
-            let mut breaches = 0;
             for v in &views {
-                let r = canary(&svc, &defs, v, *timeout_ms).await?;
-                if r["breach"] == json!(true) {
-                    breaches += 1;
-                }
+                let r = greenbelt_features::canary::run(
+                    &svc,
+                    v,
+                    std::time::Duration::from_millis(*timeout_ms),
+                )
+                .await
+                .with_context(|| format!("canary for \"{v}\""))?;
                 results.push(r);
             }
             let text: String = results
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} {}: lag {} ms (sla {})\n",
-                        if r["breach"] == json!(true) {
-                            "BREACH"
-                        } else {
-                            "ok    "
-                        },
-                        r["view"].as_str().unwrap_or(""),
-                        r["lag_ms"],
-                        r["sla"].as_str().unwrap_or("none")
+                        "{} {}: lag {:.1} ms (sla {})\n",
+                        if r.breach { "BREACH" } else { "ok    " },
+                        r.view,
+                        r.lag_ms,
+                        r.sla_seconds.map_or("none".into(), |s| format!("{s:.0}s"))
                     )
                 })
                 .collect();
-            print(args.json, &json!(results), &text);
+            print(args.json, &serde_json::to_value(&results)?, &text);
+            let breaches = results.iter().filter(|r| r.breach).count();
             if breaches > 0 {
                 bail!("{breaches} feature views breached their freshness SLA");
             }
             Ok(())
         }
     }
-}
-
-/// Push a sentinel row for `view` and read it back through the online API.
-async fn canary(
-    svc: &OnlineService,
-    defs: &Definitions,
-    view_name: &str,
-    timeout_ms: u64,
-) -> anyhow::Result<Value> {
-    let view = defs.view(view_name)?;
-    let written_at = now_us();
-    let mut df = BTreeMap::new();
-    let mut entities = BTreeMap::new();
-    for k in &view.join_keys {
-        let v = match k.dtype {
-            greenbelt_features::ValueType::String => json!("__greenbelt_canary"),
-            greenbelt_features::ValueType::Int64 => json!(-424242),
-            greenbelt_features::ValueType::Bool => json!(true),
-            greenbelt_features::ValueType::Float64 => json!(0.0),
-        };
-        df.insert(k.name.clone(), vec![v.clone()]);
-        entities.insert(k.name.clone(), vec![v]);
-    }
-    df.insert("event_timestamp".into(), vec![json!(format_ts(written_at))]);
-    for f in &view.features {
-        let v = match f.dtype {
-            greenbelt_features::ValueType::String => json!("canary"),
-            greenbelt_features::ValueType::Int64 => json!(0),
-            greenbelt_features::ValueType::Bool => json!(false),
-            greenbelt_features::ValueType::Float64 => json!(0.0),
-        };
-        df.insert(f.name.clone(), vec![v]);
-    }
-    svc.push(&PushRequest {
-        feature_view: view_name.to_string(),
-        df,
-    })
-    .await
-    .with_context(|| format!("canary push to \"{view_name}\""))?;
-    let req = OnlineRequest {
-        entities,
-        feature_service: None,
-        features: Some(
-            view.features
-                .iter()
-                .map(|f| format!("{view_name}:{}", f.name))
-                .collect(),
-        ),
-        full_feature_names: false,
-    };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
-    let want = format_ts(written_at);
-    loop {
-        let resp = svc.get_online_features(&req).await?;
-        let seen = resp
-            .results
-            .last()
-            .and_then(|c| c.event_timestamps.first())
-            .is_some_and(|t| *t >= want);
-        if seen {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "canary for \"{view_name}\": the sentinel was not readable within {timeout_ms} ms"
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let lag_us = now_us() - written_at;
-    let breach = view.freshness_sla_us.is_some_and(|s| lag_us > s);
-    Ok(json!({
-        "view": view_name,
-        "lag_ms": lag_us as f64 / 1000.0,
-        "sla": view.freshness_sla_us.map(|s| format!("{}s", s / 1_000_000)),
-        "breach": breach,
-        "at": format_ts(written_at),
-    }))
-}
-
-/// The `/features` routes for `serve` when a definitions file is found:
-/// `$GREENBELT_FEATURES`, else `./features.toml`. `None` when there is none.
-pub async fn serve_router() -> anyhow::Result<Option<greenbelt_features::http::Router>> {
-    let path = match std::env::var("GREENBELT_FEATURES") {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("features.toml"),
-    };
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let defs = Arc::new(Definitions::load(&path)?);
-    let store = OnlineStore::open(&defs.online_url)
-        .await
-        .with_context(|| format!("opening the online store {}", defs.online_url))?;
-    tracing::info!(definitions = %path.display(), online = %defs.online_url, "feature store API at /features");
-    let svc = OnlineService::new(defs, store, CacheOptions::default());
-    Ok(Some(greenbelt_features::http::router(svc)))
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod drill_cmd;
+mod feature_serving;
 mod features_cmd;
 mod pipeline_cmd;
 mod quickstart;
@@ -200,10 +201,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut server = Server::build(config.clone())
         .await
         .context("starting the server")?;
-    let watchers = attach_registry(&mut server, &config).await?;
-    if let Some(features) = features_cmd::serve_router().await? {
-        server.merge(features);
-    }
+    let mut watchers = attach_registry(&mut server, &config).await?;
+    watchers.extend(feature_serving::attach(&mut server, &config).await?);
     tracing::info!(
         http = ?server.http_addr(),
         grpc = ?server.grpc_addr(),

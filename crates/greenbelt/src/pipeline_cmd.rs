@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use greenbelt_control::pipeline::{self, RunContext, definition::PipelineDef};
+use greenbelt_control::pipeline::definition::{HistoricalDef, PipelineDef};
+use greenbelt_control::pipeline::{self, RunContext};
+use greenbelt_features::Definitions;
+use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
 use greenbelt_registry::ArtifactStore;
 
 #[derive(clap::Args)]
@@ -41,6 +44,40 @@ enum Cmd {
     },
 }
 
+/// `[data.historical]` through the feature store: point-in-time retrieval
+/// of the service's features for the entity rows.
+struct FeatureStoreRetrieval;
+
+impl pipeline::HistoricalRetrieval for FeatureStoreRetrieval {
+    fn retrieve<'a>(
+        &'a self,
+        def: &'a HistoricalDef,
+        out: &'a std::path::Path,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let defs = Definitions::load(&def.definitions).map_err(|e| e.to_string())?;
+            let refs = defs
+                .service(&def.service)
+                .map_err(|e| format!("service: {e}"))?
+                .features
+                .clone();
+            let opts = HistoricalOptions {
+                entity_timestamp: def
+                    .entity_timestamp
+                    .clone()
+                    .unwrap_or_else(|| "event_timestamp".into()),
+                as_of_known_time: def.as_of_known_time,
+                ..HistoricalOptions::default()
+            };
+            historical_to_parquet(&defs, &refs, &def.entities, out, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(refs.into_iter().map(|r| r.feature).collect())
+        })
+    }
+}
+
 pub async fn run_pipeline(
     file: &std::path::Path,
     config: &greenbelt_serve::Config,
@@ -65,6 +102,7 @@ pub async fn run_pipeline(
                 eprintln!("{line}");
             }
         }),
+        historical: Some(Arc::new(FeatureStoreRetrieval)),
     };
     Ok(pipeline::run(&def, &ctx).await?)
 }

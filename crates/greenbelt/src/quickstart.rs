@@ -34,9 +34,15 @@ const SAMPLE_ROW: [f32; 20] = [
     -0.445_443_1,
     2.801_562_5,
 ];
-/// The demo pipeline (the same file as examples/fraud/pipeline.toml).
-const PIPELINE_GBDT: &str = include_str!("../../../examples/fraud/pipeline.toml");
-const PIPELINE_LOGREG: &str = include_str!("../../../examples/fraud/pipeline-logreg.toml");
+/// The demo pipeline: trained on point-in-time features from the feature
+/// store (the same file as examples/fraud/pipeline-features.toml).
+const PIPELINE_FEATURES: &str = include_str!("../../../examples/fraud/pipeline-features.toml");
+/// The demo feature definitions (examples/fraud/features.toml).
+const FEATURES: &str = include_str!("../../../examples/fraud/features.toml");
+/// Demo data covers the 60 days before "now" (minus this margin), so the
+/// newest online values are within their views' TTLs when served.
+const DATA_END_MARGIN_S: u64 = 180;
+const DEMO_ROWS: usize = 20_000;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -77,15 +83,38 @@ fn write_project(
          # max_queue_delay_us = 500\n",
     )?;
     std::fs::create_dir_all(dir.join("data"))?;
-    std::fs::write(
-        dir.join("data/transactions.csv"),
-        greenbelt_control::demo::fraud_csv(20_000, 7, 0.0),
-    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let start = now.saturating_sub(60 * 86_400 + DATA_END_MARGIN_S);
+    let csv = greenbelt_control::demo::fraud_csv_from(DEMO_ROWS, 7, 0.0, start);
+    std::fs::write(dir.join("data/labels.csv"), labels(&csv))?;
+    std::fs::write(dir.join("data/transactions.csv"), csv)?;
+    std::fs::write(dir.join("features.toml"), FEATURES)?;
+    // Remove what an earlier quickstart in this directory materialized.
+    for old in ["data/offline", "data/online.redb"] {
+        let p = dir.join(old);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
     let pipeline = dir.join("pipeline.toml");
-    std::fs::write(
-        &pipeline,
-        if gbdt { PIPELINE_GBDT } else { PIPELINE_LOGREG },
-    )?;
+    let text = if gbdt {
+        PIPELINE_FEATURES.to_string()
+    } else {
+        // No ONNX Runtime: tract cannot run trees; train a logistic regression.
+        PIPELINE_FEATURES
+            .replace("algorithm = \"gbdt\"", "algorithm = \"logreg\"")
+            .lines()
+            .map(|l| {
+                if l.starts_with("params =") {
+                    "params = { C = 1.0 }"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(&pipeline, text)?;
     let config_path = dir.join("greenbelt.toml");
     let d = dir.display();
     std::fs::write(
@@ -103,10 +132,17 @@ fn write_project(
              url = \"sqlite://{d}/registry.db\"\n\
              artifacts = \"{d}/artifacts\"\n\
              \n\
+             [features]                # the feature store: /features API, entity-key requests\n\
+             definitions = \"{d}/features.toml\"\n\
+             canary_interval = \"1m\"   # synthetic freshness canary, exported on /metrics\n\
+             \n\
              [[deployments]]           # serve /v2/models/fraud from fraud@champion\n\
              name = \"fraud\"\n\
              alias = \"champion\"\n\
              sticky_header = \"x-user-id\"  # a user stays on one version during a canary\n\
+             \n\
+             [deployments.config.features]  # requests may send user_id + merchant_id instead of the features\n\
+             service = \"fraud_model\"\n\
              \n\
              [deployments.rollout]     # `greenbelt rollout start fraud --version N`\n\
              steps = [{{ set_weight = 10 }}, {{ analysis = 2 }}, {{ set_weight = 50 }}, {{ analysis = 2 }}]\n\
@@ -125,12 +161,98 @@ fn write_project(
             row.join(",")
         ),
     )?;
-    // One transaction's features, in the pipeline's feature order.
+    // One transaction's features, in the feature service's order
+    // (user_profile: tx count 24h, avg amount 30d, device age; merchant risk;
+    // user_last_tx: amount, distance, foreign).
     std::fs::write(
         dir.join("fraud-request.json"),
-        "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[480.5,2,0.91,6,120.0,250.0,1,12]}]}\n",
+        "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,7],\"datatype\":\"FP32\",\"data\":[6,120.0,12,0.91,480.5,250.0,1]}]}\n",
     )?;
     Ok((config_path, pipeline))
+}
+
+/// The entity rows the pipeline trains on: keys, event time and label of
+/// every transaction (the features come from the store, as of that time).
+fn labels(csv: &str) -> String {
+    let pick = ["tx_id", "user_id", "merchant_id", "event_ts", "is_fraud"];
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let idx: Vec<usize> = pick
+        .iter()
+        .filter_map(|c| header.iter().position(|h| h == c))
+        .collect();
+    let mut out = pick.join(",");
+    out.push('\n');
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let row: Vec<&str> = idx
+            .iter()
+            .map(|i| cells.get(*i).copied().unwrap_or(""))
+            .collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The users and merchants of the newest `n` transactions (their online
+/// features are fresh), as an entity-key infer request body.
+fn entity_request(csv: &str, n: usize) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or(0);
+    let (u, m) = (col("user_id"), col("merchant_id"));
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let last: Vec<&Vec<&str>> = rows.iter().rev().take(n).collect();
+    let pick = |i: usize| -> Vec<serde_json::Value> {
+        last.iter()
+            .map(|r| serde_json::Value::from(r.get(i).copied().unwrap_or("")))
+            .collect()
+    };
+    serde_json::json!({"inputs": [
+        {"name": "user_id", "datatype": "BYTES", "shape": [last.len()], "data": pick(u)},
+        {"name": "merchant_id", "datatype": "BYTES", "shape": [last.len()], "data": pick(m)},
+    ]})
+    .to_string()
+}
+
+/// Materialize every view of the demo's feature store over its whole data
+/// range, offline (Parquet) and online (the embedded store).
+async fn materialize(features: &Path) -> anyhow::Result<()> {
+    use greenbelt_features::offline::{MaterializeOptions, OfflineStore};
+    let defs = std::sync::Arc::new(greenbelt_features::Definitions::load(features)?);
+    let store = OfflineStore::open(&defs.offline_path)?;
+    let online = greenbelt_features::online::OnlineStore::open(&defs.online_url).await?;
+    let svc = greenbelt_features::online::service::OnlineService::new(
+        defs.clone(),
+        online,
+        greenbelt_features::online::service::CacheOptions::default(),
+    );
+    let now = greenbelt_features::time::now_us();
+    let (start, end) = (now - 62 * 86_400_000_000, now + 60_000_000);
+    let opts = MaterializeOptions::default();
+    for view in defs.views.keys() {
+        let t = tokio::time::Instant::now();
+        let r = greenbelt_features::offline::materialize(&defs, &store, view, start, end, &opts)
+            .await
+            .with_context(|| format!("materializing feature view \"{view}\""))?;
+        let keys = svc
+            .materialize_online(&store, view, start, end, &opts.engine)
+            .await
+            .with_context(|| format!("loading feature view \"{view}\" online"))?;
+        println!(
+            "quickstart:   {view}: {} rows → {} day partitions, {} quarantined, {keys} entity keys online ({:.2} s)",
+            r.rows,
+            r.partitions_written.len(),
+            r.quarantined,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 async fn post(
@@ -167,7 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("quickstart: runtimes: {}", runtimes.describe());
     let (config_path, pipeline) = write_project(&args.dir, &args.http_addr, &args.grpc_addr, gbdt)?;
     println!(
-        "quickstart: wrote the demo project to {}/ (20,000 synthetic transactions, {} pipeline, model repository, greenbelt.toml)",
+        "quickstart: wrote the demo project to {}/ (20,000 synthetic transactions over the last 60 days, feature definitions with contracts, {} pipeline, model repository, greenbelt.toml)",
         args.dir.display(),
         if gbdt {
             "gradient-boosted trees"
@@ -176,6 +298,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     let config = Config::load(Some(&config_path))?;
+    let features = args.dir.join("features.toml");
+    println!(
+        "\nquickstart: materialize the feature views (greenbelt features -f {} materialize ...)",
+        features.display()
+    );
+    materialize(&features).await?;
 
     println!(
         "\nquickstart: train v1 → validate → gate → register → promote (greenbelt pipeline run {})",
@@ -190,7 +318,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::build(config.clone())
         .await
         .context("starting the server")?;
-    let watchers = crate::attach_registry(&mut server, &config).await?;
+    let mut watchers = crate::attach_registry(&mut server, &config).await?;
+    watchers.extend(crate::feature_serving::attach(&mut server, &config).await?);
     let Some(http) = server.http_addr() else {
         bail!("server has no REST address");
     };
@@ -221,6 +350,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "\nquickstart: POST {fraud_url}  → HTTP {status}, served by fraud version {version}\n{}",
         pretty(&text)
     );
+    let csv = std::fs::read_to_string(args.dir.join("data/transactions.csv"))?;
+    let entity_body = entity_request(&csv, 2);
+    std::fs::write(args.dir.join("fraud-entities.json"), &entity_body)?;
+    let (status, version, text) = post(&client, &fraud_url, &entity_body).await?;
+    println!(
+        "quickstart: POST {fraud_url} with entity keys (features read from the online store) → HTTP {status}, version {version}\n{}",
+        pretty(&text)
+    );
+    if status != 200 {
+        let _ = stop_tx.send(());
+        bail!("the entity-key request failed: {text}");
+    }
+    let unknown = entity_body.replacen("\"data\":[\"u", "\"data\":[\"x", 1);
+    let (status, _, text) = post(&client, &fraud_url, &unknown).await?;
+    println!("quickstart: the same with an unknown user → HTTP {status}: {text}");
     let logreg_url = format!("{base}/v2/models/logreg/infer");
     let body = std::fs::read_to_string(args.dir.join("request.json"))?;
     let (status, version, text) = post(&client, &logreg_url, &body).await?;
@@ -231,18 +375,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let started = tokio::time::Instant::now();
     let mut ok = 0;
-    for _ in 0..args.traffic {
-        if post(&client, &fraud_url, &fraud_body).await?.0 == 200 {
+    let traffic_body = entity_request(&csv, 8);
+    for i in 0..args.traffic {
+        let body = if i % 2 == 0 {
+            &fraud_body
+        } else {
+            &traffic_body
+        };
+        if post(&client, &fraud_url, body).await?.0 == 200 {
             ok += 1;
         }
     }
     println!(
-        "\nquickstart: sent {} requests to fraud: {ok} OK in {:.2} s",
+        "\nquickstart: sent {} requests to fraud (half with features, half with entity keys): {ok} OK in {:.2} s",
         args.traffic,
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\nquickstart: try it yourself:\n  curl -s -X POST {fraud_url} -d @{d}/fraud-request.json\n  curl -s {base}/metrics | grep greenbelt_requests_total\n  greenbelt registry --config {c} history fraud\n  greenbelt pipeline run --config {c} {p}     # train v2; promoted only if it beats v1",
+        "\nquickstart: try it yourself:\n  curl -s -X POST {fraud_url} -d @{d}/fraud-request.json\n  curl -s -X POST {fraud_url} -d @{d}/fraud-entities.json      # entity keys; features from the store\n  curl -s -X POST {base}/features/online -d '{{\"entities\":{{\"user_id\":[\"u00001\"]}},\"features\":[\"user_profile:*\"]}}'\n  curl -s {base}/metrics | grep greenbelt_requests_total\n  greenbelt registry --config {c} history fraud\n  greenbelt pipeline run --config {c} {p}     # train v2; promoted only if it beats v1",
         d = args.dir.display(),
         c = config_path.display(),
         p = pipeline.display()

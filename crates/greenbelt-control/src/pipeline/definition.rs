@@ -37,8 +37,13 @@ fn champion() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataDef {
-    /// CSV or Parquet file, relative to the pipeline file.
+    /// CSV or Parquet file, relative to the pipeline file. With
+    /// `[data.historical]` it is where the retrieved training set is written.
     pub path: PathBuf,
+    /// Build the training set by point-in-time retrieval from the feature
+    /// store instead of reading `path` as given.
+    #[serde(default)]
+    pub historical: Option<HistoricalDef>,
     /// Label column: binary 0/1 (classification) or numeric (regression).
     pub label: String,
     /// Event-time column: when set, the split is by time (latest rows are the holdout).
@@ -58,6 +63,27 @@ pub struct DataDef {
     /// "classification" (binary 0/1 label; the default) or "regression".
     #[serde(default)]
     pub task: Task,
+}
+
+/// `[data.historical]`: the training set is the feature service's values
+/// for each entity row as of that row's time (`greenbelt features
+/// historical`), joined to the entity rows, which carry the label.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoricalDef {
+    /// Feature definitions (`features.toml`), relative to the pipeline file.
+    pub definitions: PathBuf,
+    /// The feature service; its features, in order, are the model's inputs.
+    pub service: String,
+    /// Entity rows (CSV or Parquet): join keys, event time, label.
+    pub entities: PathBuf,
+    /// Event-time column of the entity rows; default `data.timestamp`, else
+    /// `event_timestamp`.
+    #[serde(default)]
+    pub entity_timestamp: Option<String>,
+    /// Also require `created_ts <= entity time` (what was known then).
+    #[serde(default)]
+    pub as_of_known_time: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +151,21 @@ impl PipelineDef {
         def.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if def.data.path.is_relative() {
             def.data.path = def.base_dir.join(&def.data.path);
+        }
+        if let Some(h) = &mut def.data.historical {
+            for p in [&mut h.definitions, &mut h.entities] {
+                if p.is_relative() {
+                    *p = def.base_dir.join(&*p);
+                }
+            }
+            if h.entity_timestamp.is_none() {
+                h.entity_timestamp = Some(
+                    def.data
+                        .timestamp
+                        .clone()
+                        .unwrap_or_else(|| "event_timestamp".into()),
+                );
+            }
         }
         if let TrainDef::Builtin { algorithm, .. } = &def.train {
             let (task, allowed) = match def.data.task {

@@ -47,6 +47,20 @@ pub struct RunContext {
     pub actor: String,
     pub workdir: PathBuf,
     pub progress: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Point-in-time retrieval for `[data.historical]` (the feature store
+    /// lives in another crate; the binary provides it). `None`: pipelines
+    /// with `[data.historical]` are refused.
+    pub historical: Option<Arc<dyn HistoricalRetrieval>>,
+}
+
+/// Writes a feature service's point-in-time training set to a Parquet file.
+pub trait HistoricalRetrieval: Send + Sync {
+    /// Retrieve `def` into `out`; the feature column names, in order.
+    fn retrieve<'a>(
+        &'a self,
+        def: &'a definition::HistoricalDef,
+        out: &'a std::path::Path,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, String>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,13 +174,40 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     let workdir = std::fs::canonicalize(&ctx.workdir)
         .map_err(|e| PipelineError::Train(format!("workdir {}: {e}", ctx.workdir.display())))?;
 
+    let mut data_def = def.data.clone();
+    if let Some(h) = &def.data.historical {
+        say(&format!(
+            "[0/6] point-in-time retrieval: feature service \"{}\" for {} → {}",
+            h.service,
+            h.entities.display(),
+            data_def.path.display()
+        ));
+        let t = Instant::now();
+        let retrieval = ctx.historical.as_ref().ok_or_else(|| {
+            PipelineError::Data(
+                "[data.historical] needs the feature store; run the pipeline with `greenbelt pipeline run`".into(),
+            )
+        })?;
+        if let Some(dir) = data_def.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PipelineError::Data(format!("{}: {e}", dir.display())))?;
+        }
+        let features = retrieval
+            .retrieve(h, &data_def.path)
+            .await
+            .map_err(|e| PipelineError::Data(format!("[data.historical]: {e}")))?;
+        if data_def.features.is_none() {
+            data_def.features = Some(features);
+        }
+        timings.insert("historical".to_string(), ms(t.elapsed()));
+    }
     say(&format!("[1/6] load and check {}", def.data.path.display()));
     let t = Instant::now();
     let path = def.data.path.clone();
-    let data_def = def.data.clone();
+    let data_def_load = data_def.clone();
     let (table, prepared) = tokio::task::spawn_blocking(move || {
         let table = dataset::read(&path)?;
-        let prepared = dataset::prepare(&table, &data_def)?;
+        let prepared = dataset::prepare(&table, &data_def_load)?;
         Ok::<_, PipelineError>((table, prepared))
     })
     .await
@@ -282,6 +323,12 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
             gate_report: gate_report.clone(),
             lineage: json!({
                 "dataset": def.data.path.display().to_string(),
+                "historical": def.data.historical.as_ref().map(|h| json!({
+                    "service": h.service,
+                    "definitions": h.definitions.display().to_string(),
+                    "entities": h.entities.display().to_string(),
+                    "as_of_known_time": h.as_of_known_time,
+                })),
                 "dataset_sha256": table_sha,
                 "rows": rows,
                 "label": def.data.label,

@@ -49,6 +49,7 @@ impl Project {
             actor: "test".into(),
             workdir: self.dir.path().join("work"),
             progress: Arc::new(|_| {}),
+            historical: None,
         };
         run(&def, &ctx).await.unwrap()
     }
@@ -176,6 +177,7 @@ async fn external_python_training_command() {
         actor: "test".into(),
         workdir: p.dir.path().join("work"),
         progress: Arc::new(|_| {}),
+        historical: None,
     };
     let err = run(&def, &ctx).await.unwrap_err().to_string();
     assert!(err.contains("boom") && err.contains("exited"), "{err}");

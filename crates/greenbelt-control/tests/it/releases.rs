@@ -36,35 +36,38 @@ fn body(seed: u64) -> serde_json::Value {
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    /// Serving processes; the first is the one `app` and `base` name.
+    nodes: Vec<Node>,
     reg: Registry,
     store: ArtifactStore,
     app: Arc<greenbelt_serve::infer::AppState>,
     base: String,
     deployment: greenbelt_serve::deployment::DeploymentConfig,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     client: reqwest::Client,
+    extra: String,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
+/// The admin token the tests' rollout API accepts (actor "alice").
+const TOKEN: &str = "s3cret";
 
 /// A server with deployment `fraud` (extra TOML appended to its entry),
-/// versions v1 (champion), v2 and any extra tagged copies.
+/// versions v1 (champion), v2 and any extra tagged copies, on a SQLite
+/// registry in a temp dir.
 async fn env(extra: &str, tagged: &[(u32, serde_json::Value)]) -> (Env, Vec<i64>) {
     let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(&format!("sqlite://{}/registry.db", dir.path().display()))
-        .await
-        .unwrap();
+    let url = format!("sqlite://{}/registry.db", dir.path().display());
+    env_on(dir, &url, extra, tagged).await
+}
+
+/// Like [`env`] on the registry at `url` (which must be empty).
+async fn env_on(
+    dir: tempfile::TempDir,
+    url: &str,
+    extra: &str,
+    tagged: &[(u32, serde_json::Value)],
+) -> (Env, Vec<i64>) {
+    let reg = Registry::open(url).await.unwrap();
     let store = ArtifactStore::open(dir.path().join("artifacts").to_str().unwrap()).unwrap();
     let mut versions = Vec::new();
     for (fixture_version, tags) in [(1, json!({})), (2, json!({}))]
@@ -91,46 +94,90 @@ async fn env(extra: &str, tagged: &[(u32, serde_json::Value)]) -> (Env, Vec<i64>
     reg.set_alias("fraud", "champion", versions[0], "test", "initial")
         .await
         .unwrap();
-    let text = format!(
-        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\nallow_fault_injection = true\n[telemetry]\nlog_requests = false\n[repository]\npath = \"{}\"\n[[deployments]]\nname = \"fraud\"\n{extra}\n",
-        dir.path().join("empty-repo").display()
-    );
-    let config = Config::from_toml_str(&text, Path::new("test.toml"), std::iter::empty()).unwrap();
-    let deployment = config.deployments[0].clone();
-    let server = Server::build(config).await.unwrap();
-    let base = format!("http://{}", server.http_addr().unwrap());
-    let app = server.state.clone();
-    let controller = Arc::new(Controller::new(
-        reg.clone(),
-        store.clone(),
-        server.state.clone(),
-        dir.path().join("cache"),
-        Duration::from_millis(25),
-    ));
-    let tasks = controller.spawn(vec![deployment.clone()], None);
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let (node, deployment) = Node::start(&dir, &reg, &store, "a", extra).await;
     let env = Env {
         _dir: dir,
         reg,
         store,
-        app,
-        base,
+        app: node.app.clone(),
+        base: node.base.clone(),
         deployment,
-        tasks,
-        stop: Some(stop),
         client: reqwest::Client::new(),
+        nodes: vec![node],
+        extra: extra.to_string(),
     };
-    // Wait until v1 serves.
-    for _ in 0..400 {
-        if env.call(0, None).await.1.as_deref() == Some("1") {
-            return (env, versions);
+    env.wait_serving(&env.base).await;
+    (env, versions)
+}
+
+/// One serving process: a server with the rollout admin API and its
+/// controller, on a shared registry.
+struct Node {
+    app: Arc<greenbelt_serve::infer::AppState>,
+    base: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
     }
-    panic!("v1 never served");
+}
+
+impl Node {
+    async fn start(
+        dir: &tempfile::TempDir,
+        reg: &Registry,
+        store: &ArtifactStore,
+        name: &str,
+        extra: &str,
+    ) -> (Node, greenbelt_serve::deployment::DeploymentConfig) {
+        let text = format!(
+            "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\nallow_fault_injection = true\n[telemetry]\nlog_requests = false\n[repository]\npath = \"{}\"\n[[deployments]]\nname = \"fraud\"\n{extra}\n",
+            dir.path().join("empty-repo").display()
+        );
+        let config =
+            Config::from_toml_str(&text, Path::new("test.toml"), std::iter::empty()).unwrap();
+        let deployment = config.deployments[0].clone();
+        let mut server = Server::build(config).await.unwrap();
+        let api = Arc::new(greenbelt_registry::http::ApiState {
+            registry: reg.clone(),
+            tokens: [(TOKEN.to_string(), "alice".to_string())].into(),
+        });
+        server.merge(rollout::http::router(Arc::new(rollout::http::RolloutApi {
+            api,
+            deployments: vec![deployment.clone()],
+        })));
+        let base = format!("http://{}", server.http_addr().unwrap());
+        let app = server.state.clone();
+        let controller = Arc::new(Controller::new(
+            reg.clone(),
+            store.clone(),
+            server.state.clone(),
+            dir.path().join(format!("cache-{name}")),
+            Duration::from_millis(25),
+        ));
+        let tasks = controller.spawn(vec![deployment.clone()], None);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = stop_rx.await;
+        }));
+        (
+            Node {
+                app,
+                base,
+                tasks,
+                stop: Some(stop),
+            },
+            deployment,
+        )
+    }
 }
 
 /// One observed response.
@@ -142,14 +189,44 @@ struct Seen {
 }
 
 impl Env {
+    /// Wait (bounded) until the server at `base` answers from v1.
+    async fn wait_serving(&self, base: &str) {
+        for _ in 0..400 {
+            if self.call_at(base, 0, None).await.1.as_deref() == Some("1") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("v1 never served at {base}");
+    }
+
+    /// Start another replica on the same registry and artifacts; its base URL.
+    async fn add_node(&mut self) -> String {
+        let name = format!("n{}", self.nodes.len());
+        let (node, _) = Node::start(&self._dir, &self.reg, &self.store, &name, &self.extra).await;
+        let base = node.base.clone();
+        self.nodes.push(node);
+        self.wait_serving(&base).await;
+        base
+    }
+
     async fn call(
         &self,
         seed: u64,
         headers: Option<(&str, &str)>,
     ) -> (bool, Option<String>, Option<String>) {
+        self.call_at(&self.base, seed, headers).await
+    }
+
+    async fn call_at(
+        &self,
+        base: &str,
+        seed: u64,
+        headers: Option<(&str, &str)>,
+    ) -> (bool, Option<String>, Option<String>) {
         let mut req = self
             .client
-            .post(format!("{}/v2/models/fraud/infer", self.base))
+            .post(format!("{base}/v2/models/fraud/infer"))
             .json(&body(seed));
         if let Some((k, v)) = headers {
             req = req.header(k, v);
@@ -633,7 +710,7 @@ async fn a_restarted_controller_resumes_the_rollout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(canary_seen);
-    for t in e.tasks.drain(..) {
+    for t in e.nodes[0].tasks.drain(..) {
         t.abort();
     }
     // A person promotes while no controller runs; the state is in the database.
@@ -669,10 +746,10 @@ async fn a_restarted_controller_resumes_the_rollout() {
         e.reg.clone(),
         e.store.clone(),
         e.app.clone(),
-        e._dir.path().join("cache"),
+        e._dir.path().join("cache-a"),
         Duration::from_millis(25),
     ));
-    e.tasks = controller.spawn(vec![e.deployment.clone()], None);
+    e.nodes[0].tasks = controller.spawn(vec![e.deployment.clone()], None);
     for _ in 0..200 {
         if e.reg.alias("fraud", "champion").await.unwrap() == Some(v[1])
             && e.call(2, None).await.1.as_deref() == Some("2")
@@ -739,4 +816,252 @@ async fn promql_conditions_read_a_prometheus_answer() {
         greenbelt_control::rollout::machine::Verdict::Failure
     );
     assert!(run.notes[0].contains("prom.burn"), "{:?}", run.notes);
+}
+
+/// POST `body` to the rollout API of `base`, with the admin token unless `anonymous`.
+async fn admin(
+    e: &Env,
+    base: &str,
+    path: &str,
+    body: &str,
+    anonymous: bool,
+) -> (u16, serde_json::Value) {
+    let mut req = e
+        .client
+        .post(format!("{base}/admin/rollouts/{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if !anonymous {
+        req = req.bearer_auth(TOKEN);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+const HELD_CANARY: &str = r#"[deployments.rollout]
+steps = [{ set_weight = 40 }, { pause = "" }, { set_weight = 60 }, { pause = "" }]
+[deployments.rollout.analysis]
+interval = "200ms"
+min_samples = 1000000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_admin_api_refuses_bad_requests_and_drives_a_rollout() {
+    let (e, v) = env(HELD_CANARY, &[]).await;
+    let base = e.base.clone();
+    let start = format!("{{\"version\": {}}}", v[1]);
+    // Writes need the token; bodies are checked and the error names the fix.
+    assert_eq!(admin(&e, &base, "fraud/start", &start, true).await.0, 401);
+    for (bad, want) in [
+        ("not json", "body:"),
+        ("", "body:"),
+        ("{\"version\": \"two\"}", "body:"),
+        ("{\"version\": 2, \"colour\": \"blue\"}", "unknown field"),
+        (
+            "{\"version\": 2, \"strategy\": \"yolo\"}",
+            "unknown variant",
+        ),
+        ("[1, 2, 3]", "body:"),
+    ] {
+        let (status, err) = admin(&e, &base, "fraud/start", bad, false).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(want), "{bad}: {msg}");
+        assert!(
+            msg.contains("\"version\": N"),
+            "{bad}: the fix is named: {msg}"
+        );
+    }
+    let (status, err) = admin(&e, &base, "fraud/start", "{\"version\": 999}", false).await;
+    assert_eq!(status, 404, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("999"), "{err}");
+    let (status, err) = admin(&e, &base, "nope/start", &start, false).await;
+    assert_eq!(status, 404, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("[[deployments]]"));
+    let (status, err) = admin(&e, &base, "fraud/explode", "", false).await;
+    assert_eq!(status, 404, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("promote-full"));
+    let missing = e
+        .client
+        .get(format!("{base}/admin/rollouts/fraud"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404, "no rollout yet");
+    // None of that started anything.
+    assert!(e.reg.rollout("fraud").await.unwrap().is_none());
+
+    // A real rollout through the API: start, a second start refused,
+    // pause, resume, abort.
+    let (status, r) = admin(&e, &base, "fraud/start", &start, false).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (r["stable"].as_i64(), r["candidate"].as_i64()),
+        (Some(v[0]), Some(v[1]))
+    );
+    let (status, err) = admin(&e, &base, "fraud/start", &start, false).await;
+    assert_eq!(status, 409, "one rollout at a time: {err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("promote or abort it first"),
+        "{err}"
+    );
+    e.wait_phase(&[Phase::Paused], Duration::from_secs(10))
+        .await;
+    let (status, r) = admin(&e, &base, "fraud/resume", "", false).await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = admin(&e, &base, "fraud/pause", "", false).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["phase"], "paused", "{r}");
+    let (status, r) = admin(&e, &base, "fraud/abort", "", true).await;
+    assert_eq!(status, 401, "{r}");
+    let (status, r) = admin(&e, &base, "fraud/abort", "", false).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["phase"], "aborted", "{r}");
+    let shown: serde_json::Value = e
+        .client
+        .get(format!("{base}/admin/rollouts/fraud"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["rollout"]["phase"], "aborted", "{shown}");
+    let events: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ev| ev["event"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"started") && events.contains(&"aborted"),
+        "{events:?}"
+    );
+    // The abort reaches the data plane: only v1 answers, even when asked for the canary.
+    for _ in 0..200 {
+        if e.call(1, Some(("x-greenbelt-track", "canary")))
+            .await
+            .1
+            .as_deref()
+            == Some("1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for seed in 0..20 {
+        assert_eq!(e.call(seed, None).await.1.as_deref(), Some("1"));
+    }
+}
+
+/// A fresh PostgreSQL database for one test, or None with a SKIP line.
+async fn postgres_url(test: &str) -> Option<String> {
+    let Ok(admin_url) = std::env::var("GREENBELT_TEST_POSTGRES_URL") else {
+        eprintln!("SKIP {test} on PostgreSQL: GREENBELT_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let db = format!("gb_rel_{test}_{}", std::process::id());
+    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+    }
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    Some(format!("{base}/{db}"))
+}
+
+/// Two replicas on one registry: a rollout started through one is applied
+/// by both, a command sent to the other is applied by both, and the two
+/// controllers racing on every tick log each transition once.
+async fn replicas_agree(e: &mut Env, v: &[i64]) {
+    let other = e.add_node().await;
+    let base = e.base.clone();
+    let start = format!("{{\"version\": {}}}", v[1]);
+    let (status, r) = admin(e, &base, "fraud/start", &start, false).await;
+    assert_eq!(status, 201, "{r}");
+    // Both replicas serve the canary at 40%.
+    for b in [&base, &other] {
+        let mut ok = false;
+        for _ in 0..300 {
+            let s: serde_json::Value = e
+                .client
+                .get(format!("{b}/admin/deployments/fraud"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if s["routing"]["canary_bp"] == 4000
+                && e.call_at(b, 1, Some(("x-greenbelt-track", "canary")))
+                    .await
+                    .1
+                    .as_deref()
+                    == Some("2")
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "replica {b} never served the canary");
+    }
+    e.wait_phase(&[Phase::Paused], Duration::from_secs(10))
+        .await;
+    // Promoted through the other replica: both switch to v2.
+    let (status, r) = admin(e, &other, "fraud/promote-full", "", false).await;
+    assert_eq!(status, 200, "{r}");
+    e.wait_alias("champion", Some(v[1])).await;
+    for b in [&base, &other] {
+        let mut ok = false;
+        for _ in 0..300 {
+            if e.call_at(b, 3, None).await.1.as_deref() == Some("2") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "replica {b} never switched to v2");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = rollout::status(&e.reg, "fraud").await.unwrap();
+    assert_eq!(st.rollout.phase, Phase::Promoted);
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for ev in &st.events {
+        *counts.entry(ev.event.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.get("started"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("promoted"), Some(&1), "{counts:?}");
+    let champion = e.reg.history("fraud", Some("champion")).await.unwrap();
+    assert_eq!(
+        champion
+            .iter()
+            .filter(|h| h.reason.contains(&st.rollout.id))
+            .count(),
+        1,
+        "the champion moved once: {champion:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_sqlite_agree_on_the_rollout() {
+    let (mut e, v) = env(HELD_CANARY, &[]).await;
+    replicas_agree(&mut e, &v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_postgres_agree_on_the_rollout() {
+    let Some(url) = postgres_url("replicas").await else {
+        return;
+    };
+    let (mut e, v) = env_on(tempfile::tempdir().unwrap(), &url, HELD_CANARY, &[]).await;
+    replicas_agree(&mut e, &v).await;
 }
