@@ -112,14 +112,14 @@ impl IdlePool {
         F: FnOnce() -> R + Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel();
-        let queued = std::time::Instant::now();
+        let queued = Instant::now();
         let job: IdleJob = Box::new(move || {
             let wait = queued.elapsed();
             if wait > deadline {
                 let _ = done.send(Err(Skipped::Starved));
                 return;
             }
-            let start = std::time::Instant::now();
+            let start = Instant::now();
             let r = f();
             let _ = done.send(Ok((
                 r,
