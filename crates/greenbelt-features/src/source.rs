@@ -70,6 +70,13 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
             (opts.memory_limit / 8).clamp(64 * 1024, 10 * 1024 * 1024),
         )
         .with_information_schema(false)
+        // A global sort (materialization's by event time, retrieval's by
+        // entity row) is one sort over the coalesced input, not a sort per
+        // partition merged afterwards: sorts running side by side share the
+        // pool, and one partition's spill merge can take the memory another
+        // still needs to sort (seen as "Resources exhausted" at 64 MiB with
+        // two partitions and 0.5 KB rows). The scan stays parallel.
+        .with_repartition_sorts(false)
         // A round-robin repartition above a sort-preserving merge loses the
         // order when the partitions are coalesced again; the feature store
         // relies on ordered streams (entity order, sorted partitions).

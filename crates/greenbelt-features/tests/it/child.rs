@@ -45,3 +45,13 @@ pub fn run(name: &str, env: &[(&str, String)]) -> String {
     assert!(text.contains("1 passed"), "child ran no test:\n{text}");
     text
 }
+
+/// The process's peak resident set (VmHWM), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

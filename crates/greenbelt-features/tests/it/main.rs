@@ -7,6 +7,7 @@ mod common;
 mod contracts;
 mod defs;
 mod http;
+mod memory;
 mod offline;
 mod online;
 mod pit;
