@@ -52,7 +52,10 @@ if [[ -z "${GREENBELT_TEST_S3_ENDPOINT:-}" ]]; then
 fi
 echo "test.sh: GREENBELT_TEST_S3_ENDPOINT=${GREENBELT_TEST_S3_ENDPOINT:-<unset: moto did not start, see /tmp/greenbelt-test-moto.log; S3 tests skip>}"
 
-cargo build -p greenbelt
+# The test build also builds the greenbelt binary the Python suite drives.
+# (No separate `cargo build -p greenbelt`: building one package alone unifies
+# dependency features differently from the workspace test build — tokio's
+# test-util, for one — and would compile DataFusion a second time.)
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
 else
