@@ -189,6 +189,17 @@ struct Seen {
 }
 
 impl Env {
+    async fn get_json(&self, url: String) -> serde_json::Value {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Wait (bounded) until the server at `base` answers from v1.
     async fn wait_serving(&self, base: &str) {
         for _ in 0..400 {
@@ -579,14 +590,8 @@ async fn shadow_comparison_counts_known_disagreement() {
     // Wait for both shadows to be loaded and attached.
     for _ in 0..400 {
         let s: serde_json::Value = e
-            .client
-            .get(format!("{}/admin/deployments/fraud", e.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(format!("{}/admin/deployments/fraud", e.base))
+            .await;
         if s["routing"]["shadows"]
             .as_array()
             .is_some_and(|a| a.len() == 2)
@@ -723,14 +728,8 @@ async fn a_restarted_controller_resumes_the_rollout() {
         "nothing applied it yet"
     );
     let s: serde_json::Value = e
-        .client
-        .get(format!("{}/admin/deployments/fraud", e.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{}/admin/deployments/fraud", e.base))
+        .await;
     assert_eq!(
         s["routing"]["canary_bp"], 4000,
         "the last plan keeps serving meanwhile"
@@ -921,15 +920,7 @@ async fn rollout_admin_api_refuses_bad_requests_and_drives_a_rollout() {
     let (status, r) = admin(&e, &base, "fraud/abort", "", false).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["phase"], "aborted", "{r}");
-    let shown: serde_json::Value = e
-        .client
-        .get(format!("{base}/admin/rollouts/fraud"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: serde_json::Value = e.get_json(format!("{base}/admin/rollouts/fraud")).await;
     assert_eq!(shown["rollout"]["phase"], "aborted", "{shown}");
     let events: Vec<&str> = shown["events"]
         .as_array()
@@ -991,15 +982,7 @@ async fn replicas_agree(e: &mut Env, v: &[i64]) {
     for b in [&base, &other] {
         let mut ok = false;
         for _ in 0..300 {
-            let s: serde_json::Value = e
-                .client
-                .get(format!("{b}/admin/deployments/fraud"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let s: serde_json::Value = e.get_json(format!("{b}/admin/deployments/fraud")).await;
             if s["routing"]["canary_bp"] == 4000
                 && e.call_at(b, 1, Some(("x-greenbelt-track", "canary")))
                     .await
