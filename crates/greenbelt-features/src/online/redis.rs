@@ -1,27 +1,50 @@
 //! The Redis online store. Keys are `<prefix><view>\x1f<key values>`; a
-//! value is the encoded record. Writes are one pipeline of a small Lua
-//! script that keeps a newer stored value; reads are one `MGET`. Every call
+//! value is the encoded record. Writes are pipelines of one small Lua script
+//! (loaded once, called by `EVALSHA`) that keeps a newer stored value and
+//! sets the key's expiry in the same step; reads are one `MGET`. Every call
 //! has a timeout.
+//!
+//! Expiry: a record written with a deadline (its event time + its view's
+//! TTL, see [`RedisStore::write_expiring`]) lives until that deadline plus
+//! [`EXPIRY_MARGIN`], measured from the writer's clock; a record past that
+//! already is not written. Records without a deadline (views without a TTL)
+//! never expire. Reads enforce the TTL themselves; the expiry only keeps
+//! Redis from holding values nobody can be served any more.
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 use super::OnlineBackend;
 use crate::error::{FeatureError, Result};
 
-/// Set the value unless the stored one is newer (40-character order prefix).
+/// Set the value unless the stored one is newer (40-character order
+/// prefix); `ARGV[2]` is the time to live in ms, 0 for none. The check and
+/// the write are one script, so they are atomic.
 const NEWER_WINS: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 40) > string.sub(ARGV[1], 1, 40) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
+local px = tonumber(ARGV[2])
+if px and px > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 return 1
 ";
+
+/// How long a key outlives its view's TTL: a read between TTL and
+/// TTL + margin still says `OUTSIDE_MAX_AGE` rather than `NOT_FOUND`, and
+/// service clocks that disagree by less than this see the same values.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(3600);
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per pipeline when writing large batches.
 const CHUNK: usize = 1000;
+/// Pipelines in flight at once on the multiplexed connection.
+const IN_FLIGHT: usize = 4;
 
 fn err(e: impl std::fmt::Display) -> FeatureError {
     FeatureError::Online(format!("redis: {e}"))
@@ -31,49 +54,116 @@ fn err(e: impl std::fmt::Display) -> FeatureError {
 pub struct RedisStore {
     conn: MultiplexedConnection,
     prefix: String,
+    /// SHA1 of `NEWER_WINS` as Redis reported it on `SCRIPT LOAD`.
+    sha: String,
 }
 
 impl RedisStore {
-    /// Connect (with a timeout); every key gets `prefix`.
+    /// Connect (with a timeout) and load the write script; every key gets
+    /// `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore> {
         let client = redis::Client::open(url).map_err(err)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(TIMEOUT)
             .set_response_timeout(TIMEOUT);
-        let conn = tokio::time::timeout(
+        let mut conn = tokio::time::timeout(
             TIMEOUT,
             client.get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .map_err(|_| FeatureError::Online(format!("redis: no connection within {TIMEOUT:?}")))?
         .map_err(err)?;
+        let sha = load_script(&mut conn).await?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
+            sha,
         })
+    }
+
+    /// Write encoded records, keeping any stored one that is newer; an item
+    /// with a deadline (µs UTC, on the same clock as `now_us`) expires at
+    /// the deadline plus [`EXPIRY_MARGIN`], and one already past that is
+    /// skipped. Returns how many were written.
+    pub async fn write_expiring(
+        &self,
+        items: Vec<(String, Vec<u8>, Option<i64>)>,
+        now_us: i64,
+    ) -> Result<u64> {
+        let margin_us = EXPIRY_MARGIN.as_micros() as i64;
+        // Time to live in ms (0 = no expiry); None = expired already.
+        let live: Vec<(&str, &[u8], u64)> = items
+            .iter()
+            .filter_map(|(k, v, deadline)| match deadline {
+                None => Some((k.as_str(), v.as_slice(), 0)),
+                Some(d) => {
+                    let left_us = d.saturating_add(margin_us).saturating_sub(now_us);
+                    // Round up so that a live record never gets 0 (= no expiry).
+                    (left_us > 0)
+                        .then(|| (k.as_str(), v.as_slice(), (left_us as u64).div_ceil(1000)))
+                }
+            })
+            .collect();
+        let pipes: Vec<redis::Pipeline> = live
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                for (k, v, px) in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.sha)
+                        .arg(1)
+                        .arg(format!("{}{k}", self.prefix))
+                        .arg(*v)
+                        .arg(*px);
+                }
+                pipe
+            })
+            .collect();
+        let results: Vec<Result<u64>> = futures::stream::iter(
+            pipes
+                .into_iter()
+                .map(|pipe| run_pipeline(self.conn.clone(), pipe)),
+        )
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+        results.into_iter().sum()
     }
 }
 
-impl OnlineBackend for RedisStore {
-    async fn write(&self, items: Vec<(String, Vec<u8>)>) -> Result<u64> {
-        let mut written = 0u64;
-        for chunk in items.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
-            for (k, v) in chunk {
-                pipe.cmd("EVAL")
-                    .arg(NEWER_WINS)
-                    .arg(1)
-                    .arg(format!("{}{k}", self.prefix))
-                    .arg(v.as_slice());
+/// Run one pipeline of `NEWER_WINS` calls; returns how many wrote.
+async fn run_pipeline(mut conn: MultiplexedConnection, pipe: redis::Pipeline) -> Result<u64> {
+    let mut reloaded = false;
+    loop {
+        let res = tokio::time::timeout(TIMEOUT, pipe.query_async::<Vec<i64>>(&mut conn))
+            .await
+            .map_err(|_| FeatureError::Online("redis: write timed out".into()))?;
+        match res {
+            Ok(r) => return Ok(r.iter().filter(|r| **r == 1).count() as u64),
+            // The server lost its script cache (restart, SCRIPT FLUSH): load
+            // the script again (same SHA1) and retry once.
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError && !reloaded => {
+                load_script(&mut conn).await?;
+                reloaded = true;
             }
-            let mut conn = self.conn.clone();
-            let res: Vec<i64> = tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn))
-                .await
-                .map_err(|_| FeatureError::Online("redis: write timed out".into()))?
-                .map_err(err)?;
-            written += res.iter().filter(|r| **r == 1).count() as u64;
+            Err(e) => return Err(err(e)),
         }
-        Ok(written)
+    }
+}
+
+async fn load_script(conn: &mut MultiplexedConnection) -> Result<String> {
+    let cmd = redis::cmd("SCRIPT").arg("LOAD").arg(NEWER_WINS).clone();
+    tokio::time::timeout(TIMEOUT, cmd.query_async::<String>(conn))
+        .await
+        .map_err(|_| FeatureError::Online("redis: SCRIPT LOAD timed out".into()))?
+        .map_err(err)
+}
+
+impl OnlineBackend for RedisStore {
+    /// Writes without expiry (see [`RedisStore::write_expiring`]).
+    async fn write(&self, items: Vec<(String, Vec<u8>)>) -> Result<u64> {
+        self.write_expiring(items.into_iter().map(|(k, v)| (k, v, None)).collect(), 0)
+            .await
     }
 
     async fn read(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {

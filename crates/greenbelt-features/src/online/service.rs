@@ -413,8 +413,11 @@ impl OnlineService {
 
     /// Write rows in the offline layout (join keys, `event_timestamp`,
     /// `created_timestamp`, features) to the online store, newest per key,
-    /// and drop those keys from the cache. Returns keys written.
+    /// and drop those keys from the cache. Returns keys written. On Redis a
+    /// key of a view with a TTL expires at its event time + TTL (plus
+    /// `redis::EXPIRY_MARGIN`) by this service's clock.
     pub async fn write_batch(&self, view: &FeatureView, batch: &RecordBatch) -> Result<u64> {
+        use std::collections::btree_map::Entry;
         let col = |name: &str| {
             batch.column_by_name(name).cloned().ok_or_else(|| {
                 FeatureError::Invalid(format!(
@@ -445,12 +448,24 @@ impl OnlineService {
                 .cloned(),
             None => None,
         };
-        let feats: Vec<(String, ArrayRef)> = view
+        let feats: Vec<ArrayRef> = view
             .features
             .iter()
-            .map(|f| Ok((f.name.clone(), col(&f.name)?)))
+            .map(|f| col(&f.name))
             .collect::<Result<_>>()?;
-        let mut latest: BTreeMap<String, Record> = BTreeMap::new();
+        // `"name":` of every feature, JSON-escaped once per batch.
+        let names: Vec<Vec<u8>> = view
+            .features
+            .iter()
+            .map(|f| {
+                let mut n = Value::from(f.name.as_str()).to_string().into_bytes();
+                n.push(b':');
+                n
+            })
+            .collect();
+        // The newest row per key: (event, created, row); of two rows equal
+        // in both, the later one.
+        let mut latest: BTreeMap<String, (i64, i64, usize)> = BTreeMap::new();
         'rows: for i in 0..batch.num_rows() {
             if ev.is_null(i) {
                 continue;
@@ -462,32 +477,63 @@ impl OnlineService {
                     None => continue 'rows,
                 }
             }
-            let mut values = Map::new();
-            for (name, a) in &feats {
-                values.insert(name.clone(), cell(a, i));
-            }
-            let rec = Record {
-                event_us: ev.value(i),
-                created_us: cr
-                    .as_ref()
-                    .filter(|c| c.is_valid(i))
-                    .map_or(i64::MIN, |c| c.value(i)),
-                values,
-            };
-            let key = storage_key(&view.name, &kt);
-            match latest.get(&key) {
-                Some(old) if old.order() > rec.order() => {}
-                _ => {
-                    latest.insert(key, rec);
+            let event = ev.value(i);
+            let created = cr
+                .as_ref()
+                .filter(|c| c.is_valid(i))
+                .map_or(i64::MIN, |c| c.value(i));
+            match latest.entry(storage_key(&view.name, &kt)) {
+                Entry::Occupied(mut e) => {
+                    let (oe, oc, _) = *e.get();
+                    if (oe, oc) <= (event, created) {
+                        e.insert((event, created, i));
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert((event, created, i));
                 }
             }
         }
-        let keys: Vec<String> = latest.keys().cloned().collect();
-        let items: Vec<(String, Vec<u8>)> =
-            latest.into_iter().map(|(k, r)| (k, r.encode())).collect();
-        let written = self.store.write(items).await?;
+        // Encode only the winners, straight from the columns, in the
+        // `Record` format (order prefix, then the values as a JSON object)
+        // without building a map per row.
+        let mut items: Vec<(String, Vec<u8>, Option<i64>)> = Vec::with_capacity(latest.len());
+        for (key, (event_us, created_us, i)) in latest {
+            let mut out = Record {
+                event_us,
+                created_us,
+                values: Map::new(),
+            }
+            .order()
+            .into_bytes();
+            out.reserve(2 + feats.len() * 28);
+            out.push(b'{');
+            for (j, (a, name)) in feats.iter().zip(&names).enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(name);
+                serde_json::to_writer(&mut out, &cell(a, i))
+                    .map_err(|e| FeatureError::Data(format!("encoding a value: {e}")))?;
+            }
+            out.push(b'}');
+            let deadline = view.ttl_us.map(|t| event_us.saturating_add(t));
+            items.push((key, out, deadline));
+        }
+        let invalidate: Vec<String> = match &self.cache {
+            Some(_) => items.iter().map(|(k, _, _)| k.clone()).collect(),
+            None => Vec::new(),
+        };
+        let written = match &self.store {
+            OnlineStore::Redis(r) => r.write_expiring(items, (self.clock)()).await?,
+            store => {
+                store
+                    .write(items.into_iter().map(|(k, v, _)| (k, v)).collect())
+                    .await?
+            }
+        };
         if let Some(cache) = &self.cache {
-            for k in keys {
+            for k in invalidate {
                 cache.invalidate(&k).await;
             }
         }
@@ -528,7 +574,10 @@ impl OnlineService {
     }
 
     /// Write a view's latest offline values in [start, end) to the online
-    /// store, streaming.
+    /// store. Only the newest row of each key can end up in the store, so
+    /// the query picks it (one sort, spilling under the engine's memory
+    /// limit) and every key is written once, in few large store calls,
+    /// instead of once per row of its history.
     pub async fn materialize_online(
         &self,
         offline: &OfflineStore,
@@ -537,7 +586,12 @@ impl OnlineService {
         end: i64,
         engine: &EngineOptions,
     ) -> Result<u64> {
+        use datafusion::arrow::compute::concat_batches;
         use datafusion::prelude::{cast as dcast, col, lit};
+
+        use crate::source::q;
+        /// Rows per `write_batch` call (one redb transaction, a few Redis pipelines).
+        const WRITE_ROWS: usize = 65_536;
         let view = self.defs.view(view_name)?;
         let ctx = session(engine)?;
         let ts = DataType::Timestamp(
@@ -549,10 +603,44 @@ impl OnlineService {
                 .gt_eq(dcast(lit(start), ts.clone()))
                 .and(col(EVENT_TIMESTAMP).lt(dcast(lit(end), ts))),
         )?;
-        let mut s = df.execute_stream().await?;
+        let table = "__gb_materialize_online";
+        ctx.register_table(table, df.into_view())?;
+        let columns: Vec<String> = offline_schema(view)
+            .fields()
+            .iter()
+            .map(|f| q(f.name()))
+            .collect();
+        let keys: Vec<String> = view.join_keys.iter().map(|k| q(&k.name)).collect();
+        // Newest by event time, then created time (missing = oldest).
+        let sql = format!(
+            "SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {ev} DESC, {cr} DESC NULLS LAST) AS __gb_rn FROM {table}) WHERE __gb_rn = 1",
+            cols = columns.join(", "),
+            keys = keys.join(", "),
+            ev = q(EVENT_TIMESTAMP),
+            cr = q(CREATED_TIMESTAMP),
+        );
+        let latest = ctx.sql(&sql).await?;
+        let mut s = latest.execute_stream().await?;
+        let schema = s.schema();
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0;
         let mut written = 0;
-        while let Some(b) = s.next().await {
-            written += self.write_batch(view, &b?).await?;
+        loop {
+            let next = s.next().await.transpose()?;
+            let done = next.is_none();
+            if let Some(b) = next {
+                rows += b.num_rows();
+                pending.push(b);
+            }
+            if rows > 0 && (rows >= WRITE_ROWS || done) {
+                let batch = concat_batches(&schema, &pending)?;
+                written += self.write_batch(view, &batch).await?;
+                pending.clear();
+                rows = 0;
+            }
+            if done {
+                break;
+            }
         }
         Ok(written)
     }

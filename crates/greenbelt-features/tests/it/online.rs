@@ -332,3 +332,113 @@ async fn redis_service_ttl_cache_and_push() {
     );
     service_behaviour(store).await;
 }
+
+/// Milliseconds to live of a key of this test's store, straight from Redis.
+async fn pttl(url: &str, full_key: &str) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PTTL")
+        .arg(full_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn redis_keys_expire_after_the_view_ttl_plus_a_margin() {
+    use greenbelt_features::online::redis::EXPIRY_MARGIN;
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("expiry");
+    let store = OnlineStore::Redis(RedisStore::connect(&url, &prefix).await.unwrap());
+    // The service clock, not Redis's, decides how long is left.
+    let now = T0 + 100 * SEC;
+    let svc =
+        OnlineService::new(defs(), store.clone(), CacheOptions::default()).with_clock(move || now);
+    let margin_ms = EXPIRY_MARGIN.as_millis() as i64;
+    let u1 = format!("{prefix}{}", storage_key("user_stats", &["u1".into()]));
+    // Within a few seconds of `want` ms, never above it.
+    let close = |got: i64, want: i64| got <= want && got > want - 5_000;
+
+    // user_stats has a 1 h TTL: event + 1 h + margin, from the service's now.
+    let r = svc
+        .push(&push("user_stats", json!({
+            "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:01:00Z"], "amount": [10.0], "country": ["NL"],
+        })))
+        .await
+        .unwrap();
+    assert_eq!(r.written, 1);
+    let want = (60 + 3600 - 100) * 1000 + margin_ms;
+    let got = pttl(&url, &u1).await;
+    assert!(close(got, want), "PTTL {got}, want about {want}");
+
+    // merchant_stats has no TTL: no expiry.
+    svc.push(&push(
+        "merchant_stats",
+        json!({ "merchant_id": [7], "event_timestamp": ["2026-01-01T00:00:00Z"], "risk": [0.5] }),
+    ))
+    .await
+    .unwrap();
+    let m7 = format!("{prefix}{}", storage_key("merchant_stats", &["7".into()]));
+    assert_eq!(
+        pttl(&url, &m7).await,
+        -1,
+        "a view without TTL never expires"
+    );
+
+    // An older write changes neither the value nor the expiry (one atomic step).
+    let r = svc
+        .push(&push("user_stats", json!({
+            "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:00:10Z"], "amount": [99.0], "country": ["XX"],
+        })))
+        .await
+        .unwrap();
+    assert_eq!(r.written, 0);
+    let got = pttl(&url, &u1).await;
+    assert!(
+        close(got, want),
+        "PTTL {got} after an older write, want about {want}"
+    );
+    let stored = store
+        .read(vec![storage_key("user_stats", &["u1".into()])])
+        .await
+        .unwrap();
+    let rec = Record::decode(stored[0].as_ref().unwrap()).unwrap();
+    assert_eq!(rec.values["amount"], json!(10.0));
+
+    // A newer write moves the expiry with its event time.
+    svc.push(&push("user_stats", json!({
+        "user_id": ["u1"], "event_timestamp": ["2026-01-01T00:01:30Z"], "amount": [11.0], "country": ["NL"],
+    })))
+    .await
+    .unwrap();
+    let want = (90 + 3600 - 100) * 1000 + margin_ms;
+    let got = pttl(&url, &u1).await;
+    assert!(
+        close(got, want),
+        "PTTL {got} after a newer write, want about {want}"
+    );
+
+    // A value already past TTL + margin on the writer's clock is not stored at all.
+    let late = T0 + 3600 * SEC + EXPIRY_MARGIN.as_secs() as i64 * SEC + 61 * SEC;
+    let svc_late =
+        OnlineService::new(defs(), store.clone(), CacheOptions::default()).with_clock(move || late);
+    let r = svc_late
+        .push(&push("user_stats", json!({
+            "user_id": ["u2"], "event_timestamp": ["2026-01-01T00:00:00Z"], "amount": [1.0], "country": ["NL"],
+        })))
+        .await
+        .unwrap();
+    assert_eq!(r.written, 0);
+    let u2 = format!("{prefix}{}", storage_key("user_stats", &["u2".into()]));
+    assert_eq!(pttl(&url, &u2).await, -2, "no key for an expired value");
+
+    // Clean up this test's keys.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&u1)
+        .arg(&m7)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
