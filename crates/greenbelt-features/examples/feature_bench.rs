@@ -671,12 +671,12 @@ async fn run_online(
             }
             if i == 0 {
                 // The first three ids' values, for the cross-check with Feast.
-                for row in 0..3 {
+                for (row, id) in chunk.iter().take(3).enumerate() {
                     let mut m = serde_json::Map::new();
                     for (n, c) in r.metadata.feature_names[1..].iter().zip(feats) {
                         m.insert(n.clone(), c.values[row].clone());
                     }
-                    checks.push(json!({"id": chunk[row], "values": m}));
+                    checks.push(json!({"id": id, "values": m}));
                 }
             }
         }

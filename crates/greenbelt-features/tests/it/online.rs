@@ -442,3 +442,190 @@ async fn redis_keys_expire_after_the_view_ttl_plus_a_margin() {
         .await
         .unwrap();
 }
+
+const MATERIALIZE_DEFS: &str = r#"
+[store]
+offline = "offline"
+[[entity]]
+name = "user"
+join_keys = [{ name = "user_id", type = "string" }]
+[[source]]
+name = "tx"
+path = "tx.parquet"
+event_timestamp = "event_ts"
+created_timestamp = "created_ts"
+[[feature_view]]
+name = "user_stats"
+entities = ["user"]
+source = "tx"
+features = [{ name = "amount", type = "float64" }, { name = "country", type = "string" }]
+[[feature_service]]
+name = "model"
+features = ["user_stats:*"]
+"#;
+
+/// Online materialization writes each key's newest row in the range once:
+/// newest by event time, then created time (missing = oldest), whatever the
+/// order of the rows and however the stream is cut into batches.
+async fn materialize_online_behaviour(store: OnlineStore) {
+    use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+    use greenbelt_features::offline::{MaterializeOptions, OfflineStore, materialize};
+    use greenbelt_features::source::EngineOptions;
+    use greenbelt_features::time::parse_ts;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = |s: &str| parse_ts("t", s).unwrap();
+    let rows: Vec<(&str, &str, Option<&str>, f64, &str)> = vec![
+        (
+            "u1",
+            "2026-01-01T10:00:00Z",
+            Some("2026-01-01T10:00:00Z"),
+            1.0,
+            "NL",
+        ),
+        (
+            "u1",
+            "2026-01-02T09:00:00Z",
+            Some("2026-01-02T10:00:00Z"),
+            3.0,
+            "DE",
+        ),
+        (
+            "u1",
+            "2026-01-02T09:00:00Z",
+            Some("2026-01-02T09:00:00Z"),
+            2.0,
+            "NL",
+        ),
+        ("u2", "2026-01-03T08:00:00Z", None, 5.0, "FR"),
+        (
+            "u2",
+            "2026-01-01T08:00:00Z",
+            Some("2026-01-09T00:00:00Z"),
+            6.0,
+            "XX",
+        ),
+        ("u2", "2026-01-03T08:00:00Z", None, 5.0, "FR"),
+        ("u3", "2026-01-04T00:00:00Z", None, 7.0, "US"),
+        ("u3", "2026-01-01T00:00:00Z", None, 8.0, "US"),
+    ];
+    let users: ArrayRef = Arc::new(StringArray::from(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+    ));
+    let countries: ArrayRef = Arc::new(StringArray::from(
+        rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+    ));
+    let b = batch(vec![
+        ("user_id", users),
+        (
+            "event_ts",
+            ts_array(rows.iter().map(|r| Some(t(r.1))).collect()),
+        ),
+        (
+            "created_ts",
+            ts_array(rows.iter().map(|r| r.2.map(&t)).collect()),
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ),
+        ("country", countries),
+    ]);
+    write_parquet(&dir.path().join("tx.parquet"), &b);
+    let defs = Arc::new(Definitions::parse(MATERIALIZE_DEFS, dir.path()).unwrap());
+    let offline = OfflineStore::open(&dir.path().join("offline")).unwrap();
+    materialize(
+        &defs,
+        &offline,
+        "user_stats",
+        t("2026-01-01T00:00:00Z"),
+        t("2026-01-05T00:00:00Z"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap();
+    let svc = OnlineService::new(defs.clone(), store, CacheOptions::default());
+    // Batches of 2 rows: keys' rows arrive in different batches.
+    let engine = EngineOptions {
+        batch_size: 2,
+        ..EngineOptions::default()
+    };
+    let written = svc
+        .materialize_online(
+            &offline,
+            "user_stats",
+            t("2026-01-01T00:00:00Z"),
+            t("2026-01-04T00:00:00Z"),
+            &engine,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 3, "one write per key");
+    let ask = || {
+        let mut entities = BTreeMap::new();
+        entities.insert(
+            "user_id".to_string(),
+            vec![json!("u1"), json!("u2"), json!("u3")],
+        );
+        OnlineRequest {
+            entities,
+            feature_service: Some("model".into()),
+            features: None,
+            full_feature_names: false,
+        }
+    };
+    let r = svc.get_online_features(&ask()).await.unwrap();
+    assert_eq!(
+        r.results[1].values,
+        [json!(3.0), json!(5.0), json!(8.0)],
+        "newest event, then newest created; u3's row at the range end is not in it"
+    );
+    assert_eq!(r.results[2].values, [json!("DE"), json!("FR"), json!("US")]);
+    assert_eq!(
+        r.results[1].event_timestamps[0],
+        "2026-01-02T09:00:00.000000Z"
+    );
+    // The next range brings u3's later row; the others stay.
+    let written = svc
+        .materialize_online(
+            &offline,
+            "user_stats",
+            t("2026-01-04T00:00:00Z"),
+            t("2026-01-05T00:00:00Z"),
+            &engine,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    let r = svc.get_online_features(&ask()).await.unwrap();
+    assert_eq!(r.results[1].values, [json!(3.0), json!(5.0), json!(7.0)]);
+}
+
+#[tokio::test]
+async fn embedded_materialize_online_writes_the_newest_row_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path().join("o.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    materialize_online_behaviour(store).await;
+}
+
+#[tokio::test]
+async fn redis_materialize_online_writes_the_newest_row_per_key() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("materialize");
+    let store = OnlineStore::Redis(RedisStore::connect(&url, &prefix).await.unwrap());
+    materialize_online_behaviour(store).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for u in ["u1", "u2", "u3"] {
+        let k = format!("{prefix}{}", storage_key("user_stats", &[u.into()]));
+        let _: i64 = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
