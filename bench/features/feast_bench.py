@@ -221,6 +221,23 @@ def phase_online(data_dir: Path, meta: dict, iters: int, batch_iters: int) -> No
             "present_fraction": present / values if values else 0.0,
             "check": checks, "versions": versions(),
         })
+    emit(redis_ping(iters))
+
+
+def redis_ping(iters: int) -> dict:
+    """Round trips to Redis alone from Python (redis-py + hiredis): Feast's floor."""
+    import redis
+
+    host, port, db = redis_parts()
+    r = redis.Redis(host=host, port=port, db=db)
+    samples = []
+    for i in range(iters + iters // 10):
+        t = time.perf_counter_ns()
+        r.ping()
+        if i >= iters // 10:
+            samples.append(time.perf_counter_ns() - t)
+    return {"bench": "online", "system": "feast", "store": "redis", "what": "ping", "iters": iters,
+            **percentiles(samples)}
 
 
 def phase_historical(data_dir: Path, meta: dict) -> None:

@@ -716,7 +716,31 @@ async fn run_online(
             }));
         }
     }
+    if kind == StoreKind::Redis {
+        emit(redis_ping(iters).await?);
+    }
     Ok(())
+}
+
+/// Round trips to Redis alone (PING on a multiplexed connection like the
+/// store's): the floor under any read through Redis on this machine.
+async fn redis_ping(iters: usize) -> anyhow::Result<Value> {
+    let client = redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for i in 0..iters + iters / 10 {
+        let s = Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        if i >= iters / 10 {
+            h.record((s.elapsed().as_nanos() as u64).max(1))?;
+        }
+    }
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "bench": "online", "system": "greenbelt", "store": "redis", "what": "ping",
+        "iters": iters, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99),
+        "p999_us": us(0.999), "mean_us": h.mean() / 1000.0,
+    }))
 }
 
 async fn run_historical(dir: &Path, memory_limit_mb: usize) -> anyhow::Result<()> {
@@ -786,10 +810,12 @@ fn checksum(path: &Path, refs: &[greenbelt_features::FeatureRef]) -> anyhow::Res
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // As in `greenbelt serve`: a multi-threaded runtime, the work in a
+    // spawned task (a request handler runs in one).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let work = async move {
         match cli.cmd {
             Cmd::Gen {
                 dir,
@@ -836,5 +862,6 @@ fn main() -> anyhow::Result<()> {
                 memory_limit_mb,
             } => run_historical(&dir, memory_limit_mb).await,
         }
-    })
+    };
+    rt.block_on(async move { tokio::spawn(work).await? })
 }
