@@ -7,6 +7,7 @@
 //! All timestamps are UTC; naive timestamps in sources and requests are read
 //! as UTC.
 
+pub(crate) mod asof;
 pub mod canary;
 pub mod contracts;
 pub mod defs;

@@ -63,6 +63,8 @@ pub const EVENT_TIMESTAMP: &str = "event_timestamp";
 pub const CREATED_TIMESTAMP: &str = "created_timestamp";
 /// Reason column of the quarantine table.
 pub const REASON: &str = "quarantine_reason";
+/// The reason given for a row without an event time.
+pub const NO_EVENT_TIME: &str = "event_timestamp is null: a row without an event time belongs to no partition; fix the source or the transformation";
 
 const ROWS_PER_GROUP: usize = 64 * 1024;
 /// Marks the source rows of the run's range while a source contract is checked.
@@ -392,8 +394,30 @@ pub fn offline_schema(view: &FeatureView) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// A view's source rows in the offline layout, event time in [start, end),
-/// sorted by event time.
+/// A view's materialized rows (every partition of the offline store),
+/// normalised like `source::view_frame`: join keys, `__gb_ts`,
+/// `__gb_created` (Int64 µs UTC), features.
+pub async fn stored_view_frame(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    view: &FeatureView,
+) -> Result<DataFrame> {
+    let store = OfflineStore::open_location(&defs.offline)?;
+    let df = store.read_view(ctx, &view.name).await?;
+    let mut exprs = Vec::new();
+    for k in &view.join_keys {
+        exprs.push(cast(ident(&k.name), k.dtype.arrow()).alias(&k.name));
+    }
+    exprs.push(ts_micros(ident(EVENT_TIMESTAMP)).alias(TS));
+    exprs.push(ts_micros(ident(CREATED_TIMESTAMP)).alias(CREATED));
+    for f in &view.features {
+        exprs.push(cast(ident(&f.name), f.dtype.arrow()).alias(&f.name));
+    }
+    Ok(df.select(exprs)?)
+}
+
+/// A view's source rows in the offline layout, event time in [start, end)
+/// or none, sorted by event time (rows without one last).
 pub async fn offline_frame(
     ctx: &SessionContext,
     defs: &Definitions,
@@ -406,9 +430,15 @@ pub async fn offline_frame(
 }
 
 /// A normalised view frame (see `source::normalise`) in the offline layout,
-/// event time in [start, end), sorted by event time.
+/// event time in [start, end), sorted by event time. Rows without an event
+/// time are kept (they sort last): materialization quarantines them and
+/// validation checks them; they are never dropped unseen.
 fn offline_layout(df: DataFrame, view: &FeatureView, start: i64, end: i64) -> Result<DataFrame> {
-    let df = df.filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end))))?;
+    let df = df.filter(
+        col(TS)
+            .is_null()
+            .or(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end)))),
+    )?;
     let mut exprs = Vec::new();
     for k in &view.join_keys {
         exprs.push(ident(&k.name));
@@ -573,7 +603,11 @@ async fn gated_source(
         .iter()
         .any(|f| f.name() == &source.event_timestamp);
     let ts = || ts_micros(ident(&source.event_timestamp));
-    let in_range = ts().gt_eq(lit(start)).and(ts().lt(lit(end)));
+    // A row without an event time is checked and passed on: the view's
+    // step quarantines it (it belongs to no range, but is not dropped).
+    let in_range = ts()
+        .is_null()
+        .or(ts().gt_eq(lit(start)).and(ts().lt(lit(end))));
     let (raw, flagged) = match (has_ts, &view.transformation) {
         (false, _) => (raw, false),
         (true, None) => (raw.filter(in_range)?, false),
@@ -803,6 +837,20 @@ pub async fn materialize(
             let batch = batch?;
             // Cast to the declared offline schema (field nullability).
             let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+            // Rows without an event time (after the transformation) fit no
+            // partition: set aside with the reason, before the contract.
+            let missing = event_times(&batch)?.null_count();
+            let batch = if missing == 0 {
+                batch
+            } else {
+                let ts = event_times(&batch)?;
+                let bad = BooleanArray::from((0..ts.len()).map(|i| ts.is_null(i)).collect::<Vec<_>>());
+                let good = BooleanArray::from((0..ts.len()).map(|i| ts.is_valid(i)).collect::<Vec<_>>());
+                view_q
+                    .write(&filter_record_batch(&batch, &bad)?, vec![NO_EVENT_TIME.to_string(); missing])
+                    .await?;
+                filter_record_batch(&batch, &good)?
+            };
             let batch = match checker.as_mut() {
                 None => batch,
                 Some(ch) => {

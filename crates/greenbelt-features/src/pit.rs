@@ -11,12 +11,12 @@
 //! in input order, duplicates included. All timestamps are UTC (naive input
 //! is UTC).
 //!
-//! The default mode is an as-of join done as a sort, not a range join: the
-//! entity rows and the view's rows are unioned, sorted by (keys, time, kind,
-//! created), and a running `last_value(... IGNORE NULLS)` window carries the
-//! latest view row to each entity row. Sorts spill to disk under the
-//! session's memory limit. `as_of_known_time` needs a two-dimensional
-//! condition and runs as a keyed range join ranked by `ROW_NUMBER`.
+//! The default mode is an as-of join done as a merge of sorted streams, not
+//! a range join (see [`crate::asof`]): entity rows and view rows are sorted
+//! by keys and time on DataFusion (spilling to disk under the session's
+//! memory limit) and one pass picks each entity row's latest view row.
+//! `as_of_known_time` needs a two-dimensional condition and runs as a
+//! keyed range join ranked by `ROW_NUMBER`.
 //! An entity file is read through DataFusion as a one-partition stream that
 //! numbers its rows in file order (re-read, not held, when a plan reads it
 //! twice); the final sort by that number restores the input order.
@@ -30,23 +30,21 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
-use datafusion::logical_expr::{JoinType, when};
+use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::logical_expr::JoinType;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit};
-use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::defs::{Definitions, FeatureRef, FeatureView, Location};
 use crate::error::{FeatureError, Result};
 use crate::source::{
-    CREATED, EngineOptions, TS, format_of, q, read_file, session, ts_micros, view_frame,
+    CREATED, EngineOptions, TS, format_of, read_file, session, ts_micros, view_frame,
 };
 
-const ROW: &str = "__gb_row";
-const ET: &str = "__gb_et";
+use crate::asof::{self, ET, ROW};
 
 /// How to run a historical retrieval.
 #[derive(Debug, Clone)]
@@ -55,6 +53,11 @@ pub struct HistoricalOptions {
     pub entity_timestamp: String,
     /// Also require `created_ts <= entity_ts` (no value that was not yet known).
     pub as_of_known_time: bool,
+    /// Read each view's rows from the offline store (what materialization
+    /// wrote: contracts applied, quarantined rows left out) rather than from
+    /// its source. Event times outside the materialized ranges then have no
+    /// rows.
+    pub from_offline_store: bool,
     pub engine: EngineOptions,
 }
 
@@ -63,6 +66,7 @@ impl Default for HistoricalOptions {
         HistoricalOptions {
             entity_timestamp: "event_timestamp".into(),
             as_of_known_time: false,
+            from_offline_store: false,
             engine: EngineOptions::default(),
         }
     }
@@ -186,7 +190,8 @@ async fn entity_frame(ctx: &SessionContext, entities: Entities) -> Result<(Schem
                 batches.push(numbered(&with_row, &b, next)?);
                 next += b.num_rows() as i64;
             }
-            let table = MemTable::try_new(with_row, vec![batches])?;
+            let table = MemTable::try_new(with_row, vec![batches])?
+                .with_sort_order(vec![vec![col(ROW).sort(true, false)]]);
             Ok((rows.schema, ctx.read_table(Arc::new(table))?))
         }
         Entities::File(location) => {
@@ -207,9 +212,25 @@ async fn entity_frame(ctx: &SessionContext, entities: Entities) -> Result<(Schem
                 schema: with_row.clone(),
             };
             let file: Arc<dyn PartitionStream> = Arc::new(file);
-            let table = StreamingTable::try_new(with_row, vec![file])?;
+            let table = StreamingTable::try_new(with_row, vec![file])?
+                .with_sort_order(vec![col(ROW).sort(true, false)]);
             Ok((schema, ctx.read_table(Arc::new(table))?))
         }
+    }
+}
+
+/// A view's rows, normalised (see `source::view_frame`): from its source,
+/// or from the offline store.
+async fn view_rows(
+    ctx: &SessionContext,
+    defs: &Definitions,
+    view: &FeatureView,
+    opts: &HistoricalOptions,
+) -> Result<DataFrame> {
+    if opts.from_offline_store {
+        crate::offline::stored_view_frame(ctx, defs, view).await
+    } else {
+        view_frame(ctx, defs, view).await
     }
 }
 
@@ -299,124 +320,29 @@ pub async fn historical_of(
         }
     }
 
-    let mut frame = frame;
-    frame = frame.with_column(ET, ts_micros(ident(&opts.entity_timestamp)))?;
-
-    for (i, (view_name, fs)) in groups.iter().enumerate() {
-        let view = defs.view(view_name)?;
-        let src = view_frame(ctx, defs, view).await?;
-        frame = if opts.as_of_known_time {
-            join_known_time(ctx, frame, src, view, fs, i).await?
-        } else {
-            join_asof(ctx, frame, src, view, fs, i).await?
-        };
-    }
-
+    let frame = frame.with_column(ET, ts_micros(ident(&opts.entity_timestamp)))?;
     let mut out: Vec<Expr> = entity_cols.iter().map(ident).collect();
     for r in features {
         out.push(ident(&r.feature));
     }
-    Ok(frame.sort(vec![col(ROW).sort(true, false)])?.select(out)?)
-}
 
-fn null_of(dt: &DataType) -> Result<Expr> {
-    Ok(lit(ScalarValue::try_from(dt)?))
-}
-
-/// Default mode: union + sort + running last_value.
-async fn join_asof(
-    ctx: &SessionContext,
-    frame: DataFrame,
-    src: DataFrame,
-    view: &FeatureView,
-    fs: &[String],
-    n: usize,
-) -> Result<DataFrame> {
-    let cols: Vec<(String, DataType)> = frame
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| (f.name().clone(), f.data_type().clone()))
-        .collect();
-    // View side: keys present, entity columns null, the row packed as a struct.
-    let mut key_filter: Option<Expr> = None;
-    for k in &view.join_keys {
-        let c = ident(&k.name).is_not_null();
-        key_filter = Some(match key_filter {
-            None => c,
-            Some(f) => f.and(c),
-        });
-    }
-    let mut src = src.filter(ident(TS).is_not_null())?;
-    if let Some(f) = key_filter {
-        src = src.filter(f)?;
-    }
-    let mut packed = vec![lit("t"), ident(TS)];
-    for f in fs {
-        packed.push(lit(f.as_str()));
-        packed.push(ident(f));
-    }
-    let mut s_exprs = Vec::new();
-    for (name, dt) in &cols {
-        s_exprs.push(null_of(dt)?.alias(name));
-    }
-    for (i, k) in view.join_keys.iter().enumerate() {
-        s_exprs.push(ident(&k.name).alias(format!("__gb_k{i}")));
-    }
-    s_exprs.push(lit(0i32).alias("__gb_kind"));
-    s_exprs.push(ident(TS).alias("__gb_t"));
-    s_exprs.push(coalesce(vec![ident(CREATED), lit(i64::MIN)]).alias("__gb_c"));
-    s_exprs.push(named_struct(packed).alias("__gb_s"));
-    let s_side = src.select(s_exprs)?;
-    let struct_type = s_side
-        .schema()
-        .field_with_unqualified_name("__gb_s")?
-        .data_type()
-        .clone();
-
-    let mut e_exprs: Vec<Expr> = cols.iter().map(|(c, _)| ident(c)).collect();
-    for (i, k) in view.join_keys.iter().enumerate() {
-        e_exprs.push(cast(ident(&k.name), k.dtype.arrow()).alias(format!("__gb_k{i}")));
-    }
-    e_exprs.push(lit(1i32).alias("__gb_kind"));
-    e_exprs.push(ident(ET).alias("__gb_t"));
-    e_exprs.push(lit(ScalarValue::Int64(None)).alias("__gb_c"));
-    e_exprs.push(null_of(&struct_type)?.alias("__gb_s"));
-    let e_side = frame.select(e_exprs)?;
-
-    let union = e_side.union(s_side)?;
-    let table = format!("__gb_u{n}");
-    ctx.register_table(table.as_str(), union.into_view())?;
-    let partition: Vec<String> = (0..view.join_keys.len())
-        .map(|i| format!("__gb_k{i}"))
-        .collect();
-    let keep: Vec<String> = cols.iter().map(|(c, _)| q(c)).collect();
-    let sql = format!(
-        "SELECT {keep}, __gb_t, __gb_w FROM (SELECT *, last_value(__gb_s) IGNORE NULLS OVER (PARTITION BY {part} ORDER BY __gb_t, __gb_kind, __gb_c ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __gb_w FROM {table}) WHERE __gb_kind = 1",
-        keep = keep.join(", "),
-        part = partition.join(", "),
-    );
-    let windowed = ctx.sql(&sql).await;
-    ctx.deregister_table(table.as_str())?;
-    let windowed = windowed?;
-
-    let mut out: Vec<Expr> = cols.iter().map(|(c, _)| ident(c)).collect();
-    for f in fs {
-        // An entity row without a timestamp matches nothing (its null
-        // time sorts after every view row).
-        let mut ok = ident("__gb_w")
-            .is_not_null()
-            .and(ident("__gb_t").is_not_null());
-        if let Some(ttl) = view.ttl_us {
-            ok = ok.and(get_field(ident("__gb_w"), "t").gt_eq(ident("__gb_t") - lit(ttl)));
+    if !opts.as_of_known_time {
+        let mut views = Vec::with_capacity(groups.len());
+        for (view_name, fs) in &groups {
+            let view = defs.view(view_name)?;
+            views.push((view, view_rows(ctx, defs, view, opts).await?, fs.clone()));
         }
-        out.push(
-            when(ok, get_field(ident("__gb_w"), f.as_str()))
-                .end()?
-                .alias(f),
-        );
+        let joined = asof::join(ctx, frame, &entity_cols, asof::group_by_keys(views)).await?;
+        return Ok(joined.select(out)?);
     }
-    Ok(windowed.select(out)?)
+
+    let mut frame = frame;
+    for (i, (view_name, fs)) in groups.iter().enumerate() {
+        let view = defs.view(view_name)?;
+        let src = view_rows(ctx, defs, view, opts).await?;
+        frame = join_known_time(ctx, frame, src, view, fs, i).await?;
+    }
+    Ok(frame.sort(vec![col(ROW).sort(true, false)])?.select(out)?)
 }
 
 /// `as_of_known_time` mode: keyed range join ranked by ROW_NUMBER.

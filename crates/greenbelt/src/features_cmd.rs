@@ -105,6 +105,10 @@ enum Cmd {
         /// Only values whose created timestamp is at or before the entity timestamp.
         #[arg(long)]
         as_of_known_time: bool,
+        /// Read feature rows from the offline store (materialized, contracts
+        /// applied, quarantined rows left out) instead of the views' sources.
+        #[arg(long)]
+        from_offline_store: bool,
     },
     /// Write a sentinel row through push, read it back online, report the lag vs the view's freshness SLA.
     Canary {
@@ -371,6 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             out,
             entity_timestamp,
             as_of_known_time,
+            from_offline_store,
         } => {
             let refs = match (service, features.is_empty()) {
                 (Some(s), true) => defs.service(s)?.features.clone(),
@@ -380,6 +385,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let opts = HistoricalOptions {
                 entity_timestamp: entity_timestamp.clone(),
                 as_of_known_time: *as_of_known_time,
+                from_offline_store: *from_offline_store,
                 engine: engine(&args),
             };
             let started = tokio::time::Instant::now();

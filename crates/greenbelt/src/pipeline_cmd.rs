@@ -68,6 +68,7 @@ impl pipeline::HistoricalRetrieval for FeatureStoreRetrieval {
                     .clone()
                     .unwrap_or_else(|| "event_timestamp".into()),
                 as_of_known_time: def.as_of_known_time,
+                from_offline_store: def.from_offline_store,
                 ..HistoricalOptions::default()
             };
             historical_to_parquet(&defs, &refs, &def.entities, out, &opts)

@@ -84,6 +84,10 @@ pub struct HistoricalDef {
     /// Also require `created_ts <= entity time` (what was known then).
     #[serde(default)]
     pub as_of_known_time: bool,
+    /// Read feature rows from the offline store (materialized, contracts
+    /// applied, quarantined rows left out) instead of the views' sources.
+    #[serde(default)]
+    pub from_offline_store: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -328,6 +328,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
                     "definitions": h.definitions.display().to_string(),
                     "entities": h.entities.display().to_string(),
                     "as_of_known_time": h.as_of_known_time,
+                    "from_offline_store": h.from_offline_store,
                 })),
                 "dataset_sha256": table_sha,
                 "rows": rows,

@@ -120,9 +120,26 @@ impl Default for CacheOptions {
     }
 }
 
+/// A stored record as read: decoded once, with its event time as text (a
+/// response repeats it for every feature of the view).
+#[derive(Debug)]
+struct Stored {
+    record: Record,
+    event_ts: String,
+}
+
+impl Stored {
+    fn new(record: Record) -> Stored {
+        Stored {
+            event_ts: format_ts(record.event_us),
+            record,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Cached {
-    record: Option<Record>,
+    stored: Option<Arc<Stored>>,
     ttl: Duration,
 }
 
@@ -240,12 +257,12 @@ impl OnlineService {
     }
 
     /// Records for storage keys, cache first, one store read for the misses.
-    async fn fetch(&self, keys: &[(String, &FeatureView)]) -> Result<Vec<Option<Record>>> {
-        let mut out: Vec<Option<Option<Record>>> = vec![None; keys.len()];
+    async fn fetch(&self, keys: &[(String, &FeatureView)]) -> Result<Vec<Option<Arc<Stored>>>> {
+        let mut out: Vec<Option<Option<Arc<Stored>>>> = vec![None; keys.len()];
         if let Some(cache) = &self.cache {
             for (i, (k, _)) in keys.iter().enumerate() {
                 if let Some(c) = cache.get(k).await {
-                    out[i] = Some(c.record.clone());
+                    out[i] = Some(c.stored.clone());
                 }
             }
         }
@@ -256,14 +273,16 @@ impl OnlineService {
                 .read(missing.iter().map(|i| keys[*i].0.clone()).collect())
                 .await?;
             for (i, bytes) in missing.into_iter().zip(raw) {
-                let rec = bytes.map(|b| Record::decode(&b)).transpose()?;
+                let rec = bytes
+                    .map(|b| Record::decode(&b).map(|r| Arc::new(Stored::new(r))))
+                    .transpose()?;
                 if let Some(cache) = &self.cache {
                     let ttl = self.entry_ttl(keys[i].1);
                     cache
                         .insert(
                             keys[i].0.clone(),
                             Arc::new(Cached {
-                                record: rec.clone(),
+                                stored: rec.clone(),
                                 ttl,
                             }),
                         )
@@ -277,9 +296,13 @@ impl OnlineService {
 
     /// Feature values for entity rows (see the module docs for the shape).
     pub async fn get_online_features(&self, req: &OnlineRequest) -> Result<OnlineResponse> {
-        let refs: Vec<FeatureRef> = match (&req.feature_service, &req.features) {
-            (Some(s), None) => self.defs.service(s)?.features.clone(),
-            (None, Some(f)) => self.defs.resolve_features(f)?,
+        let resolved: Vec<FeatureRef>;
+        let refs: &[FeatureRef] = match (&req.feature_service, &req.features) {
+            (Some(s), None) => &self.defs.service(s)?.features,
+            (None, Some(f)) => {
+                resolved = self.defs.resolve_features(f)?;
+                &resolved
+            }
             (Some(_), Some(_)) => {
                 return Err(FeatureError::Invalid(
                     "give either feature_service or features, not both".into(),
@@ -307,7 +330,7 @@ impl OnlineService {
         }
         // Views in first-appearance order, with their storage keys per row.
         let mut views: Vec<&FeatureView> = Vec::new();
-        for r in &refs {
+        for r in refs {
             let v = self.defs.view(&r.view)?;
             if !views.iter().any(|x| x.name == v.name) {
                 views.push(v);
@@ -364,7 +387,7 @@ impl OnlineService {
                 event_timestamps: vec![epoch.clone(); n],
             });
         }
-        for r in &refs {
+        for r in refs {
             let vi = views.iter().position(|v| v.name == r.view).unwrap_or(0);
             let view = views[vi];
             names.push(if req.full_feature_names {
@@ -384,8 +407,9 @@ impl OnlineService {
                         col.statuses.push(FieldStatus::NotFound);
                         col.event_timestamps.push(epoch.clone());
                     }
-                    Some(rec) => {
-                        col.event_timestamps.push(format_ts(rec.event_us));
+                    Some(stored) => {
+                        let rec = &stored.record;
+                        col.event_timestamps.push(stored.event_ts.clone());
                         let expired = view.ttl_us.is_some_and(|t| now - rec.event_us > t);
                         let v = rec.values.get(&r.feature).cloned().unwrap_or(Value::Null);
                         if expired {

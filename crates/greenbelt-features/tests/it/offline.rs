@@ -630,3 +630,115 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn rows_without_an_event_time_are_quarantined_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = batch(vec![
+        (
+            "user_id",
+            std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "u1", "u2", "u3",
+            ])),
+        ),
+        (
+            "event_ts",
+            ts_array(vec![
+                Some(t("2026-01-01T10:00:00Z")),
+                None,
+                Some(t("2026-01-02T10:00:00Z")),
+            ]),
+        ),
+        (
+            "amount",
+            std::sync::Arc::new(datafusion::arrow::array::Float64Array::from(vec![
+                1.0, 2.0, 3.0,
+            ])),
+        ),
+    ]);
+    write_parquet(&dir.path().join("tx.parquet"), &rows);
+    let text = defs_text("quarantine").replace("tx.csv", "tx.parquet");
+    let defs = Definitions::parse(&text, dir.path()).unwrap();
+    let store = OfflineStore::open(&defs.offline_path).unwrap();
+    let r = materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.rows, r.quarantined), (2, 1));
+    assert_eq!(r.partitions_written, ["2026-01-01", "2026-01-02"]);
+    let q = read_entities(Path::new(r.quarantine_file.as_ref().unwrap()))
+        .await
+        .unwrap();
+    let q = concat(&q.batches);
+    assert_eq!(strs(&q, "user_id"), [Some("u2".to_string())]);
+    assert_eq!(strs(&q, "event_timestamp"), [None]);
+    assert!(
+        strs(&q, REASON)[0]
+            .as_ref()
+            .unwrap()
+            .starts_with("event_timestamp is null"),
+        "{:?}",
+        strs(&q, REASON)
+    );
+}
+
+#[tokio::test]
+async fn historical_from_the_offline_store_leaves_quarantined_rows_out() {
+    use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
+    let (dir, defs, store) = setup("quarantine");
+    materialize(
+        &defs,
+        &store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap();
+    // u3's only row (amount -4) broke the range rule and was quarantined;
+    // u1 at noon on the 2nd sees its row of midnight (3).
+    std::fs::write(
+        dir.path().join("entities.csv"),
+        "user_id,event_timestamp\nu3,2026-01-02T13:00:00Z\nu1,2026-01-02T12:00:00Z\n",
+    )
+    .unwrap();
+    let features = defs
+        .resolve_features(&["user_stats:amount".into()])
+        .unwrap();
+    let amounts = |from_offline_store: bool| {
+        let defs = &defs;
+        let features = &features;
+        let dir = dir.path().to_path_buf();
+        async move {
+            let out = dir.join(format!("train-{from_offline_store}.parquet"));
+            let opts = HistoricalOptions {
+                from_offline_store,
+                ..HistoricalOptions::default()
+            };
+            historical_to_parquet(defs, features, &dir.join("entities.csv"), &out, &opts)
+                .await
+                .unwrap();
+            f64s(
+                &concat(&read_entities(&out).await.unwrap().batches),
+                "amount",
+            )
+        }
+    };
+    assert_eq!(
+        amounts(false).await,
+        [Some(-4.0), Some(3.0)],
+        "the source has it"
+    );
+    assert_eq!(
+        amounts(true).await,
+        [None, Some(3.0)],
+        "the offline store does not"
+    );
+}
