@@ -770,71 +770,125 @@ fn psi_value(p: &Psi) -> f64 {
     }
 }
 
+/// Read a PSI reference in streaming passes over the one column (memory
+/// does not grow with the file): numeric columns get decile-style edges at
+/// exact ranks (a DataFusion sort, which spills) and the share of values
+/// per bin; other columns the share of each value (a group-by).
 async fn load_reference(
     rule: &RuleSpec,
     column_name: &str,
     path: &str,
     bins: usize,
 ) -> Result<Psi> {
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::prelude::{col, ident};
+    use futures::StreamExt;
+
     let ctx = crate::source::session(&crate::source::EngineOptions::default())?;
     let loc = crate::defs::Location::from_path(Path::new(path))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        FeatureError::Invalid(format!("contract rule {}: reference: {e}", rule.label()))
+    };
     let df = crate::source::read_file(&ctx, &loc, crate::source::format_of(&loc))
         .await
-        .map_err(|e| {
-            FeatureError::Invalid(format!("contract rule {}: reference: {e}", rule.label()))
-        })?;
-    let batches = df.collect().await?;
-    let mut nums = Vec::new();
-    let mut cats: BTreeMap<String, f64> = BTreeMap::new();
-    let mut numeric = true;
-    for b in &batches {
-        let a = column(b, rule, column_name)?;
-        if a.data_type().is_numeric() {
-            let v = as_f64(a)?;
-            nums.extend(v.iter().flatten().filter(|x| !x.is_nan()));
-        } else {
-            numeric = false;
-            let t = as_text(a)?;
-            for s in t.iter().flatten() {
-                *cats.entry(s.to_string()).or_default() += 1.0;
+        .map_err(|e| bad(&e))?;
+    let fields: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    if !fields.iter().any(|f| f == column_name) {
+        return Err(FeatureError::Invalid(format!(
+            "contract rule {}: column \"{column_name}\" is not in the reference (columns: {})",
+            rule.label(),
+            fields.join(", ")
+        )));
+    }
+    let df = df.select(vec![ident(column_name).alias("v")])?;
+    let numeric = df.schema().field(0).data_type().is_numeric();
+    let no_values = || {
+        FeatureError::Invalid(format!(
+            "contract rule {}: the reference has no values in \"{column_name}\"",
+            rule.label()
+        ))
+    };
+    if !numeric {
+        let mut cats: BTreeMap<String, f64> = BTreeMap::new();
+        let counted = df
+            .filter(col("v").is_not_null())?
+            .aggregate(vec![col("v")], vec![count(col("v")).alias("n")])?;
+        let mut stream = counted.execute_stream().await?;
+        while let Some(b) = stream.next().await {
+            let b = b?;
+            let names = as_text(b.column(0))?;
+            let ns = as_f64(b.column(1))?;
+            for (k, n) in names.iter().zip(ns.iter()) {
+                if let (Some(k), Some(n)) = (k, n) {
+                    *cats.entry(k.to_string()).or_default() += n;
+                }
             }
         }
-    }
-    if numeric {
-        if nums.is_empty() {
-            return Err(FeatureError::Invalid(format!(
-                "contract rule {}: the reference has no values in \"{column_name}\"",
-                rule.label()
-            )));
+        let total: f64 = cats.values().sum();
+        if total == 0.0 {
+            return Err(no_values());
         }
-        nums.sort_by(f64::total_cmp);
-        let mut edges: Vec<f64> = (1..bins)
-            .map(|i| nums[(i * nums.len() / bins).min(nums.len() - 1)])
-            .collect();
-        edges.dedup();
-        let mut reference = vec![0u64; edges.len() + 1];
-        for x in &nums {
-            let b = edges.partition_point(|e| e < x);
+        for v in cats.values_mut() {
+            *v /= total;
+        }
+        return Ok(Psi::Categorical {
+            reference: cats,
+            counts: BTreeMap::new(),
+        });
+    }
+
+    // Pass 1: how many values (not null, not NaN).
+    let values = |df: datafusion::prelude::DataFrame| async move {
+        Ok::<_, FeatureError>(
+            df.execute_stream()
+                .await?
+                .map(|b| -> Result<Float64Array> { as_f64(b?.column(0)) }),
+        )
+    };
+    let mut n = 0usize;
+    let mut stream = values(df.clone()).await?;
+    while let Some(a) = stream.next().await {
+        n += a?.iter().flatten().filter(|x| !x.is_nan()).count();
+    }
+    if n == 0 {
+        return Err(no_values());
+    }
+    // Pass 2: the edges, at ranks i·n/bins of the sorted values.
+    let ranks: Vec<usize> = (1..bins).map(|i| (i * n / bins).min(n - 1)).collect();
+    let mut edges: Vec<f64> = Vec::with_capacity(ranks.len());
+    let mut seen = 0usize;
+    let mut stream = values(df.clone().sort(vec![col("v").sort(true, false)])?).await?;
+    while let Some(a) = stream.next().await {
+        for x in a?.iter().flatten().filter(|x| !x.is_nan()) {
+            while edges.len() < ranks.len() && ranks[edges.len()] == seen {
+                edges.push(x);
+            }
+            seen += 1;
+        }
+    }
+    edges.dedup();
+    // Pass 3: the share of values per bin.
+    let mut reference = vec![0u64; edges.len() + 1];
+    let mut stream = values(df).await?;
+    while let Some(a) = stream.next().await {
+        for x in a?.iter().flatten().filter(|x| !x.is_nan()) {
+            let b = edges.partition_point(|e| *e < x);
             if let Some(c) = reference.get_mut(b) {
                 *c += 1;
             }
         }
-        let total = nums.len() as f64;
-        let reference: Vec<f64> = reference.into_iter().map(|c| c as f64 / total).collect();
-        let counts = vec![0; reference.len()];
-        Ok(Psi::Numeric {
-            edges,
-            reference,
-            counts,
-        })
-    } else {
-        let total: f64 = cats.values().sum();
-        for v in cats.values_mut() {
-            *v /= total.max(1.0);
-        }
-        Ok(Psi::Categorical {
-            reference: cats,
-            counts: BTreeMap::new(),
-        })
     }
+    let total = n as f64;
+    let reference: Vec<f64> = reference.into_iter().map(|c| c as f64 / total).collect();
+    let counts = vec![0; reference.len()];
+    Ok(Psi::Numeric {
+        edges,
+        reference,
+        counts,
+    })
 }

@@ -205,3 +205,64 @@ async fn a_rule_on_a_missing_column_names_it() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn psi_references_are_read_in_passes_numeric_and_categorical() {
+    let dir = tempfile::tempdir().unwrap();
+    // Numeric, with nulls and NaN in the file (both ignored), out of order.
+    let mut num = String::from("amount,kind\n");
+    for i in 0..1000 {
+        num.push_str(&format!(
+            "{}.25,{}\n",
+            (i * 7) % 1000,
+            if i % 4 == 0 { "b" } else { "a" }
+        ));
+    }
+    num.push_str(",a\nNaN,a\n");
+    std::fs::write(dir.path().join("ref.csv"), &num).unwrap();
+    let spec = |rule: &str| -> Contract {
+        let spec: ContractSpec = toml::from_str(&format!("rules = [{rule}]")).unwrap();
+        Contract::from_spec("t", &spec, dir.path()).unwrap()
+    };
+    let psi_of = |c: Contract, b: datafusion::arrow::array::RecordBatch| async move {
+        let mut ch = Checker::new("t", &c, None, T0).await.unwrap();
+        ch.check(&b).unwrap();
+        ch.finish().rules[0].detail.clone().unwrap()
+    };
+    let amounts: Vec<f64> = (0..1000).map(|i| f64::from(i) + 0.25).collect();
+    let numeric = spec(r#"{ check = "psi", column = "amount", reference = "ref.csv" }"#);
+    // The same distribution: every decile holds 10% on both sides.
+    let same = batch(vec![(
+        "amount",
+        Arc::new(Float64Array::from(amounts)) as ArrayRef,
+    )]);
+    assert_eq!(psi_of(numeric, same).await, "psi 0.0000 (max 0.2)");
+
+    let kinds = |v: Vec<&str>| {
+        batch(vec![(
+            "kind",
+            Arc::new(datafusion::arrow::array::StringArray::from(v)) as ArrayRef,
+        )])
+    };
+    let categorical = || spec(r#"{ check = "psi", column = "kind", reference = "ref.csv" }"#);
+    let three_to_one = kinds(vec!["a", "a", "a", "b", "a", "b", "a", "a"]);
+    assert_eq!(
+        psi_of(categorical(), three_to_one).await,
+        "psi 0.0000 (max 0.2)"
+    );
+    let all_b = kinds(vec!["b"; 8]);
+    let d = psi_of(categorical(), all_b).await;
+    let v: f64 = d[4..].split(' ').next().unwrap().parse().unwrap();
+    assert!(v > 1.0, "{d}");
+
+    let missing = spec(r#"{ check = "psi", column = "nope", reference = "ref.csv" }"#);
+    let e = Checker::new("t", &missing, None, T0)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("\"nope\" is not in the reference (columns: amount, kind)"),
+        "{e}"
+    );
+}
