@@ -65,9 +65,11 @@ pub fn session(opts: &EngineOptions) -> Result<SessionContext> {
         .with_target_partitions(opts.target_partitions.max(1))
         .with_batch_size(opts.batch_size.max(1))
         // The merge phase of a spilling sort reserves this up front; keep it
-        // a fraction of the limit so small limits still work.
+        // a small fraction of the limit so small limits still work, also
+        // when several sorts run at once (a point-in-time join has three:
+        // entity rows, view rows, and the result back into entity order).
         .with_sort_spill_reservation_bytes(
-            (opts.memory_limit / 8).clamp(64 * 1024, 10 * 1024 * 1024),
+            (opts.memory_limit / 32).clamp(64 * 1024, 10 * 1024 * 1024),
         )
         .with_information_schema(false)
         // A global sort (materialization's by event time, retrieval's by
