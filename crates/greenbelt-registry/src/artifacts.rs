@@ -118,10 +118,6 @@ fn open_s3(rest: &str, options: &[(&str, &str)]) -> Result<ArtifactStore, Regist
             "s3://{rest}: no bucket name; write s3://BUCKET or s3://BUCKET/PREFIX"
         )));
     }
-    // TLS for the S3 client is rustls on ring (see the `s3` feature); reqwest
-    // needs the provider installed before its first client. An error means
-    // one is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in options {
         let key: AmazonS3ConfigKey = key.parse().map_err(|e| {
