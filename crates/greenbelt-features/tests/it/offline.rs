@@ -83,6 +83,23 @@ async fn offline_rows(root: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// Materialize `user_stats` for 2026-01-01 up to (not including) 2026-01-04.
+async fn materialize_jan_1_to_3(
+    defs: &Definitions,
+    store: &OfflineStore,
+) -> greenbelt_features::offline::MaterializeReport {
+    materialize(
+        defs,
+        store,
+        "user_stats",
+        t("2026-01-01"),
+        t("2026-01-04"),
+        &MaterializeOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn setup(policy: &str) -> (tempfile::TempDir, Definitions, OfflineStore) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tx.csv"), TX).unwrap();
@@ -324,16 +341,7 @@ async fn freshness_reports_watermark_newest_event_and_breach() {
         before[0].breach,
         "no data yet is a breach when there is an SLA"
     );
-    materialize(
-        &defs,
-        &store,
-        "user_stats",
-        t("2026-01-01"),
-        t("2026-01-04"),
-        &MaterializeOptions::default(),
-    )
-    .await
-    .unwrap();
+    materialize_jan_1_to_3(&defs, &store).await;
     let f = greenbelt_features::freshness::freshness(&defs2, &store, t("2026-01-03T09:00:00Z"))
         .await
         .unwrap();
@@ -595,16 +603,7 @@ u1,2026-01-05T10:00:00Z,-7
     let rules = r#"{ check = "range", column = "amount", min = 0.0 }"#;
     let (_dir, defs, store) =
         setup_source(&source_contract_defs("quarantine", rules, Some(sql)), tx);
-    let r = materialize(
-        &defs,
-        &store,
-        "user_stats",
-        t("2026-01-01"),
-        t("2026-01-04"),
-        &MaterializeOptions::default(),
-    )
-    .await
-    .unwrap();
+    let r = materialize_jan_1_to_3(&defs, &store).await;
     assert_eq!(r.source_quarantined, 1);
     assert_eq!(
         offline_rows(store.root()).await,
@@ -660,16 +659,7 @@ async fn rows_without_an_event_time_are_quarantined_not_dropped() {
     let text = defs_text("quarantine").replace("tx.csv", "tx.parquet");
     let defs = Definitions::parse(&text, dir.path()).unwrap();
     let store = OfflineStore::open(&defs.offline_path).unwrap();
-    let r = materialize(
-        &defs,
-        &store,
-        "user_stats",
-        t("2026-01-01"),
-        t("2026-01-04"),
-        &MaterializeOptions::default(),
-    )
-    .await
-    .unwrap();
+    let r = materialize_jan_1_to_3(&defs, &store).await;
     assert_eq!((r.rows, r.quarantined), (2, 1));
     assert_eq!(r.partitions_written, ["2026-01-01", "2026-01-02"]);
     let q = read_entities(Path::new(r.quarantine_file.as_ref().unwrap()))
@@ -692,16 +682,7 @@ async fn rows_without_an_event_time_are_quarantined_not_dropped() {
 async fn historical_from_the_offline_store_leaves_quarantined_rows_out() {
     use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
     let (dir, defs, store) = setup("quarantine");
-    materialize(
-        &defs,
-        &store,
-        "user_stats",
-        t("2026-01-01"),
-        t("2026-01-04"),
-        &MaterializeOptions::default(),
-    )
-    .await
-    .unwrap();
+    materialize_jan_1_to_3(&defs, &store).await;
     // u3's only row (amount -4) broke the range rule and was quarantined;
     // u1 at noon on the 2nd sees its row of midnight (3).
     std::fs::write(
