@@ -316,19 +316,10 @@ impl PartitionStream for Merge {
             let mut cursors = Vec::with_capacity(views.len());
             for (df, ttl_us, features) in views {
                 let cursor = Cursor::open(df, &converter, nkeys, 0).await?;
-                let nulls = match &cursor.batch {
-                    Some(l) => l.batch.columns()[nkeys + 2..]
-                        .iter()
-                        .map(|c| new_null_array(c.data_type(), 1))
-                        .collect(),
-                    None => {
-                        let s = cursor.stream.schema();
-                        s.fields()[nkeys + 2..]
-                            .iter()
-                            .map(|f| new_null_array(f.data_type(), 1))
-                            .collect()
-                    }
-                };
+                let nulls = cursor.stream.schema().fields()[nkeys + 2..]
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), 1))
+                    .collect();
                 cursors.push(ViewCursor {
                     cursor,
                     ttl_us,

@@ -839,13 +839,13 @@ pub async fn materialize(
             let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
             // Rows without an event time (after the transformation) fit no
             // partition: set aside with the reason, before the contract.
-            let missing = event_times(&batch)?.null_count();
+            let ts = event_times(&batch)?;
+            let missing = ts.null_count();
             let batch = if missing == 0 {
                 batch
             } else {
-                let ts = event_times(&batch)?;
-                let bad = BooleanArray::from((0..ts.len()).map(|i| ts.is_null(i)).collect::<Vec<_>>());
-                let good = BooleanArray::from((0..ts.len()).map(|i| ts.is_valid(i)).collect::<Vec<_>>());
+                let bad = datafusion::arrow::compute::is_null(&ts)?;
+                let good = datafusion::arrow::compute::is_not_null(&ts)?;
                 view_q
                     .write(&filter_record_batch(&batch, &bad)?, vec![NO_EVENT_TIME.to_string(); missing])
                     .await?;

@@ -723,3 +723,37 @@ async fn historical_from_the_offline_store_leaves_quarantined_rows_out() {
         "the offline store does not"
     );
 }
+
+#[tokio::test]
+async fn historical_from_an_offline_store_with_no_data_says_to_materialize() {
+    use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
+    let (dir, defs, _store) = setup("quarantine");
+    std::fs::write(
+        dir.path().join("entities.csv"),
+        "user_id,event_timestamp\nu1,2026-01-02T12:00:00Z\n",
+    )
+    .unwrap();
+    let features = defs
+        .resolve_features(&["user_stats:amount".into()])
+        .unwrap();
+    let opts = HistoricalOptions {
+        from_offline_store: true,
+        ..HistoricalOptions::default()
+    };
+    let out = dir.path().join("train.parquet");
+    let e = historical_to_parquet(
+        &defs,
+        &features,
+        &dir.path().join("entities.csv"),
+        &out,
+        &opts,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"user_stats\" has no offline data") && e.contains("materialize first"),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
