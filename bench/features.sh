@@ -47,38 +47,22 @@ cd "$root"
 out="$root/bench/out/features"
 venv="$root/bench/.venv-feast"
 req="$root/bench/features/requirements-feast.txt"
-stamp="$venv/.requirements.sha256"
 target="${CARGO_TARGET_DIR:-$root/target}"
 bin="$target/release/examples/feature_bench"
 export FEATURE_BENCH_REDIS_URL="${FEATURE_BENCH_REDIS_URL:-redis://127.0.0.1:6379/15}"
 
 say() { echo "[features.sh] $*" >&2; }
 
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-    for cand in python3.11 python3; do
-        if command -v "$cand" >/dev/null 2>&1; then python="$cand"; break; fi
-    done
-fi
-"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || {
-    say "need Python >= 3.10 (set PYTHON=...)"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+python="$(bench_python)"
 
 # ---- Greenbelt: the release example ----------------------------------------
 say "cargo build --release -p greenbelt-features --example feature_bench"
 cargo build --release --quiet -p greenbelt-features --example feature_bench
 
 # ---- Feast venv (reinstalled only when the pins change) --------------------
-if [[ ! -x "$venv/bin/python" ]]; then
-    say "creating $venv"
-    "$python" -m venv "$venv"
-fi
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-have="$(cat "$stamp" 2>/dev/null || true)"
-if [[ "$want" != "$have" ]]; then
-    say "installing $req"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-    echo "$want" >"$stamp"
-fi
+ensure_venv "$venv" "$req" "$python"
 fpy="$venv/bin/python"
 
 "$fpy" - <<'EOF' || { say "Redis at $FEATURE_BENCH_REDIS_URL does not answer"; exit 1; }

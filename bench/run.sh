@@ -30,7 +30,6 @@ bench="$root/bench"
 out="$bench/out"
 venv="$bench/.venv-mlserver"
 req="$bench/requirements-mlserver.txt"
-stamp="$venv/.requirements.sha256"
 
 say() { echo "[run.sh] $*" >&2; }
 
@@ -44,27 +43,12 @@ if ! command -v wrk >/dev/null 2>&1; then
     fi
 fi
 
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-    for cand in python3.11 python3; do
-        if command -v "$cand" >/dev/null 2>&1; then python="$cand"; break; fi
-    done
-fi
-"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || {
-    say "need Python >= 3.10 (set PYTHON=...)"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+python="$(bench_python)"
 
 # ---- MLServer venv (idempotent: reinstalls only when the pins change) ----
-if [[ ! -x "$venv/bin/python" ]]; then
-    say "creating $venv"
-    "$python" -m venv "$venv"
-fi
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-have="$(cat "$stamp" 2>/dev/null || true)"
-if [[ "$want" != "$have" ]]; then
-    say "installing $req (about 40 s)"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-    echo "$want" >"$stamp"
-fi
+ensure_venv "$venv" "$req" "$python"
 
 # ---- ONNX Runtime library for Greenbelt --------------------------------
 ort="${ORT_DYLIB_PATH:-}"
