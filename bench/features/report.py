@@ -26,6 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from report import write_section  # noqa: E402  (bench/report.py)
+
 BEGIN = "<!-- bench:features:begin -->"
 END = "<!-- bench:features:end -->"
 FULL_ENTITY_ROWS = 1_000_000
@@ -428,19 +431,7 @@ def render_cmd(a: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     doc = Path(a.doc)
-    section = f"{BEGIN}\n{render(res)}\n{END}"
-    if doc.exists():
-        text = doc.read_text()
-        if BEGIN in text and END in text:
-            head, _, rest = text.partition(BEGIN)
-            _, _, tail = rest.partition(END)
-            text = head + section + tail
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        text = "# Benchmarks\n\n" + section + "\n"
-    doc.write_text(text)
+    write_section(doc, BEGIN, END, render(res))
     print(f"wrote {doc}", file=sys.stderr)
     return 0
 
