@@ -32,9 +32,6 @@ pub struct AppState {
     pub compute: Compute,
     /// The shadow mirror: queue and comparison state.
     pub shadows: Shadows,
-    /// The online feature store, for models that read a feature service
-    /// (set once by the binary when a feature store is configured).
-    pub features: std::sync::OnceLock<Arc<dyn crate::features::FeatureSource>>,
     admission: Arc<Semaphore>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -50,7 +47,6 @@ impl AppState {
     ) -> Self {
         AppState {
             shadows: Shadows::new(config.server.shadow_queue, metrics.clone()),
-            features: std::sync::OnceLock::new(),
             admission: Arc::new(Semaphore::new(config.server.max_inflight)),
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             config,
@@ -190,7 +186,9 @@ pub async fn infer(
     let track = routed.track;
     let _inflight = served.metrics.inflight();
     let (req, assembled) =
-        match crate::features::assemble(&served, state.features.get().map(|f| &**f), req).await {
+        match crate::features::assemble(&served, state.repository.features().map(|f| &**f), req)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 served

@@ -270,6 +270,9 @@ pub struct Repository {
     models: RwLock<HashMap<String, Arc<ModelEntry>>>,
     /// Loads and unloads run one at a time.
     load_lock: std::sync::Mutex<()>,
+    /// The online feature store, when the server has one: a version whose
+    /// `[features]` service does not fit its input is refused at load.
+    features: Option<Arc<dyn crate::features::FeatureSource>>,
 }
 
 /// A model name must be one plain path component.
@@ -293,7 +296,22 @@ impl Repository {
             compute,
             models: RwLock::new(HashMap::new()),
             load_lock: std::sync::Mutex::new(()),
+            features: None,
         }
+    }
+
+    /// Check `[features]` of every version loaded from now on against `source`.
+    pub fn with_features(
+        mut self,
+        source: Option<Arc<dyn crate::features::FeatureSource>>,
+    ) -> Self {
+        self.features = source;
+        self
+    }
+
+    /// The feature source versions read from, if any.
+    pub fn features(&self) -> Option<&Arc<dyn crate::features::FeatureSource>> {
+        self.features.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -645,7 +663,7 @@ impl Repository {
         }
         let signature = apply_overrides(runtime.signature(), config)?;
         if let Some(f) = &config.features {
-            crate::features::check_config(f, &signature.inputs, None)?;
+            crate::features::check_config(f, &signature.inputs, self.features.as_deref())?;
         }
         let label = version.to_string();
         let metrics = self.metrics.version(name, &label);

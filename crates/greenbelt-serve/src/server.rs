@@ -47,6 +47,16 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 impl Server {
     /// Probe runtimes, load models (when configured to), bind listeners.
     pub async fn build(config: Config) -> Result<Server, StartError> {
+        Server::build_with(config, None).await
+    }
+
+    /// [`Server::build`] with the online feature store that models with a
+    /// `[features]` section read: it is in place before any model loads, so
+    /// a model whose input does not fit its feature service fails to load.
+    pub async fn build_with(
+        config: Config,
+        features: Option<Arc<dyn crate::features::FeatureSource>>,
+    ) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
         let compute = Compute::new(config.compute_threads());
         let ort_path = config.runtime.onnxruntime_library.clone();
@@ -56,12 +66,15 @@ impl Server {
         .await
         .map_err(|e| StartError::Other(format!("runtime probe failed: {e}")))?;
         tracing::info!(runtimes = %runtimes.describe(), "runtimes probed");
-        let repository = Arc::new(Repository::new(
-            config.repository.path.clone(),
-            runtimes,
-            metrics.clone(),
-            compute.clone(),
-        ));
+        let repository = Arc::new(
+            Repository::new(
+                config.repository.path.clone(),
+                runtimes,
+                metrics.clone(),
+                compute.clone(),
+            )
+            .with_features(features),
+        );
         let http = bind(&config.server.http_addr).await?;
         let grpc = if config.server.grpc_addr.is_empty() {
             None

@@ -265,13 +265,25 @@ fn interval(
     }
 }
 
-/// Mount the feature store on `server` when one is configured: the API,
-/// entity-key inference, freshness gauges and the scheduled canary. The
-/// returned tasks run until aborted.
-pub async fn attach(
-    server: &mut Server,
-    config: &Config,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+/// The feature store `serve` opened: definitions, the online service and
+/// the schedules of its background checks.
+pub struct Opened {
+    defs: Arc<Definitions>,
+    svc: OnlineService,
+    canary_every: Option<Duration>,
+    freshness_every: Option<Duration>,
+}
+
+impl Opened {
+    /// The serving path's view of the online store (in place before models load).
+    pub fn source(&self) -> Arc<dyn FeatureSource> {
+        Arc::new(StoreSource::new(self.svc.clone()))
+    }
+}
+
+/// Open the feature store when one is configured (before the server is
+/// built, so models are checked against it at load).
+pub async fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
     let Some(path) = definitions_path(config) else {
         let wanted: Vec<&str> = config
             .deployments
@@ -284,7 +296,7 @@ pub async fn attach(
                 "[[deployments]] {wanted:?} read a feature service but no feature store is configured: set [features] definitions = \"features.toml\""
             );
         }
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let defs = Arc::new(
         Definitions::load(&path)
@@ -315,12 +327,25 @@ pub async fn attach(
         .await
         .with_context(|| format!("opening the online store {}", defs.online_url))?;
     let svc = OnlineService::new(defs.clone(), store, CacheOptions::default());
-    server.merge(greenbelt_features::http::router(svc.clone()));
-    let _ = server
-        .state
-        .features
-        .set(Arc::new(StoreSource::new(svc.clone())));
     tracing::info!(definitions = %path.display(), online = %defs.online_url, "feature store at /features; models with [features] accept entity keys");
+    Ok(Some(Opened {
+        defs,
+        svc,
+        canary_every,
+        freshness_every,
+    }))
+}
+
+/// Mount the opened feature store on `server`: the API, freshness gauges
+/// and the scheduled canary. The returned tasks run until aborted.
+pub fn attach(server: &mut Server, opened: Opened) -> Vec<tokio::task::JoinHandle<()>> {
+    let Opened {
+        defs,
+        svc,
+        canary_every,
+        freshness_every,
+    } = opened;
+    server.merge(greenbelt_features::http::router(svc.clone()));
 
     let mut tasks = Vec::new();
     let metrics = server.state.metrics.clone();
@@ -374,5 +399,5 @@ pub async fn attach(
             }
         }));
     }
-    Ok(tasks)
+    tasks
 }

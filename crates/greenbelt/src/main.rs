@@ -196,13 +196,25 @@ pub async fn attach_registry(
     Ok(controller.spawn(deployments, None))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load_config(&args)?;
-    let mut server = Server::build(config.clone())
+/// Open the feature store, build the server with it, mount the registry
+/// and feature APIs. Returns the server and its background tasks.
+pub async fn build_server(
+    config: &Config,
+) -> anyhow::Result<(Server, Vec<tokio::task::JoinHandle<()>>)> {
+    let features = feature_serving::open(config).await?;
+    let mut server = Server::build_with(config.clone(), features.as_ref().map(|f| f.source()))
         .await
         .context("starting the server")?;
-    let mut watchers = attach_registry(&mut server, &config).await?;
-    watchers.extend(feature_serving::attach(&mut server, &config).await?);
+    let mut watchers = attach_registry(&mut server, config).await?;
+    if let Some(f) = features {
+        watchers.extend(feature_serving::attach(&mut server, f));
+    }
+    Ok((server, watchers))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let (server, watchers) = build_server(&config).await?;
     tracing::info!(
         http = ?server.http_addr(),
         grpc = ?server.grpc_addr(),

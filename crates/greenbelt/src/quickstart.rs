@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use greenbelt_serve::{Config, Server};
+use greenbelt_serve::Config;
 
 /// The bundled model: a scikit-learn logistic regression on 20 features
 /// (see fixtures/README.md for how it is made).
@@ -315,11 +315,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the first model was not promoted; see the gate report above");
     }
 
-    let mut server = Server::build(config.clone())
-        .await
-        .context("starting the server")?;
-    let mut watchers = crate::attach_registry(&mut server, &config).await?;
-    watchers.extend(crate::feature_serving::attach(&mut server, &config).await?);
+    let (server, watchers) = crate::build_server(&config).await?;
     let Some(http) = server.http_addr() else {
         bail!("server has no REST address");
     };
