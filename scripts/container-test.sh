@@ -452,8 +452,11 @@ HTTP_PORT=$(py free_port)
 GRPC_PORT=$(py free_port)
 [[ $GRPC_PORT != "$HTTP_PORT" ]] || GRPC_PORT=$(py free_port)
 BASE=http://127.0.0.1:$HTTP_PORT
+# The server listens on 0.0.0.0 inside the container, which it refuses to do
+# without tokens: give it one (inference stays open; writes need it).
 COMMON=(--runtime "$RUNC" --name "$CTR" --detach
-    --read-only --cap-drop ALL --security-opt no-new-privileges)
+    --read-only --cap-drop ALL --security-opt no-new-privileges
+    --env "GREENBELT_TOKENS=container-test:admin:$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')")
 
 start_container() { # $1 = publish | host
     local mode=$1 out

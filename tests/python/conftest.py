@@ -117,6 +117,9 @@ class GreenbeltServer:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("GREENBELT__") and k not in ("GREENBELT_LOG", "GREENBELT_LOG_FORMAT")}
         env["ORT_DYLIB_PATH"] = str(onnxruntime_library())
+        # The repository tests load and unload models over the API, which is
+        # off by default (like Triton's --model-control-mode=none).
+        env["GREENBELT__AUTH__MODEL_CONTROL"] = "explicit"
         env.update(self.extra_env)
         return env
 

@@ -658,6 +658,46 @@ def test_repository_load_corrupt_version_keeps_serving(make_repo, start_server):
         c.close()
 
 
+def test_model_control_is_off_by_default_and_needs_a_token_when_on(make_repo, start_server, tmp_path):
+    repo = make_repo(models=["logreg"])
+    # Off (Triton's --model-control-mode=none): refused, whoever asks.
+    srv = start_server(repo, grpc=True, env={"GREENBELT__AUTH__MODEL_CONTROL": "none"})
+    c = httpclient.InferenceServerClient(srv.http_url, network_timeout=30.0)
+    g = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        for client in (c, g):
+            with pytest.raises(InferenceServerException) as exc:
+                client.unload_model("logreg")
+            assert "model_control" in (exc.value.message() or ""), exc.value.message()
+        assert c.is_model_ready("logreg")
+    finally:
+        c.close()
+        g.close()
+    # On, with tokens: a deployer token may, no token may not.
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[[tokens]]\nname = "ci"\nrole = "deployer"\ntoken = "tok-ci"\n')
+    srv = start_server(repo, grpc=True, env={"GREENBELT__AUTH__TOKENS_FILE": str(tokens)})
+    c = httpclient.InferenceServerClient(srv.http_url, network_timeout=30.0)
+    g = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        for client in (c, g):
+            with pytest.raises(InferenceServerException) as exc:
+                client.unload_model("logreg")
+            assert "Bearer" in (exc.value.message() or ""), exc.value.message()
+        assert c.is_model_ready("logreg")
+        g.unload_model("logreg", headers={"authorization": "Bearer tok-ci"})
+        assert not c.is_model_ready("logreg")
+        c.load_model("logreg", headers={"Authorization": "Bearer tok-ci"})
+        assert c.is_model_ready("logreg")
+        # Inference stays open to every client.
+        g2 = golden("logreg", "2")
+        r = c.infer("logreg", http_inputs(g2.inputs), outputs=http_outputs(g2))
+        assert_outputs(r, g2)
+    finally:
+        c.close()
+        g.close()
+
+
 def test_repository_load_corrupt_new_model_fails(make_repo, start_server):
     repo = make_repo(models=["logreg"])
     srv = start_server(repo, grpc=False)

@@ -1,16 +1,17 @@
 //! The registry's JSON API, mounted under `/registry` by `greenbelt serve`
-//! when a registry is configured. Write endpoints need `Authorization:
-//! Bearer <token>` when tokens are configured; the token's name is the actor
-//! recorded in the audit history.
+//! when a registry is configured. The server's auth layer guards writes
+//! (deployer role; admin for fault-tagged versions); the token's name is
+//! the actor recorded in the audit history.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use greenbelt_auth::{Caller, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -18,8 +19,6 @@ use crate::{NewVersion, Registry, RegistryError, parse_time};
 
 pub struct ApiState {
     pub registry: Registry,
-    /// token -> actor name. Empty: writes are open (single-machine default).
-    pub tokens: HashMap<String, String>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -75,28 +74,13 @@ fn ok(v: impl serde::Serialize) -> ApiResult {
     Ok(axum::Json(v).into_response())
 }
 
-/// The actor for a write, or 401 (shared by every admin API).
-pub fn actor(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if state.tokens.is_empty() {
-        return Ok(headers
-            .get("x-greenbelt-actor")
-            .and_then(|v| v.to_str().ok())
-            .filter(|a| !a.is_empty() && a.len() <= 100)
-            .unwrap_or("anonymous")
-            .to_string());
-    }
-    match bearer.and_then(|t| state.tokens.get(t)) {
-        Some(name) => Ok(name.clone()),
-        None => Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "registry writes need `Authorization: Bearer <token>` with a configured admin token"
-                .into(),
-        )),
-    }
+/// The audit actor of a write: the name of the caller's token, as the
+/// server's auth layer (`greenbelt-auth`) found it — never a header the
+/// client sets. The layer has already refused callers without the role.
+pub fn actor(caller: &Option<Extension<Caller>>) -> String {
+    caller
+        .as_ref()
+        .map_or_else(|| "anonymous".to_string(), |Extension(c)| c.actor())
 }
 
 fn parse_version(v: &str) -> Result<i64, ApiError> {
@@ -126,15 +110,15 @@ async fn show_version(
 async fn register(
     State(s): State<Arc<ApiState>>,
     Path(model): Path<String>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let who = actor(&s, &headers)?;
+    let who = actor(&caller);
     let mut v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("model".into(), json!(model));
-        obj.entry("created_by").or_insert(json!(who));
+        obj.insert("created_by".into(), json!(who));
     }
     let new: NewVersion = serde_json::from_value(v).map_err(|e| {
         ApiError(
@@ -142,6 +126,17 @@ async fn register(
             format!("not a version registration: {e}"),
         )
     })?;
+    // A `fault` tag makes a server that allows fault injection break the
+    // version on purpose (drills): only an admin may register one.
+    let has_admin = caller
+        .as_ref()
+        .is_some_and(|Extension(c)| c.has(Role::Admin));
+    if new.tags.get("fault").is_some() && !has_admin {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "registering a version tagged \"fault\" (fault injection for drills) needs a token of role admin".into(),
+        ));
+    }
     let created = s.registry.register(new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -181,10 +176,10 @@ struct SetAlias {
 async fn set_alias(
     State(s): State<Arc<ApiState>>,
     Path((model, alias)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let who = actor(&s, &headers)?;
+    let who = actor(&caller);
     let req: SetAlias = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -222,10 +217,10 @@ fn reason(body: &[u8]) -> Result<String, ApiError> {
 async fn delete_alias(
     State(s): State<Arc<ApiState>>,
     Path((model, alias)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let who = actor(&s, &headers)?;
+    let who = actor(&caller);
     let event = s
         .registry
         .delete_alias(&model, &alias, &who, &reason(&body)?)
@@ -236,10 +231,10 @@ async fn delete_alias(
 async fn rollback(
     State(s): State<Arc<ApiState>>,
     Path((model, alias)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let who = actor(&s, &headers)?;
+    let who = actor(&caller);
     let event = s
         .registry
         .rollback(&model, &alias, &who, &reason(&body)?)

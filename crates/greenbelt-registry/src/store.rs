@@ -186,7 +186,10 @@ impl Registry {
             .connect(&url)
             .await
             .map_err(|e| {
-                RegistryError::Db(format!("cannot open registry {}: {e}", redact(&url)))
+                RegistryError::Db(format!(
+                    "cannot open registry {}: {e}",
+                    greenbelt_auth::redact_url(&url)
+                ))
             })?;
         let listen_url = (dialect == Dialect::Postgres).then(|| url.clone());
         let registry = Registry {
@@ -603,20 +606,6 @@ async fn move_alias(
             .await?;
     }
     Ok(Some(event_from_row(&row)?))
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// Side-by-side metrics of two versions, with b - a for numeric ones.

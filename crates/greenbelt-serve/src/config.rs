@@ -20,6 +20,8 @@ pub struct Config {
     pub deployments: Vec<crate::deployment::DeploymentConfig>,
     /// The feature store `serve` mounts (`/features/*`, entity-key requests).
     pub features: FeaturesConfig,
+    /// Tokens, roles, model control and exposure (`greenbelt-auth`).
+    pub auth: greenbelt_auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,8 +49,8 @@ pub struct RegistryConfig {
     pub poll_interval_ms: u64,
     /// Actor recorded for changes made without a token (CLI, pipeline).
     pub actor: String,
-    /// Admin tokens for the registry API's write endpoints: name = token.
-    /// When empty, writes are open (single-machine default).
+    /// Deprecated: tokens belong in `[auth] tokens_file` or
+    /// `GREENBELT_TOKENS`. Each entry here (name = token) is an admin token.
     pub admin_tokens: std::collections::BTreeMap<String, String>,
 }
 
@@ -89,6 +91,23 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// In-flight inference requests beyond which new ones are shed with 503.
     pub max_inflight: usize,
+    /// Request bodies in flight, in bytes, beyond which new ones are shed
+    /// with 503 before they are decoded (bounds memory under a burst of
+    /// large requests).
+    pub max_inflight_bytes: usize,
+    /// A client must send a request's headers within this many
+    /// milliseconds once the server waits for them (REST, HTTP/1); else
+    /// the connection is closed. This also closes keep-alive connections
+    /// that stay idle this long between requests.
+    pub header_read_timeout_ms: u64,
+    /// Connections with no request for this long are closed (REST keep-alive
+    /// and gRPC), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Open connections per listener beyond which new ones wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection (gRPC and REST over h2).
+    pub max_concurrent_streams: u32,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     pub drain_timeout_ms: u64,
     /// Threads that run inference (0 = one per CPU).
@@ -110,6 +129,11 @@ impl Default for ServerConfig {
             max_request_bytes: 64 * 1024 * 1024,
             request_timeout_ms: 10_000,
             max_inflight: 4096,
+            max_inflight_bytes: 512 * 1024 * 1024,
+            header_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
             drain_timeout_ms: 30_000,
             compute_threads: 0,
             shadow_queue: 1024,
@@ -267,10 +291,32 @@ impl Config {
             }
             r.validate().map_err(ConfigError::Invalid)?;
         }
-        if s.max_inflight == 0 {
-            return Err(ConfigError::Invalid(
-                "[server] max_inflight must be > 0".into(),
-            ));
+        for (name, value) in [
+            ("max_inflight", s.max_inflight as u64),
+            ("max_inflight_bytes", s.max_inflight_bytes as u64),
+            ("header_read_timeout_ms", s.header_read_timeout_ms),
+            ("idle_timeout_ms", s.idle_timeout_ms),
+            ("max_connections", s.max_connections as u64),
+            (
+                "max_concurrent_streams",
+                u64::from(s.max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("[server] {name} must be > 0")));
+            }
+        }
+        if s.idle_timeout_ms < s.request_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "[server] idle_timeout_ms ({}) is shorter than request_timeout_ms ({}): a slow answer would be cut as idle; raise idle_timeout_ms",
+                s.idle_timeout_ms, s.request_timeout_ms
+            )));
+        }
+        if s.max_inflight_bytes < s.max_request_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "[server] max_inflight_bytes ({}) is smaller than max_request_bytes ({}): no request that big could ever be admitted; raise max_inflight_bytes",
+                s.max_inflight_bytes, s.max_request_bytes
+            )));
         }
         for (name, addr) in [("http_addr", &s.http_addr), ("grpc_addr", &s.grpc_addr)] {
             if !(addr.is_empty() && name == "grpc_addr")

@@ -40,6 +40,12 @@ pub enum ServeError {
     Runtime(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No token, or a token that matches none (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token's role does not allow this, or the capability is off (403).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ServeError {
@@ -57,6 +63,8 @@ impl ServeError {
             ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -74,6 +82,8 @@ impl ServeError {
             ServeError::ShuttingDown => tonic::Code::Unavailable,
             ServeError::Runtime(_) => tonic::Code::Internal,
             ServeError::Internal(_) => tonic::Code::Internal,
+            ServeError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServeError::Forbidden(_) => tonic::Code::PermissionDenied,
         }
     }
 
@@ -93,7 +103,9 @@ impl ServeError {
             | ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::PayloadTooLarge { .. }
-            | ServeError::LoadFailed { .. } => Outcome::ClientError,
+            | ServeError::LoadFailed { .. }
+            | ServeError::Unauthenticated(_)
+            | ServeError::Forbidden(_) => Outcome::ClientError,
             ServeError::Timeout(_) => Outcome::Timeout,
             ServeError::Overloaded { .. }
             | ServeError::ShuttingDown
@@ -137,6 +149,16 @@ impl From<CoreError> for ServeError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::InvalidInput(m) => ServeError::InvalidInput(m),
+        }
+    }
+}
+
+impl From<greenbelt_auth::AuthError> for ServeError {
+    fn from(e: greenbelt_auth::AuthError) -> Self {
+        match e {
+            greenbelt_auth::AuthError::Unauthenticated(m) => ServeError::Unauthenticated(m),
+            greenbelt_auth::AuthError::Forbidden(m) => ServeError::Forbidden(m),
+            greenbelt_auth::AuthError::Config(m) => ServeError::Internal(m),
         }
     }
 }

@@ -18,6 +18,10 @@ use std::time::Duration;
 use greenbelt_core::{Signature, Tensor, TensorData};
 use greenbelt_runtime::{Backend, Model, RuntimeError};
 
+/// The longest injected delay: a slow fault holds a compute thread for
+/// this long per call, so it is bounded.
+pub const MAX_SLOW: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     Error,
@@ -32,9 +36,17 @@ impl Fault {
             "error" => Ok(Fault::Error),
             "wrong" => Ok(Fault::Wrong),
             _ => match t.strip_prefix("slow:") {
-                Some(d) => humantime::parse_duration(d.trim())
-                    .map(Fault::Slow)
-                    .map_err(|e| format!("fault \"{t}\": {e}; write e.g. slow:200ms")),
+                Some(d) => {
+                    let d = humantime::parse_duration(d.trim())
+                        .map_err(|e| format!("fault \"{t}\": {e}; write e.g. slow:200ms"))?;
+                    if d > MAX_SLOW {
+                        return Err(format!(
+                            "fault \"{t}\": the delay is longer than the {} s bound; a slow fault holds a compute thread for every call",
+                            MAX_SLOW.as_secs()
+                        ));
+                    }
+                    Ok(Fault::Slow(d))
+                }
                 None => Err(format!(
                     "fault \"{t}\" is unknown; use error, slow:<duration> or wrong"
                 )),
@@ -95,7 +107,7 @@ impl Model for FaultyModel {
                 // the async runtime, so a blocking sleep is the faithful
                 // imitation of a slow model.
                 #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(*d);
+                std::thread::sleep((*d).min(MAX_SLOW));
                 self.inner.infer(inputs)
             }
             Fault::Wrong => {
@@ -125,5 +137,11 @@ mod tests {
                 .contains("slow:200ms")
         );
         assert!(Fault::parse("flaky").unwrap_err().contains("error, slow"));
+        assert_eq!(
+            Fault::parse("slow:30s"),
+            Ok(Fault::Slow(Duration::from_secs(30)))
+        );
+        assert!(Fault::parse("slow:1h").unwrap_err().contains("30 s bound"));
+        assert!(Fault::parse("slow:100000000y").is_err());
     }
 }

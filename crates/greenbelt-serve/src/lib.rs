@@ -2,9 +2,10 @@
 //! repository, dynamic batching, the bounded compute pool, admission and
 //! per-version telemetry.
 //!
-//! Request path: transport decode → [`infer::infer`] (admission → resolve →
-//! validate → batcher/compute under timeout) → transport encode. Nothing on
-//! this path waits for telemetry.
+//! Request path: transport admit → decode → [`infer::infer`] (route →
+//! enrich → validate → execute, under the request timeout) → observe →
+//! transport encode; see [`stages`]. Nothing on this path waits for
+//! telemetry.
 
 pub mod batcher;
 pub mod compute;
@@ -16,13 +17,17 @@ pub mod features;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod listen;
 pub mod live;
 pub mod metrics;
 pub mod repository;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod stages;
 pub mod telemetry;
+
+pub use greenbelt_auth as auth;
 
 pub use config::Config;
 pub use error::ServeError;

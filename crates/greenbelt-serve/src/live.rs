@@ -70,7 +70,8 @@ impl Default for LiveStats {
 
 impl LiveStats {
     /// Record one answered request. Shed requests are not the version's fault
-    /// and are not counted.
+    /// and are not counted; client errors are counted apart and are neither
+    /// samples nor latencies.
     pub fn record(&self, outcome: Outcome, took: Duration) {
         match outcome {
             Outcome::Shed => return,
@@ -81,7 +82,11 @@ impl LiveStats {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::ClientError => {
+                // The caller's mistake says nothing of the version, and a
+                // flood of cheap bad requests must not fill a canary's
+                // samples or pull its latency down: counted apart only.
                 self.client_errors.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             Outcome::Success => {}
         }
@@ -174,6 +179,25 @@ fn quantile_ms(counts: &[u64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_errors_are_neither_samples_nor_latencies() {
+        let live = LiveStats::default();
+        let before = live.snapshot();
+        for _ in 0..1000 {
+            live.record(Outcome::ClientError, Duration::from_micros(5));
+        }
+        live.record(Outcome::Success, Duration::from_millis(20));
+        live.record(Outcome::ServerError, Duration::from_millis(30));
+        let now = live.snapshot();
+        assert_eq!(now.client_errors, 1000);
+        let w = now.since(&before);
+        assert_eq!(w.requests, 2);
+        assert_eq!(w.errors, 1);
+        assert!((w.error_rate - 0.5).abs() < 1e-9);
+        // The cheap bad requests did not pull the latency down.
+        assert!(w.p50_ms >= 19.0, "{w:?}");
+    }
 
     #[test]
     fn buckets_are_monotonic_and_bound_their_values() {

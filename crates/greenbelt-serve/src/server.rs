@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::compute::Compute;
 use crate::config::Config;
 use crate::infer::AppState;
+use crate::listen::{Acceptor, ConnLimits};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 
@@ -22,6 +23,9 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    /// Tokens or exposure: the message names the fix.
+    #[error("{0}")]
+    Auth(String),
     #[error("{0}")]
     Other(String),
 }
@@ -57,6 +61,26 @@ impl Server {
         config: Config,
         features: Option<Arc<dyn crate::features::FeatureSource>>,
     ) -> Result<Server, StartError> {
+        let auth = Arc::new(
+            config
+                .auth
+                .build(
+                    std::env::var("GREENBELT_TOKENS").ok().as_deref(),
+                    &config.registry.admin_tokens,
+                )
+                .map_err(|e| StartError::Auth(e.to_string()))?,
+        );
+        greenbelt_auth::check_exposure(
+            &auth,
+            &[&config.server.http_addr, &config.server.grpc_addr],
+            config.auth.insecure,
+        )
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+        if auth.enabled() {
+            tracing::info!(model_control = ?auth.model_control(), "bearer tokens required for writes and request data");
+        } else {
+            tracing::info!("no tokens configured: every caller may write (loopback only)");
+        }
         let metrics = Arc::new(Metrics::new());
         let compute = Compute::new(config.compute_threads());
         let ort_path = config.runtime.onnxruntime_library.clone();
@@ -86,8 +110,16 @@ impl Server {
             0 => config.compute_threads(),
             n => n,
         };
-        let state = Arc::new(AppState::new(config, repository.clone(), metrics, compute));
-        crate::shadow::Shadows::spawn_workers(state.clone(), shadow_concurrency);
+        let state = Arc::new(AppState::new(
+            config,
+            repository.clone(),
+            metrics,
+            compute,
+            auth,
+        ));
+        state
+            .shadows
+            .spawn_workers(state.executor.clone(), shadow_concurrency);
         if load_on_startup {
             if !repository.root().is_dir() {
                 tracing::warn!(path = %repository.root().display(), "model repository directory does not exist; serving no models");
@@ -129,7 +161,8 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, then stop accepting, refuse new
-    /// requests with 503, and wait (bounded) for in-flight ones.
+    /// requests with 503, and wait (bounded) for in-flight ones. Every REST
+    /// route, merged ones included, is behind the auth layer.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -142,16 +175,25 @@ impl Server {
         if let Some(extra) = self.extra {
             router = router.merge(extra);
         }
-        let http = tokio::spawn(
-            axum::serve(self.http, router)
-                .with_graceful_shutdown(wait(rx.clone()))
-                .into_future(),
-        );
+        let router = router.layer(axum::middleware::from_fn_with_state(
+            self.state.auth.clone(),
+            greenbelt_auth::middleware,
+        ));
+        let limits = ConnLimits::from_config(&self.state.config.server);
+        let drain = Duration::from_millis(self.state.config.server.drain_timeout_ms);
+        let http = tokio::spawn(crate::listen::serve_http(
+            Acceptor::new(self.http, limits),
+            router,
+            rx.clone(),
+            drain,
+        ));
         let grpc = self.grpc.map(|listener| {
             let svc = crate::grpc::service(self.state.clone());
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = Acceptor::new(listener, limits).into_stream();
             tokio::spawn(
                 tonic::transport::Server::builder()
+                    .max_concurrent_streams(limits.max_concurrent_streams)
+                    .http2_keepalive_interval(Some(limits.idle_timeout))
                     .layer(tower::util::MapResponseLayer::new(
                         crate::grpc::too_large_is_resource_exhausted,
                     ))
@@ -163,7 +205,6 @@ impl Server {
         tracing::info!("shutting down: draining in-flight requests");
         self.state.start_draining();
         let _ = tx.send(true);
-        let drain = Duration::from_millis(self.state.config.server.drain_timeout_ms);
         let done = async {
             let _ = http.await;
             if let Some(g) = grpc {

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-use crate::infer::AppState;
 use crate::metrics::Metrics;
 use crate::repository::ServedVersion;
+use crate::stages::execute::{Executed, Executor};
 
 /// Most-different requests kept per shadow.
 pub const WORST_KEPT: usize = 20;
@@ -446,10 +446,33 @@ type StatsMap = HashMap<(Arc<str>, u64), Arc<ShadowStats>>;
 pub struct Shadows {
     tx: mpsc::Sender<ShadowJob>,
     rx: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
-    stats: Mutex<StatsMap>,
+    table: StatsTable,
     metrics: Arc<Metrics>,
-    /// Idle-priority threads for shadow inference (started with the workers).
-    pool: std::sync::OnceLock<crate::compute::IdlePool>,
+}
+
+/// Comparison state per (deployment, shadow version), shared with the workers.
+#[derive(Clone, Default)]
+struct StatsTable(Arc<Mutex<StatsMap>>);
+
+impl StatsTable {
+    fn get(&self, deployment: &str, version: u64) -> Arc<ShadowStats> {
+        let Ok(mut map) = self.0.lock() else {
+            return Arc::new(ShadowStats::default());
+        };
+        map.entry((Arc::from(deployment), version))
+            .or_default()
+            .clone()
+    }
+}
+
+/// What a shadow worker needs: a way to run models and where to record.
+/// Not the request path's state.
+struct Worker {
+    executor: Executor,
+    table: StatsTable,
+    metrics: Arc<Metrics>,
+    /// Idle-priority threads for shadow inference.
+    pool: crate::compute::IdlePool,
 }
 
 impl Shadows {
@@ -458,25 +481,20 @@ impl Shadows {
         Shadows {
             tx,
             rx: Mutex::new(Some(rx)),
-            stats: Mutex::new(HashMap::new()),
+            table: StatsTable::default(),
             metrics,
-            pool: std::sync::OnceLock::new(),
         }
     }
 
     pub fn stats(&self, deployment: &str, version: u64) -> Arc<ShadowStats> {
-        let Ok(mut map) = self.stats.lock() else {
-            return Arc::new(ShadowStats::default());
-        };
-        map.entry((Arc::from(deployment), version))
-            .or_default()
-            .clone()
+        self.table.get(deployment, version)
     }
 
     /// Reports for every shadow of `deployment`, by version.
     pub fn reports(&self, deployment: &str) -> Vec<ShadowReport> {
         let entries: Vec<(u64, Arc<ShadowStats>)> = self
-            .stats
+            .table
+            .0
             .lock()
             .map(|m| {
                 m.iter()
@@ -503,24 +521,26 @@ impl Shadows {
     }
 
     /// Start the workers (once): at most `concurrency` shadow requests run
-    /// at a time.
-    pub fn spawn_workers(state: Arc<AppState>, concurrency: usize) {
-        let Some(mut rx) = state.shadows.rx.lock().ok().and_then(|mut r| r.take()) else {
+    /// at a time, through `executor`.
+    pub fn spawn_workers(&self, executor: Executor, concurrency: usize) {
+        let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let _ = state
-            .shadows
-            .pool
-            .set(crate::compute::IdlePool::new(concurrency, concurrency));
+        let worker = Arc::new(Worker {
+            executor,
+            table: self.table.clone(),
+            metrics: self.metrics.clone(),
+            pool: crate::compute::IdlePool::new(concurrency, concurrency),
+        });
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let state = state.clone();
+                let worker = worker.clone();
                 tokio::spawn(async move {
-                    run_one(&state, job).await;
+                    worker.run_one(job).await;
                     drop(permit);
                 });
             }
@@ -528,75 +548,79 @@ impl Shadows {
     }
 }
 
-async fn run_one(state: &AppState, job: ShadowJob) {
-    let started = Instant::now();
-    let stats = state.shadows.stats(&job.deployment, job.shadow.version);
-    let version = job.shadow.version.to_string();
-    let result = match execute(state, &job).await {
-        Ok(r) => r,
-        Err(skipped) => {
-            // The CPU was busy with live requests: not the shadow's fault,
-            // so not an error; counted as dropped.
-            tracing::debug!(deployment = %job.deployment, version = %version, reason = ?skipped, "shadow request skipped");
-            state.metrics.shadow(&job.deployment, &version, "starved");
-            stats.dropped();
-            return;
-        }
-    };
-    let took = started.elapsed();
-    let outcome = match &result {
-        Ok(_) => crate::error::Outcome::Success,
-        Err(e) => e.outcome(),
-    };
-    job.shadow
-        .metrics
-        .request(crate::metrics::Protocol::Rest, outcome, took);
-    match result {
-        Ok(out) => {
-            let c = compare(&job.primary, &out.outputs);
-            state.metrics.shadow(&job.deployment, &version, "compared");
-            state.metrics.shadow_compared(
-                &job.deployment,
-                &version,
-                c.rows_agree,
-                c.rows - c.rows_agree,
-                c.max_abs,
-                took,
-            );
-            stats.compared(&c, &job, &out.outputs, took);
-        }
-        Err(e) => {
-            tracing::debug!(deployment = %job.deployment, version = %version, error = %e, "shadow request failed");
-            state.metrics.shadow(&job.deployment, &version, "error");
-            stats.error();
+impl Worker {
+    async fn run_one(&self, job: ShadowJob) {
+        let started = Instant::now();
+        let stats = self.table.get(&job.deployment, job.shadow.version);
+        let version = job.shadow.version.to_string();
+        let result = match self.execute(&job).await {
+            Ok(r) => r,
+            Err(skipped) => {
+                // The CPU was busy with live requests: not the shadow's fault,
+                // so not an error; counted as dropped.
+                tracing::debug!(deployment = %job.deployment, version = %version, reason = ?skipped, "shadow request skipped");
+                self.metrics.shadow(&job.deployment, &version, "starved");
+                stats.dropped();
+                return;
+            }
+        };
+        let took = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => crate::error::Outcome::Success,
+            Err(e) => e.outcome(),
+        };
+        job.shadow
+            .metrics
+            .request(crate::metrics::Protocol::Rest, outcome, took);
+        match result {
+            Ok(out) => {
+                let c = compare(&job.primary, &out.outputs);
+                self.metrics.shadow(&job.deployment, &version, "compared");
+                self.metrics.shadow_compared(
+                    &job.deployment,
+                    &version,
+                    c.rows_agree,
+                    c.rows - c.rows_agree,
+                    c.max_abs,
+                    took,
+                );
+                stats.compared(&c, &job, &out.outputs, took);
+            }
+            Err(e) => {
+                tracing::debug!(deployment = %job.deployment, version = %version, error = %e, "shadow request failed");
+                self.metrics.shadow(&job.deployment, &version, "error");
+                stats.error();
+            }
         }
     }
-}
 
-/// Run the shadow version on the idle-priority pool, so a mirrored request
-/// only uses CPU that live requests leave free. A shadow with dynamic
-/// batching goes through its own batcher as before.
-async fn execute(
-    state: &AppState,
-    job: &ShadowJob,
-) -> Result<Result<crate::infer::Executed, crate::error::ServeError>, crate::compute::Skipped> {
-    let (Some(pool), None) = (state.shadows.pool.get(), &job.shadow.batcher) else {
-        return Ok(crate::infer::execute(state, &job.shadow, job.inputs.clone()).await);
-    };
-    let runtime = job.shadow.runtime.clone();
-    let inputs = job.inputs.clone();
-    let rows = inputs.first().map_or(0, Tensor::rows);
-    let (result, timing) = pool
-        .run(state.request_timeout, move || runtime.infer(&inputs))
-        .await?;
-    Ok(result
-        .map_err(Into::into)
-        .map(|outputs| crate::infer::Executed {
+    /// Run the shadow version on the idle-priority pool, so a mirrored
+    /// request only uses CPU that live requests leave free. A shadow with
+    /// dynamic batching goes through its own batcher.
+    async fn execute(
+        &self,
+        job: &ShadowJob,
+    ) -> Result<Result<Executed, crate::error::ServeError>, crate::compute::Skipped> {
+        if job.shadow.batcher.is_some() {
+            return Ok(self
+                .executor
+                .execute_within_timeout(&job.shadow, job.inputs.clone())
+                .await);
+        }
+        let runtime = job.shadow.runtime.clone();
+        let inputs = job.inputs.clone();
+        let rows = inputs.first().map_or(0, Tensor::rows);
+        let (result, timing) = self
+            .pool
+            .run(self.executor.timeout, move || runtime.infer(&inputs))
+            .await?;
+        Ok(result.map_err(Into::into).map(|outputs| Executed {
             outputs,
             queue: timing.wait,
             compute: timing.compute,
             batch_rows: rows,
         }))
+    }
 }
 
 #[cfg(test)]

@@ -323,11 +323,14 @@ pub async fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
         config.features.freshness_interval.as_deref(),
         Some(Duration::from_secs(30)),
     )?;
-    let store = OnlineStore::open(&defs.online_url)
-        .await
-        .with_context(|| format!("opening the online store {}", defs.online_url))?;
+    let store = OnlineStore::open(&defs.online_url).await.with_context(|| {
+        format!(
+            "opening the online store {}",
+            greenbelt_serve::auth::redact_url(&defs.online_url)
+        )
+    })?;
     let svc = OnlineService::new(defs.clone(), store, CacheOptions::default());
-    tracing::info!(definitions = %path.display(), online = %defs.online_url, "feature store at /features; models with [features] accept entity keys");
+    tracing::info!(definitions = %path.display(), online = %greenbelt_serve::auth::redact_url(&defs.online_url), "feature store at /features; models with [features] accept entity keys");
     Ok(Some(Opened {
         defs,
         svc,

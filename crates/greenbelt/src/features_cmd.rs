@@ -183,9 +183,12 @@ async fn applied(
 }
 
 async fn online(defs: &Arc<Definitions>) -> anyhow::Result<OnlineService> {
-    let store = OnlineStore::open(&defs.online_url)
-        .await
-        .with_context(|| format!("opening the online store {}", defs.online_url))?;
+    let store = OnlineStore::open(&defs.online_url).await.with_context(|| {
+        format!(
+            "opening the online store {}",
+            greenbelt_serve::auth::redact_url(&defs.online_url)
+        )
+    })?;
     Ok(OnlineService::new(
         defs.clone(),
         store,

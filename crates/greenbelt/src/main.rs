@@ -72,6 +72,10 @@ struct ServeArgs {
     /// gRPC listen address (overrides [server] grpc_addr; "" disables gRPC).
     #[arg(long)]
     grpc_addr: Option<String>,
+    /// Listen on a non-loopback address with no tokens configured (only when
+    /// something in front authenticates; same as [auth] insecure = true).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Logs go to stdout for `serve` (one JSON object a line) and to stderr for
@@ -115,6 +119,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = &args.grpc_addr {
         config.server.grpc_addr = a.clone();
+    }
+    if args.insecure {
+        config.auth.insecure = true;
     }
     Ok(config)
 }
@@ -169,14 +176,8 @@ pub async fn attach_registry(
         .await
         .context("opening the registry")?;
     let artifacts = greenbelt_registry::ArtifactStore::open(&registry_config.artifacts)?;
-    let tokens = registry_config
-        .admin_tokens
-        .iter()
-        .map(|(name, token)| (token.clone(), name.clone()))
-        .collect();
     let api = std::sync::Arc::new(greenbelt_registry::http::ApiState {
         registry: registry.clone(),
-        tokens,
     });
     server.merge(greenbelt_registry::http::router(api.clone()));
     server.merge(greenbelt_control::rollout::http::router(
@@ -192,7 +193,7 @@ pub async fn attach_registry(
         PathBuf::from(".greenbelt/cache"),
         std::time::Duration::from_millis(registry_config.poll_interval_ms),
     ));
-    tracing::info!(registry = %registry_config.url(), "registry API at /registry, rollouts at /admin/rollouts; deployments follow their aliases");
+    tracing::info!(registry = %greenbelt_serve::auth::redact_url(registry_config.url()), "registry API at /registry, rollouts at /admin/rollouts; deployments follow their aliases");
     Ok(controller.spawn(deployments, None))
 }
 

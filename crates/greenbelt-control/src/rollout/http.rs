@@ -4,14 +4,14 @@
 //! - `POST /admin/rollouts/{deployment}/start` with `{"version": N, "strategy": "canary"|"blue_green"}`
 //! - `POST /admin/rollouts/{deployment}/{promote|promote-full|abort|pause|resume}`
 //!
-//! Writes need `Authorization: Bearer <token>` when registry admin tokens
-//! are configured (the token's name is the actor).
+//! The server's auth layer guards writes (deployer role); the token's name
+//! is the actor.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use greenbelt_registry::http::{ApiError, ApiState, actor};
@@ -55,13 +55,10 @@ struct StartBody {
 async fn start_rollout(
     State(s): State<Arc<RolloutApi>>,
     Path(dep): Path<String>,
-    headers: HeaderMap,
+    caller: Option<axum::Extension<greenbelt_serve::auth::Caller>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let who = match actor(&s.api, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+    let who = actor(&caller);
     let body: StartBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -99,12 +96,9 @@ async fn start_rollout(
 async fn act(
     State(s): State<Arc<RolloutApi>>,
     Path((dep, action)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Option<axum::Extension<greenbelt_serve::auth::Caller>>,
 ) -> Response {
-    let who = match actor(&s.api, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+    let who = actor(&caller);
     let cmd = match action.as_str() {
         "promote" => Command::Promote,
         "promote-full" => Command::PromoteFull,

@@ -138,8 +138,15 @@ impl Node {
         name: &str,
         extra: &str,
     ) -> (Node, greenbelt_serve::deployment::DeploymentConfig) {
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            format!("[[tokens]]\nname = \"alice\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+        )
+        .unwrap();
         let text = format!(
-            "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\nallow_fault_injection = true\n[telemetry]\nlog_requests = false\n[repository]\npath = \"{}\"\n[[deployments]]\nname = \"fraud\"\n{extra}\n",
+            "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\nallow_fault_injection = true\n[telemetry]\nlog_requests = false\n[auth]\ntokens_file = \"{}\"\n[repository]\npath = \"{}\"\n[[deployments]]\nname = \"fraud\"\n{extra}\n",
+            tokens.display(),
             dir.path().join("empty-repo").display()
         );
         let config =
@@ -148,7 +155,6 @@ impl Node {
         let mut server = Server::build(config).await.unwrap();
         let api = Arc::new(greenbelt_registry::http::ApiState {
             registry: reg.clone(),
-            tokens: [(TOKEN.to_string(), "alice".to_string())].into(),
         });
         server.merge(rollout::http::router(Arc::new(rollout::http::RolloutApi {
             api,
@@ -240,7 +246,8 @@ impl Env {
             .post(format!("{base}/v2/models/fraud/infer"))
             .json(&body(seed));
         if let Some((k, v)) = headers {
-            req = req.header(k, v);
+            // Forcing a track needs a deployer (here: admin) token.
+            req = req.header(k, v).bearer_auth(TOKEN);
         }
         match req.send().await {
             Ok(r) => {

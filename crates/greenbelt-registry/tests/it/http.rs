@@ -1,14 +1,19 @@
 //! The registry's JSON API: reads, writes, bearer-token auth, and errors.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use greenbelt_auth::{Auth, ModelControl, Role, TokenSpec};
 use greenbelt_registry::http::{ApiState, router};
 use serde_json::{Value, json};
 
-async fn serve(tokens: HashMap<String, String>) -> (String, tempfile::TempDir) {
+/// The registry API behind the server's auth layer, with `tokens`.
+async fn serve(tokens: &[TokenSpec]) -> (String, tempfile::TempDir) {
     let (registry, dir) = crate::backends::sqlite().await;
-    let app = router(Arc::new(ApiState { registry, tokens }));
+    let auth = Arc::new(Auth::new(tokens, ModelControl::None).unwrap());
+    let app = router(Arc::new(ApiState { registry })).layer(axum::middleware::from_fn_with_state(
+        auth,
+        greenbelt_auth::middleware,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -40,8 +45,12 @@ fn version_body(n: u8) -> Value {
 #[tokio::test]
 async fn writes_need_a_token_and_record_its_name() {
     use reqwest::Method;
-    let tokens = HashMap::from([("tok-alice".to_string(), "alice".to_string())]);
-    let (base, _dir) = serve(tokens).await;
+    let tokens = [
+        TokenSpec::plain("alice", Role::Deployer, "tok-alice"),
+        TokenSpec::plain("root", Role::Admin, "tok-root"),
+        TokenSpec::plain("etl", Role::FeatureWriter, "tok-etl"),
+    ];
+    let (base, _dir) = serve(&tokens).await;
     let (s, b) = call(
         Method::POST,
         &format!("{base}/models/fraud/versions"),
@@ -58,13 +67,32 @@ async fn writes_need_a_token_and_record_its_name() {
     )
     .await;
     assert_eq!(s, 401, "{b}");
+    // A token whose role is not deployer: 403.
     let (s, b) = call(
         Method::POST,
         &format!("{base}/models/fraud/versions"),
-        Some("tok-alice"),
+        Some("tok-etl"),
         Some(version_body(1)),
     )
     .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("role deployer"),
+        "{b}"
+    );
+    // The actor is the token's name, whatever the body or a header claims.
+    let mut body = version_body(1);
+    body["created_by"] = json!("mallory");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/models/fraud/versions"))
+        .bearer_auth("tok-alice")
+        .header("x-greenbelt-actor", "mallory")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let b: Value = r.json().await.unwrap();
     assert_eq!((s, b["version"].as_i64()), (201, Some(1)), "{b}");
     assert_eq!(b["created_by"], "alice");
     call(
@@ -146,9 +174,27 @@ async fn writes_need_a_token_and_record_its_name() {
 }
 
 #[tokio::test]
+async fn fault_tagged_versions_need_an_admin() {
+    use reqwest::Method;
+    let tokens = [
+        TokenSpec::plain("alice", Role::Deployer, "tok-alice"),
+        TokenSpec::plain("root", Role::Admin, "tok-root"),
+    ];
+    let (base, _dir) = serve(&tokens).await;
+    let mut body = version_body(1);
+    body["tags"] = json!({"fault": "error"});
+    let url = format!("{base}/models/fraud/versions");
+    let (s, b) = call(Method::POST, &url, Some("tok-alice"), Some(body.clone())).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("admin"), "{b}");
+    let (s, b) = call(Method::POST, &url, Some("tok-root"), Some(body)).await;
+    assert_eq!((s, b["created_by"].as_str()), (201, Some("root")), "{b}");
+}
+
+#[tokio::test]
 async fn bad_requests_get_clear_errors() {
     use reqwest::Method;
-    let (base, _dir) = serve(HashMap::new()).await;
+    let (base, _dir) = serve(&[]).await;
     let cases: Vec<(Method, String, Option<Value>, u16, &str)> = vec![
         (
             Method::GET,

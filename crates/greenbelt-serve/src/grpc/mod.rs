@@ -184,6 +184,21 @@ fn meta_str<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
     req.metadata().get(key).and_then(|v| v.to_str().ok())
 }
 
+impl GrpcService {
+    /// The caller named by the `authorization` metadata (UNAUTHENTICATED
+    /// for a token that matches nothing).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Option<crate::auth::Principal>, Status> {
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("<not text>"));
+        self.state
+            .auth
+            .authenticate(presented)
+            .map_err(|e| status(e.into()))
+    }
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for GrpcService {
     async fn server_live(
@@ -260,24 +275,33 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let trace = TraceContext::from_header(meta_str(&req, "traceparent"));
+        let principal = self.caller(&req)?;
         let ctx = RequestContext {
             request_id: request_id(meta_str(&req, "x-request-id")),
             trace_id: trace.trace_id.clone(),
             protocol: Protocol::Grpc,
             started: Instant::now(),
             headers: req.metadata().clone().into_headers(),
+            principal,
         };
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = r.model_version.clone();
-        let decoded = match decode_request(r) {
+        // tonic has decoded the message (bounded by max_request_bytes);
+        // admission by its size comes before the tensors are built from it.
+        let admitted = self
+            .state
+            .admission
+            .admit(prost::Message::encoded_len(&r))
+            .and_then(|permit| Ok((permit, decode_request(r)?)));
+        let (permit, decoded) = match admitted {
             Ok(d) => d,
             Err(e) => {
                 self.state.reject(&ctx, &model, &e);
                 return Err(status(e));
             }
         };
-        let (out, track) = infer(&self.state, &model, Some(&version), decoded, &ctx)
+        let (out, track) = infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
             .await
             .map_err(status)?;
         let mut resp = Response::new(encode_response(out));
@@ -321,6 +345,11 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let who = self.caller(&req)?;
+        self.state
+            .auth
+            .may_control_models(who.as_ref())
+            .map_err(|e| status(e.into()))?;
         let name = req.into_inner().model_name;
         check_model_name(&name).map_err(status)?;
         let repo = self.state.repository.clone();
@@ -335,6 +364,11 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let who = self.caller(&req)?;
+        self.state
+            .auth
+            .may_control_models(who.as_ref())
+            .map_err(|e| status(e.into()))?;
         let name = req.into_inner().model_name;
         let repo = self.state.repository.clone();
         tokio::task::spawn_blocking(move || repo.unload(&name))

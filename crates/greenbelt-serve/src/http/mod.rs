@@ -7,17 +7,19 @@ pub mod codec;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use greenbelt_core::InferRequest;
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::error::ServeError;
-use crate::infer::{AppState, RequestContext, infer};
+use crate::infer::{AppState, Permit, RequestContext, infer};
 use crate::metrics::Protocol;
 use crate::repository::{ServedVersion, check_model_name};
 use crate::telemetry::{TraceContext, request_id};
@@ -193,22 +195,68 @@ async fn infer_latest(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    caller: Option<Extension<Caller>>,
+    body: Body,
 ) -> Response {
-    handle_infer(state, model, None, headers, body).await
+    handle_infer(state, model, None, headers, caller, body).await
 }
 
 async fn infer_version(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    caller: Option<Extension<Caller>>,
+    body: Body,
 ) -> Response {
-    handle_infer(state, model, Some(version), headers, body).await
+    handle_infer(state, model, Some(version), headers, caller, body).await
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Admit (by the declared body size, before a byte of it is read), read
+/// the body under the request's deadline, decode.
+async fn admit_and_decode(
+    state: &AppState,
+    ctx: &RequestContext,
+    body: Body,
+) -> Result<(Permit, InferRequest), ServeError> {
+    let limit = state.config.server.max_request_bytes;
+    let declared = match header_str(&ctx.headers, "content-length") {
+        None => None,
+        Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+            ServeError::InvalidInput(format!("Content-Length \"{v}\" is not a byte count"))
+        })?),
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ServeError::PayloadTooLarge { limit });
+    }
+    // A body of unknown length (chunked) is admitted as if it were the largest.
+    let permit = state.admission.admit(declared.unwrap_or(limit))?;
+    let deadline = ctx.started + state.executor.timeout;
+    let body = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ServeError::Timeout(state.executor.timeout))?
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ServeError::PayloadTooLarge { limit }
+            } else {
+                ServeError::InvalidInput(format!("cannot read request body: {e}"))
+            }
+        })?;
+    let header_len = match header_str(&ctx.headers, codec::HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+            ServeError::InvalidInput(format!(
+                "Inference-Header-Content-Length \"{v}\" is not a byte count"
+            ))
+        })?),
+    };
+    let req = codec::decode_request(&body, header_len)?;
+    Ok((permit, req))
 }
 
 async fn handle_infer(
@@ -216,7 +264,8 @@ async fn handle_infer(
     model: String,
     version: Option<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    caller: Option<Extension<Caller>>,
+    body: Body,
 ) -> Response {
     let trace = TraceContext::from_header(header_str(&headers, "traceparent"));
     let ctx = RequestContext {
@@ -225,71 +274,19 @@ async fn handle_infer(
         protocol: Protocol::Rest,
         started: Instant::now(),
         headers,
+        principal: caller.and_then(|Extension(c)| c.0),
     };
-    let headers = &ctx.headers;
-    let result = async {
-        let body = body.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServeError::PayloadTooLarge {
-                    limit: state.config.server.max_request_bytes,
-                }
-            } else {
-                ServeError::InvalidInput(format!("cannot read request body: {rejection}"))
-            }
-        })?;
-        let header_len = match header_str(headers, codec::HEADER_LENGTH) {
-            None => None,
-            Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
-                ServeError::InvalidInput(format!(
-                    "Inference-Header-Content-Length \"{v}\" is not a byte count"
-                ))
-            })?),
-        };
-        codec::decode_request(&body, header_len)
-    }
-    .await;
-    let mut resp = match result {
+    let mut resp = match admit_and_decode(&state, &ctx, body).await {
         Err(e) => {
             state.reject(&ctx, &model, &e);
             ApiError(e).into_response()
         }
-        Ok(req) => {
+        Ok((permit, req)) => {
             let requested = req.outputs.clone();
             let binary_output = req.binary_output;
-            match infer(&state, &model, version.as_deref(), req, &ctx).await {
+            match infer(&state, permit, &model, version.as_deref(), req, &ctx).await {
                 Err(e) => ApiError(e).into_response(),
-                Ok((out, track)) => match codec::encode_response(&out, &requested, binary_output) {
-                    Err(e) => ApiError(e).into_response(),
-                    Ok(enc) => {
-                        let mut resp = Response::new(axum::body::Body::from(enc.body));
-                        let h = resp.headers_mut();
-                        match enc.header_len {
-                            Some(n) => {
-                                h.insert(
-                                    header::CONTENT_TYPE,
-                                    HeaderValue::from_static("application/octet-stream"),
-                                );
-                                if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
-                                    h.insert(HeaderName::from_static(codec::HEADER_LENGTH), v);
-                                }
-                            }
-                            None => {
-                                h.insert(
-                                    header::CONTENT_TYPE,
-                                    HeaderValue::from_static("application/json"),
-                                );
-                            }
-                        }
-                        if let Ok(v) = HeaderValue::from_str(&out.model_version) {
-                            h.insert(HeaderName::from_static(VERSION_HEADER), v);
-                        }
-                        h.insert(
-                            HeaderName::from_static(crate::routing::TRACK_HEADER),
-                            HeaderValue::from_static(track.as_str()),
-                        );
-                        resp
-                    }
-                },
+                Ok((out, track)) => encode(&out, &requested, binary_output, track),
             }
         }
     };
@@ -300,6 +297,45 @@ async fn handle_infer(
     if let Ok(v) = HeaderValue::from_str(&trace.header()) {
         h.insert(HeaderName::from_static("traceparent"), v);
     }
+    resp
+}
+
+fn encode(
+    out: &greenbelt_core::InferResponse,
+    requested: &[greenbelt_core::RequestedOutput],
+    binary_output: bool,
+    track: crate::routing::Track,
+) -> Response {
+    let enc = match codec::encode_response(out, requested, binary_output) {
+        Ok(enc) => enc,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let mut resp = Response::new(Body::from(enc.body));
+    let h = resp.headers_mut();
+    match enc.header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
+                h.insert(HeaderName::from_static(codec::HEADER_LENGTH), v);
+            }
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&out.model_version) {
+        h.insert(HeaderName::from_static(VERSION_HEADER), v);
+    }
+    h.insert(
+        HeaderName::from_static(crate::routing::TRACK_HEADER),
+        HeaderValue::from_static(track.as_str()),
+    );
     resp
 }
 

@@ -9,3 +9,5 @@ mod errors;
 mod grpc;
 mod lifecycle;
 mod repository;
+mod security;
+mod stages;

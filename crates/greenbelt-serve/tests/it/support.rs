@@ -25,6 +25,7 @@ pub fn write_model_config(repo: &Path, model: &str, toml: &str) {
 }
 
 pub struct TestServer {
+    pub state: std::sync::Arc<greenbelt_serve::infer::AppState>,
     pub http: String,
     pub grpc: String,
     pub repo: tempfile::TempDir,
@@ -34,16 +35,37 @@ pub struct TestServer {
 }
 
 /// Start a server over a fresh repository that `setup` fills; `extra` is
-/// appended to the generated greenbelt.toml.
+/// appended to the generated greenbelt.toml. Model control is on (the
+/// repository tests load and unload) unless `extra` has its own `[auth]`.
 pub async fn start(setup: impl FnOnce(&Path), extra: &str) -> TestServer {
+    start_with(setup, extra, None).await
+}
+
+/// The greenbelt.toml `start` writes for `repo`.
+pub fn config_text(repo: &Path, extra: &str) -> String {
+    let auth = if extra.contains("[auth]") {
+        ""
+    } else {
+        "[auth]\nmodel_control = \"explicit\"\n"
+    };
+    format!(
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"127.0.0.1:0\"\n{extra}\n[repository]\npath = \"{}\"\n{auth}",
+        repo.display()
+    )
+}
+
+/// [`start`] with a feature source for models with `[features]`.
+pub async fn start_with(
+    setup: impl FnOnce(&Path),
+    extra: &str,
+    features: Option<std::sync::Arc<dyn greenbelt_serve::features::FeatureSource>>,
+) -> TestServer {
     let repo = tempfile::tempdir().unwrap();
     setup(repo.path());
-    let text = format!(
-        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"127.0.0.1:0\"\n{extra}\n[repository]\npath = \"{}\"\n",
-        repo.path().display()
-    );
+    let text = config_text(repo.path(), extra);
     let config = Config::from_toml_str(&text, Path::new("test.toml"), std::iter::empty()).unwrap();
-    let server = Server::build(config).await.unwrap();
+    let server = Server::build_with(config, features).await.unwrap();
+    let state = server.state.clone();
     let http = format!("http://{}", server.http_addr().unwrap());
     let grpc = format!("http://{}", server.grpc_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
@@ -56,6 +78,7 @@ pub async fn start(setup: impl FnOnce(&Path), extra: &str) -> TestServer {
             .unwrap();
     });
     TestServer {
+        state,
         http,
         grpc,
         repo,
@@ -87,13 +110,31 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.http))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        self.post_with(path, body, &[]).await
+    }
+
+    /// POST with extra headers (`authorization`, `x-greenbelt-track`, ...).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.http)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.client.get(format!("{}{path}", self.http));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }

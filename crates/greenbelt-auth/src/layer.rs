@@ -1,0 +1,180 @@
+//! The one auth layer in front of every REST route, and the policy table
+//! it applies. Reads are open (health, metadata, metrics, inference);
+//! what changes state or shows request data needs a role; a method and
+//! path the table does not know needs admin, so a new write endpoint is
+//! closed until someone decides otherwise.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::{Auth, AuthError, Principal, Role};
+
+/// The caller as the layer saw it, put in the request's extensions for
+/// handlers (the audit actor, finer checks such as fault-tagged versions).
+#[derive(Debug, Clone, Default)]
+pub struct Caller(pub Option<Principal>);
+
+impl Caller {
+    /// The audit actor: the token's name (`anonymous` on an open server).
+    pub fn actor(&self) -> String {
+        self.0
+            .as_ref()
+            .map_or_else(|| "anonymous".to_string(), |p| p.name.clone())
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.0.as_ref().is_some_and(|p| p.role.grants(role))
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Public,
+    Role(Role),
+    /// The repository's load/unload: switched on by config, then deployer.
+    ModelControl,
+}
+
+/// Which role `method path` needs.
+pub fn policy(method: &Method, path: &str) -> Need {
+    if path.starts_with("/v2/repository/models/")
+        && (path.ends_with("/load") || path.ends_with("/unload"))
+    {
+        return Need::ModelControl;
+    }
+    // Shadow reports carry samples of live request inputs.
+    if path.starts_with("/admin/shadow/") {
+        return Need::Role(Role::Viewer);
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Need::Public;
+    }
+    let infer = path.starts_with("/v2/models/") && path.ends_with("/infer");
+    match path {
+        _ if infer => Need::Public,
+        "/v2/repository/index" | "/features/online" => Need::Public,
+        "/features/push" => Need::Role(Role::FeatureWriter),
+        _ if path.starts_with("/registry/") || path.starts_with("/admin/rollouts") => {
+            Need::Role(Role::Deployer)
+        }
+        _ => Need::Role(Role::Admin),
+    }
+}
+
+/// `401`/`403` as the JSON error every API answers.
+pub fn reject(e: &AuthError) -> Response {
+    let status = match e {
+        AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+        AuthError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut resp = (
+        status,
+        axum::Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// The layer: authenticate, apply [`policy`], hand the [`Caller`] on.
+pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("<not text>"));
+    let who = match auth.authenticate(presented) {
+        Ok(w) => w,
+        Err(e) => return reject(&e),
+    };
+    let checked = match policy(req.method(), req.uri().path()) {
+        Need::Public => Ok(()),
+        Need::Role(role) => auth.require(who.as_ref(), role).map(|_| ()),
+        Need::ModelControl => auth.may_control_models(who.as_ref()).map(|_| ()),
+    };
+    if let Err(e) = checked {
+        tracing::info!(
+            target: "greenbelt::auth",
+            method = %req.method(),
+            path = req.uri().path(),
+            caller = who.as_ref().map_or("", |p| p.name.as_str()),
+            error = %e,
+            "refused"
+        );
+        return reject(&e);
+    }
+    let caller = match who {
+        Some(p) => Some(p),
+        None if !auth.enabled() => Some(Principal::anonymous()),
+        None => None,
+    };
+    req.extensions_mut().insert(Caller(caller));
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_table() {
+        let cases = [
+            (Method::GET, "/v2/models/m", Need::Public),
+            (Method::GET, "/metrics", Need::Public),
+            (Method::POST, "/v2/models/m/infer", Need::Public),
+            (Method::POST, "/v2/models/m/versions/2/infer", Need::Public),
+            (Method::POST, "/v2/repository/index", Need::Public),
+            (
+                Method::POST,
+                "/v2/repository/models/m/load",
+                Need::ModelControl,
+            ),
+            (
+                Method::POST,
+                "/v2/repository/models/m/unload",
+                Need::ModelControl,
+            ),
+            (Method::GET, "/admin/shadow/m", Need::Role(Role::Viewer)),
+            (Method::GET, "/admin/deployments/m", Need::Public),
+            (
+                Method::POST,
+                "/features/push",
+                Need::Role(Role::FeatureWriter),
+            ),
+            (Method::POST, "/features/online", Need::Public),
+            (
+                Method::POST,
+                "/registry/models/m/versions",
+                Need::Role(Role::Deployer),
+            ),
+            (
+                Method::PUT,
+                "/registry/models/m/aliases/a",
+                Need::Role(Role::Deployer),
+            ),
+            (
+                Method::DELETE,
+                "/registry/models/m/aliases/a",
+                Need::Role(Role::Deployer),
+            ),
+            (Method::GET, "/registry/models", Need::Public),
+            (
+                Method::POST,
+                "/admin/rollouts/m/promote",
+                Need::Role(Role::Deployer),
+            ),
+            (Method::POST, "/something/new", Need::Role(Role::Admin)),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(policy(&m, p), want, "{m} {p}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Execute: run validated inputs on one version, through its batcher when
+//! it has one, else on the bounded compute pool. [`Executor`] is all that
+//! running a model needs, so shadow workers get this handle and nothing of
+//! the request path's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenbelt_core::Tensor;
+
+use crate::compute::Compute;
+use crate::error::ServeError;
+use crate::repository::ServedVersion;
+
+/// What a runtime call returned, with its timing.
+#[derive(Debug)]
+pub struct Executed {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub compute: Duration,
+    pub batch_rows: usize,
+}
+
+/// The compute pool and the request timeout.
+#[derive(Clone)]
+pub struct Executor {
+    pub compute: Compute,
+    pub timeout: Duration,
+}
+
+impl Executor {
+    pub fn new(compute: Compute, timeout: Duration) -> Executor {
+        Executor { compute, timeout }
+    }
+
+    /// Run `inputs` (validated, in signature order) on `served`. No timeout
+    /// of its own: the request path's timeout wraps it.
+    pub async fn execute(
+        &self,
+        served: &Arc<ServedVersion>,
+        inputs: Vec<Tensor>,
+    ) -> Result<Executed, ServeError> {
+        let rows = inputs.first().map_or(0, Tensor::rows);
+        match &served.batcher {
+            Some(batcher) => {
+                let reply = batcher.infer(inputs).await?;
+                Ok(Executed {
+                    outputs: reply.outputs,
+                    queue: reply.queue,
+                    compute: reply.compute,
+                    batch_rows: reply.batch_rows,
+                })
+            }
+            None => {
+                let runtime = served.runtime.clone();
+                let (result, timing) = self.compute.run(move || runtime.infer(&inputs)).await?;
+                Ok(Executed {
+                    outputs: result?,
+                    queue: timing.wait,
+                    compute: timing.compute,
+                    batch_rows: rows,
+                })
+            }
+        }
+    }
+
+    /// [`Executor::execute`] under the request timeout (504), for work that
+    /// is not inside a request's timeout (shadows).
+    pub async fn execute_within_timeout(
+        &self,
+        served: &Arc<ServedVersion>,
+        inputs: Vec<Tensor>,
+    ) -> Result<Executed, ServeError> {
+        tokio::time::timeout(self.timeout, self.execute(served, inputs))
+            .await
+            .map_err(|_| ServeError::Timeout(self.timeout))?
+    }
+}

@@ -1,0 +1,170 @@
+//! Observe: what happens after the answer is known and costs the client
+//! nothing it waits for — per-version metrics (pre-resolved handles), one
+//! JSON log line, and the shadow copies (offered to a bounded queue with
+//! `try_send`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenbelt_core::Tensor;
+use tokio::time::Instant;
+
+use crate::config::TelemetryConfig;
+use crate::error::{Outcome, ServeError};
+use crate::metrics::{Metrics, Protocol};
+use crate::repository::ServedVersion;
+use crate::routing::Track;
+use crate::shadow::{ShadowJob, Shadows};
+
+/// Per-request identity and timing, filled in by the transport.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub trace_id: String,
+    pub protocol: Protocol,
+    pub started: Instant,
+    /// Request headers (gRPC metadata), for routing: the track header and
+    /// a deployment's sticky-key header.
+    pub headers: axum::http::HeaderMap,
+    /// Who is calling, when the request carried a valid token.
+    pub principal: Option<crate::auth::Principal>,
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub queue: Duration,
+    pub compute: Duration,
+    pub rows: usize,
+    pub batch_rows: usize,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+}
+
+/// Where a request ended up, as far as it got.
+pub struct Seen<'a> {
+    pub model: &'a str,
+    /// The version that was chosen; `None` when routing failed.
+    pub served: Option<&'a ServedVersion>,
+    pub track: Option<Track>,
+    /// The model is a deployment with a routing plan (count its tracks).
+    pub deployment: bool,
+}
+
+/// The telemetry sinks the request path writes to.
+pub struct Observer<'a> {
+    pub metrics: &'a Metrics,
+    pub telemetry: &'a TelemetryConfig,
+}
+
+impl Observer<'_> {
+    /// Record one finished request: metrics and the log line.
+    pub fn finished(
+        &self,
+        ctx: &RequestContext,
+        seen: &Seen<'_>,
+        result: Result<(), &ServeError>,
+        stats: &Stats,
+    ) {
+        let took = ctx.started.elapsed();
+        let outcome = match result {
+            Ok(()) => Outcome::Success,
+            Err(e) => e.outcome(),
+        };
+        match seen.served {
+            Some(served) => {
+                served.metrics.request(ctx.protocol, outcome, took);
+                if result.is_ok() {
+                    served.metrics.queue(stats.queue);
+                    served.metrics.compute(stats.compute);
+                    served
+                        .metrics
+                        .payload(stats.request_bytes, stats.response_bytes);
+                    if let (true, Some(track)) = (seen.deployment, seen.track) {
+                        served.metrics.routed(track);
+                    }
+                }
+            }
+            None => self.metrics.unresolved(ctx.protocol, outcome),
+        }
+        if let Err(ServeError::Overloaded { .. }) = result
+            && seen.served.is_some()
+        {
+            self.metrics.shed("overloaded");
+        }
+        self.log(ctx, seen, result, stats, took);
+    }
+
+    fn log(
+        &self,
+        ctx: &RequestContext,
+        seen: &Seen<'_>,
+        result: Result<(), &ServeError>,
+        stats: &Stats,
+        took: Duration,
+    ) {
+        if !self.telemetry.log_requests {
+            return;
+        }
+        let track = seen.track.map_or("", Track::as_str);
+        let version = seen.served.map_or("", |v| &*v.version_label);
+        let latency_ms = took.as_secs_f64() * 1000.0;
+        match result {
+            Ok(()) => tracing::info!(
+                target: "greenbelt::request",
+                request_id = %ctx.request_id,
+                trace_id = %ctx.trace_id,
+                protocol = ctx.protocol.as_str(),
+                model = seen.model,
+                version,
+                track,
+                outcome = "success",
+                latency_ms,
+                queue_ms = stats.queue.as_secs_f64() * 1000.0,
+                compute_ms = stats.compute.as_secs_f64() * 1000.0,
+                rows = stats.rows,
+                batch_rows = stats.batch_rows,
+                request_bytes = stats.request_bytes,
+                response_bytes = stats.response_bytes,
+                "infer"
+            ),
+            Err(e) => tracing::info!(
+                target: "greenbelt::request",
+                request_id = %ctx.request_id,
+                trace_id = %ctx.trace_id,
+                protocol = ctx.protocol.as_str(),
+                model = seen.model.chars().take(200).collect::<String>(),
+                version,
+                track,
+                outcome = e.outcome().as_str(),
+                status = e.http_status().as_u16(),
+                latency_ms,
+                error = %e,
+                "infer"
+            ),
+        }
+    }
+}
+
+/// The copies one answered request owes its deployment's shadows.
+pub struct Mirror {
+    pub deployment: Arc<str>,
+    pub shadows: Vec<Arc<ServedVersion>>,
+    pub inputs: Vec<Tensor>,
+}
+
+impl Mirror {
+    /// Offer a copy to every shadow; never waits (a full queue drops and counts).
+    pub fn offer(self, queue: &Shadows, primary: &[Tensor], took: Duration, request_id: &str) {
+        for shadow in self.shadows {
+            queue.offer(ShadowJob {
+                deployment: self.deployment.clone(),
+                shadow,
+                inputs: self.inputs.clone(),
+                primary: primary.to_vec(),
+                primary_latency: took,
+                request_id: request_id.to_string(),
+            });
+        }
+    }
+}
