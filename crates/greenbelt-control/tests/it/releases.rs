@@ -640,6 +640,7 @@ async fn shadow_comparison_counts_known_disagreement() {
     let before: Vec<greenbelt_serve::shadow::ShadowReport> = e
         .client
         .get(format!("{}/admin/shadow/fraud", e.base))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -662,6 +663,7 @@ async fn shadow_comparison_counts_known_disagreement() {
         reports = e
             .client
             .get(format!("{}/admin/shadow/fraud", e.base))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
