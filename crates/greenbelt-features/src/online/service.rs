@@ -564,30 +564,17 @@ impl OnlineService {
         Ok(written)
     }
 
-    /// Validate pushed rows against the view's types and contract, then
-    /// write them (newest per key) and invalidate their cache entries.
+    /// Validate pushed rows against the view's types, the clock (an event
+    /// time more than `[push] max_clock_skew` ahead of this service's clock
+    /// is refused: it would never expire and would shadow every later push)
+    /// and the view's contract, then write them (newest per key) and
+    /// invalidate their cache entries.
     pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
         let view = self.defs.view(&req.feature_view)?;
         let batch = push_batch(view, &req.df)?;
+        check_event_times(&batch, (self.clock)(), self.defs.push_max_clock_skew_us)?;
         if let Some(c) = &view.contract {
-            let mut ch = Checker::new(
-                &format!("feature view \"{}\"", view.name),
-                c,
-                None,
-                (self.clock)(),
-            )
-            .await?;
-            let reasons = ch.check(&batch)?;
-            if let Some((i, r)) = reasons
-                .iter()
-                .enumerate()
-                .find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
-            {
-                return Err(FeatureError::Invalid(format!(
-                    "df row {i} breaks the contract of feature view \"{}\": {r}",
-                    view.name
-                )));
-            }
+            check_push_contract(view, c, &batch, (self.clock)()).await?;
         }
         let written = self.write_batch(view, &batch).await?;
         Ok(PushResponse {
@@ -668,6 +655,92 @@ impl OnlineService {
         }
         Ok(written)
     }
+}
+
+/// Refuse rows whose event time lies more than `max_skew_us` after `now_us`.
+fn check_event_times(batch: &RecordBatch, now_us: i64, max_skew_us: i64) -> Result<()> {
+    let Some(ev) = batch
+        .column_by_name(EVENT_TIMESTAMP)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+    else {
+        return Ok(());
+    };
+    let limit = now_us.saturating_add(max_skew_us);
+    for i in 0..ev.len() {
+        if ev.is_valid(i) && ev.value(i) > limit {
+            let ahead =
+                Duration::from_secs(u64::try_from((ev.value(i) - now_us) / 1_000_000).unwrap_or(0));
+            let skew = Duration::from_secs(u64::try_from(max_skew_us / 1_000_000).unwrap_or(0));
+            return Err(FeatureError::Invalid(format!(
+                "df row {i}: {EVENT_TIMESTAMP} {} is {} ahead of the server clock ({}); the limit is {} ahead ({}, features.toml [push] max_clock_skew)",
+                format_ts(ev.value(i)),
+                humantime::format_duration(ahead),
+                format_ts(now_us),
+                humantime::format_duration(skew),
+                format_ts(limit),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check pushed rows against the view's contract: every rule one value can
+/// break (the error names the row, the column and the rule), then `unique`
+/// within the push. Rules over a whole data set (row counts, freshness,
+/// PSI, `mostly`) judge materialized data, not a push.
+async fn check_push_contract(
+    view: &FeatureView,
+    contract: &crate::contracts::Contract,
+    batch: &RecordBatch,
+    now_us: i64,
+) -> Result<()> {
+    use crate::contracts::{Contract, RuleSpec, first_broken};
+    let rules = contract.row_rules()?;
+    if let Some(b) = first_broken(&rules, batch)? {
+        let kind = if view.feature(&b.rule.column).is_some() {
+            "feature"
+        } else if view.join_keys.iter().any(|k| k.name == b.rule.column) {
+            "join key"
+        } else {
+            "column"
+        };
+        return Err(FeatureError::Invalid(format!(
+            "df row {}: {kind} \"{}\" = {} breaks the contract of feature view \"{}\": {}",
+            b.row, b.rule.column, b.value, view.name, b.rule.label
+        )));
+    }
+    let unique: Vec<RuleSpec> = contract
+        .rules
+        .iter()
+        .filter(|r| matches!(r, RuleSpec::Unique { .. }))
+        .cloned()
+        .collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let only_unique = Contract {
+        policy: contract.policy,
+        rules: unique,
+    };
+    let mut ch = Checker::new(
+        &format!("feature view \"{}\"", view.name),
+        &only_unique,
+        None,
+        now_us,
+    )
+    .await?;
+    let reasons = ch.check(batch)?;
+    if let Some((i, r)) = reasons
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+    {
+        return Err(FeatureError::Invalid(format!(
+            "df row {i} breaks the contract of feature view \"{}\": {r} (the push repeats a key)",
+            view.name
+        )));
+    }
+    Ok(())
 }
 
 /// Pushed columns as a batch in the offline layout, checking every value's type.
