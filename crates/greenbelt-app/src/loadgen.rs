@@ -593,7 +593,7 @@ mod tests {
         assert_eq!(x.datatype(), DataType::Fp32);
         let flag = make_input(&specs[1], 2).unwrap();
         assert_eq!(flag.shape, [2]);
-        let body = rest_body(&[x.clone()]).unwrap();
+        let body = rest_body(std::slice::from_ref(&x)).unwrap();
         assert!(body.contains("\"shape\":[4,3]"), "{body}");
         let req = grpc_request("m", &[x]);
         assert_eq!(req.raw_input_contents[0].len(), 4 * 3 * 4);
