@@ -216,6 +216,167 @@ impl Contract {
     }
 }
 
+// ---------- rules one value can break ----------
+
+/// One value as a row-level rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Number(f64),
+    Text(&'a str),
+}
+
+impl Cell<'_> {
+    /// A model-input value: NaN is the serving path's "missing", so it is null.
+    pub fn from_f64(x: f64) -> Cell<'static> {
+        if x.is_nan() {
+            Cell::Null
+        } else {
+            Cell::Number(x)
+        }
+    }
+
+    fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Cell::Null => None,
+            Cell::Text(s) => Some(std::borrow::Cow::Borrowed(s)),
+            Cell::Number(x) => Some(std::borrow::Cow::Owned(number_text(*x))),
+        }
+    }
+}
+
+/// A number as text the way a JSON value or an integer column prints it
+/// (`3`, not `3.0`, for whole numbers).
+fn number_text(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        x.to_string()
+    }
+}
+
+/// The check of a contract rule that one value can break on its own:
+/// `not_null` and `range` without `mostly` (or with `mostly = 1`),
+/// `allowed` and `regex`. Rules over a whole data set (`mostly < 1`,
+/// `unique`, `row_count`, `freshness`, `psi`, `type`) have none.
+#[derive(Debug, Clone)]
+pub enum RowCheck {
+    NotNull,
+    Range {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Allowed {
+        texts: HashSet<String>,
+        numbers: Vec<f64>,
+    },
+    Regex(regex::Regex),
+}
+
+/// A row-level rule of a contract: the column it reads, its label (as in
+/// reports, e.g. `range(amount in [0, inf])`) and its check.
+#[derive(Debug, Clone)]
+pub struct RowRule {
+    pub column: String,
+    pub label: String,
+    pub check: RowCheck,
+}
+
+impl RowRule {
+    /// The row-level part of `rule`, if it has one.
+    pub fn from_spec(rule: &RuleSpec) -> Result<Option<RowRule>> {
+        if !row_level(rule) {
+            return Ok(None);
+        }
+        RowRule::per_value(rule)
+    }
+
+    /// The per-value check of `rule` whether or not `mostly` lets a data
+    /// set tolerate failures (the checker counts them either way).
+    fn per_value(rule: &RuleSpec) -> Result<Option<RowRule>> {
+        let (column, check) = match rule {
+            RuleSpec::NotNull { column, .. } => (column, RowCheck::NotNull),
+            RuleSpec::Range {
+                column, min, max, ..
+            } => (
+                column,
+                RowCheck::Range {
+                    min: *min,
+                    max: *max,
+                },
+            ),
+            RuleSpec::Allowed { column, values } => (
+                column,
+                RowCheck::Allowed {
+                    texts: values.iter().map(json_text).collect(),
+                    numbers: values.iter().filter_map(|v| v.as_f64()).collect(),
+                },
+            ),
+            RuleSpec::Regex { column, pattern } => (
+                column,
+                RowCheck::Regex(regex::Regex::new(pattern).map_err(|e| {
+                    FeatureError::Invalid(format!("contract rule {}: {e}", rule.label()))
+                })?),
+            ),
+            _ => return Ok(None),
+        };
+        Ok(Some(RowRule {
+            column: column.clone(),
+            label: rule.label(),
+            check,
+        }))
+    }
+
+    /// Why `cell` breaks this rule (`None`: it keeps it). Only `not_null`
+    /// looks at nulls; a NaN breaks a range.
+    pub fn broken_by(&self, cell: Cell<'_>) -> Option<String> {
+        match (&self.check, cell) {
+            (RowCheck::NotNull, Cell::Null) => Some("null".into()),
+            (RowCheck::NotNull, _) | (_, Cell::Null) => None,
+            (RowCheck::Range { min, max }, c) => {
+                let x = match c {
+                    Cell::Number(x) => Some(x),
+                    Cell::Text(t) => t.trim().parse::<f64>().ok(),
+                    Cell::Null => None,
+                };
+                match x {
+                    None => Some("not a number".into()),
+                    Some(x)
+                        if x.is_nan()
+                            || min.is_some_and(|m| x < m)
+                            || max.is_some_and(|m| x > m) =>
+                    {
+                        Some(number_text(x))
+                    }
+                    Some(_) => None,
+                }
+            }
+            (RowCheck::Allowed { texts, numbers }, c) => {
+                let ok = matches!(c, Cell::Number(x) if numbers.contains(&x))
+                    || c.text().is_some_and(|t| texts.contains(t.as_ref()));
+                (!ok).then(|| c.text().map(|t| t.into_owned()).unwrap_or_default())
+            }
+            (RowCheck::Regex(re), c) => {
+                let t = c.text().map(|t| t.into_owned()).unwrap_or_default();
+                (!re.is_match(&t)).then_some(t)
+            }
+        }
+    }
+}
+
+impl Contract {
+    /// The rules of this contract that one value can break.
+    pub fn row_rules(&self) -> Result<Vec<RowRule>> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if let Some(rr) = RowRule::from_spec(r)? {
+                out.push(rr);
+            }
+        }
+        Ok(out)
+    }
+}
+
 // ---------- evaluation ----------
 
 use std::collections::{BTreeMap, HashSet};
@@ -332,7 +493,8 @@ struct State {
     seen: HashSet<String>,
     psi: Option<Psi>,
     detail: Option<String>,
-    regex: Option<regex::Regex>,
+    /// The per-value check (not_null, range, allowed, regex).
+    row: Option<RowRule>,
 }
 
 /// Evaluates a contract over a stream of record batches.
@@ -379,6 +541,67 @@ fn as_f64(a: &ArrayRef) -> Result<Float64Array> {
         .unwrap_or_else(|| Float64Array::from(Vec::<Option<f64>>::new())))
 }
 
+/// The first row of `batch` that breaks one of `rules`: the row, the rule
+/// and the offending value as text.
+#[derive(Debug)]
+pub struct Broken<'r> {
+    pub row: usize,
+    pub rule: &'r RowRule,
+    pub value: String,
+}
+
+/// Check every row of `batch` against `rules`; the earliest row that breaks
+/// one (the first such rule in order) comes back.
+pub fn first_broken<'r>(rules: &'r [RowRule], batch: &RecordBatch) -> Result<Option<Broken<'r>>> {
+    let mut first: Option<Broken<'r>> = None;
+    for rule in rules {
+        let a = batch.column_by_name(&rule.column).ok_or_else(|| {
+            FeatureError::Invalid(format!(
+                "contract rule {}: column \"{}\" is not in the data",
+                rule.label, rule.column
+            ))
+        })?;
+        let cells = Cells::new(a)?;
+        let upto = first.as_ref().map_or(batch.num_rows(), |b| b.row);
+        for i in 0..upto {
+            if let Some(value) = rule.broken_by(cells.get(i)) {
+                first = Some(Broken {
+                    row: i,
+                    rule,
+                    value,
+                });
+                break;
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// An Arrow column read as cells: numbers from numeric columns, text from
+/// the rest.
+enum Cells {
+    Numbers(Float64Array),
+    Texts(StringArray),
+}
+
+impl Cells {
+    fn new(a: &ArrayRef) -> Result<Cells> {
+        Ok(if a.data_type().is_numeric() {
+            Cells::Numbers(as_f64(a)?)
+        } else {
+            Cells::Texts(as_text(a)?)
+        })
+    }
+
+    fn get(&self, i: usize) -> Cell<'_> {
+        match self {
+            Cells::Numbers(v) if v.is_valid(i) => Cell::Number(v.value(i)),
+            Cells::Texts(t) if t.is_valid(i) => Cell::Text(t.value(i)),
+            _ => Cell::Null,
+        }
+    }
+}
+
 fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -419,13 +642,8 @@ impl Checker {
                 seen: HashSet::new(),
                 psi: None,
                 detail: None,
-                regex: None,
+                row: RowRule::per_value(rule)?,
             };
-            if let RuleSpec::Regex { pattern, .. } = rule {
-                st.regex = Some(regex::Regex::new(pattern).map_err(|e| {
-                    FeatureError::Invalid(format!("contract rule {}: {e}", rule.label()))
-                })?);
-            }
             if let RuleSpec::Psi {
                 column,
                 reference,
@@ -496,84 +714,31 @@ impl Checker {
                         st.detail = Some(format!("column is {}", a.data_type()));
                     }
                 }
-                RuleSpec::NotNull { column: c, .. } => {
-                    let a = column(batch, rule, c)?;
-                    st.checked += n as u64;
-                    for i in 0..n {
-                        if a.is_null(i) {
-                            fail(
-                                i,
-                                format!("row {}: null", self.rows - n as u64 + i as u64),
-                                st,
-                            );
-                        }
-                    }
-                }
-                RuleSpec::Range {
-                    column: c,
-                    min,
-                    max,
-                    ..
-                } => {
-                    let a = column(batch, rule, c)?;
-                    let v = as_f64(a)?;
-                    for i in 0..n {
-                        if a.is_null(i) {
-                            continue;
-                        }
-                        st.checked += 1;
-                        let bad = if v.is_null(i) {
-                            true
-                        } else {
-                            let x = v.value(i);
-                            x.is_nan() || min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m)
-                        };
-                        if bad {
-                            let shown = if v.is_null(i) {
-                                "not a number".to_string()
-                            } else {
-                                v.value(i).to_string()
-                            };
-                            fail(i, shown, st);
-                        }
-                    }
-                }
-                RuleSpec::Allowed { column: c, values } => {
-                    let a = column(batch, rule, c)?;
-                    let allowed: HashSet<String> = values.iter().map(json_text).collect();
-                    let numeric: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
-                    let t = as_text(a)?;
-                    let f = if a.data_type().is_numeric() {
-                        Some(as_f64(a)?)
-                    } else {
-                        None
+                RuleSpec::NotNull { column: c, .. }
+                | RuleSpec::Range { column: c, .. }
+                | RuleSpec::Allowed { column: c, .. }
+                | RuleSpec::Regex { column: c, .. } => {
+                    let cells = Cells::new(column(batch, rule, c)?)?;
+                    let Some(row) = st.row.take() else {
+                        continue;
                     };
+                    let not_null = matches!(row.check, RowCheck::NotNull);
                     for i in 0..n {
-                        if t.is_null(i) {
+                        let cell = cells.get(i);
+                        if cell == Cell::Null && !not_null {
                             continue;
                         }
                         st.checked += 1;
-                        let ok = allowed.contains(t.value(i))
-                            || f.as_ref()
-                                .is_some_and(|f| f.is_valid(i) && numeric.contains(&f.value(i)));
-                        if !ok {
-                            fail(i, t.value(i).to_string(), st);
+                        if let Some(why) = row.broken_by(cell) {
+                            let sample = if not_null {
+                                format!("row {}: {why}", self.rows - n as u64 + i as u64)
+                            } else {
+                                why
+                            };
+                            fail(i, sample, st);
                         }
                     }
-                }
-                RuleSpec::Regex { column: c, .. } => {
-                    let a = column(batch, rule, c)?;
-                    let t = as_text(a)?;
-                    for i in 0..n {
-                        if t.is_null(i) {
-                            continue;
-                        }
-                        st.checked += 1;
-                        let ok = st.regex.as_ref().is_some_and(|r| r.is_match(t.value(i)));
-                        if !ok {
-                            fail(i, t.value(i).to_string(), st);
-                        }
-                    }
+                    st.row = Some(row);
                 }
                 RuleSpec::Unique { columns } => {
                     let mut texts = Vec::with_capacity(columns.len());

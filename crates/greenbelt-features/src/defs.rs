@@ -30,6 +30,9 @@
 //! [[feature_service]]
 //! name = "fraud_v1"
 //! features = ["user_stats:amount", "merchant_stats:*"]
+//!
+//! [push]
+//! max_clock_skew = "5m"   # pushed event times may be at most this far ahead of the server's clock
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +91,23 @@ pub struct DefinitionsFile {
     pub feature_views: Vec<FeatureViewSpec>,
     #[serde(default, rename = "feature_service")]
     pub feature_services: Vec<FeatureServiceSpec>,
+    #[serde(default)]
+    pub push: PushSpec,
 }
+
+/// `[push]`: what `POST /features/push` accepts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSpec {
+    /// How far ahead of the server's clock a pushed event time may be
+    /// (humantime; default [`DEFAULT_MAX_CLOCK_SKEW`]). A value from the
+    /// future would never expire and would shadow every later push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clock_skew: Option<String>,
+}
+
+/// The default `[push] max_clock_skew`.
+pub const DEFAULT_MAX_CLOCK_SKEW: &str = "5m";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -412,6 +431,8 @@ pub struct Definitions {
     pub sources: BTreeMap<String, Source>,
     pub views: BTreeMap<String, FeatureView>,
     pub services: BTreeMap<String, FeatureService>,
+    /// `[push] max_clock_skew` in microseconds.
+    pub push_max_clock_skew_us: i64,
     /// The file as parsed (for recording and diffs).
     pub spec: DefinitionsFile,
 }
@@ -707,6 +728,13 @@ impl Definitions {
         } else {
             resolve(&spec.store.online).to_string_lossy().into_owned()
         };
+        let push_max_clock_skew_us = parse_duration(
+            "[push] max_clock_skew",
+            spec.push
+                .max_clock_skew
+                .as_deref()
+                .unwrap_or(DEFAULT_MAX_CLOCK_SKEW),
+        )?;
         Ok(Definitions {
             offline_path,
             offline,
@@ -715,6 +743,7 @@ impl Definitions {
             sources,
             views,
             services,
+            push_max_clock_skew_us,
             spec,
         })
     }

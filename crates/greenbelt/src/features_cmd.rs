@@ -3,27 +3,23 @@
 //! contracts, materialize to the offline and online stores, historical
 //! (point-in-time) retrieval, freshness, the synthetic canary, and the demo
 //! data.
-//! Behaviour lives in greenbelt-features; this file parses and prints.
+//! Behaviour lives in greenbelt-features and `greenbelt_app::feature_ops`;
+//! this file parses and prints.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use greenbelt_app::feature_ops::{self, Range, materialize_views, online, views_or_all};
+use greenbelt_app::registry::{actor, load_config, open};
 use greenbelt_features::Definitions;
-use greenbelt_features::offline::{
-    MaterializeOptions, OfflineStore, materialize, materialize_incremental,
-};
-use greenbelt_features::online::OnlineStore;
-use greenbelt_features::online::service::{CacheOptions, OnlineService};
+use greenbelt_features::offline::OfflineStore;
 use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
-use greenbelt_features::plan::{Action, plan, plan_text, specs};
+use greenbelt_features::plan::plan_text;
 use greenbelt_features::source::EngineOptions;
 use greenbelt_features::time::{now_us, parse_ts};
 use serde_json::{Value, json};
-
-use crate::registry_cmd;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -155,103 +151,42 @@ fn engine(args: &Args) -> EngineOptions {
     }
 }
 
-fn views_or_all(defs: &Definitions, views: &[String]) -> anyhow::Result<Vec<String>> {
-    if views.is_empty() {
-        return Ok(defs.views.keys().cloned().collect());
-    }
-    for v in views {
-        defs.view(v)?;
-    }
-    Ok(views.to_vec())
-}
-
-async fn applied(
-    args: &Args,
-) -> anyhow::Result<(
-    greenbelt_registry::Registry,
-    BTreeMap<(String, String), (i64, Value)>,
-    String,
-)> {
-    let config = registry_cmd::load_config(args.config.as_ref())?;
-    let reg = registry_cmd::open(&config, args.url.as_deref()).await?;
-    let who = registry_cmd::actor(&config);
-    let mut map = BTreeMap::new();
-    for d in reg.feature_definitions().await? {
-        map.insert((d.kind, d.name), (d.version, d.spec));
-    }
-    Ok((reg, map, who))
-}
-
-async fn online(defs: &Arc<Definitions>) -> anyhow::Result<OnlineService> {
-    let store = OnlineStore::open(&defs.online_url).await.with_context(|| {
-        format!(
-            "opening the online store {}",
-            greenbelt_serve::auth::redact_url(&defs.online_url)
-        )
-    })?;
-    Ok(OnlineService::new(
-        defs.clone(),
-        store,
-        CacheOptions {
-            enabled: false,
-            ..CacheOptions::default()
-        },
-    ))
+async fn registry(args: &Args) -> anyhow::Result<(greenbelt_registry::Registry, String)> {
+    let config = load_config(args.config.as_deref())?;
+    let reg = open(&config, args.url.as_deref()).await?;
+    Ok((reg, actor(&config)))
 }
 
 async fn run_materialize(
     args: &Args,
     defs: &Arc<Definitions>,
     views: &[String],
-    range: Option<(i64, i64)>,
-    end: i64,
+    range: Range,
     no_online: bool,
 ) -> anyhow::Result<()> {
-    let store = OfflineStore::open(&defs.offline_path)?;
-    let opts = MaterializeOptions {
-        engine: engine(args),
-        now_us: None,
-    };
-    let svc = if no_online {
-        None
-    } else {
-        Some(online(defs).await?)
-    };
-    let mut reports = Vec::new();
-    for v in views {
-        let started = tokio::time::Instant::now();
-        eprintln!("materializing {v} ...");
-        let r = match range {
-            Some((s, e)) => materialize(defs, &store, v, s, e, &opts).await,
-            None => materialize_incremental(defs, &store, v, end, &opts).await,
-        }
-        .with_context(|| format!("materializing feature view \"{v}\""))?;
-        let mut online_written = 0;
-        if let Some(svc) = &svc
-            && defs.view(v)?.online
-            && r.rows > 0
-        {
-            let s = parse_ts("start", &r.start)?;
-            let e = parse_ts("end", &r.end)?;
-            online_written = svc
-                .materialize_online(&store, v, s, e, &opts.engine)
-                .await?;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "  {v}: {} rows in {secs:.2}s ({:.0} rows/s), {} partitions, {} quarantined, {} online keys, watermark {}",
-            r.rows,
-            r.rows as f64 / secs.max(1e-9),
-            r.partitions_written.len(),
-            r.quarantined,
-            online_written,
-            r.watermark
-        );
-        let mut j = serde_json::to_value(&r)?;
-        j["online_keys_written"] = json!(online_written);
-        j["seconds"] = json!(secs);
-        reports.push(j);
-    }
+    let reports = materialize_views(
+        defs,
+        views,
+        range,
+        engine(args),
+        !no_online,
+        &mut |v| eprintln!("materializing {v} ..."),
+        &mut |m| {
+            let r = &m.report;
+            eprintln!(
+                "  {}: {} rows in {:.2}s ({:.0} rows/s), {} partitions, {} quarantined, {} online keys, watermark {}",
+                r.view,
+                r.rows,
+                m.seconds,
+                r.rows as f64 / m.seconds.max(1e-9),
+                r.partitions_written.len(),
+                r.quarantined,
+                m.online_keys_written,
+                r.watermark
+            );
+        },
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
@@ -278,29 +213,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
         Cmd::DemoData { .. } => Ok(()),
         Cmd::Plan => {
-            let (_, applied, _) = applied(&args).await?;
-            let p = plan(&specs(&defs)?, &applied);
+            let (reg, _) = registry(&args).await?;
+            let p = feature_ops::plan_against(&reg, &defs).await?;
             print(args.json, &serde_json::to_value(&p)?, &plan_text(&p));
             Ok(())
         }
         Cmd::Apply => {
-            let (reg, applied, who) = applied(&args).await?;
-            let wanted = specs(&defs)?;
-            let p = plan(&wanted, &applied);
-            let recorded = reg
-                .apply_feature_definitions(
-                    &wanted
-                        .iter()
-                        .map(|d| (d.kind.clone(), d.name.clone(), d.spec.clone()))
-                        .collect::<Vec<_>>(),
-                    &who,
-                )
-                .await?;
-            let mut text = plan_text(&p);
-            if recorded.is_empty() {
+            let (reg, who) = registry(&args).await?;
+            let a = feature_ops::apply(&reg, &defs, &who).await?;
+            let mut text = plan_text(&a.plan);
+            if a.recorded.is_empty() {
                 text.push_str("nothing to apply\n");
             }
-            for r in &recorded {
+            for r in &a.recorded {
                 text.push_str(&format!(
                     "recorded {} \"{}\" v{}{}\n",
                     r.kind,
@@ -309,12 +234,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     if r.spec.is_null() { " (removed)" } else { "" }
                 ));
             }
-            let changed = p.iter().filter(|e| e.action != Action::Unchanged).count();
-            print(
-                args.json,
-                &json!({ "plan": p, "recorded": recorded, "changed": changed }),
-                &text,
-            );
+            print(args.json, &serde_json::to_value(&a)?, &text);
             Ok(())
         }
         Cmd::Validate { view, source } => {
@@ -357,7 +277,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let s = parse_ts("--start", start)?;
             let e = parse_ts("--end", end)?;
             let views = views_or_all(&defs, views)?;
-            run_materialize(&args, &defs, &views, Some((s, e)), e, *no_online).await
+            run_materialize(&args, &defs, &views, Range::Between(s, e), *no_online).await
         }
         Cmd::MaterializeIncremental {
             end,
@@ -369,7 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => now_us(),
             };
             let views = views_or_all(&defs, views)?;
-            run_materialize(&args, &defs, &views, None, e, *no_online).await
+            run_materialize(&args, &defs, &views, Range::Since(e), *no_online).await
         }
         Cmd::Historical {
             entities,

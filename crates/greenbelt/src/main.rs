@@ -1,9 +1,8 @@
-//! The `greenbelt` binary: parses arguments, builds state, starts servers.
-//! Behaviour lives in the library crates.
+//! The `greenbelt` binary: parses arguments, calls the library crates
+//! (`greenbelt-app` above all) and prints. Nothing else lives here.
 
 mod bench;
 mod drill_cmd;
-mod feature_serving;
 mod features_cmd;
 mod pipeline_cmd;
 mod quickstart;
@@ -12,9 +11,9 @@ mod rollout_cmd;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use greenbelt_serve::{Config, Server};
+use greenbelt_app::App;
+use greenbelt_serve::Config;
 
 #[derive(Parser)]
 #[command(
@@ -104,13 +103,7 @@ fn init_logging(format: LogFormat, to_stdout: bool) -> tracing_appender::non_blo
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let default = PathBuf::from("greenbelt.toml");
-    let path = match &args.config {
-        Some(p) => Some(p.clone()),
-        None if default.is_file() => Some(default),
-        None => None,
-    };
-    let mut config = Config::load(path.as_deref())?;
+    let mut config = greenbelt_app::registry::load_config(args.config.as_deref())?;
     if let Some(p) = &args.model_repository {
         config.repository.path = p.clone();
     }
@@ -147,84 +140,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// When the config names a registry or deployments: mount the registry and
-/// rollout APIs and start one controller task per `[[deployments]]` entry
-/// (follow the alias, run rollouts, keep shadows). Returns the tasks.
-pub async fn attach_registry(
-    server: &mut Server,
-    config: &Config,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let deployments = config.deployments.clone();
-    if deployments.is_empty() && config.registry.url.is_none() {
-        return Ok(Vec::new());
-    }
-    let on_disk = server.state.repository.on_disk();
-    if let Some(r) = deployments.iter().find(|r| on_disk.contains(&r.name)) {
-        anyhow::bail!(
-            "[[deployments]] name \"{}\" is also a model directory in the repository ({}); rename one of them",
-            r.name,
-            config.repository.path.join(&r.name).display()
-        );
-    }
-    for d in &deployments {
-        greenbelt_control::rollout::analysis::conditions(&d.rollout.analysis).map_err(|e| {
-            anyhow::anyhow!("[[deployments]] \"{}\": rollout.analysis: {e}", d.name)
-        })?;
-    }
-    let registry_config = &config.registry;
-    let registry = registry_cmd::open(config, None)
-        .await
-        .context("opening the registry")?;
-    let artifacts = greenbelt_registry::ArtifactStore::open(&registry_config.artifacts)?;
-    let api = std::sync::Arc::new(greenbelt_registry::http::ApiState {
-        registry: registry.clone(),
-    });
-    server.merge(greenbelt_registry::http::router(api.clone()));
-    server.merge(greenbelt_control::rollout::http::router(
-        std::sync::Arc::new(greenbelt_control::rollout::http::RolloutApi {
-            api,
-            deployments: deployments.clone(),
-        }),
-    ));
-    let controller = std::sync::Arc::new(greenbelt_control::rollout::Controller::new(
-        registry,
-        artifacts,
-        server.state.clone(),
-        PathBuf::from(".greenbelt/cache"),
-        std::time::Duration::from_millis(registry_config.poll_interval_ms),
-    ));
-    tracing::info!(registry = %greenbelt_serve::auth::redact_url(registry_config.url()), "registry API at /registry, rollouts at /admin/rollouts; deployments follow their aliases");
-    Ok(controller.spawn(deployments, None))
-}
-
-/// Open the feature store, build the server with it, mount the registry
-/// and feature APIs. Returns the server and its background tasks.
-pub async fn build_server(
-    config: &Config,
-) -> anyhow::Result<(Server, Vec<tokio::task::JoinHandle<()>>)> {
-    let features = feature_serving::open(config).await?;
-    let mut server = Server::build_with(config.clone(), features.as_ref().map(|f| f.source()))
-        .await
-        .context("starting the server")?;
-    let mut watchers = attach_registry(&mut server, config).await?;
-    if let Some(f) = features {
-        watchers.extend(feature_serving::attach(&mut server, f));
-    }
-    Ok((server, watchers))
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let (server, watchers) = build_server(&config).await?;
-    tracing::info!(
-        http = ?server.http_addr(),
-        grpc = ?server.grpc_addr(),
-        "greenbelt serving"
-    );
-    server.run(shutdown_signal()).await?;
-    for w in watchers {
-        w.abort();
-    }
+    App::build(config).await?.run(shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,12 +1,13 @@
 //! `greenbelt registry ...`: the registry from the command line. Talks to the
-//! registry database directly (the same one `serve` reads).
+//! registry database directly (the same one `serve` reads); parses
+//! arguments, calls the registry and `greenbelt_app::registry`, prints.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use greenbelt_registry::{ArtifactStore, NewVersion, Registry, format_us, parse_time};
-use greenbelt_serve::Config;
+use greenbelt_app::registry::{actor, load_config, open, register_file};
+use greenbelt_registry::{format_us, parse_time};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -85,35 +86,6 @@ enum AliasCmd {
     },
 }
 
-pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    let default = PathBuf::from("greenbelt.toml");
-    let path = match path {
-        Some(p) => Some(p.clone()),
-        None if default.is_file() => Some(default),
-        None => None,
-    };
-    Ok(Config::load(path.as_deref())?)
-}
-
-pub async fn open(config: &Config, url: Option<&str>) -> anyhow::Result<Registry> {
-    let url = url.unwrap_or(config.registry.url());
-    if let Some(path) = url.strip_prefix("sqlite://")
-        && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    Ok(Registry::open(url).await?)
-}
-
-/// Who is making a change: $GREENBELT_ACTOR, else [registry] actor.
-pub fn actor(config: &Config) -> String {
-    std::env::var("GREENBELT_ACTOR")
-        .ok()
-        .filter(|a| !a.is_empty())
-        .unwrap_or_else(|| config.registry.actor.clone())
-}
-
 fn parse_json(what: &str, s: Option<&str>) -> anyhow::Result<Value> {
     match s {
         None => Ok(json!({})),
@@ -126,29 +98,6 @@ fn parse_json(what: &str, s: Option<&str>) -> anyhow::Result<Value> {
             Ok(v)
         }
     }
-}
-
-/// The inputs and outputs of the model in `file`, as the runtime that will
-/// serve it sees them (it is loaded with `backend = "auto"`, so a file the
-/// server could not load is refused here, before it is registered).
-async fn model_signature(file: &std::path::Path, config: &Config) -> anyhow::Result<Value> {
-    let ort = config.runtime.onnxruntime_library.clone();
-    let path = file.to_path_buf();
-    let signature = tokio::task::spawn_blocking(move || {
-        let runtimes = greenbelt_runtime::Runtimes::probe(ort.as_deref());
-        runtimes
-            .load(&path, &greenbelt_runtime::LoadOptions::default())
-            .map(|m| m.signature().clone())
-    })
-    .await
-    .context("loading the model to read its signature")?
-    .with_context(|| {
-        format!(
-            "{} does not load, so its signature cannot be recorded; register a valid ONNX model (tree ensembles need ONNX Runtime: set [runtime] onnxruntime_library or ORT_DYLIB_PATH)",
-            file.display()
-        )
-    })?;
-    Ok(serde_json::to_value(signature)?)
 }
 
 fn print(json_mode: bool, value: &Value, text: impl FnOnce() -> String) {
@@ -174,7 +123,7 @@ fn event_line(e: &greenbelt_registry::AliasEvent) -> String {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_ref())?;
+    let config = load_config(args.config.as_deref())?;
     let reg = open(&config, args.url.as_deref()).await?;
     let who = actor(&config);
     let j = args.json;
@@ -227,25 +176,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             metrics,
             tags,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let signature = model_signature(&file, &config).await?;
-            let store = ArtifactStore::open(&config.registry.artifacts)?;
-            let (uri, sha) = store.put(bytes.into(), "onnx").await?;
-            let v = reg
-                .register(NewVersion {
-                    model,
-                    artifact_uri: uri,
-                    sha256: sha,
-                    format: "onnx".into(),
-                    signature,
-                    metrics: parse_json("metrics", metrics.as_deref())?,
-                    tags: parse_json("tags", tags.as_deref())?,
-                    lineage: json!({ "source_file": file.display().to_string() }),
-                    created_by: who,
-                    ..Default::default()
-                })
-                .await?;
+            let v = register_file(
+                &reg,
+                &config,
+                model,
+                &file,
+                parse_json("metrics", metrics.as_deref())?,
+                parse_json("tags", tags.as_deref())?,
+                who,
+            )
+            .await?;
             print(j, &serde_json::to_value(&v)?, || {
                 format!("registered {} version {}", v.model, v.version)
             });

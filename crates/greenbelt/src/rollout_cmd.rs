@@ -4,13 +4,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use greenbelt_control::rollout::{self, Command, Rollout, Status, controller::wall_ms};
 use greenbelt_serve::deployment::Strategy;
-use greenbelt_serve::shadow::ShadowReport;
 
-use crate::registry_cmd::{actor, load_config, open};
+use greenbelt_app::registry::{actor, deployment as find_deployment, load_config, open};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,7 +60,7 @@ enum Cmd {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_ref())?;
+    let config = load_config(args.config.as_deref())?;
     let registry = open(&config, args.url.as_deref()).await?;
     let who = actor(&config);
     let (deployment, cmd) = match args.command {
@@ -71,13 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             version,
             strategy,
         } => {
-            let dep = config
-                .deployments
-                .iter()
-                .find(|d| d.name == deployment)
-                .with_context(|| {
-                    format!("deployment \"{deployment}\" is not declared in [[deployments]] of the config")
-                })?;
+            let dep = find_deployment(&config, &deployment)?;
             let strategy = strategy.map(|s| match s {
                 StrategyArg::Canary => Strategy::Canary,
                 StrategyArg::BlueGreen => Strategy::BlueGreen,
@@ -205,6 +197,10 @@ enum ShadowCmd {
     /// Agreement, score differences, latency delta and the most different requests.
     Report {
         deployment: String,
+        /// Token for a server with tokens (role viewer or better): shadow
+        /// reports carry samples of request inputs.
+        #[arg(long, env = "GREENBELT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// The server's REST address.
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         server: String,
@@ -216,25 +212,13 @@ enum ShadowCmd {
 
 pub async fn shadow(args: ShadowArgs) -> anyhow::Result<()> {
     let ShadowCmd::Report {
+        token,
         deployment,
         server,
         json,
     } = args.command;
-    let url = format!("{}/admin/shadow/{deployment}", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("asking {url}"))?;
-    if !resp.status().is_success() {
-        bail!(
-            "{url}: HTTP {}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    let reports: Vec<ShadowReport> = resp.json().await.context("reading the shadow report")?;
+    let reports =
+        greenbelt_app::shadow::fetch_reports(&server, &deployment, token.as_deref()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());

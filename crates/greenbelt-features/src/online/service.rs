@@ -46,6 +46,31 @@ pub enum FieldStatus {
     OutsideMaxAge,
 }
 
+impl FieldStatus {
+    /// The status as Feast writes it (`PRESENT`, `NULL_VALUE`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldStatus::Present => "PRESENT",
+            FieldStatus::NullValue => "NULL_VALUE",
+            FieldStatus::NotFound => "NOT_FOUND",
+            FieldStatus::OutsideMaxAge => "OUTSIDE_MAX_AGE",
+        }
+    }
+}
+
+/// A feature service's values for entity rows as numbers: the typed answer
+/// the serving path reads (no Feast-shaped JSON in between).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMatrix {
+    /// `view:feature`, in the service's order.
+    pub names: Vec<String>,
+    pub rows: usize,
+    /// `rows × names.len()`, row-major; `None` unless the status is `Present`.
+    pub values: Vec<Option<f64>>,
+    /// `rows × names.len()`, row-major.
+    pub statuses: Vec<FieldStatus>,
+}
+
 /// `POST /features/online` body.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +247,16 @@ fn key_text(a: &ArrayRef, i: usize) -> Option<String> {
     }
 }
 
+/// A read, resolved: the views it touches (first-appearance order), the
+/// join keys in the answer, and one storage key per view and entity row
+/// (view-major).
+struct ReadPlan<'a> {
+    views: Vec<&'a FeatureView>,
+    join_names: Vec<(String, ValueType)>,
+    keys: Vec<(String, &'a FeatureView)>,
+    rows: usize,
+}
+
 impl OnlineService {
     pub fn new(defs: Arc<Definitions>, store: OnlineStore, cache: CacheOptions) -> OnlineService {
         let c = cache.enabled.then(|| {
@@ -294,33 +329,20 @@ impl OnlineService {
         Ok(out.into_iter().map(Option::flatten).collect())
     }
 
-    /// Feature values for entity rows (see the module docs for the shape).
-    pub async fn get_online_features(&self, req: &OnlineRequest) -> Result<OnlineResponse> {
-        let resolved: Vec<FeatureRef>;
-        let refs: &[FeatureRef] = match (&req.feature_service, &req.features) {
-            (Some(s), None) => &self.defs.service(s)?.features,
-            (None, Some(f)) => {
-                resolved = self.defs.resolve_features(f)?;
-                &resolved
-            }
-            (Some(_), Some(_)) => {
-                return Err(FeatureError::Invalid(
-                    "give either feature_service or features, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(FeatureError::Invalid(
-                    "feature_service or features is required".into(),
-                ));
-            }
-        };
-        let n = req.entities.values().next().map_or(0, Vec::len);
+    /// Check entity rows against the views of `refs` and work out the
+    /// storage keys to read.
+    fn plan<'a>(
+        &'a self,
+        refs: &[FeatureRef],
+        entities: &BTreeMap<String, Vec<Value>>,
+    ) -> Result<ReadPlan<'a>> {
+        let n = entities.values().next().map_or(0, Vec::len);
         if n > MAX_ENTITY_ROWS {
             return Err(FeatureError::Invalid(format!(
                 "entities: {n} rows; at most {MAX_ENTITY_ROWS} per request"
             )));
         }
-        for (k, v) in &req.entities {
+        for (k, v) in entities {
             if v.len() != n {
                 return Err(FeatureError::Invalid(format!(
                     "entities.{k} has {} values, other keys have {n}; give every key one value per row",
@@ -328,7 +350,6 @@ impl OnlineService {
                 )));
             }
         }
-        // Views in first-appearance order, with their storage keys per row.
         let mut views: Vec<&FeatureView> = Vec::new();
         for r in refs {
             let v = self.defs.view(&r.view)?;
@@ -341,7 +362,7 @@ impl OnlineService {
         for v in &views {
             let mut texts: Vec<Vec<String>> = vec![Vec::new(); n];
             for k in &v.join_keys {
-                let col = req.entities.get(&k.name).ok_or_else(|| {
+                let col = entities.get(&k.name).ok_or_else(|| {
                     FeatureError::Invalid(format!(
                         "entities.{}: missing; feature view \"{}\" is keyed by it",
                         k.name, v.name
@@ -362,7 +383,7 @@ impl OnlineService {
                 keys.push((storage_key(&v.name, &t), *v));
             }
         }
-        for k in req.entities.keys() {
+        for k in entities.keys() {
             if !join_names.iter().any(|(j, _)| j == k) {
                 return Err(FeatureError::Invalid(format!(
                     "entities.{k}: not a join key of the requested feature views (they use: {})",
@@ -374,6 +395,111 @@ impl OnlineService {
                 )));
             }
         }
+        Ok(ReadPlan {
+            views,
+            join_names,
+            keys,
+            rows: n,
+        })
+    }
+
+    /// A feature service's values for entity rows (join key → one value
+    /// per row) as a row-major matrix of numbers with a status per cell.
+    /// Every feature of the service must be numeric (float64, int64 or
+    /// bool, read as 0/1). The same reads, cache and TTL rules as
+    /// [`OnlineService::get_online_features`].
+    pub async fn lookup(
+        &self,
+        service: &str,
+        entities: &BTreeMap<String, Vec<Value>>,
+    ) -> Result<FeatureMatrix> {
+        let refs = &self.defs.service(service)?.features;
+        for r in refs {
+            let f = self
+                .defs
+                .view(&r.view)?
+                .feature(&r.feature)
+                .ok_or_else(|| FeatureError::NotFound(format!("feature \"{r}\" is not defined")))?;
+            if f.dtype == ValueType::String {
+                return Err(FeatureError::Invalid(format!(
+                    "feature service \"{service}\": feature \"{r}\" is a string; a model input takes numbers (float64, int64 or bool)"
+                )));
+            }
+        }
+        let plan = self.plan(refs, entities)?;
+        let records = self.fetch(&plan.keys).await?;
+        let now = (self.clock)();
+        let (n, width) = (plan.rows, refs.len());
+        let mut out = FeatureMatrix {
+            names: refs.iter().map(ToString::to_string).collect(),
+            rows: n,
+            values: vec![None; n * width],
+            statuses: vec![FieldStatus::NotFound; n * width],
+        };
+        for (c, r) in refs.iter().enumerate() {
+            let vi = plan
+                .views
+                .iter()
+                .position(|v| v.name == r.view)
+                .unwrap_or(0);
+            let view = plan.views[vi];
+            for row in 0..n {
+                let Some(stored) = &records[vi * n + row] else {
+                    continue;
+                };
+                let rec = &stored.record;
+                let at = row * width + c;
+                if view.ttl_us.is_some_and(|t| now - rec.event_us > t) {
+                    out.statuses[at] = FieldStatus::OutsideMaxAge;
+                    continue;
+                }
+                let x = match rec.values.get(&r.feature) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Number(x)) => x.as_f64(),
+                    Some(Value::Bool(b)) => Some(f64::from(u8::from(*b))),
+                    Some(other) => {
+                        return Err(FeatureError::Data(format!(
+                            "feature \"{r}\": stored value {other} is not a number"
+                        )));
+                    }
+                };
+                out.statuses[at] = if x.is_some() {
+                    FieldStatus::Present
+                } else {
+                    FieldStatus::NullValue
+                };
+                out.values[at] = x;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Feature values for entity rows (see the module docs for the shape).
+    pub async fn get_online_features(&self, req: &OnlineRequest) -> Result<OnlineResponse> {
+        let resolved: Vec<FeatureRef>;
+        let refs: &[FeatureRef] = match (&req.feature_service, &req.features) {
+            (Some(s), None) => &self.defs.service(s)?.features,
+            (None, Some(f)) => {
+                resolved = self.defs.resolve_features(f)?;
+                &resolved
+            }
+            (Some(_), Some(_)) => {
+                return Err(FeatureError::Invalid(
+                    "give either feature_service or features, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(FeatureError::Invalid(
+                    "feature_service or features is required".into(),
+                ));
+            }
+        };
+        let ReadPlan {
+            views,
+            join_names,
+            keys,
+            rows: n,
+        } = self.plan(refs, &req.entities)?;
         let records = self.fetch(&keys).await?;
         let now = (self.clock)();
         let epoch = format_ts(0);
@@ -564,30 +690,17 @@ impl OnlineService {
         Ok(written)
     }
 
-    /// Validate pushed rows against the view's types and contract, then
-    /// write them (newest per key) and invalidate their cache entries.
+    /// Validate pushed rows against the view's types, the clock (an event
+    /// time more than `[push] max_clock_skew` ahead of this service's clock
+    /// is refused: it would never expire and would shadow every later push)
+    /// and the view's contract, then write them (newest per key) and
+    /// invalidate their cache entries.
     pub async fn push(&self, req: &PushRequest) -> Result<PushResponse> {
         let view = self.defs.view(&req.feature_view)?;
         let batch = push_batch(view, &req.df)?;
+        check_event_times(&batch, (self.clock)(), self.defs.push_max_clock_skew_us)?;
         if let Some(c) = &view.contract {
-            let mut ch = Checker::new(
-                &format!("feature view \"{}\"", view.name),
-                c,
-                None,
-                (self.clock)(),
-            )
-            .await?;
-            let reasons = ch.check(&batch)?;
-            if let Some((i, r)) = reasons
-                .iter()
-                .enumerate()
-                .find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
-            {
-                return Err(FeatureError::Invalid(format!(
-                    "df row {i} breaks the contract of feature view \"{}\": {r}",
-                    view.name
-                )));
-            }
+            check_push_contract(view, c, &batch, (self.clock)()).await?;
         }
         let written = self.write_batch(view, &batch).await?;
         Ok(PushResponse {
@@ -668,6 +781,92 @@ impl OnlineService {
         }
         Ok(written)
     }
+}
+
+/// Refuse rows whose event time lies more than `max_skew_us` after `now_us`.
+fn check_event_times(batch: &RecordBatch, now_us: i64, max_skew_us: i64) -> Result<()> {
+    let Some(ev) = batch
+        .column_by_name(EVENT_TIMESTAMP)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+    else {
+        return Ok(());
+    };
+    let limit = now_us.saturating_add(max_skew_us);
+    for i in 0..ev.len() {
+        if ev.is_valid(i) && ev.value(i) > limit {
+            let ahead =
+                Duration::from_secs(u64::try_from((ev.value(i) - now_us) / 1_000_000).unwrap_or(0));
+            let skew = Duration::from_secs(u64::try_from(max_skew_us / 1_000_000).unwrap_or(0));
+            return Err(FeatureError::Invalid(format!(
+                "df row {i}: {EVENT_TIMESTAMP} {} is {} ahead of the server clock ({}); the limit is {} ahead ({}, features.toml [push] max_clock_skew)",
+                format_ts(ev.value(i)),
+                humantime::format_duration(ahead),
+                format_ts(now_us),
+                humantime::format_duration(skew),
+                format_ts(limit),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check pushed rows against the view's contract: every rule one value can
+/// break (the error names the row, the column and the rule), then `unique`
+/// within the push. Rules over a whole data set (row counts, freshness,
+/// PSI, `mostly`) judge materialized data, not a push.
+async fn check_push_contract(
+    view: &FeatureView,
+    contract: &crate::contracts::Contract,
+    batch: &RecordBatch,
+    now_us: i64,
+) -> Result<()> {
+    use crate::contracts::{Contract, RuleSpec, first_broken};
+    let rules = contract.row_rules()?;
+    if let Some(b) = first_broken(&rules, batch)? {
+        let kind = if view.feature(&b.rule.column).is_some() {
+            "feature"
+        } else if view.join_keys.iter().any(|k| k.name == b.rule.column) {
+            "join key"
+        } else {
+            "column"
+        };
+        return Err(FeatureError::Invalid(format!(
+            "df row {}: {kind} \"{}\" = {} breaks the contract of feature view \"{}\": {}",
+            b.row, b.rule.column, b.value, view.name, b.rule.label
+        )));
+    }
+    let unique: Vec<RuleSpec> = contract
+        .rules
+        .iter()
+        .filter(|r| matches!(r, RuleSpec::Unique { .. }))
+        .cloned()
+        .collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let only_unique = Contract {
+        policy: contract.policy,
+        rules: unique,
+    };
+    let mut ch = Checker::new(
+        &format!("feature view \"{}\"", view.name),
+        &only_unique,
+        None,
+        now_us,
+    )
+    .await?;
+    let reasons = ch.check(batch)?;
+    if let Some((i, r)) = reasons
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+    {
+        return Err(FeatureError::Invalid(format!(
+            "df row {i} breaks the contract of feature view \"{}\": {r} (the push repeats a key)",
+            view.name
+        )));
+    }
+    Ok(())
 }
 
 /// Pushed columns as a batch in the offline layout, checking every value's type.

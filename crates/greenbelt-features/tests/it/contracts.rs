@@ -266,3 +266,67 @@ async fn psi_references_are_read_in_passes_numeric_and_categorical() {
         "{e}"
     );
 }
+
+/// The rules one value can break are the same for validation, push and
+/// serving: `row_rules` keeps not_null/range without `mostly`, allowed and
+/// regex, and `first_broken` finds the earliest offending row.
+#[test]
+fn row_rules_judge_single_values() {
+    use greenbelt_features::contracts::{Cell, first_broken};
+    let c = contract(
+        r#"{ check = "not_null", column = "amount" },
+           { check = "range", column = "amount", min = 0.0, max = 100.0 },
+           { check = "range", column = "amount", max = 1.0, mostly = 0.5 },
+           { check = "allowed", column = "kind", values = ["x", "y", 3] },
+           { check = "regex", column = "id", pattern = "^a[0-9]$" },
+           { check = "unique", columns = ["id"] },
+           { check = "row_count", min = 10 }"#,
+        "fail",
+    );
+    let rules = c.row_rules().unwrap();
+    let labels: Vec<&str> = rules.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "not_null(amount)",
+            "range(amount in [0, 100])",
+            "allowed(kind)",
+            "regex(id ~ ^a[0-9]$)"
+        ]
+    );
+    let (not_null, range, allowed, regex) = (&rules[0], &rules[1], &rules[2], &rules[3]);
+    assert_eq!(not_null.broken_by(Cell::Null).as_deref(), Some("null"));
+    assert_eq!(
+        not_null.broken_by(Cell::from_f64(f64::NAN)).as_deref(),
+        Some("null")
+    );
+    assert_eq!(
+        range.broken_by(Cell::Null),
+        None,
+        "only not_null judges nulls"
+    );
+    assert_eq!(range.broken_by(Cell::Number(100.0)), None);
+    assert_eq!(range.broken_by(Cell::Number(-2.0)).as_deref(), Some("-2"));
+    assert_eq!(
+        range.broken_by(Cell::Number(f64::NAN)).as_deref(),
+        Some("NaN")
+    );
+    assert_eq!(range.broken_by(Cell::Text("12")), None);
+    assert_eq!(
+        range.broken_by(Cell::Text("abc")).as_deref(),
+        Some("not a number")
+    );
+    assert_eq!(allowed.broken_by(Cell::Text("y")), None);
+    assert_eq!(allowed.broken_by(Cell::Number(3.0)), None);
+    assert_eq!(allowed.broken_by(Cell::Text("z")).as_deref(), Some("z"));
+    assert_eq!(regex.broken_by(Cell::Text("a1")), None);
+    assert_eq!(regex.broken_by(Cell::Text("b4")).as_deref(), Some("b4"));
+
+    let b = first_broken(&rules, &data()).unwrap().unwrap();
+    assert_eq!(
+        (b.row, b.rule.label.as_str(), b.value.as_str()),
+        (1, "range(amount in [0, 100])", "-2")
+    );
+    let none = first_broken(&rules[2..3], &data()).unwrap().unwrap();
+    assert_eq!((none.row, none.value.as_str()), (2, "z"));
+}

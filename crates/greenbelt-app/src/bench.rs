@@ -1,0 +1,145 @@
+//! `bench`: closed-loop load against any V2 server for a fixed time, with
+//! throughput, latency percentiles and errors, and, when the server is
+//! Greenbelt, its own time per request (server time minus model compute)
+//! read from `/metrics` before and after the measured part.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{AppError, Result};
+use crate::loadgen::{self, LoadOptions, Protocol, Stop, Target};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub target: Target,
+    pub connections: usize,
+    /// Measured load, after `warmup`.
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Rows per request.
+    pub rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The benchmark's result (the `--json` shape of `greenbelt bench`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    pub protocol: Protocol,
+    pub model: String,
+    pub concurrency: usize,
+    pub rows: usize,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    pub latency_ms: Latency,
+    pub server_us_per_request: Option<f64>,
+    pub compute_us_per_request: Option<f64>,
+    pub overhead_us_per_request: Option<f64>,
+    pub first_error: Option<String>,
+}
+
+impl BenchReport {
+    /// The report as text for people.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{} c={} rows={}: {:.0} req/s, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors\n",
+            match self.protocol {
+                Protocol::Rest => "rest",
+                Protocol::Grpc => "grpc",
+            },
+            self.concurrency,
+            self.rows,
+            self.throughput_rps,
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.max,
+            self.requests,
+            self.errors
+        );
+        if let (Some(r), Some(c), Some(o)) = (
+            self.server_us_per_request,
+            self.compute_us_per_request,
+            self.overhead_us_per_request,
+        ) {
+            out.push_str(&format!(
+                "server: {r:.1} µs/request, of which model compute {c:.1} µs, overhead {o:.1} µs\n"
+            ));
+        }
+        if let Some(e) = &self.first_error {
+            out.push_str(&format!("first error: {e}\n"));
+        }
+        out
+    }
+}
+
+/// Run the benchmark.
+pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.connections == 0 || opts.rows == 0 || opts.duration.is_zero() {
+        return Err(AppError::Invalid(
+            "--concurrency, --rows and --duration must be positive".into(),
+        ));
+    }
+    let base = opts.target.rest_url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let specs = loadgen::model_inputs(&http, &base, &opts.target.model).await?;
+    let inputs = specs
+        .iter()
+        .map(|s| loadgen::make_input(s, opts.rows))
+        .collect::<Result<Vec<_>>>()?;
+    let greenbelt = loadgen::scrape(&http, &base).await.is_some();
+    let target = opts.target.clone();
+    let load_opts = LoadOptions {
+        connections: opts.connections,
+        warmup: opts.warmup,
+        stop: Stop::After(opts.duration),
+        keep_samples: false,
+    };
+    let load = tokio::spawn(async move { loadgen::run(&target, &inputs, load_opts).await });
+    tokio::time::sleep(opts.warmup).await;
+    let before = if greenbelt {
+        loadgen::scrape(&http, &base).await
+    } else {
+        None
+    };
+    let result = load.await??;
+    let after = loadgen::scrape(&http, &base).await;
+    let per_request = match (&before, &after) {
+        (Some(b), Some(a)) => loadgen::server_time_per_request(b, a, &opts.target.model),
+        _ => None,
+    };
+    let secs = opts.duration.as_secs_f64();
+    let s = result.summary(secs);
+    Ok(BenchReport {
+        protocol: opts.target.protocol,
+        model: opts.target.model.clone(),
+        concurrency: opts.connections,
+        rows: opts.rows,
+        duration_s: secs,
+        requests: s.requests,
+        errors: s.errors,
+        throughput_rps: s.throughput_rps,
+        latency_ms: Latency {
+            p50: s.p50_ms,
+            p90: s.p90_ms,
+            p99: s.p99_ms,
+            max: s.max_ms,
+        },
+        server_us_per_request: per_request.map(|(r, _)| r),
+        compute_us_per_request: per_request.map(|(_, c)| c),
+        overhead_us_per_request: per_request.map(|(r, c)| r - c),
+        first_error: result.first_error,
+    })
+}

@@ -1,0 +1,26 @@
+//! Greenbelt as an application: [`App::build`] assembles a running server
+//! from the project config (feature store first, then the serving state
+//! with its feature source and the models, then the registry, rollout and
+//! feature APIs and the background tasks it owns), and [`App::run`] serves
+//! and shuts it all down. Beside it, the behaviour of the `greenbelt`
+//! commands as library functions: the one load generator (bench and
+//! drill), the bad-deployment drill and its pure judge, the quickstart's
+//! demo project, pipelines with the feature store, registry and
+//! feature-store operations. The binary parses arguments, calls these and
+//! prints.
+
+pub mod app;
+pub mod bench;
+pub mod drill;
+pub mod error;
+pub mod feature_ops;
+pub mod features;
+pub mod loadgen;
+pub mod pipeline;
+pub mod quickstart;
+pub mod registry;
+pub mod shadow;
+pub mod tasks;
+
+pub use app::{App, Running};
+pub use error::{AppError, Result};

@@ -1,0 +1,613 @@
+//! The one load generator: closed-loop, N connections (one client each),
+//! REST or gRPC, against any Open Inference Protocol V2 server. Each worker
+//! sends its next request when the last one answered. `greenbelt bench`
+//! measures throughput and latency with it; the bad-deployment drill
+//! keeps it running while a rollout is judged and reads every request's
+//! outcome and serving version back.
+//!
+//! Latencies go into an HDR histogram (nanoseconds, successful requests
+//! only); [`Summary`] turns a run into the numbers a report prints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenbelt_core::{DataType, Tensor, TensorData, raw};
+use greenbelt_serve::grpc::pb;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::{AppError, Result};
+
+/// Which transport the load uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rest,
+    Grpc,
+}
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// REST base URL, e.g. `http://127.0.0.1:8000` (also used for metadata).
+    pub rest_url: String,
+    /// gRPC endpoint, e.g. `http://127.0.0.1:8001` (for [`Protocol::Grpc`]).
+    pub grpc_url: String,
+    pub protocol: Protocol,
+    /// Model (or deployment) name.
+    pub model: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// When the measured load ends.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// After this long of measured load (the warm-up comes first).
+    After(Duration),
+    /// When the value turns `true`.
+    Signal(watch::Receiver<bool>),
+}
+
+/// How to run the load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Concurrent connections, each with one request in flight.
+    pub connections: usize,
+    /// Load before measuring starts (not counted).
+    pub warmup: Duration,
+    pub stop: Stop,
+    /// Keep one [`Sample`] per measured request (the drill reads them).
+    pub keep_samples: bool,
+}
+
+/// One measured request as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Wall clock (ms since the epoch) when it was sent.
+    pub sent_ms: i64,
+    pub latency: Duration,
+    pub ok: bool,
+    /// The version that answered (`x-greenbelt-model-version`, or the
+    /// gRPC response's `model_version`).
+    pub version: Option<i64>,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    /// Latency of successful requests, in nanoseconds.
+    pub hist: Histogram<u64>,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// How long the measured part lasted.
+    pub measured: Duration,
+    /// Per-request samples, when asked for.
+    pub samples: Vec<Sample>,
+}
+
+/// Throughput and latency percentiles of a run, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LoadResult {
+    fn empty() -> Result<LoadResult> {
+        Ok(LoadResult {
+            hist: new_histogram()?,
+            ok: 0,
+            errors: 0,
+            first_error: None,
+            measured: Duration::ZERO,
+            samples: Vec::new(),
+        })
+    }
+
+    /// Add another worker's result (the measured time is the longest).
+    pub fn merge(&mut self, other: LoadResult) -> Result<()> {
+        self.hist
+            .add(&other.hist)
+            .map_err(|e| AppError::Invalid(format!("merging latency histograms: {e}")))?;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.measured = self.measured.max(other.measured);
+        self.samples.extend(other.samples);
+        Ok(())
+    }
+
+    fn record(&mut self, sample: Sample, error: Option<String>, keep: bool) {
+        if sample.ok {
+            self.ok += 1;
+            let _ = self
+                .hist
+                .record(u64::try_from(sample.latency.as_nanos()).unwrap_or(u64::MAX));
+        } else {
+            self.errors += 1;
+            if self.first_error.is_none() {
+                self.first_error = error;
+            }
+        }
+        if keep {
+            self.samples.push(sample);
+        }
+    }
+
+    /// Throughput over `secs` of measured load and the latency percentiles.
+    pub fn summary(&self, secs: f64) -> Summary {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let q = |p: f64| {
+            if self.hist.is_empty() {
+                0.0
+            } else {
+                ms(self.hist.value_at_quantile(p))
+            }
+        };
+        Summary {
+            requests: self.ok,
+            errors: self.errors,
+            throughput_rps: if secs > 0.0 {
+                self.ok as f64 / secs
+            } else {
+                0.0
+            },
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            max_ms: ms(self.hist.max()),
+        }
+    }
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Histogram::<u64>::new(3).map_err(|e| AppError::Invalid(format!("latency histogram: {e}")))
+}
+
+/// A model input as its metadata describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+/// The inputs of `model` from `GET {base}/v2/models/{model}`.
+pub async fn model_inputs(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+) -> Result<Vec<InputSpec>> {
+    let url = format!("{base}/v2/models/{model}");
+    let resp = client.get(&url).send().await.map_err(|e| {
+        AppError::Remote(format!("GET {url}: {e}; is the server at {base} running?"))
+    })?;
+    if !resp.status().is_success() {
+        return Err(AppError::Remote(format!(
+            "GET {url}: HTTP {}; is \"{model}\" served at {base}?",
+            resp.status()
+        )));
+    }
+    let v: serde_json::Value = resp.json().await?;
+    parse_inputs(&v)
+}
+
+/// The `inputs` of V2 model metadata.
+pub fn parse_inputs(meta: &serde_json::Value) -> Result<Vec<InputSpec>> {
+    let bad = |what: &str| AppError::Remote(format!("model metadata: {what}"));
+    let inputs = meta["inputs"].as_array().ok_or_else(|| bad("no inputs"))?;
+    inputs
+        .iter()
+        .map(|i| {
+            let name = i["name"]
+                .as_str()
+                .ok_or_else(|| bad("an input has no name"))?;
+            let datatype = i["datatype"]
+                .as_str()
+                .ok_or_else(|| bad("an input has no datatype"))?
+                .parse::<DataType>()
+                .map_err(|e| bad(&format!("input \"{name}\": {e}")))?;
+            let shape = i["shape"]
+                .as_array()
+                .ok_or_else(|| bad("an input has no shape"))?
+                .iter()
+                .map(|d| d.as_i64().unwrap_or(-1))
+                .collect();
+            Ok(InputSpec {
+                name: name.to_string(),
+                datatype,
+                shape,
+            })
+        })
+        .collect()
+}
+
+/// A deterministic input tensor for `spec` with `rows` rows (a dynamic
+/// first dimension becomes `rows`, other dynamic dimensions 1).
+pub fn make_input(spec: &InputSpec, rows: usize) -> Result<Tensor> {
+    let mut shape = spec.shape.clone();
+    for (i, d) in shape.iter_mut().enumerate() {
+        if *d < 0 {
+            *d = if i == 0 {
+                i64::try_from(rows).unwrap_or(1)
+            } else {
+                1
+            };
+        }
+    }
+    let n: usize = shape
+        .iter()
+        .map(|d| usize::try_from(*d).unwrap_or(0))
+        .product();
+    let f = |i: usize| ((i * 7919) % 1000) as f64 / 250.0 - 2.0;
+    let data = match spec.datatype {
+        DataType::Fp32 => TensorData::Fp32((0..n).map(|i| f(i) as f32).collect()),
+        DataType::Fp64 => TensorData::Fp64((0..n).map(f).collect()),
+        DataType::Fp16 => TensorData::Fp16((0..n).map(|i| half::f16::from_f64(f(i))).collect()),
+        DataType::Int64 => TensorData::Int64((0..n).map(|i| (i % 10) as i64).collect()),
+        DataType::Int32 => TensorData::Int32((0..n).map(|i| (i % 10) as i32).collect()),
+        DataType::Bool => TensorData::Bool((0..n).map(|i| i % 2 == 0).collect()),
+        DataType::Bytes => {
+            TensorData::Bytes((0..n).map(|_| bytes::Bytes::from_static(b"x")).collect())
+        }
+        other => {
+            return Err(AppError::Invalid(format!(
+                "the load generator makes FP16/32/64, INT32/64, BOOL and BYTES inputs; \"{}\" is {other}",
+                spec.name
+            )));
+        }
+    };
+    Tensor::new(spec.name.clone(), shape, data)
+        .map_err(|e| AppError::Invalid(format!("input \"{}\": {e}", spec.name)))
+}
+
+/// The V2 REST body for `inputs`.
+pub fn rest_body(inputs: &[Tensor]) -> Result<String> {
+    let list: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|t| {
+            Ok(serde_json::json!({
+                "name": t.name,
+                "shape": t.shape,
+                "datatype": t.datatype().as_str(),
+                "data": serde_json::to_value(greenbelt_core::json::JsonData(&t.data))
+                    .map_err(|e| AppError::Invalid(format!("input \"{}\": {e}", t.name)))?,
+            }))
+        })
+        .collect::<Result<_>>()?;
+    serde_json::to_string(&serde_json::json!({ "inputs": list }))
+        .map_err(|e| AppError::Invalid(format!("request body: {e}")))
+}
+
+/// The V2 gRPC request for `inputs` (raw contents).
+pub fn grpc_request(model: &str, inputs: &[Tensor]) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: model.to_string(),
+        inputs: inputs
+            .iter()
+            .map(|t| pb::model_infer_request::InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype().as_str().to_string(),
+                shape: t.shape.clone(),
+                parameters: Default::default(),
+                contents: None,
+            })
+            .collect(),
+        raw_input_contents: inputs.iter().map(|t| raw::encode(&t.data).into()).collect(),
+        ..Default::default()
+    }
+}
+
+type GrpcClient =
+    pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// One worker's connection.
+enum Conn {
+    Rest {
+        client: reqwest::Client,
+        url: Arc<String>,
+        body: Arc<String>,
+    },
+    Grpc {
+        client: Box<GrpcClient>,
+        request: Arc<pb::ModelInferRequest>,
+    },
+}
+
+impl Conn {
+    /// Send one request: whether it succeeded (with the serving version)
+    /// or why not.
+    async fn send(&mut self) -> std::result::Result<Option<i64>, String> {
+        match self {
+            Conn::Rest { client, url, body } => {
+                let resp = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let version = resp
+                    .headers()
+                    .get("x-greenbelt-model-version")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                if resp.status().is_success() {
+                    resp.bytes().await.map_err(|e| e.to_string())?;
+                    Ok(version)
+                } else {
+                    Err(format!(
+                        "HTTP {}: {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    ))
+                }
+            }
+            Conn::Grpc { client, request } => client
+                .model_infer((**request).clone())
+                .await
+                .map(|r| r.into_inner().model_version.parse::<i64>().ok())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+fn wall_ms() -> i64 {
+    greenbelt_control::rollout::controller::wall_ms()
+}
+
+/// Run closed-loop load with `inputs` against `target` and measure it.
+pub async fn run(target: &Target, inputs: &[Tensor], opts: LoadOptions) -> Result<LoadResult> {
+    if opts.connections == 0 {
+        return Err(AppError::Invalid(
+            "the load needs at least one connection".into(),
+        ));
+    }
+    let url = Arc::new(format!(
+        "{}/v2/models/{}/infer",
+        target.rest_url.trim_end_matches('/'),
+        target.model
+    ));
+    let body = Arc::new(rest_body(inputs)?);
+    let request = Arc::new(grpc_request(&target.model, inputs));
+    let mut conns = Vec::with_capacity(opts.connections);
+    for _ in 0..opts.connections {
+        conns.push(match target.protocol {
+            Protocol::Rest => Conn::Rest {
+                client: reqwest::Client::builder()
+                    .timeout(target.timeout)
+                    .pool_max_idle_per_host(1)
+                    .build()?,
+                url: url.clone(),
+                body: body.clone(),
+            },
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(target.grpc_url.clone())
+                    .map_err(|e| {
+                        AppError::Invalid(format!("gRPC address {}: {e}", target.grpc_url))
+                    })?
+                    .timeout(target.timeout)
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        AppError::Remote(format!("connecting to gRPC {}: {e}", target.grpc_url))
+                    })?;
+                Conn::Grpc {
+                    client: Box::new(
+                        GrpcClient::new(channel).max_decoding_message_size(usize::MAX),
+                    ),
+                    request: request.clone(),
+                }
+            }
+        });
+    }
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let deadline = match &opts.stop {
+        Stop::After(d) => Some(measure_from + *d),
+        Stop::Signal(_) => None,
+    };
+    let mut workers = Vec::with_capacity(conns.len());
+    for mut conn in conns {
+        let mut signal = match &opts.stop {
+            Stop::Signal(rx) => Some(rx.clone()),
+            Stop::After(_) => None,
+        };
+        let keep = opts.keep_samples;
+        let mut r = LoadResult::empty()?;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let t0 = Instant::now();
+                if deadline.is_some_and(|d| t0 >= d)
+                    || signal.as_mut().is_some_and(|s| *s.borrow_and_update())
+                {
+                    break;
+                }
+                let sent_ms = wall_ms();
+                let outcome = conn.send().await;
+                let latency = t0.elapsed();
+                if t0 < measure_from {
+                    continue;
+                }
+                let (ok, version, error) = match outcome {
+                    Ok(v) => (true, v, None),
+                    Err(e) => (false, None, Some(e)),
+                };
+                r.record(
+                    Sample {
+                        sent_ms,
+                        latency,
+                        ok,
+                        version,
+                    },
+                    error,
+                    keep,
+                );
+            }
+            r.measured = Instant::now().saturating_duration_since(measure_from);
+            r
+        }));
+    }
+    let mut total = LoadResult::empty()?;
+    for w in workers {
+        total.merge(w.await?)?;
+    }
+    if let Stop::After(d) = opts.stop {
+        total.measured = d;
+    }
+    Ok(total)
+}
+
+/// Sum and count of a Greenbelt histogram for `model` in /metrics text.
+pub fn histogram_sum_count(text: &str, metric: &str, model: &str) -> (f64, f64) {
+    let label = format!("model=\"{model}\"");
+    let (sum_prefix, count_prefix) = (format!("{metric}_sum{{"), format!("{metric}_count{{"));
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    for line in text.lines() {
+        let value = || {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if line.starts_with(&sum_prefix) && line.contains(&label) {
+            sum += value();
+        } else if line.starts_with(&count_prefix) && line.contains(&label) {
+            count += value();
+        }
+    }
+    (sum, count)
+}
+
+/// A Greenbelt server's time per request between two /metrics scrapes:
+/// (server µs per request, model compute µs per request).
+pub fn server_time_per_request(before: &str, after: &str, model: &str) -> Option<(f64, f64)> {
+    let req = "greenbelt_request_duration_seconds";
+    let comp = "greenbelt_compute_duration_seconds";
+    let (rs0, rc0) = histogram_sum_count(before, req, model);
+    let (rs1, rc1) = histogram_sum_count(after, req, model);
+    let (cs0, _) = histogram_sum_count(before, comp, model);
+    let (cs1, _) = histogram_sum_count(after, comp, model);
+    let n = rc1 - rc0;
+    (n > 0.0).then(|| ((rs1 - rs0) / n * 1e6, (cs1 - cs0) / n * 1e6))
+}
+
+/// `GET {base}/metrics` when the server is Greenbelt (it exports
+/// `greenbelt_request_duration_seconds`).
+pub async fn scrape(client: &reqwest::Client, base: &str) -> Option<String> {
+    let resp = client.get(format!("{base}/metrics")).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let text = resp.text().await.ok()?;
+    text.contains("greenbelt_request_duration_seconds")
+        .then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn sample(ms: u64, ok: bool) -> Sample {
+        Sample {
+            sent_ms: 0,
+            latency: Duration::from_millis(ms),
+            ok,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_only_successes_in_latency() {
+        let mut r = LoadResult::empty().unwrap();
+        for ms in 1..=100 {
+            r.record(sample(ms, true), None, false);
+        }
+        r.record(sample(5000, false), Some("HTTP 500".into()), true);
+        r.record(sample(5000, false), Some("second".into()), true);
+        let s = r.summary(10.0);
+        assert_eq!((s.requests, s.errors), (100, 2));
+        assert!((s.throughput_rps - 10.0).abs() < 1e-9);
+        assert!((s.p50_ms - 50.0).abs() < 0.1, "{s:?}");
+        assert!((s.p99_ms - 99.0).abs() < 0.1, "{s:?}");
+        assert!((s.max_ms - 100.0).abs() < 0.1, "{s:?}");
+        assert_eq!(r.first_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(r.samples.len(), 2, "samples are kept only when asked");
+    }
+
+    #[test]
+    fn merging_workers_adds_counts_and_keeps_the_first_error() {
+        let mut a = LoadResult::empty().unwrap();
+        a.record(sample(1, true), None, true);
+        let mut b = LoadResult::empty().unwrap();
+        b.record(sample(3, false), Some("b".into()), true);
+        b.record(sample(2, true), None, true);
+        b.measured = Duration::from_secs(2);
+        a.merge(b).unwrap();
+        assert_eq!((a.ok, a.errors, a.samples.len()), (2, 1, 3));
+        assert_eq!(a.first_error.as_deref(), Some("b"));
+        assert_eq!(a.measured, Duration::from_secs(2));
+        let empty = LoadResult::empty().unwrap().summary(0.0);
+        assert_eq!((empty.throughput_rps, empty.p99_ms), (0.0, 0.0));
+    }
+
+    #[test]
+    fn server_time_comes_from_the_histograms_between_scrapes() {
+        let before = "greenbelt_request_duration_seconds_sum{model=\"m\",version=\"1\"} 1.0\n\
+                      greenbelt_request_duration_seconds_count{model=\"m\",version=\"1\"} 10\n\
+                      greenbelt_compute_duration_seconds_sum{model=\"m\",version=\"1\"} 0.5\n\
+                      greenbelt_request_duration_seconds_sum{model=\"other\",version=\"1\"} 9\n";
+        let after = "greenbelt_request_duration_seconds_sum{model=\"m\",version=\"1\"} 1.002\n\
+                     greenbelt_request_duration_seconds_count{model=\"m\",version=\"1\"} 20\n\
+                     greenbelt_compute_duration_seconds_sum{model=\"m\",version=\"1\"} 0.501\n";
+        let (server, compute) = server_time_per_request(before, after, "m").unwrap();
+        assert!((server - 200.0).abs() < 1e-6, "{server}");
+        assert!((compute - 100.0).abs() < 1e-6, "{compute}");
+        assert_eq!(server_time_per_request(after, after, "m"), None);
+    }
+
+    #[test]
+    fn inputs_follow_the_metadata() {
+        let meta = serde_json::json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "flag", "datatype": "BOOL", "shape": [-1]},
+        ]});
+        let specs = parse_inputs(&meta).unwrap();
+        let x = make_input(&specs[0], 4).unwrap();
+        assert_eq!(x.shape, [4, 3]);
+        assert_eq!(x.datatype(), DataType::Fp32);
+        let flag = make_input(&specs[1], 2).unwrap();
+        assert_eq!(flag.shape, [2]);
+        let body = rest_body(std::slice::from_ref(&x)).unwrap();
+        assert!(body.contains("\"shape\":[4,3]"), "{body}");
+        let req = grpc_request("m", &[x]);
+        assert_eq!(req.raw_input_contents[0].len(), 4 * 3 * 4);
+        let bad = InputSpec {
+            name: "u".into(),
+            datatype: DataType::Uint8,
+            shape: vec![1],
+        };
+        assert!(
+            make_input(&bad, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("\"u\"")
+        );
+        assert!(parse_inputs(&serde_json::json!({})).is_err());
+    }
+}
