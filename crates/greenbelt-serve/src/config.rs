@@ -20,6 +20,8 @@ pub struct Config {
     pub deployments: Vec<crate::deployment::DeploymentConfig>,
     /// The feature store `serve` mounts (`/features/*`, entity-key requests).
     pub features: FeaturesConfig,
+    /// Bounds on decoding one request (`[limits]`, see `limits.rs`).
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

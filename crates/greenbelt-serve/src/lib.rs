@@ -16,6 +16,7 @@ pub mod features;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod repository;

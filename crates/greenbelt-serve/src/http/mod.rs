@@ -245,7 +245,7 @@ async fn handle_infer(
                 ))
             })?),
         };
-        codec::decode_request(&body, header_len)
+        codec::decode_request(&body, header_len, &state.config.limits.decode())
     }
     .await;
     let mut resp = match result {
