@@ -8,4 +8,5 @@ mod support;
 mod errors;
 mod grpc;
 mod lifecycle;
+mod limits;
 mod repository;
