@@ -51,51 +51,7 @@ pub fn decode_request(
     let mut budget = Budget::new(limits);
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
-        let datatype: DataType =
-            input
-                .datatype
-                .parse()
-                .map_err(|e: greenbelt_core::CoreError| {
-                    ServeError::InvalidInput(format!("input \"{}\": {e}", input.name))
-                })?;
-        let count = tensor::element_count(&input.name, &input.shape)?;
-        let binary_size = match input.binary_data_size {
-            None => None,
-            Some(Param::UInt(n)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-            Some(_) => {
-                return Err(ServeError::InvalidInput(format!(
-                    "input \"{}\": parameters.binary_data_size must be a non-negative integer",
-                    input.name
-                )));
-            }
-        };
-        let data = match (binary_size, input.data) {
-            (Some(size), _) => {
-                if size > binary.len() {
-                    return Err(ServeError::InvalidInput(format!(
-                        "input \"{}\": binary_data_size is {size} but only {} binary bytes remain in the body",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let chunk = binary.split_to(size);
-                raw::decode_limited(&input.name, datatype, count, &chunk, &mut budget)?
-            }
-            (None, Some(data)) => greenbelt_core::json::decode_text(
-                &input.name,
-                datatype,
-                count,
-                data.get(),
-                &mut budget,
-            )?,
-            (None, None) => {
-                return Err(ServeError::InvalidInput(format!(
-                    "input \"{}\" has neither \"data\" nor parameters.binary_data_size",
-                    input.name
-                )));
-            }
-        };
-        inputs.push(Tensor::new(input.name, input.shape, data)?);
+        inputs.push(decode_input(input, &mut binary, &mut budget)?);
     }
     if !binary.is_empty() {
         return Err(ServeError::InvalidInput(format!(
@@ -121,6 +77,55 @@ pub fn decode_request(
         outputs,
         binary_output,
     })
+}
+
+/// One input: its data from the binary part of the body (`binary_data_size`)
+/// or from its JSON text, charged to `budget` before it is allocated.
+fn decode_input(
+    input: HeaderInput<'_>,
+    binary: &mut Bytes,
+    budget: &mut Budget<'_>,
+) -> Result<Tensor, ServeError> {
+    let datatype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e: greenbelt_core::CoreError| {
+            ServeError::InvalidInput(format!("input \"{}\": {e}", input.name))
+        })?;
+    let count = tensor::element_count(&input.name, &input.shape)?;
+    let binary_size = match input.binary_data_size {
+        None => None,
+        Some(Param::UInt(n)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(_) => {
+            return Err(ServeError::InvalidInput(format!(
+                "input \"{}\": parameters.binary_data_size must be a non-negative integer",
+                input.name
+            )));
+        }
+    };
+    let data = match (binary_size, input.data) {
+        (Some(size), _) => {
+            if size > binary.len() {
+                return Err(ServeError::InvalidInput(format!(
+                    "input \"{}\": binary_data_size is {size} but only {} binary bytes remain in the body",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            let chunk = binary.split_to(size);
+            raw::decode_limited(&input.name, datatype, count, &chunk, budget)?
+        }
+        (None, Some(data)) => {
+            greenbelt_core::json::decode_text(&input.name, datatype, count, data.get(), budget)?
+        }
+        (None, None) => {
+            return Err(ServeError::InvalidInput(format!(
+                "input \"{}\" has neither \"data\" nor parameters.binary_data_size",
+                input.name
+            )));
+        }
+    };
+    Ok(Tensor::new(input.name, input.shape, data)?)
 }
 
 fn parse_header<'de>(json: &'de [u8], ctx: &Ctx<'_>) -> Result<Header<'de>, ServeError> {
@@ -635,12 +640,12 @@ pub fn encode_response(
     requested: &[RequestedOutput],
     binary_output: bool,
 ) -> Result<EncodedResponse, ServeError> {
-    let wants_binary = |name: &str| {
-        requested
-            .iter()
-            .find(|r| r.name == name)
-            .map_or(binary_output, |r| r.binary)
-    };
+    // One lookup per output, not a scan of the requested list each time.
+    let binary_by_name: std::collections::HashMap<&str, bool> = requested
+        .iter()
+        .map(|r| (r.name.as_str(), r.binary))
+        .collect();
+    let wants_binary = |name: &str| binary_by_name.get(name).copied().unwrap_or(binary_output);
     let mut binary: Vec<u8> = Vec::new();
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     for t in &resp.outputs {
