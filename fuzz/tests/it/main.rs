@@ -5,8 +5,8 @@
 //! - `corpus_replays_clean`: every committed corpus file, every target.
 //! - `explore`: a mutational explorer over the corpus, per target for
 //!   `GREENBELT_FUZZ_SECS` seconds (default 3), keeping inputs that reach a
-//!   new outcome; `GREENBELT_FUZZ_SEED` repeats a run, `GREENBELT_FUZZ_SAVE=1`
-//!   writes the kept inputs into the corpus, `GREENBELT_FUZZ_SHOW=1` prints
+//!   new outcome; `GREENBELT_FUZZ_SEED` repeats a run, `GREENBELT_FUZZ_SAVE=n`
+//!   writes the first n kept inputs into the corpus, `GREENBELT_FUZZ_SHOW=1` prints
 //!   each new outcome class.
 //! - `structured`: proptest-generated requests that get past the parser.
 
@@ -98,7 +98,10 @@ fn explore() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    let save = std::env::var_os("GREENBELT_FUZZ_SAVE").is_some();
+    let save: usize = std::env::var("GREENBELT_FUZZ_SAVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let show = std::env::var_os("GREENBELT_FUZZ_SHOW").is_some();
     std::panic::set_hook(Box::new(|_| {}));
     for &target in TARGETS {
@@ -146,8 +149,8 @@ fn explore() {
             pool.len() - seeds
         );
         std::panic::set_hook(Box::new(|_| {}));
-        if save {
-            for (i, d) in pool[seeds..].iter().enumerate() {
+        if save > 0 {
+            for (i, d) in pool[seeds..].iter().take(save).enumerate() {
                 let name = format!("explored-{seed}-{i}");
                 std::fs::write(corpus_dir(target).join(name), d).unwrap();
             }
