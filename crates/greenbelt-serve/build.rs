@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".")
+        // prost with a bound check in front of ModelInferRequest (grpc/wire.rs).
+        .codec_path("crate::grpc::wire::ScanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,6 +7,9 @@ pub enum CoreError {
     /// The client sent something malformed or inconsistent.
     #[error("{0}")]
     InvalidInput(String),
+    /// The request is over a decode limit (`[limits]` in greenbelt.toml).
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 impl CoreError {

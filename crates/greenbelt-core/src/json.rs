@@ -1,98 +1,306 @@
 //! The JSON tensor encoding of the V2 REST protocol: `data` is a flat or
 //! nested array in row-major order; BYTES elements are strings.
 
+use std::fmt;
+
 use bytes::Bytes;
 use half::f16;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::datatype::DataType;
 use crate::error::CoreError;
+use crate::limits::{Budget, DecodeLimits};
 use crate::tensor::TensorData;
 
 /// Decode a JSON `data` value (flat or nested array, or a single scalar) into
-/// `datatype` elements. `name` is used in errors.
+/// `datatype` elements. `name` is used in errors. No limits beyond nesting:
+/// for trusted inputs; requests go through [`decode_text`].
 pub fn decode(name: &str, datatype: DataType, data: &Value) -> Result<TensorData, CoreError> {
-    let mut flat: Vec<&Value> = Vec::new();
-    flatten(data, &mut flat, 0)
-        .map_err(|why| CoreError::invalid(format!("input \"{name}\": \"data\" {why}")))?;
-    let bad = |i: usize, v: &Value| {
-        CoreError::invalid(format!(
-            "input \"{name}\": element {i} ({v}) is not a valid {datatype} value"
-        ))
-    };
-    macro_rules! ints {
-        ($ty:ty, $variant:ident) => {{
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let x = if let Some(x) = v.as_i64() {
-                    <$ty>::try_from(x).ok()
-                } else {
-                    v.as_u64().and_then(|x| <$ty>::try_from(x).ok())
-                };
-                out.push(x.ok_or_else(|| bad(i, v))?);
-            }
-            TensorData::$variant(out)
-        }};
+    let mut budget = Budget::new(&DecodeLimits::UNLIMITED);
+    let mut sink = Sink::new(name, datatype, usize::MAX, 0, &mut budget);
+    let result = Elements {
+        sink: &mut sink,
+        depth: 0,
     }
-    macro_rules! floats {
-        ($conv:expr, $variant:ident) => {{
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                out.push($conv(v.as_f64().ok_or_else(|| bad(i, v))?));
-            }
-            TensorData::$variant(out)
-        }};
-    }
-    Ok(match datatype {
-        DataType::Bool => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                out.push(v.as_bool().ok_or_else(|| bad(i, v))?);
-            }
-            TensorData::Bool(out)
-        }
-        DataType::Uint8 => ints!(u8, Uint8),
-        DataType::Uint16 => ints!(u16, Uint16),
-        DataType::Uint32 => ints!(u32, Uint32),
-        DataType::Uint64 => ints!(u64, Uint64),
-        DataType::Int8 => ints!(i8, Int8),
-        DataType::Int16 => ints!(i16, Int16),
-        DataType::Int32 => ints!(i32, Int32),
-        DataType::Int64 => ints!(i64, Int64),
-        DataType::Fp16 => floats!(f16::from_f64, Fp16),
-        DataType::Fp32 => floats!(|x: f64| x as f32, Fp32),
-        DataType::Fp64 => floats!(|x: f64| x, Fp64),
-        DataType::Bytes => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let s = v.as_str().ok_or_else(|| bad(i, v))?;
-                out.push(Bytes::copy_from_slice(s.as_bytes()));
-            }
-            TensorData::Bytes(out)
-        }
-    })
+    .deserialize(data);
+    sink.finish(result)
 }
 
-const MAX_NESTING: usize = 32;
-
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
-    if depth > MAX_NESTING {
-        return Err(format!("is nested more than {MAX_NESTING} levels deep"));
+/// Decode the JSON text of a `data` value into the `count` elements a shape
+/// declares, straight into a typed buffer: the elements are charged to
+/// `budget` before any is decoded, decoding stops at the first element past
+/// `count`, and BYTES payloads are charged as they are read. Fewer than
+/// `count` elements is left to [`crate::Tensor::new`] to report.
+pub fn decode_text(
+    name: &str,
+    datatype: DataType,
+    count: usize,
+    text: &str,
+    budget: &mut Budget<'_>,
+) -> Result<TensorData, CoreError> {
+    budget.charge_elements(name, datatype, count)?;
+    // Every element but the last takes at least two bytes of text ("0,"):
+    // reserve no more than the text can hold, so a short body with a huge
+    // shape costs nothing.
+    let capacity = count.min(text.len() / 2 + 1);
+    let mut sink = Sink::new(name, datatype, count, capacity, budget);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = Elements {
+        sink: &mut sink,
+        depth: 0,
     }
-    match v {
-        Value::Array(items) => {
-            for item in items {
-                flatten(item, out, depth + 1)?;
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    sink.finish(result)
+}
+
+/// Where decoded elements go, and the first error in full (serde's error
+/// type carries only a string).
+struct Sink<'b, 'l> {
+    name: &'b str,
+    datatype: DataType,
+    max: usize,
+    max_nesting: usize,
+    out: TensorData,
+    len: usize,
+    budget: &'b mut Budget<'l>,
+    error: Option<CoreError>,
+}
+
+impl<'b, 'l> Sink<'b, 'l> {
+    fn new(
+        name: &'b str,
+        datatype: DataType,
+        max: usize,
+        capacity: usize,
+        budget: &'b mut Budget<'l>,
+    ) -> Self {
+        Sink {
+            name,
+            datatype,
+            max,
+            max_nesting: budget.limits().max_nesting,
+            out: TensorData::with_capacity(datatype, capacity),
+            len: 0,
+            budget,
+            error: None,
+        }
+    }
+
+    fn fail<E: de::Error>(&mut self, e: CoreError) -> E {
+        let msg = e.to_string();
+        self.error = Some(e);
+        E::custom(msg)
+    }
+
+    /// The index of the next element, or an error when the shape is full.
+    fn next_index<E: de::Error>(&mut self) -> Result<usize, E> {
+        if self.len >= self.max {
+            let msg = format!(
+                "input \"{}\": \"data\" has more than the {} elements its shape holds",
+                self.name, self.max
+            );
+            return Err(self.fail(CoreError::invalid(msg)));
+        }
+        self.len += 1;
+        Ok(self.len - 1)
+    }
+
+    fn bad<E: de::Error>(&mut self, i: usize, shown: &dyn fmt::Display) -> E {
+        let msg = format!(
+            "input \"{}\": element {i} ({shown}) is not a valid {} value",
+            self.name, self.datatype
+        );
+        self.fail(CoreError::invalid(msg))
+    }
+
+    fn push_u64<E: de::Error>(&mut self, x: u64) -> Result<(), E> {
+        let i = self.next_index()?;
+        let ok = match &mut self.out {
+            TensorData::Uint8(v) => push_int(v, x),
+            TensorData::Uint16(v) => push_int(v, x),
+            TensorData::Uint32(v) => push_int(v, x),
+            TensorData::Uint64(v) => push_int(v, x),
+            TensorData::Int8(v) => push_int(v, x),
+            TensorData::Int16(v) => push_int(v, x),
+            TensorData::Int32(v) => push_int(v, x),
+            TensorData::Int64(v) => push_int(v, x),
+            TensorData::Fp16(v) => push(v, f16::from_f64(x as f64)),
+            TensorData::Fp32(v) => push(v, x as f64 as f32),
+            TensorData::Fp64(v) => push(v, x as f64),
+            TensorData::Bool(_) | TensorData::Bytes(_) => false,
+        };
+        if ok { Ok(()) } else { Err(self.bad(i, &x)) }
+    }
+
+    fn push_i64<E: de::Error>(&mut self, x: i64) -> Result<(), E> {
+        let i = self.next_index()?;
+        let ok = match &mut self.out {
+            TensorData::Uint8(v) => push_int(v, x),
+            TensorData::Uint16(v) => push_int(v, x),
+            TensorData::Uint32(v) => push_int(v, x),
+            TensorData::Uint64(v) => push_int(v, x),
+            TensorData::Int8(v) => push_int(v, x),
+            TensorData::Int16(v) => push_int(v, x),
+            TensorData::Int32(v) => push_int(v, x),
+            TensorData::Int64(v) => push_int(v, x),
+            TensorData::Fp16(v) => push(v, f16::from_f64(x as f64)),
+            TensorData::Fp32(v) => push(v, x as f64 as f32),
+            TensorData::Fp64(v) => push(v, x as f64),
+            TensorData::Bool(_) | TensorData::Bytes(_) => false,
+        };
+        if ok { Ok(()) } else { Err(self.bad(i, &x)) }
+    }
+
+    fn push_f64<E: de::Error>(&mut self, x: f64) -> Result<(), E> {
+        let i = self.next_index()?;
+        let ok = match &mut self.out {
+            TensorData::Fp16(v) => push(v, f16::from_f64(x)),
+            TensorData::Fp32(v) => push(v, x as f32),
+            TensorData::Fp64(v) => push(v, x),
+            _ => false,
+        };
+        if ok { Ok(()) } else { Err(self.bad(i, &x)) }
+    }
+
+    fn push_bool<E: de::Error>(&mut self, x: bool) -> Result<(), E> {
+        let i = self.next_index()?;
+        match &mut self.out {
+            TensorData::Bool(v) => {
+                v.push(x);
+                Ok(())
             }
-            Ok(())
+            _ => Err(self.bad(i, &x)),
         }
-        Value::Object(_) => Err("must be an array of values, found an object".into()),
-        Value::Null => Err("must be an array of values, found null".into()),
-        scalar => {
-            out.push(scalar);
-            Ok(())
+    }
+
+    fn push_str<E: de::Error>(&mut self, x: &str) -> Result<(), E> {
+        let i = self.next_index()?;
+        if !matches!(self.out, TensorData::Bytes(_)) {
+            return Err(self.bad(i, &Shown(x)));
         }
+        if let Err(e) = self.budget.charge_payload(self.name, x.len()) {
+            return Err(self.fail(e));
+        }
+        if let TensorData::Bytes(v) = &mut self.out {
+            v.push(Bytes::copy_from_slice(x.as_bytes()));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, result: Result<(), serde_json::Error>) -> Result<TensorData, CoreError> {
+        match result {
+            Ok(()) => Ok(self.out),
+            Err(e) => Err(self.error.take().unwrap_or_else(|| {
+                CoreError::invalid(format!(
+                    "input \"{}\": \"data\" is not a valid array of values: {e}",
+                    self.name
+                ))
+            })),
+        }
+    }
+}
+
+fn push<T>(v: &mut Vec<T>, x: T) -> bool {
+    v.push(x);
+    true
+}
+
+fn push_int<S, T: TryFrom<S>>(v: &mut Vec<T>, x: S) -> bool {
+    match T::try_from(x) {
+        Ok(x) => push(v, x),
+        Err(_) => false,
+    }
+}
+
+/// A string element shown in an error, JSON-quoted and cut short.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cut: String = self.0.chars().take(40).collect();
+        let more = if cut.len() < self.0.len() { "..." } else { "" };
+        write!(f, "{cut:?}{more}")
+    }
+}
+
+/// A `data` value at nesting `depth`: an array whose items are visited in
+/// turn, or one scalar element.
+struct Elements<'s, 'b, 'l> {
+    sink: &'s mut Sink<'b, 'l>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Elements<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elements<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let sink = self.sink;
+        if self.depth >= sink.max_nesting {
+            let msg = format!(
+                "input \"{}\": \"data\" is nested more than {} levels deep",
+                sink.name, sink.max_nesting
+            );
+            return Err(sink.fail(CoreError::invalid(msg)));
+        }
+        while seq
+            .next_element_seed(Elements {
+                sink: &mut *sink,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        let msg = format!(
+            "input \"{}\": \"data\" must be an array of values, found an object",
+            self.sink.name
+        );
+        Err(self.sink.fail(CoreError::invalid(msg)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        let msg = format!(
+            "input \"{}\": \"data\" must be an array of values, found null",
+            self.sink.name
+        );
+        Err(self.sink.fail(CoreError::invalid(msg)))
+    }
+
+    fn visit_bool<E: de::Error>(self, x: bool) -> Result<(), E> {
+        self.sink.push_bool(x)
+    }
+
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        self.sink.push_i64(x)
+    }
+
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        self.sink.push_u64(x)
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+        self.sink.push_f64(x)
+    }
+
+    fn visit_str<E: de::Error>(self, x: &str) -> Result<(), E> {
+        self.sink.push_str(x)
     }
 }
 
@@ -180,5 +388,82 @@ mod tests {
         let s =
             serde_json::to_string(&JsonData(&TensorData::Bytes(vec![Bytes::from("a")]))).unwrap();
         assert_eq!(s, "[\"a\"]");
+    }
+
+    fn text(
+        dt: DataType,
+        count: usize,
+        t: &str,
+        limits: &DecodeLimits,
+    ) -> Result<TensorData, CoreError> {
+        decode_text("x", dt, count, t, &mut Budget::new(limits))
+    }
+
+    #[test]
+    fn text_decodes_like_values() {
+        let l = DecodeLimits::default();
+        assert_eq!(
+            text(DataType::Fp32, 4, "[[1, 2.5], [3, 4]]", &l).unwrap(),
+            TensorData::Fp32(vec![1.0, 2.5, 3.0, 4.0])
+        );
+        assert_eq!(
+            text(DataType::Int8, 1, " -3 ", &l).unwrap(),
+            TensorData::Int8(vec![-3])
+        );
+        assert_eq!(
+            text(DataType::Bytes, 2, r#"["a\u00e9", ""]"#, &l).unwrap(),
+            TensorData::Bytes(vec![Bytes::from("aé"), Bytes::new()])
+        );
+        assert_eq!(
+            text(DataType::Bool, 2, "[true,false]", &l).unwrap(),
+            TensorData::Bool(vec![true, false])
+        );
+        // fewer elements than the shape is left to Tensor::new
+        assert_eq!(
+            text(DataType::Uint64, 3, "[1]", &l).unwrap(),
+            TensorData::Uint64(vec![1])
+        );
+    }
+
+    #[test]
+    fn text_stops_at_the_shape_and_the_limits() {
+        let l = DecodeLimits::default();
+        let e = text(DataType::Fp32, 2, "[1, 2, 3, 4]", &l).unwrap_err();
+        assert!(e.to_string().contains("more than the 2 elements"), "{e}");
+        let e = text(DataType::Fp32, 1, "[1] x", &l).unwrap_err();
+        assert!(e.to_string().contains("not a valid array"), "{e}");
+        let e = text(DataType::Fp32, 1, "[1.0, 2", &l).unwrap_err();
+        assert!(e.to_string().contains("more than the 1"), "{e}");
+        let small = DecodeLimits {
+            max_elements: 3,
+            ..l
+        };
+        let e = text(DataType::Fp32, 4, "[1, 2, 3, 4]", &small).unwrap_err();
+        assert!(matches!(e, CoreError::LimitExceeded(_)), "{e}");
+        assert!(e.to_string().contains("[limits] max_elements"), "{e}");
+        let small = DecodeLimits {
+            max_decoded_bytes: 2 * crate::limits::BYTES_ELEMENT_OVERHEAD + 3,
+            ..l
+        };
+        let e = text(DataType::Bytes, 2, r#"["ab", "cd"]"#, &small).unwrap_err();
+        assert!(e.to_string().contains("max_decoded_bytes"), "{e}");
+        let shallow = DecodeLimits {
+            max_nesting: 2,
+            ..l
+        };
+        let e = text(DataType::Fp32, 1, "[[[1]]]", &shallow).unwrap_err();
+        assert!(e.to_string().contains("nested more than 2"), "{e}");
+        let e = text(DataType::Bytes, 1, &format!("[{:?}]", 7), &l).unwrap_err();
+        assert!(e.to_string().contains("not a valid BYTES"), "{e}");
+        let e = text(
+            DataType::Uint8,
+            1,
+            &format!("[\"{}\"]", "z".repeat(100)),
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("...) is not a valid UINT8"), "{e}");
+        let e = text(DataType::Fp32, 1, "null", &l).unwrap_err();
+        assert!(e.to_string().contains("found null"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ pub mod datatype;
 pub mod error;
 pub mod infer;
 pub mod json;
+pub mod limits;
 pub mod raw;
 pub mod signature;
 pub mod tensor;
@@ -15,6 +16,7 @@ pub mod tensor;
 pub use datatype::DataType;
 pub use error::CoreError;
 pub use infer::{InferRequest, InferResponse, RequestedOutput};
+pub use limits::{Budget, DecodeLimits};
 pub use signature::{Signature, TensorSpec};
 pub use tensor::{Tensor, TensorData};
 

@@ -7,6 +7,7 @@ use half::f16;
 
 use crate::datatype::DataType;
 use crate::error::CoreError;
+use crate::limits::{Budget, DecodeLimits};
 use crate::tensor::TensorData;
 
 macro_rules! decode_le {
@@ -23,11 +24,30 @@ macro_rules! decode_le {
 }
 
 /// Decode `raw` as `count` elements of `datatype`. `name` is used in errors.
+/// No limits: for trusted inputs; requests go through [`decode_limited`].
 pub fn decode(
     name: &str,
     datatype: DataType,
     count: usize,
     raw: &[u8],
+) -> Result<TensorData, CoreError> {
+    decode_limited(
+        name,
+        datatype,
+        count,
+        raw,
+        &mut Budget::new(&DecodeLimits::UNLIMITED),
+    )
+}
+
+/// Decode `raw` as `count` elements of `datatype`, charging them to `budget`
+/// before anything is allocated (BYTES payloads as they are read).
+pub fn decode_limited(
+    name: &str,
+    datatype: DataType,
+    count: usize,
+    raw: &[u8],
+    budget: &mut Budget<'_>,
 ) -> Result<TensorData, CoreError> {
     if let Some(size) = datatype.element_size() {
         let want = count.saturating_mul(size);
@@ -38,6 +58,7 @@ pub fn decode(
             )));
         }
     }
+    budget.charge_elements(name, datatype, count)?;
     Ok(match datatype {
         DataType::Bool => TensorData::Bool(raw.iter().map(|b| *b != 0).collect()),
         DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
@@ -56,14 +77,24 @@ pub fn decode(
         DataType::Uint64 => TensorData::Uint64(decode_le!(raw, u64, 8)),
         DataType::Int64 => TensorData::Int64(decode_le!(raw, i64, 8)),
         DataType::Fp64 => TensorData::Fp64(decode_le!(raw, f64, 8)),
-        DataType::Bytes => TensorData::Bytes(decode_bytes(name, count, raw)?),
+        DataType::Bytes => TensorData::Bytes(decode_bytes(name, count, raw, budget)?),
     })
 }
 
-fn decode_bytes(name: &str, count: usize, raw: &[u8]) -> Result<Vec<Bytes>, CoreError> {
+fn decode_bytes(
+    name: &str,
+    count: usize,
+    raw: &[u8],
+    budget: &mut Budget<'_>,
+) -> Result<Vec<Bytes>, CoreError> {
     let mut out = Vec::with_capacity(count.min(raw.len() / 4));
     let mut rest = raw;
     while !rest.is_empty() {
+        if out.len() == count {
+            return Err(CoreError::invalid(format!(
+                "input \"{name}\": raw data holds more than the {count} BYTES elements its shape holds"
+            )));
+        }
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
             return Err(CoreError::invalid(format!(
                 "input \"{name}\": BYTES element {} has a truncated 4-byte length prefix",
@@ -78,6 +109,7 @@ fn decode_bytes(name: &str, count: usize, raw: &[u8]) -> Result<Vec<Bytes>, Core
                 tail.len()
             )));
         }
+        budget.charge_payload(name, len)?;
         let (item, tail) = tail.split_at(len);
         out.push(Bytes::copy_from_slice(item));
         rest = tail;
@@ -194,5 +226,32 @@ mod tests {
         );
         let e = decode("x", DataType::Fp64, usize::MAX, &[]).unwrap_err();
         assert!(e.to_string().contains("input \"x\""), "{e}");
+    }
+
+    #[test]
+    fn limits_apply_before_allocating() {
+        let limits = DecodeLimits {
+            max_bytes_elements: 2,
+            ..DecodeLimits::default()
+        };
+        let e = decode_limited(
+            "s",
+            DataType::Bytes,
+            3,
+            &[0u8; 12],
+            &mut Budget::new(&limits),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CoreError::LimitExceeded(_)), "{e}");
+        // more prefixes than the shape holds stop at the first extra one
+        let e = decode("s", DataType::Bytes, 1, &[0u8; 4000]).unwrap_err();
+        assert!(e.to_string().contains("more than the 1 BYTES"), "{e}");
+        let limits = DecodeLimits {
+            max_elements: 1,
+            ..DecodeLimits::default()
+        };
+        let e = decode_limited("x", DataType::Fp32, 2, &[0u8; 8], &mut Budget::new(&limits))
+            .unwrap_err();
+        assert!(e.to_string().contains("max_elements"), "{e}");
     }
 }

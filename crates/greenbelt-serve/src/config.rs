@@ -22,6 +22,8 @@ pub struct Config {
     pub features: FeaturesConfig,
     /// Tokens, roles, model control and exposure (`greenbelt-auth`).
     pub auth: greenbelt_auth::AuthConfig,
+    /// Bounds on decoding one request (`[limits]`, see `limits.rs`).
+    pub limits: crate::limits::Limits,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -28,6 +28,9 @@ pub enum ServeError {
         "request body is larger than the {limit}-byte limit; send smaller batches or raise [server] max_request_bytes"
     )]
     PayloadTooLarge { limit: usize },
+    /// The request is over a decode limit; the message names the `[limits]` setting.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("request timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
     /// Shed: a bounded queue or the in-flight limit is full.
@@ -58,6 +61,7 @@ impl ServeError {
             ServeError::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
             ServeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,6 +81,7 @@ impl ServeError {
             ServeError::ModelNotReady { .. } => tonic::Code::Unavailable,
             ServeError::LoadFailed { .. } => tonic::Code::InvalidArgument,
             ServeError::PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
+            ServeError::LimitExceeded(_) => tonic::Code::ResourceExhausted,
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
             ServeError::Overloaded { .. } => tonic::Code::Unavailable,
             ServeError::ShuttingDown => tonic::Code::Unavailable,
@@ -103,6 +108,7 @@ impl ServeError {
             | ServeError::ModelNotFound(_)
             | ServeError::VersionNotFound { .. }
             | ServeError::PayloadTooLarge { .. }
+            | ServeError::LimitExceeded(_)
             | ServeError::LoadFailed { .. }
             | ServeError::Unauthenticated(_)
             | ServeError::Forbidden(_) => Outcome::ClientError,
@@ -149,6 +155,7 @@ impl From<CoreError> for ServeError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::InvalidInput(m) => ServeError::InvalidInput(m),
+            CoreError::LimitExceeded(m) => ServeError::LimitExceeded(m),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod features;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod limits;
 pub mod listen;
 pub mod live;
 pub mod metrics;

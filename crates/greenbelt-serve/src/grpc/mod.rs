@@ -3,9 +3,12 @@
 //! `contents`; outputs always go in `raw_output_contents`, which is what
 //! `tritonclient.grpc` reads.
 
+pub mod wire;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
+use greenbelt_core::limits::{Budget, DecodeLimits};
 use greenbelt_core::{DataType, InferRequest, RequestedOutput, Tensor, TensorData, raw, tensor};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -27,11 +30,15 @@ pub struct GrpcService {
     state: Arc<AppState>,
 }
 
-pub fn service(state: Arc<AppState>) -> GrpcInferenceServiceServer<GrpcService> {
+/// The service, with `[limits]` checked on the wire before a
+/// `ModelInferRequest` is decoded (see [`wire`]).
+pub fn service(state: Arc<AppState>) -> wire::WithLimits<GrpcInferenceServiceServer<GrpcService>> {
     let limit = state.config.server.max_request_bytes;
-    GrpcInferenceServiceServer::new(GrpcService { state })
+    let limits = state.config.limits.decode();
+    let svc = GrpcInferenceServiceServer::new(GrpcService { state })
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    wire::WithLimits::new(svc, limits)
 }
 
 /// tonic rejects an over-limit message in its codec with OUT_OF_RANGE; the
@@ -70,8 +77,19 @@ fn tensor_meta(
         .collect()
 }
 
-/// Decode a gRPC infer request into the transport-neutral form.
-pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeError> {
+/// Decode a gRPC infer request into the transport-neutral form, within
+/// `limits` (the service's codec has already checked the counts on the
+/// wire; they are checked again here for callers that build the message).
+pub fn decode_request(
+    req: pb::ModelInferRequest,
+    limits: &DecodeLimits,
+) -> Result<InferRequest, ServeError> {
+    greenbelt_core::infer::check_unique("input", req.inputs.iter().map(|i| i.name.as_str()))?;
+    greenbelt_core::infer::check_unique(
+        "requested output",
+        req.outputs.iter().map(|o| o.name.as_str()),
+    )?;
+    check_counts(&req, limits)?;
     let raw_mode = !req.raw_input_contents.is_empty();
     if raw_mode && req.raw_input_contents.len() != req.inputs.len() {
         return Err(ServeError::InvalidInput(format!(
@@ -80,6 +98,7 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeE
             req.inputs.len()
         )));
     }
+    let mut budget = Budget::new(limits);
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for (i, input) in req.inputs.into_iter().enumerate() {
         let datatype: DataType =
@@ -92,9 +111,13 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeE
         let count = tensor::element_count(&input.name, &input.shape)?;
         let data = if raw_mode {
             let bytes = req.raw_input_contents.get(i).map_or(&[][..], |b| &b[..]);
-            raw::decode(&input.name, datatype, count, bytes)?
+            raw::decode_limited(&input.name, datatype, count, bytes, &mut budget)?
         } else {
+            budget.charge_elements(&input.name, datatype, count)?;
             let contents = input.contents.unwrap_or_default();
+            for b in &contents.bytes_contents {
+                budget.charge_payload(&input.name, b.len())?;
+            }
             from_contents(&input.name, datatype, contents)?
         };
         inputs.push(Tensor::new(input.name, input.shape, data)?);
@@ -112,6 +135,37 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeE
             .collect(),
         binary_output: true,
     })
+}
+
+/// The counts [`wire`] checks before decoding, on a decoded message.
+fn check_counts(req: &pb::ModelInferRequest, l: &DecodeLimits) -> Result<(), ServeError> {
+    DecodeLimits::check("inputs", req.inputs.len(), l.max_inputs, "max_inputs")?;
+    DecodeLimits::check("outputs", req.outputs.len(), l.max_outputs, "max_outputs")?;
+    DecodeLimits::check(
+        "raw_input_contents entries",
+        req.raw_input_contents.len(),
+        l.max_inputs,
+        "max_inputs",
+    )?;
+    let params =
+        |what: &str, n: usize| DecodeLimits::check(what, n, l.max_parameters, "max_parameters");
+    params("request parameters", req.parameters.len())?;
+    for i in &req.inputs {
+        params(
+            &format!("input \"{}\" parameters", i.name),
+            i.parameters.len(),
+        )?;
+        DecodeLimits::check(
+            &format!("input \"{}\" shape dimensions", i.name),
+            i.shape.len(),
+            l.max_shape_dims,
+            "max_shape_dims",
+        )?;
+    }
+    for o in &req.outputs {
+        params("requested output parameters", o.parameters.len())?;
+    }
+    Ok(())
 }
 
 fn from_contents(
@@ -293,7 +347,12 @@ impl GrpcInferenceService for GrpcService {
             .state
             .admission
             .admit(prost::Message::encoded_len(&r))
-            .and_then(|permit| Ok((permit, decode_request(r)?)));
+            .and_then(|permit| {
+                Ok((
+                    permit,
+                    decode_request(r, &self.state.config.limits.decode())?,
+                ))
+            });
         let (permit, decoded) = match admitted {
             Ok(d) => d,
             Err(e) => {
@@ -412,7 +471,7 @@ mod tests {
             )],
             ..Default::default()
         };
-        let r = decode_request(req).unwrap();
+        let r = decode_request(req, &DecodeLimits::default()).unwrap();
         assert_eq!(r.inputs[0].data, TensorData::Int8(vec![-1, 127]));
         let req = pb::ModelInferRequest {
             inputs: vec![input(
@@ -426,7 +485,7 @@ mod tests {
             )],
             ..Default::default()
         };
-        let e = decode_request(req).unwrap_err();
+        let e = decode_request(req, &DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("out of range for INT8"), "{e}");
     }
 
@@ -440,19 +499,22 @@ mod tests {
             raw_input_contents: vec![Bytes::from(1.0f32.to_le_bytes().to_vec())],
             ..Default::default()
         };
-        let e = decode_request(req).unwrap_err();
+        let e = decode_request(req, &DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("1 entries for 2 inputs"), "{e}");
         let req = pb::ModelInferRequest {
             inputs: vec![input("x", "FP32", vec![2], None)],
             raw_input_contents: vec![Bytes::from(1.0f32.to_le_bytes().to_vec())],
             ..Default::default()
         };
-        let e = decode_request(req).unwrap_err();
+        let e = decode_request(req, &DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("raw data is 4 bytes"), "{e}");
-        let e = decode_request(pb::ModelInferRequest {
-            inputs: vec![input("x", "FP16", vec![1], None)],
-            ..Default::default()
-        })
+        let e = decode_request(
+            pb::ModelInferRequest {
+                inputs: vec![input("x", "FP16", vec![1], None)],
+                ..Default::default()
+            },
+            &DecodeLimits::default(),
+        )
         .unwrap_err();
         assert!(e.to_string().contains("raw_input_contents"), "{e}");
     }

@@ -2,52 +2,37 @@
 //! extension (`Inference-Header-Content-Length`, `binary_data_size`,
 //! `binary_data` / `binary_data_output`) that tritonclient uses by default.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+
 use bytes::Bytes;
 use greenbelt_core::json::JsonData;
+use greenbelt_core::limits::{Budget, DecodeLimits};
 use greenbelt_core::{DataType, InferRequest, InferResponse, RequestedOutput, Tensor, raw, tensor};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::error::ServeError;
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-#[derive(Deserialize)]
-struct RestRequest {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    inputs: Vec<RestInput>,
-    #[serde(default)]
-    outputs: Option<Vec<RestOutput>>,
-}
-
-#[derive(Deserialize)]
-struct RestInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RestOutput {
-    name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-fn param_bool(p: &Option<Map<String, Value>>, key: &str) -> Option<bool> {
-    p.as_ref().and_then(|m| m.get(key)).and_then(Value::as_bool)
-}
-
 /// Decode a REST infer body. `header_len` is the value of
 /// `Inference-Header-Content-Length`, when present.
-pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRequest, ServeError> {
+///
+/// The JSON is read once into a small header (names, shapes, datatypes,
+/// the few parameters the protocol defines) with every list capped by
+/// `limits` as it is read; each input's `data` stays borrowed text until its
+/// datatype and shape are known, then is decoded straight into a typed
+/// buffer whose size was charged to the request's budget first. No
+/// `serde_json::Value` is built, so decoding costs at most the body plus
+/// `limits.max_decoded_bytes`.
+pub fn decode_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    limits: &DecodeLimits,
+) -> Result<InferRequest, ServeError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ServeError::InvalidInput(format!(
@@ -58,55 +43,15 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
         Some(n) => (body.slice(..n), body.slice(n..)),
         None => (body.clone(), Bytes::new()),
     };
-    let req: RestRequest = serde_json::from_slice(&json).map_err(|e| {
-        ServeError::InvalidInput(format!(
-            "request body is not a valid V2 inference request: {e}"
-        ))
-    })?;
+    let ctx = Ctx {
+        limits,
+        error: RefCell::new(None),
+    };
+    let req = parse_header(&json, &ctx)?;
+    let mut budget = Budget::new(limits);
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
-        let datatype: DataType =
-            input
-                .datatype
-                .parse()
-                .map_err(|e: greenbelt_core::CoreError| {
-                    ServeError::InvalidInput(format!("input \"{}\": {e}", input.name))
-                })?;
-        let count = tensor::element_count(&input.name, &input.shape)?;
-        let binary_size = input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
-            .map(|v| {
-                v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                    ServeError::InvalidInput(format!(
-                        "input \"{}\": parameters.binary_data_size must be a non-negative integer",
-                        input.name
-                    ))
-                })
-            })
-            .transpose()?;
-        let data = match (binary_size, &input.data) {
-            (Some(size), _) => {
-                if size > binary.len() {
-                    return Err(ServeError::InvalidInput(format!(
-                        "input \"{}\": binary_data_size is {size} but only {} binary bytes remain in the body",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let chunk = binary.split_to(size);
-                raw::decode(&input.name, datatype, count, &chunk)?
-            }
-            (None, Some(data)) => greenbelt_core::json::decode(&input.name, datatype, data)?,
-            (None, None) => {
-                return Err(ServeError::InvalidInput(format!(
-                    "input \"{}\" has neither \"data\" nor parameters.binary_data_size",
-                    input.name
-                )));
-            }
-        };
-        inputs.push(Tensor::new(input.name, input.shape, data)?);
+        inputs.push(decode_input(input, &mut binary, &mut budget)?);
     }
     if !binary.is_empty() {
         return Err(ServeError::InvalidInput(format!(
@@ -114,13 +59,15 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
             binary.len()
         )));
     }
-    let binary_output = param_bool(&req.parameters, "binary_data_output").unwrap_or(false);
+    let binary_output = matches!(req.binary_output, Some(Param::Bool(true)));
     let outputs = req
         .outputs
-        .unwrap_or_default()
         .into_iter()
         .map(|o| RequestedOutput {
-            binary: param_bool(&o.parameters, "binary_data").unwrap_or(binary_output),
+            binary: match o.binary {
+                Some(Param::Bool(b)) => b,
+                _ => binary_output,
+            },
             name: o.name,
         })
         .collect();
@@ -130,6 +77,530 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
         outputs,
         binary_output,
     })
+}
+
+/// One input: its data from the binary part of the body (`binary_data_size`)
+/// or from its JSON text, charged to `budget` before it is allocated.
+fn decode_input(
+    input: HeaderInput<'_>,
+    binary: &mut Bytes,
+    budget: &mut Budget<'_>,
+) -> Result<Tensor, ServeError> {
+    let datatype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e: greenbelt_core::CoreError| {
+            ServeError::InvalidInput(format!("input \"{}\": {e}", input.name))
+        })?;
+    let count = tensor::element_count(&input.name, &input.shape)?;
+    let binary_size = match input.binary_data_size {
+        None => None,
+        Some(Param::UInt(n)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(_) => {
+            return Err(ServeError::InvalidInput(format!(
+                "input \"{}\": parameters.binary_data_size must be a non-negative integer",
+                input.name
+            )));
+        }
+    };
+    let data = match (binary_size, input.data) {
+        (Some(size), _) => {
+            if size > binary.len() {
+                return Err(ServeError::InvalidInput(format!(
+                    "input \"{}\": binary_data_size is {size} but only {} binary bytes remain in the body",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            let chunk = binary.split_to(size);
+            raw::decode_limited(&input.name, datatype, count, &chunk, budget)?
+        }
+        (None, Some(data)) => {
+            greenbelt_core::json::decode_text(&input.name, datatype, count, data.get(), budget)?
+        }
+        (None, None) => {
+            return Err(ServeError::InvalidInput(format!(
+                "input \"{}\" has neither \"data\" nor parameters.binary_data_size",
+                input.name
+            )));
+        }
+    };
+    Ok(Tensor::new(input.name, input.shape, data)?)
+}
+
+fn parse_header<'de>(json: &'de [u8], ctx: &Ctx<'_>) -> Result<Header<'de>, ServeError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed = RequestSeed(ctx)
+        .deserialize(&mut de)
+        .and_then(|req| de.end().map(|()| req));
+    parsed.map_err(|e| {
+        ctx.error.take().unwrap_or_else(|| {
+            ServeError::InvalidInput(format!(
+                "request body is not a valid V2 inference request: {e}"
+            ))
+        })
+    })
+}
+
+/// A REST request's JSON as read: everything but the tensors' data, which
+/// stays borrowed text until each input's datatype and shape are known.
+struct Header<'de> {
+    id: Option<String>,
+    binary_output: Option<Param>,
+    inputs: Vec<HeaderInput<'de>>,
+    outputs: Vec<HeaderOutput>,
+}
+
+struct HeaderInput<'de> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    binary_data_size: Option<Param>,
+    data: Option<&'de RawValue>,
+}
+
+struct HeaderOutput {
+    name: String,
+    binary: Option<Param>,
+}
+
+/// The value of a parameter the protocol defines; others are skipped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Param {
+    Bool(bool),
+    UInt(u64),
+    Other,
+}
+
+/// What every seed shares: the limits, and the first error in full (serde's
+/// error type carries only a string).
+struct Ctx<'l> {
+    limits: &'l DecodeLimits,
+    error: RefCell<Option<ServeError>>,
+}
+
+impl Ctx<'_> {
+    fn fail<E: de::Error>(&self, e: impl Into<ServeError>) -> E {
+        let e = e.into();
+        let msg = e.to_string();
+        *self.error.borrow_mut() = Some(e);
+        E::custom(msg)
+    }
+
+    /// Fails when one input's declared elements are over a limit on their
+    /// own. Anything else (a bad datatype or shape) is reported later, in
+    /// order, by the full decode.
+    fn precheck<E: de::Error>(&self, name: &str, shape: &[i64], datatype: &str) -> Result<(), E> {
+        let (Ok(datatype), Ok(count)) = (
+            datatype.parse::<DataType>(),
+            tensor::element_count(name, shape),
+        ) else {
+            return Ok(());
+        };
+        Budget::new(self.limits)
+            .charge_elements(name, datatype, count)
+            .map_err(|e| self.fail(e))
+    }
+}
+
+/// A JSON object key, matched against `names` without allocating.
+struct Key<'k>(&'k [&'k str]);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Key<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| *k == v))
+    }
+}
+
+/// `null` or the value `S` reads.
+struct Nullable<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or a value")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
+/// A JSON array of at most `max` items, each read by `item`; named items
+/// (inputs, outputs) must have distinct names, checked as they are read.
+struct List<'c, 'l, S> {
+    ctx: &'c Ctx<'l>,
+    item: S,
+    max: usize,
+    what: &'static str,
+    setting: &'static str,
+}
+
+/// An item's name, when its list wants names to be distinct, and what the
+/// item is called in errors.
+trait Named {
+    fn name(&self) -> Option<(&'static str, &str)>;
+}
+
+impl Named for i64 {
+    fn name(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+}
+
+impl Named for HeaderInput<'_> {
+    fn name(&self) -> Option<(&'static str, &str)> {
+        Some(("input", &self.name))
+    }
+}
+
+impl Named for HeaderOutput {
+    fn name(&self) -> Option<(&'static str, &str)> {
+        Some(("requested output", &self.name))
+    }
+}
+
+impl<'de, S> DeserializeSeed<'de> for List<'_, '_, S>
+where
+    S: DeserializeSeed<'de> + Copy,
+    S::Value: Named,
+{
+    type Value = Vec<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S> Visitor<'de> for List<'_, '_, S>
+where
+    S: DeserializeSeed<'de> + Copy,
+    S::Value: Named,
+{
+    type Value = Vec<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {}", self.what)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(x) = seq.next_element_seed(self.item)? {
+            if out.len() == self.max {
+                return Err(self.ctx.fail(greenbelt_core::limits::exceeded(
+                    self.setting,
+                    self.max,
+                    &format!("\"{}\" has more entries", self.what),
+                )));
+            }
+            if let Some((what, name)) = x.name()
+                && !seen.insert(name.to_owned())
+            {
+                return Err(self.ctx.fail(greenbelt_core::infer::duplicate(what, name)));
+            }
+            out.push(x);
+        }
+        Ok(out)
+    }
+}
+
+/// A shape: at most `max_shape_dims` integers.
+#[derive(Clone, Copy)]
+struct Dim;
+
+impl<'de> DeserializeSeed<'de> for Dim {
+    type Value = i64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        de::Deserialize::deserialize(d)
+    }
+}
+
+/// A `parameters` object of at most `max_parameters` entries, of which only
+/// `wanted` is read.
+struct Params<'c, 'l> {
+    ctx: &'c Ctx<'l>,
+    wanted: &'static str,
+}
+
+impl<'de> DeserializeSeed<'de> for Params<'_, '_> {
+    type Value = Option<Param>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Params<'_, '_> {
+    type Value = Option<Param>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a parameters object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let max = self.ctx.limits.max_parameters;
+        let wanted = [self.wanted];
+        let mut found = None;
+        let mut n = 0usize;
+        while let Some(key) = map.next_key_seed(Key(&wanted))? {
+            n += 1;
+            if n > max {
+                return Err(self.ctx.fail(greenbelt_core::limits::exceeded(
+                    "max_parameters",
+                    max,
+                    "a \"parameters\" object has more entries",
+                )));
+            }
+            if key.is_some() {
+                found = Some(map.next_value_seed(ParamValue)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+/// One parameter's value, read without building anything for arrays,
+/// objects or strings.
+struct ParamValue;
+
+impl<'de> DeserializeSeed<'de> for ParamValue {
+    type Value = Param;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Param, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamValue {
+    type Value = Param;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a parameter value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Param, E> {
+        Ok(Param::Bool(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Param, E> {
+        Ok(Param::UInt(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Param, E> {
+        Ok(u64::try_from(v).map_or(Param::Other, Param::UInt))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Param, E> {
+        Ok(Param::Other)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Param, E> {
+        Ok(Param::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Param, E> {
+        Ok(Param::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Param, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Param::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Param, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Param::Other)
+    }
+}
+
+/// Sets `slot` once; a second value for the same field is an error, as
+/// serde's derive makes it.
+fn once<T, E: de::Error>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(field));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+/// The request object.
+struct RequestSeed<'c, 'l>(&'c Ctx<'l>);
+
+impl<'de> DeserializeSeed<'de> for RequestSeed<'_, '_> {
+    type Value = Header<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed<'_, '_> {
+    type Value = Header<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a V2 inference request object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const FIELDS: &[&str] = &["id", "parameters", "inputs", "outputs"];
+        let ctx = self.0;
+        let (mut id, mut params, mut inputs, mut outputs) = (None, None, None, None);
+        while let Some(key) = map.next_key_seed(Key(FIELDS))? {
+            match key {
+                Some(0) => once(&mut id, "id", map.next_value::<Option<String>>()?)?,
+                Some(1) => {
+                    let p = map.next_value_seed(Nullable(Params {
+                        ctx,
+                        wanted: "binary_data_output",
+                    }))?;
+                    once(&mut params, "parameters", p.flatten())?
+                }
+                Some(2) => {
+                    let list = map.next_value_seed(List {
+                        ctx,
+                        item: InputSeed(ctx),
+                        max: ctx.limits.max_inputs,
+                        what: "inputs",
+                        setting: "max_inputs",
+                    })?;
+                    once(&mut inputs, "inputs", list)?
+                }
+                Some(3) => {
+                    let list = map.next_value_seed(Nullable(List {
+                        ctx,
+                        item: OutputSeed(ctx),
+                        max: ctx.limits.max_outputs,
+                        what: "outputs",
+                        setting: "max_outputs",
+                    }))?;
+                    once(&mut outputs, "outputs", list.unwrap_or_default())?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Header {
+            id: id.flatten(),
+            binary_output: params.flatten(),
+            inputs: inputs.ok_or_else(|| de::Error::missing_field("inputs"))?,
+            outputs: outputs.unwrap_or_default(),
+        })
+    }
+}
+
+/// One entry of `inputs`.
+#[derive(Clone, Copy)]
+struct InputSeed<'c, 'l>(&'c Ctx<'l>);
+
+impl<'de> DeserializeSeed<'de> for InputSeed<'_, '_> {
+    type Value = HeaderInput<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InputSeed<'_, '_> {
+    type Value = HeaderInput<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an input tensor object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
+        let ctx = self.0;
+        let (mut name, mut shape, mut datatype, mut params, mut data) =
+            (None, None, None, None, None);
+        while let Some(key) = map.next_key_seed(Key(FIELDS))? {
+            match key {
+                Some(0) => once(&mut name, "name", map.next_value::<String>()?)?,
+                Some(1) => {
+                    let dims = map.next_value_seed(List {
+                        ctx,
+                        item: Dim,
+                        max: ctx.limits.max_shape_dims,
+                        what: "shape",
+                        setting: "max_shape_dims",
+                    })?;
+                    once(&mut shape, "shape", dims)?
+                }
+                Some(2) => once(&mut datatype, "datatype", map.next_value::<String>()?)?,
+                Some(3) => {
+                    let p = map.next_value_seed(Nullable(Params {
+                        ctx,
+                        wanted: "binary_data_size",
+                    }))?;
+                    once(&mut params, "parameters", p.flatten())?
+                }
+                Some(4) => {
+                    // With the shape already read (the usual order), a
+                    // tensor over a limit by itself stops here, before its
+                    // data is even scanned.
+                    if let (Some(name), Some(shape), Some(datatype)) = (&name, &shape, &datatype) {
+                        ctx.precheck(name, shape, datatype)?;
+                    }
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    once(&mut data, "data", (raw.get() != "null").then_some(raw))?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(HeaderInput {
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
+            binary_data_size: params.flatten(),
+            data: data.flatten(),
+        })
+    }
+}
+
+/// One entry of `outputs`.
+#[derive(Clone, Copy)]
+struct OutputSeed<'c, 'l>(&'c Ctx<'l>);
+
+impl<'de> DeserializeSeed<'de> for OutputSeed<'_, '_> {
+    type Value = HeaderOutput;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OutputSeed<'_, '_> {
+    type Value = HeaderOutput;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a requested output object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const FIELDS: &[&str] = &["name", "parameters"];
+        let (mut name, mut params) = (None, None);
+        while let Some(key) = map.next_key_seed(Key(FIELDS))? {
+            match key {
+                Some(0) => once(&mut name, "name", map.next_value::<String>()?)?,
+                Some(1) => {
+                    let p = map.next_value_seed(Nullable(Params {
+                        ctx: self.0,
+                        wanted: "binary_data",
+                    }))?;
+                    once(&mut params, "parameters", p.flatten())?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(HeaderOutput {
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            binary: params.flatten(),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -169,12 +640,12 @@ pub fn encode_response(
     requested: &[RequestedOutput],
     binary_output: bool,
 ) -> Result<EncodedResponse, ServeError> {
-    let wants_binary = |name: &str| {
-        requested
-            .iter()
-            .find(|r| r.name == name)
-            .map_or(binary_output, |r| r.binary)
-    };
+    // One lookup per output, not a scan of the requested list each time.
+    let binary_by_name: std::collections::HashMap<&str, bool> = requested
+        .iter()
+        .map(|r| (r.name.as_str(), r.binary))
+        .collect();
+    let wants_binary = |name: &str| binary_by_name.get(name).copied().unwrap_or(binary_output);
     let mut binary: Vec<u8> = Vec::new();
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     for t in &resp.outputs {
@@ -225,6 +696,7 @@ pub fn encode_response(
 mod tests {
     use super::*;
     use greenbelt_core::TensorData;
+    use serde_json::Value;
 
     #[test]
     fn json_request_decodes() {
@@ -232,7 +704,7 @@ mod tests {
             r#"{"id":"7","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1,2]]}],
                 "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#,
         );
-        let r = decode_request(&body, None).unwrap();
+        let r = decode_request(&body, None, &DecodeLimits::default()).unwrap();
         assert_eq!(r.id.as_deref(), Some("7"));
         assert_eq!(r.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0]));
         assert_eq!(
@@ -252,7 +724,12 @@ mod tests {
         body.extend_from_slice(&(-2i32).to_le_bytes());
         body.extend_from_slice(&2u32.to_le_bytes());
         body.extend_from_slice(b"hi");
-        let r = decode_request(&Bytes::from(body), Some(header.len())).unwrap();
+        let r = decode_request(
+            &Bytes::from(body),
+            Some(header.len()),
+            &DecodeLimits::default(),
+        )
+        .unwrap();
         assert_eq!(r.inputs[0].data, TensorData::Int32(vec![1, -2]));
         assert_eq!(r.inputs[1].data, TensorData::Bytes(vec![Bytes::from("hi")]));
         assert!(r.binary_output);
@@ -294,20 +771,34 @@ mod tests {
             ),
         ];
         for (body, hl, want) in cases {
-            let e = decode_request(&Bytes::from(body.to_string()), *hl)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let e = decode_request(
+                &Bytes::from(body.to_string()),
+                *hl,
+                &DecodeLimits::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
             assert!(e.contains(want), "{body}: got {e:?}, want {want:?}");
         }
         // binary size larger than what follows the header
         let header = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
-        let e = decode_request(&Bytes::from(header.to_vec()), Some(header.len())).unwrap_err();
+        let e = decode_request(
+            &Bytes::from(header.to_vec()),
+            Some(header.len()),
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("only 0 binary bytes remain"), "{e}");
         // extra unclaimed bytes
         let mut body = header.to_vec();
         body.extend_from_slice(&[0u8; 9]);
-        let e = decode_request(&Bytes::from(body), Some(header.len())).unwrap_err();
+        let e = decode_request(
+            &Bytes::from(body),
+            Some(header.len()),
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not claimed"), "{e}");
     }
 

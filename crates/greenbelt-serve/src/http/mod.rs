@@ -255,7 +255,7 @@ async fn admit_and_decode(
             ))
         })?),
     };
-    let req = codec::decode_request(&body, header_len)?;
+    let req = codec::decode_request(&body, header_len, &state.config.limits.decode())?;
     Ok((permit, req))
 }
 

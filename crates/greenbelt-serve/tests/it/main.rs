@@ -8,6 +8,7 @@ mod support;
 mod errors;
 mod grpc;
 mod lifecycle;
+mod limits;
 mod repository;
 mod security;
 mod stages;
