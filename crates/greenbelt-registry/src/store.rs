@@ -164,7 +164,8 @@ impl Registry {
             (Dialect::Postgres, url.to_string())
         } else {
             return Err(RegistryError::Invalid(format!(
-                "registry url \"{url}\" must start with sqlite:// or postgres://"
+                "registry url \"{}\" must start with sqlite:// or postgres://",
+                greenbelt_auth::redact_url(url)
             )));
         };
         let pool = AnyPoolOptions::new()

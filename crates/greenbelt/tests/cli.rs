@@ -201,3 +201,51 @@ fn manual_registration_records_the_model_signature() {
     let versions = registry_json(d, &["versions", "lr"]);
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
 }
+
+/// `greenbelt serve` at debug log level: whether it succeeded, and all it wrote.
+fn serve_debug(d: &Path) -> (bool, String) {
+    let out = greenbelt(d)
+        .env("GREENBELT_LOG", "debug")
+        .args(["serve", "--config", "greenbelt.toml"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+/// Passwords in store URLs never reach the log or an error message: a
+/// server whose registry and online store cannot be reached says which
+/// store failed, with the password replaced by `***`.
+#[test]
+fn store_passwords_never_reach_logs_or_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("models")).unwrap();
+    std::fs::write(
+        d.join("greenbelt.toml"),
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n[registry]\nurl = \"postgres://app:hunter2-secret@127.0.0.1:1/reg\"\n[[deployments]]\nname = \"fraud\"\n",
+    )
+    .unwrap();
+    let (ok, all) = serve_debug(d);
+    assert!(!ok, "{all}");
+    assert!(all.contains("app:***@127.0.0.1:1"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+
+    // The online store's URL, too.
+    std::fs::write(
+        d.join("features.toml"),
+        "[store]\nonline = \"redis://:hunter2-secret@127.0.0.1:1/0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("greenbelt.toml"),
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n[features]\ndefinitions = \"features.toml\"\n",
+    )
+    .unwrap();
+    let (_, all) = serve_debug(d);
+    assert!(!all.contains("hunter2"), "{all}");
+}
