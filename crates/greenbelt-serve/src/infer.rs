@@ -6,7 +6,7 @@
 //!
 //! admit (transport, before decode) → route → enrich → validate → execute →
 //! observe, with everything from route to execute under the request
-//! timeout, counted from when the request arrived.
+//! timeout, counted from when the request was decoded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,7 +146,9 @@ pub async fn infer(
     };
     let _inflight = routed.served.metrics.inflight();
     let mut stats = Stats::default();
-    let deadline = ctx.started + state.executor.timeout;
+    // The deadline counts from here: the body has been read and decoded
+    // (an upload is bounded by the connection's idle timeout instead).
+    let deadline = tokio::time::Instant::now() + state.executor.timeout;
     let result = tokio::time::timeout_at(deadline, answer(state, &routed, req, &mut stats))
         .await
         .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));

@@ -216,7 +216,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Admit (by the declared body size, before a byte of it is read), read
-/// the body under the request's deadline, decode.
+/// the body, decode.
 async fn admit_and_decode(
     state: &AppState,
     ctx: &RequestContext,
@@ -234,19 +234,17 @@ async fn admit_and_decode(
     }
     // A body of unknown length (chunked) is admitted as if it were the largest.
     let permit = state.admission.admit(declared.unwrap_or(limit))?;
-    let deadline = ctx.started + state.executor.timeout;
-    let body = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| ServeError::Timeout(state.executor.timeout))?
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                ServeError::PayloadTooLarge { limit }
-            } else {
-                ServeError::InvalidInput(format!("cannot read request body: {e}"))
-            }
-        })?;
+    // The upload is bounded by the connection's idle timeout (no byte for
+    // `idle_timeout_ms` closes it) and by admission; the request timeout
+    // starts once the request is decoded.
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            ServeError::PayloadTooLarge { limit }
+        } else {
+            ServeError::InvalidInput(format!("cannot read request body: {e}"))
+        }
+    })?;
     let header_len = match header_str(&ctx.headers, codec::HEADER_LENGTH) {
         None => None,
         Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {

@@ -130,7 +130,7 @@ async fn a_slow_feature_lookup_is_cut_at_the_request_deadline_holding_its_slot()
     let e = a.await.unwrap().unwrap_err();
     assert!(matches!(e, ServeError::Timeout(_)), "{e}");
     assert_eq!(e.http_status().as_u16(), 504);
-    // Cut at the deadline, counted from arrival: not after the 60 s lookup.
+    // Cut at the deadline, not after the 60 s lookup.
     assert_eq!(started.elapsed(), Duration::from_millis(1000));
     assert_eq!(source.lookups.load(Ordering::SeqCst), 1);
     // The slot is free again.
