@@ -267,11 +267,164 @@ pub async fn materialize(
     Ok(out)
 }
 
+/// What one demo request got back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The `x-greenbelt-model-version` header ("" when absent).
+    pub version: String,
+    pub body: String,
+}
+
+/// The demo's client of the server the quickstart started.
+pub struct DemoClient {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl DemoClient {
+    /// A client of `base` (`http://host:port`), each call bounded by 10 s.
+    pub fn new(base: &str) -> Result<DemoClient> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| AppError::Remote(e.to_string()))?;
+        Ok(DemoClient {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST a JSON body to `path`.
+    pub async fn post(&self, path: &str, body: &str) -> Result<Answer> {
+        let url = self.url(path);
+        let resp = self
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| AppError::Remote(format!("POST {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let version = resp
+            .headers()
+            .get("x-greenbelt-model-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| AppError::Remote(format!("POST {url}: {e}")))?;
+        Ok(Answer {
+            status,
+            version,
+            body,
+        })
+    }
+
+    /// The first 200 from `path`, retried every 100 ms for at most `within`
+    /// (a deployment loads its alias in the background).
+    pub async fn first_ok(
+        &self,
+        path: &str,
+        body: &str,
+        within: std::time::Duration,
+    ) -> Option<Answer> {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(a) = self.post(path, body).await
+                && a.status == 200
+            {
+                return Some(a);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Send `n` requests to `path`, cycling through `bodies`; how many got a 200.
+    pub async fn traffic(&self, path: &str, bodies: &[&str], n: usize) -> Result<usize> {
+        let mut ok = 0;
+        for i in 0..n {
+            let Some(body) = bodies.get(i % bodies.len().max(1)) else {
+                break;
+            };
+            if self.post(path, body).await?.status == 200 {
+                ok += 1;
+            }
+        }
+        Ok(ok)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_demo_client_reports_statuses_versions_and_counts_ok_answers() {
+        use axum::routing::post;
+        // Answers 200 (version 7) to bodies that say "good", 400 otherwise.
+        let app = axum::Router::new().route(
+            "/infer",
+            post(|body: String| async move {
+                if body.contains("good") {
+                    (
+                        axum::http::StatusCode::OK,
+                        [("x-greenbelt-model-version", "7")],
+                        "ok",
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        [("x-greenbelt-model-version", "7")],
+                        "bad",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let demo = DemoClient::new(&format!("http://{addr}/")).unwrap();
+        assert_eq!(demo.url("/infer"), format!("http://{addr}/infer"));
+        let a = demo.post("/infer", "good").await.unwrap();
+        assert_eq!(
+            (a.status, a.version.as_str(), a.body.as_str()),
+            (200, "7", "ok")
+        );
+        assert_eq!(demo.post("/infer", "nope").await.unwrap().status, 400);
+        assert_eq!(
+            demo.traffic("/infer", &["good", "nope"], 5).await.unwrap(),
+            3
+        );
+        assert_eq!(demo.traffic("/infer", &[], 5).await.unwrap(), 0);
+        assert!(
+            demo.first_ok("/infer", "good", std::time::Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        assert!(
+            demo.first_ok("/infer", "nope", std::time::Duration::from_millis(300))
+                .await
+                .is_none()
+        );
+        // Nothing listening: a named error, not a panic.
+        let gone = DemoClient::new("http://127.0.0.1:1").unwrap();
+        let e = gone.post("/infer", "good").await.unwrap_err();
+        assert!(
+            e.to_string().contains("POST http://127.0.0.1:1/infer"),
+            "{e}"
+        );
+    }
 
     const CSV: &str = "tx_id,user_id,merchant_id,event_ts,amount,is_fraud\n\
                        t1,u00001,m001,2026-01-01T00:00:00Z,3.5,0\n\

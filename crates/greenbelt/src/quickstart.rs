@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use greenbelt_app::App;
-use greenbelt_app::quickstart::{entity_request, materialize, write_project};
+use greenbelt_app::quickstart::{DemoClient, entity_request, materialize, write_project};
 use greenbelt_serve::Config;
 
 #[derive(clap::Args)]
@@ -28,28 +28,6 @@ pub struct Args {
     /// Keep serving after the demo (until Ctrl-C).
     #[arg(long)]
     serve: bool,
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String, String)> {
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = resp.status().as_u16();
-    let version = resp
-        .headers()
-        .get("x-greenbelt-model-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Ok((status, version, resp.text().await?))
 }
 
 fn pretty(text: &str) -> String {
@@ -107,64 +85,58 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let serving = app.spawn();
     let base = format!("http://{http}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    // Wait (bounded) until the route has loaded fraud@champion.
+    let demo = DemoClient::new(&base)?;
+    let fraud_path = "/v2/models/fraud/infer";
+    let fraud_url = demo.url(fraud_path);
     let fraud_body = std::fs::read_to_string(args.dir.join("fraud-request.json"))?;
-    let fraud_url = format!("{base}/v2/models/fraud/infer");
-    let mut first = None;
-    for _ in 0..100 {
-        if let Ok(r @ (200, _, _)) = post(&client, &fraud_url, &fraud_body).await {
-            first = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some((status, version, text)) = first else {
+    let Some(first) = demo
+        .first_ok(fraud_path, &fraud_body, Duration::from_secs(10))
+        .await
+    else {
         serving.stop().await?;
         bail!("fraud@champion did not become servable within 10 s");
     };
     println!(
-        "\nquickstart: POST {fraud_url}  → HTTP {status}, served by fraud version {version}\n{}",
-        pretty(&text)
+        "\nquickstart: POST {fraud_url}  → HTTP {}, served by fraud version {}\n{}",
+        first.status,
+        first.version,
+        pretty(&first.body)
     );
     let csv = std::fs::read_to_string(args.dir.join("data/transactions.csv"))?;
     let entity_body = entity_request(&csv, 2);
     std::fs::write(args.dir.join("fraud-entities.json"), &entity_body)?;
-    let (status, version, text) = post(&client, &fraud_url, &entity_body).await?;
+    let a = demo.post(fraud_path, &entity_body).await?;
     println!(
-        "quickstart: POST {fraud_url} with entity keys (features read from the online store) → HTTP {status}, version {version}\n{}",
-        pretty(&text)
+        "quickstart: POST {fraud_url} with entity keys (features read from the online store) → HTTP {}, version {}\n{}",
+        a.status,
+        a.version,
+        pretty(&a.body)
     );
-    if status != 200 {
+    if a.status != 200 {
         serving.stop().await?;
-        bail!("the entity-key request failed: {text}");
+        bail!("the entity-key request failed: {}", a.body);
     }
     let unknown = entity_body.replacen("\"data\":[\"u", "\"data\":[\"x", 1);
-    let (status, _, text) = post(&client, &fraud_url, &unknown).await?;
-    println!("quickstart: the same with an unknown user → HTTP {status}: {text}");
-    let logreg_url = format!("{base}/v2/models/logreg/infer");
-    let body = std::fs::read_to_string(args.dir.join("request.json"))?;
-    let (status, version, text) = post(&client, &logreg_url, &body).await?;
+    let a = demo.post(fraud_path, &unknown).await?;
     println!(
-        "quickstart: POST {logreg_url}  → HTTP {status} (model repository, version {version})\n{}",
-        pretty(&text)
+        "quickstart: the same with an unknown user → HTTP {}: {}",
+        a.status, a.body
+    );
+    let logreg_url = demo.url("/v2/models/logreg/infer");
+    let body = std::fs::read_to_string(args.dir.join("request.json"))?;
+    let a = demo.post("/v2/models/logreg/infer", &body).await?;
+    println!(
+        "quickstart: POST {logreg_url}  → HTTP {} (model repository, version {})\n{}",
+        a.status,
+        a.version,
+        pretty(&a.body)
     );
 
     let started = tokio::time::Instant::now();
-    let mut ok = 0;
     let traffic_body = entity_request(&csv, 8);
-    for i in 0..args.traffic {
-        let body = if i % 2 == 0 {
-            &fraud_body
-        } else {
-            &traffic_body
-        };
-        if post(&client, &fraud_url, body).await?.0 == 200 {
-            ok += 1;
-        }
-    }
+    let ok = demo
+        .traffic(fraud_path, &[&fraud_body, &traffic_body], args.traffic)
+        .await?;
     println!(
         "\nquickstart: sent {} requests to fraud (half with features, half with entity keys): {ok} OK in {:.2} s",
         args.traffic,
