@@ -116,7 +116,20 @@ impl<'b, 'l> Sink<'b, 'l> {
         self.fail(CoreError::invalid(msg))
     }
 
-    fn push_u64<E: de::Error>(&mut self, x: u64) -> Result<(), E> {
+    /// An integer element (JSON has both signed and unsigned integers):
+    /// range-checked into an integer tensor, converted into a float one.
+    fn push_integer<E: de::Error, S>(&mut self, x: S, as_f64: f64) -> Result<(), E>
+    where
+        S: Copy + fmt::Display,
+        u8: TryFrom<S>,
+        u16: TryFrom<S>,
+        u32: TryFrom<S>,
+        u64: TryFrom<S>,
+        i8: TryFrom<S>,
+        i16: TryFrom<S>,
+        i32: TryFrom<S>,
+        i64: TryFrom<S>,
+    {
         let i = self.next_index()?;
         let ok = match &mut self.out {
             TensorData::Uint8(v) => push_int(v, x),
@@ -127,28 +140,9 @@ impl<'b, 'l> Sink<'b, 'l> {
             TensorData::Int16(v) => push_int(v, x),
             TensorData::Int32(v) => push_int(v, x),
             TensorData::Int64(v) => push_int(v, x),
-            TensorData::Fp16(v) => push(v, f16::from_f64(x as f64)),
-            TensorData::Fp32(v) => push(v, x as f64 as f32),
-            TensorData::Fp64(v) => push(v, x as f64),
-            TensorData::Bool(_) | TensorData::Bytes(_) => false,
-        };
-        if ok { Ok(()) } else { Err(self.bad(i, &x)) }
-    }
-
-    fn push_i64<E: de::Error>(&mut self, x: i64) -> Result<(), E> {
-        let i = self.next_index()?;
-        let ok = match &mut self.out {
-            TensorData::Uint8(v) => push_int(v, x),
-            TensorData::Uint16(v) => push_int(v, x),
-            TensorData::Uint32(v) => push_int(v, x),
-            TensorData::Uint64(v) => push_int(v, x),
-            TensorData::Int8(v) => push_int(v, x),
-            TensorData::Int16(v) => push_int(v, x),
-            TensorData::Int32(v) => push_int(v, x),
-            TensorData::Int64(v) => push_int(v, x),
-            TensorData::Fp16(v) => push(v, f16::from_f64(x as f64)),
-            TensorData::Fp32(v) => push(v, x as f64 as f32),
-            TensorData::Fp64(v) => push(v, x as f64),
+            TensorData::Fp16(v) => push(v, f16::from_f64(as_f64)),
+            TensorData::Fp32(v) => push(v, as_f64 as f32),
+            TensorData::Fp64(v) => push(v, as_f64),
             TensorData::Bool(_) | TensorData::Bytes(_) => false,
         };
         if ok { Ok(()) } else { Err(self.bad(i, &x)) }
@@ -288,11 +282,11 @@ impl<'de> Visitor<'de> for Elements<'_, '_, '_> {
     }
 
     fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
-        self.sink.push_i64(x)
+        self.sink.push_integer(x, x as f64)
     }
 
     fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
-        self.sink.push_u64(x)
+        self.sink.push_integer(x, x as f64)
     }
 
     fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
