@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 
 GROUPS = ["greenbelt", "greenbelt-nolog", "mlserver", "mlserver-tuned", "empty"]
+# Only with --baseline: the same Greenbelt groups served by an older binary.
+BASELINE_GROUPS = ["before", "before-nolog"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 TOLERANCE = 1e-4
@@ -508,8 +510,8 @@ class Bench:
 
     # ---- groups
 
-    def greenbelt_server(self, log_requests: bool) -> Server:
-        d = self.out / ("greenbelt-log-on" if log_requests else "greenbelt-log-off")
+    def greenbelt_server(self, group: str, log_requests: bool, binary) -> Server:
+        d = self.out / group_dir(group)
         d.mkdir(parents=True, exist_ok=True)
         cfg = d / "greenbelt.toml"
         cfg.write_text(
@@ -527,17 +529,23 @@ class Bench:
         env = dict(os.environ, ORT_DYLIB_PATH=self.a.ort_lib)
         env.pop("GREENBELT_LOG", None)
         return Server(
-            "greenbelt" + ("" if log_requests else " (log off)"),
-            [self.a.greenbelt, "--log-format", "json", "serve", "--config", cfg],
+            group,
+            [binary, "--log-format", "json", "serve", "--config", cfg],
             env, d / "stdout.log",
             [self.ports["gb_http"], self.ports["gb_grpc"]],
             get_ok(f"http://127.0.0.1:{self.ports['gb_http']}/v2/models/logreg/ready"),
         )
 
-    def group_greenbelt(self, log_requests: bool) -> None:
-        group = "greenbelt" if log_requests else "greenbelt-nolog"
-        label = "Greenbelt (request log on)" if log_requests else "Greenbelt (request log off)"
-        srv = self.greenbelt_server(log_requests)
+    def group_greenbelt(self, log_requests: bool, baseline: bool = False) -> None:
+        """One Greenbelt server: this checkout's binary, or (`baseline`) the
+        `--baseline` binary with the identical config. The load generators
+        (wrk, and this checkout's `greenbelt bench` for gRPC) are the same for
+        both, so the two differ only in the server."""
+        group = ("before" if baseline else "greenbelt") + ("" if log_requests else "-nolog")
+        who = f"Greenbelt {self.a.baseline_name}" if baseline else "Greenbelt"
+        label = f"{who} (request log {'on' if log_requests else 'off'})"
+        binary = self.a.baseline if baseline else self.a.greenbelt
+        srv = self.greenbelt_server(group, log_requests, binary)
         try:
             srv.start()
             base = f"http://127.0.0.1:{self.ports['gb_http']}"
@@ -618,6 +626,8 @@ class Bench:
         steps = {
             "greenbelt": lambda: self.group_greenbelt(True),
             "greenbelt-nolog": lambda: self.group_greenbelt(False),
+            "before": lambda: self.group_greenbelt(True, baseline=True),
+            "before-nolog": lambda: self.group_greenbelt(False, baseline=True),
             "mlserver": lambda: self.group_mlserver(False),
             "mlserver-tuned": lambda: self.group_mlserver(True),
             "empty": self.group_empty,
@@ -672,7 +682,7 @@ class Bench:
             for line in f:
                 if line.startswith("MemTotal:"):
                     mem_kb = int(line.split()[1])
-        pyv = out([str(Path(self.a.ml_venv) / "bin/python"), "-c",
+        pyv = "" if not self.a.ml_venv else out([str(Path(self.a.ml_venv) / "bin/python"), "-c",
                    "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
                    "['mlserver','mlserver-sklearn','scikit-learn','numpy','uvloop','onnxruntime','uvicorn','fastapi']}))"])
         dirty = out(["git", "status", "--porcelain", "--untracked-files=no"], cwd=self.root)
@@ -700,6 +710,8 @@ class Bench:
             },
             "versions": {
                 "greenbelt": out([self.a.greenbelt, "--version"]),
+                "baseline": ({"name": self.a.baseline_name, "version": out([self.a.baseline, "--version"])}
+                             if self.a.baseline else None),
                 "git_commit": out(["git", "rev-parse", "--short=12", "HEAD"], cwd=self.root),
                 "git_dirty": bool(dirty),
                 "rustc": out(["rustc", "-V"]),
@@ -712,7 +724,8 @@ class Bench:
 
 
 def group_dir(group: str) -> str:
-    return {"greenbelt": "greenbelt-log-on", "greenbelt-nolog": "greenbelt-log-off"}.get(group, group)
+    return {"greenbelt": "greenbelt-log-on", "greenbelt-nolog": "greenbelt-log-off",
+            "before": "before-log-on", "before-nolog": "before-log-off"}.get(group, group)
 
 
 def get_ok(url: str):
@@ -737,8 +750,8 @@ def main() -> int:
     ap.add_argument("--root", default=str(Path(__file__).resolve().parent.parent))
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--greenbelt", required=True)
-    ap.add_argument("--empty", required=True, help="the empty_server example binary")
-    ap.add_argument("--ml-venv", required=True)
+    ap.add_argument("--empty", help="the empty_server example binary (group `empty`)")
+    ap.add_argument("--ml-venv", help="MLServer's venv (groups `mlserver*`)")
     ap.add_argument("--ort-lib", required=True)
     ap.add_argument("--wrk", default="wrk")
     ap.add_argument("--duration", type=float, default=10.0)
@@ -749,16 +762,24 @@ def main() -> int:
     ap.add_argument("--idle-max-wait", type=float, default=60.0)
     ap.add_argument("--port-base", type=int, default=18000)
     ap.add_argument("--command", default="bash bench/run.sh", help="how this run was started, for the report")
+    ap.add_argument("--baseline", help="an older greenbelt binary for the `before`/`before-nolog` groups")
+    ap.add_argument("--baseline-name", default="baseline", help="what the baseline is (a git revision), for the report")
     a = ap.parse_args()
     # wrk takes whole seconds or suffixed durations; keep it simple
     a.duration = max(1, round(a.duration))
     a.warmup = max(1, round(a.warmup))
-    for attr in ("greenbelt", "empty", "ml_venv", "ort_lib"):
-        setattr(a, attr, str(Path(getattr(a, attr)).resolve()))
+    for attr in ("greenbelt", "empty", "ml_venv", "ort_lib", "baseline"):
+        if getattr(a, attr):
+            setattr(a, attr, str(Path(getattr(a, attr)).resolve()))
     groups = [g.strip() for g in a.only.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in GROUPS]
+    unknown = [g for g in groups if g not in GROUPS + BASELINE_GROUPS]
     if unknown:
-        ap.error(f"unknown group(s) {unknown}; choose from {GROUPS}")
+        ap.error(f"unknown group(s) {unknown}; choose from {GROUPS + BASELINE_GROUPS}")
+    needs = {"empty": "empty", "mlserver": "ml_venv", "mlserver-tuned": "ml_venv",
+             "before": "baseline", "before-nolog": "baseline"}
+    for g in groups:
+        if g in needs and not getattr(a, needs[g]):
+            ap.error(f"group {g} needs --{needs[g].replace('_', '-')}")
     Path(a.out).mkdir(parents=True, exist_ok=True)
     return Bench(a).run(groups)
 
