@@ -816,6 +816,64 @@ def test_request_id_echoed(server):
     assert headers.get("x-request-id") == "bad-request-7"
 
 
+def request_log_lines(srv, want: int, timeout: float = 10.0) -> list[dict]:
+    """The server's `greenbelt::request` lines, once there are `want` of them
+    (the writer thread writes them just after the answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [r for r in srv.log_records() if r.get("target") == "greenbelt::request"]
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_request_log_lines_and_sampling(make_repo, start_server):
+    """The request log through the real binary: one JSON line per request with
+    its fields, failures always, successes sampled by trace id (the rule of
+    OpenTelemetry's ratio sampler), and the lines counted in /metrics."""
+    srv = start_server(make_repo(models=["logreg"]), config_text="[telemetry]\nlog_sample = 0.5\n")
+    body = json_infer_body(golden("logreg", "1").inputs)
+    hdr = {"Content-Type": "application/json"}
+    # Low 64 bits of the trace id 0 (under the ratio: logged), then all ones (over it: not logged).
+    kept = "00-" + "ab" * 8 + "0" * 16 + "-00f067aa0ba902b7-01"
+    skipped = "00-" + "ab" * 8 + "f" * 16 + "-00f067aa0ba902b7-01"
+    for rid, tp in (("kept-1", kept), ("skipped-1", skipped)):
+        status, _, resp = http_request(srv.base_url, "POST", "/v2/models/logreg/infer", body,
+                                       {**hdr, "x-request-id": rid, "traceparent": tp})
+        assert status == 200, resp
+    # A failure is logged whatever its trace id.
+    status, _, _ = http_request(srv.base_url, "POST", "/v2/models/logreg/infer", b"{",
+                                {**hdr, "x-request-id": "bad-\"1\"", "traceparent": skipped})
+    assert status == 400
+    lines = request_log_lines(srv, 2)
+    by_id = {r["request_id"]: r for r in lines}
+    assert set(by_id) == {"kept-1", 'bad-"1"'}, lines
+    ok = by_id["kept-1"]
+    assert ok["trace_id"] == "ab" * 8 + "0" * 16
+    assert (ok["protocol"], ok["model"], ok["outcome"]) == ("rest", "logreg", "success")
+    assert ok["version"] in ("1", "2") and ok["track"] == "stable"
+    assert ok["level"] == "INFO" and ok["message"] == "infer"
+    rows = golden("logreg", "1").inputs[0].array.shape[0]
+    assert ok["rows"] == rows and ok["request_bytes"] == rows * 20 * 4 and ok["latency_ms"] > 0
+    bad = by_id['bad-"1"']
+    assert (bad["outcome"], bad["status"]) == ("client_error", 400)
+    assert bad["error"]
+    text = get_metrics(srv)
+    assert metric_value(text, "greenbelt_request_log_lines_total") == 2
+    assert metric_value(text, "greenbelt_request_log_dropped_total") == 0
+
+
+def test_request_log_off(make_repo, start_server):
+    srv = start_server(make_repo(models=["logreg"]), config_text="[telemetry]\nlog_requests = false\n")
+    body = json_infer_body(golden("logreg", "1").inputs)
+    status, _, _ = http_request(srv.base_url, "POST", "/v2/models/logreg/infer", body,
+                                {"Content-Type": "application/json"})
+    assert status == 200
+    time.sleep(0.3)
+    assert request_log_lines(srv, 1, timeout=0.5) == []
+    assert metric_value(get_metrics(srv), "greenbelt_request_log_lines_total") == 0
+
+
 @pytest.mark.parametrize("path,version", [
     ("/v2/models/logreg/infer", "2"),
     ("/v2/models/logreg/versions/1/infer", "1"),
@@ -950,3 +1008,80 @@ def test_graceful_drain(make_repo, start_server):
     assert rc == 0, f"exit code {rc} after SIGTERM"
     assert exit_after < DRAIN_TIMEOUT_MS / 1000, f"exited {exit_after:.1f} s after SIGTERM"
     assert not any("drain timed out" in str(r.get("message")) for r in srv.log_records()), srv.log_tail()
+
+
+# ------------------------------------------------------------------ statistics and config
+
+
+def test_statistics_extension_over_http_and_grpc(make_repo, start_server):
+    """Triton's statistics extension, read by tritonclient over both
+    protocols: per-version success/fail counts and times, inference vs
+    execution counts (a dynamic batch executes once), per-batch-size table."""
+    repo = make_repo(models=["logreg"], configs={"logreg": (
+        "[batching]\nmax_batch_size = 64\nmax_queue_delay_us = 200000\n")})
+    srv = start_server(repo)
+    g = golden("logreg", "2")
+    # 4 requests of 2 rows each, sent together: the batcher merges them.
+    threads = [threading.Thread(target=infer_via, args=("http", srv, "logreg", g.rows(0, 2).inputs))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # One failure: wrong shape.
+    status, _, _ = http_request(srv.base_url, "POST", "/v2/models/logreg/infer",
+                                json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
+                                                        "data": [1, 2, 3]}]}).encode(),
+                                {"Content-Type": "application/json"})
+    assert status == 400
+    h = httpclient.InferenceServerClient(srv.http_url)
+    gc = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        hs = h.get_inference_statistics("logreg")["model_stats"]
+        gs = gc.get_inference_statistics("logreg", as_json=True)["model_stats"]
+        every = h.get_inference_statistics()["model_stats"]
+        one = gc.get_inference_statistics("logreg", "2", as_json=True)["model_stats"]
+        with pytest.raises(InferenceServerException):
+            h.get_inference_statistics("nope")
+        with pytest.raises(InferenceServerException):
+            gc.get_inference_statistics("nope")
+    finally:
+        h.close()
+        gc.close()
+    assert [s["version"] for s in hs] == ["2"] and [s["name"] for s in every] == ["logreg"]
+    s = hs[0]
+    st = s["inference_stats"]
+    assert st["success"]["count"] == 4 and st["success"]["ns"] > 0
+    assert st["fail"]["count"] == 1
+    assert st["queue"]["count"] == 4 and st["compute_infer"]["count"] == 4
+    assert s["inference_count"] == 8
+    assert 1 <= s["execution_count"] < 4, s  # batched: fewer runtime calls than requests
+    assert sum(b["compute_infer"]["count"] for b in s["batch_stats"]) == s["execution_count"]
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in s["batch_stats"]) == 8
+    assert s["last_inference"] > 1_700_000_000_000
+    # gRPC (protobuf JSON: uint64 as strings) says the same.
+    gst = gs[0]["inference_stats"]
+    assert int(gst["success"]["count"]) == 4 and int(gst["fail"]["count"]) == 1
+    assert int(gs[0]["inference_count"]) == 8 and int(gs[0]["execution_count"]) == s["execution_count"]
+    assert one[0]["version"] == "2"
+
+
+def test_model_config_endpoint(make_repo, start_server):
+    repo = make_repo(models=["logreg"], configs={"logreg": (
+        "[batching]\nmax_batch_size = 16\nmax_queue_delay_us = 500\n")})
+    srv = start_server(repo)
+    h = httpclient.InferenceServerClient(srv.http_url)
+    try:
+        c = h.get_model_config("logreg")
+        cv = h.get_model_config("logreg", "2")
+    finally:
+        h.close()
+    assert c["name"] == "logreg" and c["version"] == "2" and cv["version"] == "2"
+    assert c["max_batch_size"] == 16
+    assert c["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert [i["name"] for i in c["input"]] == ["input"] and c["input"][0]["data_type"] == "TYPE_FP32"
+    assert {o["name"] for o in c["output"]} == {"label", "probabilities"}
+    # the effective config.toml, defaults filled in
+    assert c["greenbelt"]["filename"] == "model.onnx" and c["greenbelt"]["batching"]["max_batch_size"] == 16
+    status, _, body = http_request(srv.base_url, "GET", "/v2/models/nope/config")
+    assert status == 404 and b"nope" in body

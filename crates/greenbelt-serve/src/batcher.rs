@@ -128,6 +128,16 @@ impl Batcher {
         Batcher { tx, max_batch_size }
     }
 
+    /// Requests waiting in the queue now (not yet taken by the batching loop).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The queue's bound (`max_queue_size`).
+    pub fn queue_limit(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Queue `inputs` (in signature order) and wait for the batched answer.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchReply, ServeError> {
         let rows = inputs.first().map_or(0, Tensor::rows);
@@ -285,6 +295,7 @@ async fn run_batch(
     metrics.batch(total_rows);
     match result {
         Ok((outputs, timing)) => {
+            metrics.execution(total_rows, timing.compute);
             let mut per_item: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::new()).collect();
             for out in &outputs {
                 match out.split(&rows) {

@@ -24,6 +24,11 @@ pub struct Config {
     pub auth: greenbelt_auth::AuthConfig,
     /// Bounds on decoding one request (`[limits]`, see `limits.rs`).
     pub limits: crate::limits::Limits,
+    /// Service-level objectives (`[[slo]]`); `greenbelt slo rules` turns
+    /// them into Prometheus rules (see `slo.rs`).
+    pub slo: Vec<crate::slo::SloConfig>,
+    /// The in-process evaluation of those SLOs (`/admin/alerts`, webhook).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,13 +179,25 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// One JSON log line per inference request.
+    /// One JSON log line per inference request (formatted and written off
+    /// the request path; see `crate::reqlog`).
     pub log_requests: bool,
+    /// Share of successful requests that get a log line, 0 < x <= 1 (failed
+    /// requests are always logged). Chosen by trace id, so a trace that is
+    /// continued across services is logged by all of them or none.
+    pub log_sample: f64,
+    /// Lines waiting for the log writer at most; past it lines are dropped
+    /// and counted in `greenbelt_request_log_dropped_total`.
+    pub log_queue: usize,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_requests: true }
+        TelemetryConfig {
+            log_requests: true,
+            log_sample: 1.0,
+            log_queue: 65_536,
+        }
     }
 }
 
@@ -275,6 +292,29 @@ impl Config {
         if s.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "[server] request_timeout_ms must be > 0".into(),
+            ));
+        }
+        for (i, slo) in self.slo.iter().enumerate() {
+            slo.validate(i).map_err(ConfigError::Invalid)?;
+            if self.slo[..i].iter().any(|o| o.name() == slo.name()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[slo]] #{}: the name \"{}\" is used twice; give one of them a `name`",
+                    i + 1,
+                    slo.name()
+                )));
+            }
+        }
+        self.alerts.validate().map_err(ConfigError::Invalid)?;
+        let t = &self.telemetry;
+        if !(t.log_sample > 0.0 && t.log_sample <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "[telemetry] log_sample must be in (0, 1], got {}; turn the log off with log_requests = false",
+                t.log_sample
+            )));
+        }
+        if t.log_queue == 0 {
+            return Err(ConfigError::Invalid(
+                "[telemetry] log_queue must be > 0".into(),
             ));
         }
         if self.registry.poll_interval_ms == 0 {

@@ -18,7 +18,8 @@ use crate::compute::Compute;
 use crate::config::Config;
 use crate::error::ServeError;
 use crate::metrics::Metrics;
-use crate::repository::{Repository, Routed};
+use crate::repository::{Repository, Routed, ServedVersion};
+use crate::reqlog::RequestLog;
 use crate::routing::{TRACK_HEADER, Track};
 use crate::shadow::Shadows;
 pub use crate::stages::admit::{Admission, Permit};
@@ -39,6 +40,10 @@ pub struct AppState {
     pub admission: Admission,
     /// Tokens and roles (see `greenbelt-auth`).
     pub auth: Arc<Auth>,
+    /// The request log's queue and writer.
+    pub request_log: RequestLog,
+    /// In-process SLO burn-rate alerts (`[[slo]]`, `[alerts]`).
+    pub alerts: Arc<crate::alerts::Alerts>,
     ready: AtomicBool,
 }
 
@@ -59,6 +64,11 @@ impl AppState {
                 metrics.clone(),
             ),
             executor: Executor::new(compute, timeout),
+            request_log: RequestLog::process(&config.telemetry, metrics.request_log.clone()),
+            alerts: Arc::new(crate::alerts::Alerts::new(
+                &config.slo,
+                config.alerts.clone(),
+            )),
             auth,
             config,
             repository,
@@ -83,7 +93,7 @@ impl AppState {
     fn observer(&self) -> Observer<'_> {
         Observer {
             metrics: &self.metrics,
-            telemetry: &self.config.telemetry,
+            log: &self.request_log,
         }
     }
 
@@ -128,7 +138,7 @@ pub async fn infer(
     version: Option<&str>,
     req: InferRequest,
     ctx: &RequestContext,
-) -> Result<(InferResponse, Track), ServeError> {
+) -> Result<(InferResponse, Track, Arc<ServedVersion>), ServeError> {
     let _permit = permit;
     let observer = state.observer();
     let routed = match route(state, model, version, ctx) {
@@ -170,7 +180,7 @@ pub async fn infer(
                     &ctx.request_id,
                 );
             }
-            Ok((answered.response, routed.track))
+            Ok((answered.response, routed.track, routed.served.clone()))
         }
         Err(e) => {
             observer.finished(ctx, &seen, Err(&e), &stats);
@@ -199,6 +209,7 @@ async fn answer(
     stats.rows = req.rows();
     stats.request_bytes = req.payload_bytes();
     let valid = validate(&served.signature, req)?;
+    served.schema.observe_inputs(&valid.inputs);
     let mirror = mirror_for(routed, &valid.inputs);
     let done = state.executor.execute(served, valid.inputs).await?;
     stats.queue = done.queue;
@@ -211,6 +222,7 @@ async fn answer(
     {
         outputs.push(a.statuses);
     }
+    served.schema.observe_outputs(&outputs);
     Ok(Answered {
         response: InferResponse {
             model_name: served.model_name.to_string(),

@@ -7,11 +7,13 @@
 //! transport encode; see [`stages`]. Nothing on this path waits for
 //! telemetry.
 
+pub mod alerts;
 pub mod batcher;
 pub mod compute;
 pub mod config;
 pub mod deployment;
 pub mod error;
+pub mod exposition;
 pub mod fault;
 pub mod features;
 pub mod grpc;
@@ -22,10 +24,14 @@ pub mod listen;
 pub mod live;
 pub mod metrics;
 pub mod repository;
+pub mod reqlog;
 pub mod routing;
+pub mod schema;
 pub mod server;
 pub mod shadow;
+pub mod slo;
 pub mod stages;
+pub mod stats;
 pub mod telemetry;
 
 pub use greenbelt_auth as auth;

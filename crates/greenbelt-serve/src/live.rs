@@ -134,6 +134,17 @@ pub struct Window {
 }
 
 impl LiveSnapshot {
+    /// Requests that took at most `us` microseconds (whole buckets only:
+    /// a bucket straddling `us` counts as slower).
+    pub fn at_most_us(&self, us: u64) -> u64 {
+        self.latency
+            .iter()
+            .enumerate()
+            .take_while(|(i, _)| bucket_upper(*i) <= us)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The window between `earlier` and `self` (counts never go down; a
     /// reset version counts from zero).
     pub fn since(&self, earlier: &LiveSnapshot) -> Window {

@@ -75,6 +75,18 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnlyLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -167,6 +179,13 @@ pub struct Metrics {
     shadow_duration: Family<DeploymentVersionLabels, Histogram, Buckets>,
     canary_weight: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollout_events: Family<EventLabels, Counter>,
+    api_requests: Family<ApiLabels, Counter>,
+    wire_request_bytes: Family<VersionLabels, Histogram, Buckets>,
+    wire_response_bytes: Family<VersionLabels, Histogram, Buckets>,
+    schema_changes: Family<VersionLabels, Counter>,
+    api_duration: Family<RouteOnlyLabels, Histogram, Buckets>,
+    /// Lines the request log wrote and dropped (`crate::reqlog`).
+    pub request_log: crate::reqlog::LogCounters,
     /// Text blocks other subsystems keep current (the feature store's
     /// freshness gauges), appended to the exposition by name.
     external: std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>,
@@ -203,6 +222,12 @@ impl Metrics {
             canary_weight: Family::default(),
             external: Default::default(),
             rollout_events: Family::default(),
+            request_log: Default::default(),
+            api_requests: Family::default(),
+            wire_request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            wire_response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            schema_changes: Family::default(),
+            api_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
             registry: Registry::default(),
         };
         registry.register(
@@ -300,6 +325,41 @@ impl Metrics {
             "Rollout transitions: started, promoted, aborted, paused, inconclusive, rolled_back",
             m.rollout_events.clone(),
         );
+        registry.register(
+            "greenbelt_request_wire_bytes",
+            "Size of successful inference requests on the wire (REST body, gRPC message)",
+            m.wire_request_bytes.clone(),
+        );
+        registry.register(
+            "greenbelt_response_wire_bytes",
+            "Size of inference responses on the wire (REST body, gRPC message)",
+            m.wire_response_bytes.clone(),
+        );
+        registry.register(
+            "greenbelt_schema_changes",
+            "Requests or answers whose payload schema departed from what the version had seen (see /admin/schema)",
+            m.schema_changes.clone(),
+        );
+        registry.register(
+            "greenbelt_http_requests",
+            "Requests to the API outside inference (registry, features, admin, metadata), by route template, method and status",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "greenbelt_http_request_duration_seconds",
+            "Time to answer an API request outside inference, by route template",
+            m.api_duration.clone(),
+        );
+        registry.register(
+            "greenbelt_request_log_lines",
+            "Request-log lines written",
+            m.request_log.written.clone(),
+        );
+        registry.register(
+            "greenbelt_request_log_dropped",
+            "Request-log lines dropped because the writer's queue ([telemetry] log_queue) was full",
+            m.request_log.dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -355,6 +415,9 @@ impl Metrics {
                     .clone()
             })
         });
+        let wire_request = self.wire_request_bytes.get_or_create(&labels).clone();
+        let wire_response = self.wire_response_bytes.get_or_create(&labels).clone();
+        let schema_changes = self.schema_changes.get_or_create(&labels).clone();
         VersionMetrics {
             inner: Arc::new(VersionMetricsInner {
                 requests,
@@ -374,6 +437,10 @@ impl Metrics {
                 route_family: self.route_requests.clone(),
                 route_labels: labels,
                 routed: Default::default(),
+                stats: Default::default(),
+                wire_request,
+                wire_response,
+                schema_changes,
             }),
         }
     }
@@ -386,6 +453,48 @@ impl Metrics {
         self.model_ready
             .get_or_create(&labels)
             .set(i64::from(ready));
+    }
+
+    /// Remove every per-version series of a version that is no longer
+    /// served (unloaded, or dropped by a reload), so dashboards and alerts
+    /// do not see it as a live version that went quiet.
+    pub fn forget_version(&self, model: &str, version: &str) {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        for p in [Protocol::Rest, Protocol::Grpc] {
+            for o in Outcome::ALL {
+                self.requests.remove(&RequestLabels {
+                    model: model.to_string(),
+                    version: version.to_string(),
+                    protocol: p.as_str().to_string(),
+                    outcome: o.as_str().to_string(),
+                });
+            }
+        }
+        for family in [
+            &self.request_duration,
+            &self.queue_duration,
+            &self.compute_duration,
+            &self.request_bytes,
+            &self.response_bytes,
+            &self.batch_size,
+            &self.wire_request_bytes,
+            &self.wire_response_bytes,
+        ] {
+            family.remove(&labels);
+        }
+        self.schema_changes.remove(&labels);
+        self.model_ready.remove(&labels);
+        self.load_duration.remove(&labels);
+        for track in crate::routing::Track::ALL {
+            self.route_requests.remove(&RouteLabels {
+                deployment: model.to_string(),
+                version: version.to_string(),
+                track: track.as_str().to_string(),
+            });
+        }
     }
 
     pub fn set_load_duration(&self, model: &str, version: &str, took: Duration) {
@@ -473,6 +582,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Count one non-inference API request (`route` is the matched route
+    /// template, so label values are bounded).
+    pub fn api_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.api_duration
+            .get_or_create(&RouteOnlyLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// Count a request that failed before a model version was resolved.
     pub fn unresolved(&self, protocol: Protocol, outcome: Outcome) {
         self.requests
@@ -501,6 +627,11 @@ struct VersionMetricsInner {
     route_family: Family<RouteLabels, Counter>,
     route_labels: VersionLabels,
     routed: [std::sync::OnceLock<Counter>; 4],
+    /// Triton-shaped statistics (`/v2/models/{m}/stats`).
+    stats: crate::stats::VersionStats,
+    wire_request: Histogram,
+    wire_response: Histogram,
+    schema_changes: Counter,
 }
 
 /// Pre-resolved metric handles of one model version; cheap to clone.
@@ -521,6 +652,7 @@ impl VersionMetrics {
         }
         self.inner.request_duration.observe(took.as_secs_f64());
         self.inner.live.record(outcome, took);
+        self.inner.stats.request(outcome == Outcome::Success, took);
     }
 
     /// Count a request its deployment routed here, on `track`. Allocates
@@ -553,10 +685,53 @@ impl VersionMetrics {
 
     pub fn queue(&self, took: Duration) {
         self.inner.queue_duration.observe(took.as_secs_f64());
+        self.inner.stats.queue(took);
     }
 
     pub fn compute(&self, took: Duration) {
         self.inner.compute_duration.observe(took.as_secs_f64());
+        self.inner.stats.compute(took);
+    }
+
+    /// Requests so far by outcome, both protocols together.
+    pub fn outcome_counts(&self) -> [(Outcome, u64); 5] {
+        Outcome::ALL.map(|o| {
+            let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0);
+            let n = self
+                .inner
+                .requests
+                .iter()
+                .filter_map(|row| row.get(i))
+                .map(Counter::get)
+                .sum();
+            (o, n)
+        })
+    }
+
+    /// A successful request's size on the wire, and its answer's.
+    pub fn wire(&self, request_bytes: usize, response_bytes: usize) {
+        self.inner.wire_request.observe(request_bytes as f64);
+        self.inner.wire_response.observe(response_bytes as f64);
+    }
+
+    /// The counter of this version's schema-change events.
+    pub fn schema_counter(&self) -> Counter {
+        self.inner.schema_changes.clone()
+    }
+
+    /// A successful request's rows.
+    pub fn rows(&self, rows: usize) {
+        self.inner.stats.rows(rows);
+    }
+
+    /// One runtime call: `rows` rows (a whole dynamic batch) in `took`.
+    pub fn execution(&self, rows: usize, took: Duration) {
+        self.inner.stats.execution(rows, took);
+    }
+
+    /// This version's statistics in Triton's shape.
+    pub fn stats(&self, name: &str, version: &str) -> crate::stats::ModelStat {
+        self.inner.stats.snapshot(name, version)
     }
 
     pub fn payload(&self, request_bytes: usize, response_bytes: usize) {
@@ -596,6 +771,13 @@ mod tests {
         m.set_ready("fraud", "1", true);
         m.shed("inflight");
         let text = m.encode();
+        m.version("fraud", "2")
+            .request(Protocol::Grpc, Outcome::Timeout, Duration::ZERO);
+        m.set_ready("fraud", "2", true);
+        m.forget_version("fraud", "2");
+        let after = m.encode();
+        assert!(!after.contains("version=\"2\""), "{after}");
+        assert!(after.contains("greenbelt_model_ready{model=\"fraud\",version=\"1\"} 1"));
         for name in [
             "greenbelt_requests_total{model=\"fraud\",version=\"1\",protocol=\"rest\",outcome=\"success\"} 1",
             "greenbelt_request_duration_seconds_bucket",

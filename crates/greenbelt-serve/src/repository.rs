@@ -148,6 +148,8 @@ pub struct ServedVersion {
     pub platform: &'static str,
     /// The feature service this version reads (from its config).
     pub features: Option<crate::features::FeatureInputConfig>,
+    /// The payload schema seen on the wire (`/admin/schema/{model}`).
+    pub schema: crate::schema::SchemaTracker,
     stamp: FileStamp,
 }
 
@@ -424,7 +426,7 @@ impl Repository {
         }
         if let Some(prev) = &previous {
             for v in prev.versions.keys().filter(|v| !versions.contains_key(v)) {
-                self.metrics.set_ready(name, &v.to_string(), false);
+                self.metrics.forget_version(name, &v.to_string());
             }
         }
         for v in versions.keys() {
@@ -568,7 +570,7 @@ impl Repository {
         let previous = self.get(name);
         if let Some(prev) = &previous {
             for v in prev.versions.keys().filter(|v| !versions.contains_key(v)) {
-                self.metrics.set_ready(name, &v.to_string(), false);
+                self.metrics.forget_version(name, &v.to_string());
             }
         }
         for v in versions.keys() {
@@ -703,6 +705,11 @@ impl Repository {
             runtime,
             signature,
             batcher,
+            schema: crate::schema::SchemaTracker::new(
+                Arc::from(name),
+                Arc::from(label.as_str()),
+                metrics.schema_counter(),
+            ),
             metrics,
             features: config.features.clone(),
             stamp: stamp.unwrap_or(FileStamp {
@@ -755,7 +762,7 @@ impl Repository {
         match removed {
             Some(entry) => {
                 for v in entry.versions.keys() {
-                    self.metrics.set_ready(name, &v.to_string(), false);
+                    self.metrics.forget_version(name, &v.to_string());
                 }
                 tracing::info!(model = name, "model unloaded");
                 Ok(())

@@ -120,6 +120,9 @@ impl Server {
         state
             .shadows
             .spawn_workers(state.executor.clone(), shadow_concurrency);
+        if !state.alerts.is_empty() {
+            state.alerts.clone().spawn(repository.clone());
+        }
         if load_on_startup {
             if !repository.root().is_dir() {
                 tracing::warn!(path = %repository.root().display(), "model repository directory does not exist; serving no models");
@@ -175,10 +178,15 @@ impl Server {
         if let Some(extra) = self.extra {
             router = router.merge(extra);
         }
-        let router = router.layer(axum::middleware::from_fn_with_state(
-            self.state.auth.clone(),
-            greenbelt_auth::middleware,
-        ));
+        let router = router
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.auth.clone(),
+                greenbelt_auth::middleware,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.metrics.clone(),
+                crate::http::api_metrics,
+            ));
         let limits = ConnLimits::from_config(&self.state.config.server);
         let drain = Duration::from_millis(self.state.config.server.drain_timeout_ms);
         let http = tokio::spawn(crate::listen::serve_http(

@@ -8,6 +8,7 @@ mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
 mod rollout_cmd;
+mod slo_cmd;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,8 @@ enum Command {
     Shadow(rollout_cmd::ShadowArgs),
     /// Incident drills, each one command with a measured report.
     Drill(drill_cmd::Args),
+    /// Service-level objectives: generate Prometheus rules and alerts.
+    Slo(slo_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +89,10 @@ fn init_logging(format: LogFormat, to_stdout: bool) -> tracing_appender::non_blo
     } else {
         tracing_appender::non_blocking(std::io::stderr())
     };
+    greenbelt_serve::reqlog::set_output(greenbelt_serve::reqlog::Output {
+        stderr: !to_stdout,
+        text: matches!(format, LogFormat::Text),
+    });
     let filter =
         EnvFilter::try_from_env("GREENBELT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -171,6 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Rollout(args) => rollout_cmd::run(args).await,
             Command::Shadow(args) => rollout_cmd::shadow(args).await,
             Command::Drill(args) => drill_cmd::run(args).await,
+            Command::Slo(args) => slo_cmd::run(args).await,
         }
     });
     match result {

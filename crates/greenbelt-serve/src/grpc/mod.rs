@@ -64,6 +64,43 @@ fn status(e: ServeError) -> Status {
     Status::new(e.grpc_code(), e.to_string())
 }
 
+fn stats_pb(m: crate::stats::ModelStat) -> pb::ModelStatistics {
+    let d = |d: crate::stats::DurationStat| {
+        Some(pb::StatisticDuration {
+            count: d.count,
+            ns: d.ns,
+        })
+    };
+    let i = m.inference_stats;
+    pb::ModelStatistics {
+        name: m.name,
+        version: m.version,
+        last_inference: m.last_inference,
+        inference_count: m.inference_count,
+        execution_count: m.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: d(i.success),
+            fail: d(i.fail),
+            queue: d(i.queue),
+            compute_input: d(i.compute_input),
+            compute_infer: d(i.compute_infer),
+            compute_output: d(i.compute_output),
+            cache_hit: d(i.cache_hit),
+            cache_miss: d(i.cache_miss),
+        }),
+        batch_stats: m
+            .batch_stats
+            .into_iter()
+            .map(|b| pb::InferBatchStatistics {
+                batch_size: b.batch_size,
+                compute_input: d(b.compute_input),
+                compute_infer: d(b.compute_infer),
+                compute_output: d(b.compute_output),
+            })
+            .collect(),
+    }
+}
+
 fn tensor_meta(
     specs: &[greenbelt_core::TensorSpec],
 ) -> Vec<pb::model_metadata_response::TensorMetadata> {
@@ -343,16 +380,13 @@ impl GrpcInferenceService for GrpcService {
         let version = r.model_version.clone();
         // tonic has decoded the message (bounded by max_request_bytes);
         // admission by its size comes before the tensors are built from it.
-        let admitted = self
-            .state
-            .admission
-            .admit(prost::Message::encoded_len(&r))
-            .and_then(|permit| {
-                Ok((
-                    permit,
-                    decode_request(r, &self.state.config.limits.decode())?,
-                ))
-            });
+        let wire_len = prost::Message::encoded_len(&r);
+        let admitted = self.state.admission.admit(wire_len).and_then(|permit| {
+            Ok((
+                permit,
+                decode_request(r, &self.state.config.limits.decode())?,
+            ))
+        });
         let (permit, decoded) = match admitted {
             Ok(d) => d,
             Err(e) => {
@@ -360,10 +394,15 @@ impl GrpcInferenceService for GrpcService {
                 return Err(status(e));
             }
         };
-        let (out, track) = infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
-            .await
-            .map_err(status)?;
-        let mut resp = Response::new(encode_response(out));
+        let (out, track, served) =
+            infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
+                .await
+                .map_err(status)?;
+        let encoded = encode_response(out);
+        served
+            .metrics
+            .wire(wire_len, prost::Message::encoded_len(&encoded));
+        let mut resp = Response::new(encoded);
         resp.metadata_mut().insert(
             crate::routing::TRACK_HEADER,
             tonic::metadata::MetadataValue::from_static(track.as_str()),
@@ -375,6 +414,39 @@ impl GrpcInferenceService for GrpcService {
             resp.metadata_mut().insert("x-request-id", v);
         }
         Ok(resp)
+    }
+
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = req.into_inner();
+        let repo = &self.state.repository;
+        // Triton's rules: no name = every model, no version = every version.
+        let versions: Vec<Arc<crate::repository::ServedVersion>> = if r.name.is_empty() {
+            repo.loaded()
+                .iter()
+                .flat_map(|e| e.versions.values().cloned())
+                .collect()
+        } else if r.version.is_empty() {
+            match repo.get(&r.name) {
+                Some(e) => e.versions.values().cloned().collect(),
+                None => {
+                    return Err(status(
+                        repo.resolve(&r.name, None)
+                            .err()
+                            .unwrap_or_else(|| ServeError::ModelNotFound(r.name.clone())),
+                    ));
+                }
+            }
+        } else {
+            vec![repo.resolve(&r.name, Some(&r.version)).map_err(status)?]
+        };
+        let model_stats = versions
+            .iter()
+            .map(|v| stats_pb(v.metrics.stats(&v.model_name, &v.version_label)))
+            .collect();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
     async fn repository_index(

@@ -47,6 +47,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(version_stats),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(version_config),
+        )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
@@ -56,6 +67,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/deployments/{model}", get(deployment_status))
         .route("/admin/shadow/{model}", get(shadow_report))
+        .route("/admin/alerts", get(alerts_report))
+        .route("/admin/schema/{model}", get(schema_report))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -157,6 +170,112 @@ async fn version_metadata(
     )))
 }
 
+/// Triton's statistics extension: `{"model_stats": [...]}` for the loaded
+/// versions of every model, one model, or one version.
+fn stats_json(versions: impl Iterator<Item = Arc<ServedVersion>>) -> serde_json::Value {
+    let stats: Vec<_> = versions
+        .map(|v| v.metrics.stats(&v.model_name, &v.version_label))
+        .collect();
+    json!({ "model_stats": stats })
+}
+
+async fn all_stats(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let versions = state
+        .repository
+        .loaded()
+        .into_iter()
+        .flat_map(|e| e.versions.values().cloned().collect::<Vec<_>>());
+    axum::Json(stats_json(versions))
+}
+
+/// The loaded entry of `model`, or the error `resolve` gives for it (404,
+/// or 503 while it is not ready).
+fn entry(state: &AppState, model: &str) -> Result<Arc<crate::repository::ModelEntry>, ApiError> {
+    match state.repository.get(model) {
+        Some(e) => Ok(e),
+        None => Err(ApiError(
+            state
+                .repository
+                .resolve(model, None)
+                .err()
+                .unwrap_or_else(|| ServeError::ModelNotFound(model.to_string())),
+        )),
+    }
+}
+
+async fn model_stats(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &model)?;
+    Ok(axum::Json(stats_json(entry.versions.values().cloned())))
+}
+
+async fn version_stats(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let served = state.repository.resolve(&model, Some(&version))?;
+    Ok(axum::Json(stats_json(std::iter::once(served))))
+}
+
+/// The effective configuration of a model: what `config.toml` set with the
+/// defaults filled in, the signature the server enforces (graph plus
+/// overrides), and the Triton-style fields clients look for.
+fn config_json(entry: &crate::repository::ModelEntry, served: &ServedVersion) -> serde_json::Value {
+    let tensors = |specs: &[greenbelt_core::TensorSpec]| -> Vec<serde_json::Value> {
+        specs
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "data_type": format!("TYPE_{}", s.datatype.as_str()),
+                    "datatype": s.datatype.as_str(),
+                    "dims": s.shape,
+                })
+            })
+            .collect()
+    };
+    let batching = entry.config.batching.as_ref();
+    json!({
+        "name": &*served.model_name,
+        "version": &*served.version_label,
+        "platform": served.platform,
+        "backend": served.runtime.backend().as_str(),
+        "max_batch_size": batching.map_or(0, |b| b.max_batch_size),
+        "input": tensors(&served.signature.inputs),
+        "output": tensors(&served.signature.outputs),
+        "dynamic_batching": batching.map(|b| json!({
+            "max_queue_delay_microseconds": b.max_queue_delay_us,
+            "preferred_batch_size": b.preferred_batch_sizes,
+            "max_queue_size": b.max_queue_size,
+        })),
+        "instance_group": [{ "count": entry.config.instances, "kind": "KIND_CPU" }],
+        "version_policy": entry.config.version_policy,
+        "default_version": entry.default().map(|v| v.version_label.to_string()),
+        "deployment": entry.routing.is_some(),
+        "greenbelt": entry.config,
+    })
+}
+
+async fn model_config(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &model)?;
+    let served = state.repository.resolve(&model, None)?;
+    Ok(axum::Json(config_json(&entry, &served)))
+}
+
+async fn version_config(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &model)?;
+    let served = state.repository.resolve(&model, Some(&version))?;
+    Ok(axum::Json(config_json(&entry, &served)))
+}
+
 fn ready_response(
     state: &AppState,
     model: &str,
@@ -221,7 +340,7 @@ async fn admit_and_decode(
     state: &AppState,
     ctx: &RequestContext,
     body: Body,
-) -> Result<(Permit, InferRequest), ServeError> {
+) -> Result<(Permit, InferRequest, usize), ServeError> {
     let limit = state.config.server.max_request_bytes;
     let declared = match header_str(&ctx.headers, "content-length") {
         None => None,
@@ -254,7 +373,7 @@ async fn admit_and_decode(
         })?),
     };
     let req = codec::decode_request(&body, header_len, &state.config.limits.decode())?;
-    Ok((permit, req))
+    Ok((permit, req, body.len()))
 }
 
 async fn handle_infer(
@@ -279,12 +398,17 @@ async fn handle_infer(
             state.reject(&ctx, &model, &e);
             ApiError(e).into_response()
         }
-        Ok((permit, req)) => {
+        Ok((permit, req, wire_len)) => {
             let requested = req.outputs.clone();
             let binary_output = req.binary_output;
             match infer(&state, permit, &model, version.as_deref(), req, &ctx).await {
                 Err(e) => ApiError(e).into_response(),
-                Ok((out, track)) => encode(&out, &requested, binary_output, track),
+                Ok((out, track, served)) => {
+                    let resp = encode(&out, &requested, binary_output, track);
+                    let sent = axum::body::HttpBody::size_hint(resp.body()).exact();
+                    served.metrics.wire(wire_len, sent.unwrap_or(0) as usize);
+                    resp
+                }
             }
         }
     };
@@ -423,13 +547,64 @@ async fn shadow_report(
     Ok(axum::Json(state.shadows.reports(&model)).into_response())
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+/// Count and time every API request outside inference (inference has its
+/// own per-version metrics). Labelled by the matched route template, so a
+/// client cannot create label values; unmatched paths are not counted.
+pub async fn api_metrics(
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let Some(route) = route.filter(|r| !r.ends_with("/infer")) else {
+        return next.run(req).await;
+    };
+    let method = req.method().clone();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics.api_request(
+        &route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// The payload schema each loaded version of `model` has seen, with its
+/// recent schema-change events.
+async fn schema_report(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &model)?;
+    let versions: serde_json::Map<String, serde_json::Value> = entry
+        .versions
+        .values()
+        .map(|v| (v.version_label.to_string(), v.schema.report()))
+        .collect();
+    Ok(axum::Json(json!({ "model": model, "versions": versions })))
+}
+
+/// The in-process SLO evaluation: error ratios, burn rates, alert states.
+async fn alerts_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(state.alerts.report())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    use crate::exposition::{OPENMETRICS, PROMETHEUS_TEXT, openmetrics, to_prometheus_text};
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let body = openmetrics(&state);
+    if crate::exposition::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&body),
+        )
+            .into_response()
+    }
 }

@@ -54,6 +54,9 @@ impl Executor {
             None => {
                 let runtime = served.runtime.clone();
                 let (result, timing) = self.compute.run(move || runtime.infer(&inputs)).await?;
+                if result.is_ok() {
+                    served.metrics.execution(rows, timing.compute);
+                }
                 Ok(Executed {
                     outputs: result?,
                     queue: timing.wait,

@@ -1,18 +1,18 @@
 //! Observe: what happens after the answer is known and costs the client
 //! nothing it waits for — per-version metrics (pre-resolved handles), one
-//! JSON log line, and the shadow copies (offered to a bounded queue with
+//! log record queued for the writer thread (`crate::reqlog`), and the shadow copies (offered to a bounded queue with
 //! `try_send`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use greenbelt_core::Tensor;
 use tokio::time::Instant;
 
-use crate::config::TelemetryConfig;
 use crate::error::{Outcome, ServeError};
 use crate::metrics::{Metrics, Protocol};
 use crate::repository::ServedVersion;
+use crate::reqlog::{Record, RequestLog};
 use crate::routing::Track;
 use crate::shadow::{ShadowJob, Shadows};
 
@@ -54,7 +54,7 @@ pub struct Seen<'a> {
 /// The telemetry sinks the request path writes to.
 pub struct Observer<'a> {
     pub metrics: &'a Metrics,
-    pub telemetry: &'a TelemetryConfig,
+    pub log: &'a RequestLog,
 }
 
 impl Observer<'_> {
@@ -77,6 +77,7 @@ impl Observer<'_> {
                 if result.is_ok() {
                     served.metrics.queue(stats.queue);
                     served.metrics.compute(stats.compute);
+                    served.metrics.rows(stats.rows);
                     served
                         .metrics
                         .payload(stats.request_bytes, stats.response_bytes);
@@ -103,46 +104,31 @@ impl Observer<'_> {
         stats: &Stats,
         took: Duration,
     ) {
-        if !self.telemetry.log_requests {
+        if !self.log.wants(&ctx.trace_id, result.is_err()) {
             return;
         }
-        let track = seen.track.map_or("", Track::as_str);
-        let version = seen.served.map_or("", |v| &*v.version_label);
-        let latency_ms = took.as_secs_f64() * 1000.0;
-        match result {
-            Ok(()) => tracing::info!(
-                target: "greenbelt::request",
-                request_id = %ctx.request_id,
-                trace_id = %ctx.trace_id,
-                protocol = ctx.protocol.as_str(),
-                model = seen.model,
-                version,
-                track,
-                outcome = "success",
-                latency_ms,
-                queue_ms = stats.queue.as_secs_f64() * 1000.0,
-                compute_ms = stats.compute.as_secs_f64() * 1000.0,
-                rows = stats.rows,
-                batch_rows = stats.batch_rows,
-                request_bytes = stats.request_bytes,
-                response_bytes = stats.response_bytes,
-                "infer"
-            ),
-            Err(e) => tracing::info!(
-                target: "greenbelt::request",
-                request_id = %ctx.request_id,
-                trace_id = %ctx.trace_id,
-                protocol = ctx.protocol.as_str(),
-                model = seen.model.chars().take(200).collect::<String>(),
-                version,
-                track,
-                outcome = e.outcome().as_str(),
-                status = e.http_status().as_u16(),
-                latency_ms,
-                error = %e,
-                "infer"
-            ),
-        }
+        let (outcome, error) = match result {
+            Ok(()) => (Outcome::Success, None),
+            Err(e) => (e.outcome(), Some((e.http_status().as_u16(), e.to_string()))),
+        };
+        self.log.log(Record {
+            at: SystemTime::now(),
+            request_id: ctx.request_id.clone(),
+            trace_id: ctx.trace_id.clone(),
+            protocol: ctx.protocol.as_str(),
+            model: seen.model.to_string(),
+            version: seen.served.map(|v| v.version_label.clone()),
+            track: seen.track.map_or("", Track::as_str),
+            outcome: outcome.as_str(),
+            error,
+            latency: took,
+            queue: stats.queue,
+            compute: stats.compute,
+            rows: stats.rows,
+            batch_rows: stats.batch_rows,
+            request_bytes: stats.request_bytes,
+            response_bytes: stats.response_bytes,
+        });
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod alerts;
 mod errors;
 mod grpc;
 mod lifecycle;
