@@ -47,8 +47,9 @@ pub fn policy(method: &Method, path: &str) -> Need {
     {
         return Need::ModelControl;
     }
-    // Shadow reports carry samples of live request inputs.
-    if path.starts_with("/admin/shadow/") {
+    // Shadow reports carry samples of live request inputs; the dashboard's
+    // data shows live traffic of every deployment (the page itself is static).
+    if path.starts_with("/admin/shadow/") || path == "/dashboard/data" {
         return Need::Role(Role::Viewer);
     }
     if method == Method::GET || method == Method::HEAD {
@@ -143,6 +144,8 @@ mod tests {
                 Need::ModelControl,
             ),
             (Method::GET, "/admin/shadow/m", Need::Role(Role::Viewer)),
+            (Method::GET, "/dashboard/data", Need::Role(Role::Viewer)),
+            (Method::GET, "/dashboard", Need::Public),
             (Method::GET, "/admin/deployments/m", Need::Public),
             (
                 Method::POST,

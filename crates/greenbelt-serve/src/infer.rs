@@ -44,6 +44,8 @@ pub struct AppState {
     pub request_log: RequestLog,
     /// In-process SLO burn-rate alerts (`[[slo]]`, `[alerts]`).
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// The built-in dashboard's minute of samples.
+    pub dashboard: Arc<crate::dashboard::Sampler>,
     ready: AtomicBool,
 }
 
@@ -65,6 +67,7 @@ impl AppState {
             ),
             executor: Executor::new(compute, timeout),
             request_log: RequestLog::process(&config.telemetry, metrics.request_log.clone()),
+            dashboard: Arc::default(),
             alerts: Arc::new(crate::alerts::Alerts::new(
                 &config.slo,
                 config.alerts.clone(),

@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod batcher;
 pub mod compute;
 pub mod config;
+pub mod dashboard;
 pub mod deployment;
 pub mod error;
 pub mod exposition;

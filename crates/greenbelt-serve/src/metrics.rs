@@ -389,6 +389,14 @@ impl Metrics {
         out
     }
 
+    /// Every externally computed block, concatenated.
+    pub fn external_text(&self) -> String {
+        self.external
+            .read()
+            .map(|e| e.values().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
     /// Replace the named block of externally computed metrics (Prometheus
     /// text, `# HELP`/`# TYPE` included).
     pub fn set_external(&self, name: &'static str, text: String) {
@@ -741,6 +749,11 @@ impl VersionMetrics {
 
     pub fn batch(&self, rows: usize) {
         self.inner.batch_size.observe(rows as f64);
+    }
+
+    /// Requests of this version's model in flight now.
+    pub fn inflight_now(&self) -> i64 {
+        self.inner.inflight.get()
     }
 
     /// Count a request in flight until the guard drops.

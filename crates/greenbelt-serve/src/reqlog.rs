@@ -233,6 +233,8 @@ fn write_loop(rx: Receiver<Record>, mut out: Box<dyn Write + Send>, text: bool, 
         // After a full buffer more may be waiting: go again at once;
         // otherwise let lines gather.
         if !full {
+            // This is the log's own OS thread, not an executor thread.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(POLL);
         }
     }

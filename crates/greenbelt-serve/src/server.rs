@@ -120,6 +120,7 @@ impl Server {
         state
             .shadows
             .spawn_workers(state.executor.clone(), shadow_concurrency);
+        state.dashboard.clone().spawn(Arc::downgrade(&state));
         if !state.alerts.is_empty() {
             state.alerts.clone().spawn(repository.clone());
         }

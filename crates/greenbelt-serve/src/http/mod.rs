@@ -68,6 +68,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/deployments/{model}", get(deployment_status))
         .route("/admin/shadow/{model}", get(shadow_report))
         .route("/admin/alerts", get(alerts_report))
+        .route("/dashboard", get(dashboard_page))
+        .route("/dashboard/data", get(dashboard_data))
         .route("/admin/schema/{model}", get(schema_report))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -587,6 +589,25 @@ async fn schema_report(
         .map(|v| (v.version_label.to_string(), v.schema.report()))
         .collect();
     Ok(axum::Json(json!({ "model": model, "versions": versions })))
+}
+
+/// The dashboard page (static; its data needs a viewer token when tokens
+/// are configured).
+async fn dashboard_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::dashboard::PAGE,
+    )
+}
+
+async fn dashboard_data(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(crate::dashboard::data(&state)),
+    )
 }
 
 /// The in-process SLO evaluation: error ratios, burn rates, alert states.

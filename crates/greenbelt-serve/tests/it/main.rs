@@ -6,6 +6,7 @@
 mod support;
 
 mod alerts;
+mod dashboard;
 mod errors;
 mod grpc;
 mod lifecycle;

@@ -296,3 +296,27 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     s.stop().await;
 }
+
+/// The dashboard page is static and public; its data (live traffic of every
+/// deployment) needs a viewer token when tokens are configured.
+#[tokio::test]
+async fn dashboard_data_needs_a_viewer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = with_tokens(&dir).await;
+    let (status, _) = s.get("/dashboard/data").await;
+    assert_eq!(status, 401);
+    let (status, data) = s
+        .get_with("/dashboard/data", &[("authorization", &bearer("tok-view"))])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(data["models"][0]["name"], "logreg");
+    let page = s
+        .client
+        .get(format!("{}/dashboard", s.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/dashboard/data"));
+    s.stop().await;
+}
