@@ -2,7 +2,8 @@
 //! `App::build` starts while Redis is down (nothing listens on its port),
 //! serves a model that needs no features, serves a model whose feature
 //! service falls back to defaults (flagged `x-greenbelt-degraded` and
-//! `DEFAULT` statuses) and refuses one without a fallback with a 503; and,
+//! `DEFAULT` statuses, over REST and gRPC) and refuses one without a
+//! fallback with a 503; and,
 //! with a `redis-server` the test starts, kills and restarts, a model with
 //! `last_value` keeps answering (STALE, 0 failures) while the breaker opens,
 //! then half-opens, closes and serves fresh values once Redis is back.
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use greenbelt_app::App;
 use greenbelt_serve::Config;
+use greenbelt_serve::grpc::pb;
+use greenbelt_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -155,7 +158,8 @@ fn free_port() -> u16 {
 async fn the_server_starts_while_redis_is_down_and_serves_what_it_can() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on this port.
-    let config = write_project(dir.path(), &format!("redis://127.0.0.1:{}", free_port()));
+    let mut config = write_project(dir.path(), &format!("redis://127.0.0.1:{}", free_port()));
+    config.server.grpc_addr = "127.0.0.1:0".into();
     let app = tokio::time::timeout(Duration::from_secs(20), App::build(config))
         .await
         .expect("start-up does not wait for Redis")
@@ -191,6 +195,37 @@ async fn the_server_starts_while_redis_is_down_and_serves_what_it_can() {
     assert_eq!(a.degraded.as_deref(), Some("features"));
     assert_eq!(statuses(&a.body), vec!["DEFAULT".to_string(); WIDTH]);
 
+    // The same over gRPC: the degraded flag is response metadata.
+    let mut grpc =
+        GrpcInferenceServiceClient::connect(format!("http://{}", running.grpc_addr().unwrap()))
+            .await
+            .unwrap();
+    let key = b"u1";
+    let mut raw = (key.len() as u32).to_le_bytes().to_vec();
+    raw.extend_from_slice(key);
+    let reply = grpc
+        .model_infer(pb::ModelInferRequest {
+            model_name: "with_default".into(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "user_id".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1],
+                parameters: Default::default(),
+                contents: None,
+            }],
+            raw_input_contents: vec![raw.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get("x-greenbelt-degraded")
+            .and_then(|v| v.to_str().ok()),
+        Some("features")
+    );
+
     // No fallback: a clear 503, not a 500.
     let a = post(
         &client,
@@ -225,7 +260,7 @@ async fn the_server_starts_while_redis_is_down_and_serves_what_it_can() {
     assert_eq!(ready("with_last").await, 200);
     assert_eq!(ready("plain").await, 200);
 
-    // The breaker and the degraded reads are visible.
+    // The breaker and the degraded reads (REST and gRPC: 2) are visible.
     let s: Value = client
         .get(format!("{base}/features/online/status"))
         .send()
@@ -249,7 +284,7 @@ async fn the_server_starts_while_redis_is_down_and_serves_what_it_can() {
             .text()
             .await
             .unwrap();
-        if text.contains("greenbelt_feature_degraded_reads_total{service=\"dflt\"} 1") {
+        if text.contains("greenbelt_feature_degraded_reads_total{service=\"dflt\"} 2") {
             assert!(
                 text.contains(
                     "greenbelt_feature_store_breaker_state{store=\"online\",op=\"read\"}"
