@@ -349,6 +349,14 @@ impl Breaker {
             .min(self.config.sliding_window_size)
     }
 
+    /// Give back a permit whose call ended without an outcome (its caller
+    /// went away): a half-open trial slot is free again.
+    pub fn release(&mut self, permit: Permit) {
+        if permit.generation == self.generation && self.state == State::HalfOpen {
+            self.trial_taken = self.trial_taken.saturating_sub(1);
+        }
+    }
+
     fn over(&self) -> bool {
         let (failure, slow) = self.window.rates();
         failure >= self.config.failure_rate_threshold
@@ -468,8 +476,11 @@ impl SharedBreaker {
 }
 
 /// A permitted call in flight. Dropped unfinished (the caller went away,
-/// e.g. its request timed out), it counts as a failure, so that a
-/// half-open trial that never ends cannot hold the breaker half-open.
+/// e.g. its request timed out): after running at least the slow-call
+/// duration it counts as a slow failure (the dependency was slow);
+/// before that it is released without an outcome (a client that hangs up
+/// says nothing about the dependency), which frees its half-open trial
+/// slot. Either way a trial that never ends cannot wedge the breaker.
 struct Pending<'a> {
     breaker: &'a SharedBreaker,
     permit: Option<Permit>,
@@ -488,7 +499,18 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.finish(true);
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.started);
+        self.breaker.with(|b| {
+            if took >= b.config.slow_call_duration {
+                b.record(permit, now, true, took);
+            } else {
+                b.release(permit);
+            }
+        });
     }
 }
 
@@ -687,7 +709,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_abandoned_trial_call_counts_as_failed() {
+    async fn an_abandoned_call_is_released_unless_it_was_already_slow() {
         let b = SharedBreaker::new("test", cfg());
         for _ in 0..4 {
             let _ = b
@@ -700,17 +722,26 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(b.state(), State::HalfOpen);
-        for _ in 0..2 {
+        let abandon = |after_ms: u64| {
             // The caller gives up before the call's own timeout.
-            let _ = tokio::time::timeout(
-                Duration::from_millis(10),
+            tokio::time::timeout(
+                Duration::from_millis(after_ms),
                 b.call(
                     Duration::from_secs(60),
                     std::future::pending::<Result<u32, String>>(),
                     |_| true,
                 ),
             )
-            .await;
+        };
+        // Quick hang-ups say nothing: the trial slots come back.
+        for _ in 0..5 {
+            let _ = abandon(10).await;
+        }
+        let s = b.snapshot();
+        assert_eq!((s.state, s.window_calls), (State::HalfOpen, 0));
+        // Calls abandoned after the slow-call duration were slow failures.
+        for _ in 0..2 {
+            let _ = abandon(600).await;
         }
         assert_eq!(b.state(), State::Open);
     }
