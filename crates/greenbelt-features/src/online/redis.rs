@@ -18,9 +18,8 @@
 //! never expire. Reads enforce the TTL themselves; the expiry only keeps
 //! Redis from holding values nobody can be served any more.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -59,7 +58,7 @@ fn err(e: impl std::fmt::Display) -> FeatureError {
     FeatureError::Online(format!("redis: {e}"))
 }
 
-/// The first connection attempt's timeout, and each reconnect attempt's.
+/// The timeout of one connection attempt (first connect and reconnects).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
@@ -101,8 +100,11 @@ impl RedisStore {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                // One attempt per call (no retries inside the first
-                // connect); later reconnects retry briefly with backoff.
+                // Each attempt (the first and every reconnect) is cut at
+                // CONNECT_TIMEOUT and retried twice with a short backoff
+                // (at most 500 ms); the whole first connect at 4 s. The
+                // caller's own timeout (the breaker's) is usually shorter;
+                // a cut first connect is tried again on the next call.
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
                     .set_response_timeout(TIMEOUT)
