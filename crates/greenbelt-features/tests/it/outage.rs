@@ -4,7 +4,8 @@
 //! DEFAULT, flagged degraded, no failures), a service with `error` fails
 //! fast, the read breaker opens within a bounded time; after Redis comes
 //! back on the same port the breaker half-opens and closes and values are
-//! fresh (PRESENT) again.
+//! fresh (PRESENT) again. A hung Redis (SIGSTOP) is cut at the read
+//! timeout, or at half of a caller's remaining budget when that is less.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -246,4 +247,52 @@ async fn a_store_that_is_down_from_the_start_falls_back_and_fails_writes_clearly
         .unwrap_err();
     assert_eq!(e.status_code(), 503, "{e}");
     assert!(e.to_string().contains("redis"), "{e}");
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_cut_at_half_the_remaining_budget() {
+    if !redis_proc::available() {
+        return;
+    }
+    let redis = RedisProc::start().await;
+    let store = OnlineStore::open(&redis.url()).await.unwrap();
+    let cache = CacheOptions {
+        enabled: false,
+        ..CacheOptions::default()
+    };
+    let svc = OnlineService::new(defs(&redis.url()), store, cache);
+    push(&svc, 1.5, 3).await;
+    assert_eq!(
+        svc.lookup("lv", &users(&["u1"])).await.unwrap().statuses,
+        [FieldStatus::Present; 2]
+    );
+    redis.pause();
+    // A request with 100 ms left: the read gets 50 ms (not the 200 ms
+    // online_timeout), the fallback answers.
+    let t = Instant::now();
+    let m = svc
+        .lookup_by(
+            "lv",
+            &users(&["u1"]),
+            Some(Instant::now() + Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(m.statuses, [FieldStatus::Stale; 2]);
+    assert!(
+        took >= Duration::from_millis(45) && took < Duration::from_millis(190),
+        "{took:?}"
+    );
+    // No deadline: the configured online_timeout (200 ms).
+    let t = Instant::now();
+    let m = svc.lookup("lv", &users(&["u1"])).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(m.statuses, [FieldStatus::Stale; 2]);
+    assert!(
+        took >= Duration::from_millis(195) && took < Duration::from_millis(400),
+        "{took:?}"
+    );
+    assert!(m.degraded.unwrap().reason.contains("no answer within"));
+    redis.resume();
 }

@@ -78,6 +78,22 @@ impl RedisProc {
         }
     }
 
+    /// Freeze it (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Kill it (SIGKILL) and wait until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
