@@ -103,6 +103,20 @@ impl FeatureSource for StoreSource {
         Ok(())
     }
 
+    fn can_serve(&self, service: &str) -> Result<(), String> {
+        let fallback = self.service(service)?.fallback;
+        let read = self.svc.online_status().read.state;
+        if fallback == greenbelt_features::defs::Fallback::Error
+            && read == greenbelt_core::breaker::State::Open
+        {
+            return Err(
+                "the online store is failing (its circuit breaker is open) and the service has no fallback (set fallback = \"last_value\" or \"default\" in features.toml)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn join_keys(&self, service: &str) -> Result<Vec<String>, String> {
         let defs = self.svc.definitions();
         let mut keys: Vec<String> = Vec::new();
@@ -130,11 +144,12 @@ impl FeatureSource for StoreSource {
         &'a self,
         service: &'a str,
         entities: BTreeMap<String, Vec<serde_json::Value>>,
+        deadline: Option<tokio::time::Instant>,
     ) -> LookupFuture<'a> {
         Box::pin(async move {
             let m = self
                 .svc
-                .lookup(service, &entities)
+                .lookup_by(service, &entities, deadline)
                 .await
                 .map_err(lookup_error)?;
             Ok(FeatureRows {
@@ -242,7 +257,12 @@ impl FeatureStore {
                 greenbelt_serve::auth::redact_url(&defs.online_url)
             ))
         })?;
-        let svc = OnlineService::new(defs.clone(), store, CacheOptions::default());
+        let cache = CacheOptions {
+            enabled: !defs.online.cache_ttl.is_zero(),
+            ttl: defs.online.cache_ttl,
+            ..CacheOptions::default()
+        };
+        let svc = OnlineService::new(defs.clone(), store, cache);
         let source = Arc::new(StoreSource::new(svc.clone())?);
         tracing::info!(definitions = %path.display(), online = %greenbelt_serve::auth::redact_url(&defs.online_url), "feature store at /features; models with [features] accept entity keys");
         Ok(Some(FeatureStore {
@@ -269,9 +289,15 @@ impl FeatureStore {
         greenbelt_features::http::router(self.svc.clone())
     }
 
-    /// Start the freshness gauges and the scheduled canary (when
-    /// configured); both export to `metrics` and stop with `tasks`.
+    /// Start the freshness gauges, the scheduled canary (when configured)
+    /// and the online store's breaker and degraded-read metrics; all export
+    /// to `metrics` and stop with `tasks`.
     pub fn spawn_tasks(&self, metrics: Arc<Metrics>, tasks: &mut Tasks) {
+        {
+            let svc = self.svc.clone();
+            let metrics = metrics.clone();
+            tasks.spawn(move |stop| online_status_task(svc, metrics, ONLINE_STATUS_EVERY, stop));
+        }
         if let Some(every) = self.freshness_every {
             let defs = self.defs.clone();
             let metrics = metrics.clone();
@@ -281,6 +307,31 @@ impl FeatureStore {
             let svc = self.svc.clone();
             tasks.spawn(move |stop| canary_task(svc, metrics, every, stop));
         }
+    }
+}
+
+/// How often the online store's breaker state and degraded-read counters
+/// are copied to `/metrics`.
+pub const ONLINE_STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Copy the online store's breaker and fallback metrics to `metrics` every
+/// `every` until stopped.
+async fn online_status_task(
+    svc: OnlineService,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: StopSignal,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.stopped() => return,
+            _ = tick.tick() => {}
+        }
+        metrics.set_external(
+            "feature_online_store",
+            svc.online_status().prometheus_text(),
+        );
     }
 }
 
@@ -418,7 +469,7 @@ features = ["stats:*"]
         .unwrap();
         let mut entities = BTreeMap::new();
         entities.insert("user_id".to_string(), vec![json!("u1"), json!("nobody")]);
-        let rows = src.lookup("scoring", entities).await.unwrap();
+        let rows = src.lookup("scoring", entities, None).await.unwrap();
         assert_eq!(rows.names, ["stats:amount", "stats:count", "stats:flag"]);
         assert_eq!(rows.rows, 2);
         assert_eq!(
@@ -445,7 +496,7 @@ features = ["stats:*"]
         let (src, _) = source(dir.path()).await;
         let mut entities = BTreeMap::new();
         entities.insert("user_id".to_string(), vec![json!(5)]);
-        match src.lookup("scoring", entities).await {
+        match src.lookup("scoring", entities, None).await {
             Err(LookupError::Invalid(m)) => assert!(m.contains("entities.user_id[0]"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -1,9 +1,11 @@
 //! Shared types for every Greenbelt crate: tensors and their datatypes,
 //! model signatures, inference requests and responses, and the core error.
 //!
-//! This crate owns no I/O and no runtime; it must stay cheap to compile
+//! This crate owns no I/O and no runtime (the circuit breaker only reads
+//! tokio's clock); it must stay cheap to compile
 //! because every other crate depends on it.
 
+pub mod breaker;
 pub mod datatype;
 pub mod error;
 pub mod infer;

@@ -30,6 +30,14 @@
 //! [[feature_service]]
 //! name = "fraud_v1"
 //! features = ["user_stats:amount", "merchant_stats:*"]
+//! fallback = "last_value"          # when the online store fails: last_value, default or error (the default)
+//! fallback_max_age = "1h"          # optional: the oldest last value served
+//!
+//! # A feature's default (for fallback = "default", and after a missing last value):
+//! # features = [{ name = "amount", type = "float64", default = 0.0 }]
+//!
+//! [store.online_breaker]           # the circuit breaker around online-store calls (docs/resilience.md)
+//! failure_rate_threshold = 50      # percent
 //!
 //! [push]
 //! max_clock_skew = "5m"   # pushed event times may be at most this far ahead of the server's clock
@@ -37,7 +45,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use greenbelt_core::breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::contracts::{Contract, ContractSpec};
@@ -119,6 +129,136 @@ pub struct StoreSpec {
     /// Online store: a redb file path, or a `redis://` URL.
     #[serde(default = "default_online")]
     pub online: String,
+    /// Timeout of one online-store read (humantime; default
+    /// [`DEFAULT_ONLINE_TIMEOUT`]); never more than half the serving
+    /// request's remaining budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_timeout: Option<String>,
+    /// How long a server caches an online value in memory (humantime;
+    /// default 60s, never longer than the view's TTL); "0s" turns the
+    /// cache off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_cache_ttl: Option<String>,
+    /// Most entity keys whose last value is kept for `fallback = "last_value"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_cache_entries: Option<u64>,
+    /// The circuit breaker around online-store calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_breaker: Option<BreakerSpec>,
+}
+
+/// The default `[store] online_timeout`.
+pub const DEFAULT_ONLINE_TIMEOUT: &str = "250ms";
+/// The default `[store] stale_cache_entries`.
+pub const DEFAULT_STALE_CACHE_ENTRIES: u64 = 100_000;
+
+/// `[store.online_breaker]`: resilience4j's settings (see
+/// `greenbelt_core::breaker`); durations are humantime text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call_rate_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call_duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_number_of_calls: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_duration_in_open: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permitted_calls_in_half_open: Option<u32>,
+}
+
+/// The online store's breaker defaults: Redis answers in about a
+/// millisecond, so 100 ms is slow.
+pub fn default_online_breaker() -> BreakerConfig {
+    BreakerConfig {
+        slow_call_duration: Duration::from_millis(100),
+        ..BreakerConfig::default()
+    }
+}
+
+impl BreakerSpec {
+    /// Validated settings; errors name `[store.online_breaker] <field>`.
+    pub fn to_config(&self) -> Result<BreakerConfig> {
+        const WHAT: &str = "[store.online_breaker]";
+        let d = default_online_breaker();
+        let dur = |field: &str, text: &Option<String>, default: Duration| -> Result<Duration> {
+            match text {
+                None => Ok(default),
+                Some(t) => {
+                    let us = parse_duration(&format!("{WHAT} {field}"), t)?;
+                    Ok(Duration::from_micros(us.max(0) as u64))
+                }
+            }
+        };
+        let c = BreakerConfig {
+            failure_rate_threshold: self
+                .failure_rate_threshold
+                .unwrap_or(d.failure_rate_threshold),
+            slow_call_rate_threshold: self
+                .slow_call_rate_threshold
+                .unwrap_or(d.slow_call_rate_threshold),
+            slow_call_duration: dur(
+                "slow_call_duration",
+                &self.slow_call_duration,
+                d.slow_call_duration,
+            )?,
+            sliding_window_size: self.sliding_window_size.unwrap_or(d.sliding_window_size),
+            minimum_number_of_calls: self
+                .minimum_number_of_calls
+                .unwrap_or(d.minimum_number_of_calls),
+            wait_duration_in_open: dur(
+                "wait_duration_in_open",
+                &self.wait_duration_in_open,
+                d.wait_duration_in_open,
+            )?,
+            permitted_calls_in_half_open: self
+                .permitted_calls_in_half_open
+                .unwrap_or(d.permitted_calls_in_half_open),
+        };
+        c.validate(WHAT).map_err(FeatureError::Invalid)?;
+        Ok(c)
+    }
+}
+
+/// What a read of a feature service serves when the online store fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Fail the read (503): today's behaviour.
+    #[default]
+    Error,
+    /// The last value this server read for the entity (status `STALE`, with
+    /// its age), else the feature's default, else fail.
+    LastValue,
+    /// The feature's default from its definition (status `DEFAULT`).
+    Default,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Error => "error",
+            Fallback::LastValue => "last_value",
+            Fallback::Default => "default",
+        }
+    }
+}
+
+/// The online store's resilience settings, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineSettings {
+    /// Timeout of one read.
+    pub timeout: Duration,
+    /// The in-memory read cache's entry lifetime; zero: no cache.
+    pub cache_ttl: Duration,
+    pub stale_cache_entries: u64,
+    pub breaker: BreakerConfig,
 }
 
 fn default_offline() -> String {
@@ -133,6 +273,10 @@ impl Default for StoreSpec {
         StoreSpec {
             offline: default_offline(),
             online: default_online(),
+            online_timeout: None,
+            online_cache_ttl: None,
+            stale_cache_entries: None,
+            online_breaker: None,
         }
     }
 }
@@ -143,6 +287,10 @@ pub struct ColumnSpec {
     pub name: String,
     #[serde(rename = "type")]
     pub dtype: ValueType,
+    /// A feature's value when the online store fails and its service's
+    /// fallback is `default` (or `last_value` without a last value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -215,6 +363,14 @@ pub struct FeatureServiceSpec {
     pub name: String,
     /// `view:feature` or `view:*`.
     pub features: Vec<String>,
+    /// What a read serves when the online store fails (default `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// With `last_value`: the oldest last value served (humantime); older
+    /// ones fall to the default. Default: no limit (the view's TTL still
+    /// applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_max_age: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -225,6 +381,8 @@ pub struct FeatureServiceSpec {
 pub struct Column {
     pub name: String,
     pub dtype: ValueType,
+    /// Features only: the fallback value (checked against `dtype`).
+    pub default: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -416,6 +574,9 @@ impl std::fmt::Display for FeatureRef {
 pub struct FeatureService {
     pub name: String,
     pub features: Vec<FeatureRef>,
+    pub fallback: Fallback,
+    /// With `last_value`: the oldest last value served.
+    pub fallback_max_age: Option<Duration>,
 }
 
 /// Validated definitions.
@@ -433,8 +594,32 @@ pub struct Definitions {
     pub services: BTreeMap<String, FeatureService>,
     /// `[push] max_clock_skew` in microseconds.
     pub push_max_clock_skew_us: i64,
+    /// `[store]` online timeout, stale cache and breaker.
+    pub online: OnlineSettings,
     /// The file as parsed (for recording and diffs).
     pub spec: DefinitionsFile,
+}
+
+/// A feature's `default` must have the feature's type.
+fn check_default(what: &str, f: &ColumnSpec) -> Result<()> {
+    let Some(d) = &f.default else {
+        return Ok(());
+    };
+    let ok = match f.dtype {
+        ValueType::Float64 => d.is_number(),
+        ValueType::Int64 => d.is_i64(),
+        ValueType::Bool => d.is_boolean(),
+        ValueType::String => d.is_string(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(FeatureError::Invalid(format!(
+            "{what}: feature \"{}\": default = {d} is not a {}",
+            f.name,
+            f.dtype.name()
+        )))
+    }
 }
 
 fn check_ident(kind: &str, name: &str) -> Result<()> {
@@ -506,6 +691,12 @@ impl Definitions {
                         e.name, k.name
                     )));
                 }
+                if k.default.is_some() {
+                    return Err(FeatureError::Invalid(format!(
+                        "entity \"{}\": join key \"{}\": default is for features only; remove it",
+                        e.name, k.name
+                    )));
+                }
             }
             let entity = Entity {
                 name: e.name.clone(),
@@ -515,6 +706,7 @@ impl Definitions {
                     .map(|k| Column {
                         name: k.name.clone(),
                         dtype: k.dtype,
+                        default: None,
                     })
                     .collect(),
             };
@@ -665,11 +857,15 @@ impl Definitions {
                 features: v
                     .features
                     .iter()
-                    .map(|f| Column {
-                        name: f.name.clone(),
-                        dtype: f.dtype,
+                    .map(|f| {
+                        check_default(&what, f)?;
+                        Ok(Column {
+                            name: f.name.clone(),
+                            dtype: f.dtype,
+                            default: f.default.clone(),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_>>()?,
                 ttl_us,
                 source: v.source.clone(),
                 transformation: v.transformation.clone(),
@@ -709,9 +905,38 @@ impl Definitions {
                     refs.push(r);
                 }
             }
+            let fallback = s.fallback.unwrap_or_default();
+            if fallback == Fallback::Default {
+                for r in &refs {
+                    let has = views
+                        .get(&r.view)
+                        .and_then(|v| v.feature(&r.feature))
+                        .is_some_and(|f| f.default.is_some());
+                    if !has {
+                        return Err(FeatureError::Invalid(format!(
+                            "{what}: fallback = \"default\" but feature \"{r}\" has no default; add default = <value> to it in feature view \"{}\" or use fallback = \"last_value\"",
+                            r.view
+                        )));
+                    }
+                }
+            }
+            let fallback_max_age = match &s.fallback_max_age {
+                None => None,
+                Some(_) if fallback != Fallback::LastValue => {
+                    return Err(FeatureError::Invalid(format!(
+                        "{what}: fallback_max_age is only for fallback = \"last_value\" (fallback is \"{}\")",
+                        fallback.as_str()
+                    )));
+                }
+                Some(t) => Some(Duration::from_micros(
+                    parse_duration(&format!("{what}: fallback_max_age"), t)?.max(0) as u64,
+                )),
+            };
             let service = FeatureService {
                 name: s.name.clone(),
                 features: refs,
+                fallback,
+                fallback_max_age,
             };
             if services.insert(s.name.clone(), service).is_some() {
                 return Err(FeatureError::Invalid(format!(
@@ -723,7 +948,36 @@ impl Definitions {
         let offline = Location::parse(&spec.store.offline, base)
             .map_err(|e| FeatureError::Invalid(format!("[store] offline: {e}")))?;
         let offline_path = offline.to_path();
-        let online_url = if spec.store.online.starts_with("redis://") {
+        let online = OnlineSettings {
+            timeout: Duration::from_micros(
+                parse_duration(
+                    "[store] online_timeout",
+                    spec.store
+                        .online_timeout
+                        .as_deref()
+                        .unwrap_or(DEFAULT_ONLINE_TIMEOUT),
+                )?
+                .max(1) as u64,
+            ),
+            cache_ttl: Duration::from_micros(
+                parse_duration(
+                    "[store] online_cache_ttl",
+                    spec.store.online_cache_ttl.as_deref().unwrap_or("60s"),
+                )?
+                .max(0) as u64,
+            ),
+            stale_cache_entries: spec
+                .store
+                .stale_cache_entries
+                .unwrap_or(DEFAULT_STALE_CACHE_ENTRIES),
+            breaker: match &spec.store.online_breaker {
+                Some(b) => b.to_config()?,
+                None => default_online_breaker(),
+            },
+        };
+        let online_url = if spec.store.online.starts_with("redis://")
+            || spec.store.online.starts_with("rediss://")
+        {
             spec.store.online.clone()
         } else {
             resolve(&spec.store.online).to_string_lossy().into_owned()
@@ -744,6 +998,7 @@ impl Definitions {
             views,
             services,
             push_max_clock_skew_us,
+            online,
             spec,
         })
     }

@@ -1,6 +1,10 @@
 //! The feature store's HTTP API, as an axum `Router` the server mounts:
 //! `POST /features/online` (Feast-shaped feature values for entity rows) and
-//! `POST /features/push` (validated writes to the online store). Errors are
+//! `POST /features/push` (validated writes to the online store) and
+//! `GET /features/online/status` (the online store's circuit breakers and
+//! degraded-read counters, JSON). A read answered from fallbacks carries
+//! `"degraded"` in its body and the `x-greenbelt-degraded: features`
+//! header. Errors are
 //! `{"error": "..."}` with 400 for a bad body or value (naming the field),
 //! 404 for an unknown view, service or feature, 503 when the store fails.
 //! This module only decodes, calls `OnlineService` and encodes.
@@ -10,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
 use crate::error::FeatureError;
@@ -43,9 +47,26 @@ async fn online(State(svc): State<OnlineService>, body: Bytes) -> Response {
         Err(r) => return *r,
     };
     match svc.get_online_features(&req).await {
-        Ok(resp) => axum::Json(resp).into_response(),
+        Ok(resp) => {
+            let degraded = resp.degraded.is_some();
+            let mut r = axum::Json(resp).into_response();
+            if degraded {
+                r.headers_mut().insert(
+                    DEGRADED_HEADER,
+                    axum::http::HeaderValue::from_static("features"),
+                );
+            }
+            r
+        }
         Err(e) => fail(&e),
     }
+}
+
+/// Set on a response built with feature fallbacks (value `features`).
+pub const DEGRADED_HEADER: &str = "x-greenbelt-degraded";
+
+async fn online_status(State(svc): State<OnlineService>) -> Response {
+    axum::Json(svc.online_status()).into_response()
 }
 
 async fn push(State(svc): State<OnlineService>, body: Bytes) -> Response {
@@ -64,6 +85,7 @@ pub fn router(svc: OnlineService) -> Router {
     Router::new()
         .route("/features/online", post(online))
         .route("/features/push", post(push))
+        .route("/features/online/status", get(online_status))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(svc)
 }

@@ -5,6 +5,12 @@
 //! service's feature order, and returns each cell's status beside the
 //! model's outputs.
 //!
+//! When the store fails and the feature service has a fallback, cells come
+//! back `STALE` (the last value read) or `DEFAULT` (the feature's default);
+//! the response then carries [`DEGRADED_HEADER`]`: features` (REST header,
+//! gRPC metadata). The store read gets at most half of the request's
+//! remaining budget, so a fallback still has time to answer.
+//!
 //! The store itself lives in `greenbelt-features` (DataFusion and all);
 //! this crate only sees the [`FeatureSource`] trait, which the binary
 //! implements over it.
@@ -20,8 +26,16 @@ use crate::error::ServeError;
 use crate::repository::ServedVersion;
 
 /// Name of the extra output that carries per-feature statuses
-/// (`BYTES [rows, features]`: PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, NULL_VALUE).
+/// (`BYTES [rows, features]`: PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE,
+/// NULL_VALUE, STALE, DEFAULT).
 pub const STATUS_OUTPUT: &str = "feature_status";
+
+/// Response header (gRPC: metadata key) on an answer built from feature
+/// fallbacks; its value says what degraded (`features`).
+pub const DEGRADED_HEADER: &str = "x-greenbelt-degraded";
+
+/// Statuses of cells served from a fallback while the store failed.
+pub const FALLBACK_STATUSES: [&str; 2] = ["STALE", "DEFAULT"];
 
 /// `[features]` in a model's `config.toml` (or `[deployments.config.features]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,7 +69,7 @@ pub enum Missing {
 pub struct FeatureRows {
     /// `view:feature`, in the service's order.
     pub names: Vec<String>,
-    /// `rows × names.len()` values; `None` when not PRESENT.
+    /// `rows × names.len()` values; `None` unless PRESENT, STALE or DEFAULT.
     pub values: Vec<Option<f64>>,
     /// `rows × names.len()` statuses.
     pub statuses: Vec<&'static str>,
@@ -80,16 +94,40 @@ pub trait FeatureSource: Send + Sync + 'static {
     fn join_keys(&self, service: &str) -> Result<Vec<String>, String>;
     /// The service's features, in order (`view:feature`).
     fn feature_names(&self, service: &str) -> Result<Vec<String>, String>;
-    /// Read `service` for `entities` (join key → one value per row).
+    /// Read `service` for `entities` (join key → one value per row); the
+    /// answer is needed by `deadline` (the request's), when it has one.
     fn lookup<'a>(
         &'a self,
         service: &'a str,
         entities: BTreeMap<String, Vec<serde_json::Value>>,
+        deadline: Option<tokio::time::Instant>,
     ) -> LookupFuture<'a>;
     /// Check a feature matrix a caller sent directly (`rows × width`,
     /// row-major, in the service's order) against the features' contracts;
     /// the message names the row, the feature and the rule.
     fn check(&self, service: &str, width: usize, values: &[f64]) -> Result<(), String>;
+    /// Whether a read of `service` can be answered now: `Err(why)` when the
+    /// store is known to be failing (its breaker is open) and the service
+    /// has no fallback. Model readiness reports it.
+    fn can_serve(&self, service: &str) -> Result<(), String> {
+        let _ = service;
+        Ok(())
+    }
+}
+
+/// Whether `served` can answer now as far as features go: a model that
+/// reads a feature service without a fallback cannot while the store is
+/// failing. `Err` says why (for the model's readiness).
+pub fn readiness(served: &ServedVersion, source: Option<&dyn FeatureSource>) -> Result<(), String> {
+    match (&served.features, source) {
+        (Some(cfg), Some(source)) => source.can_serve(&cfg.service).map_err(|why| {
+            format!(
+                "model \"{}\" reads feature service \"{}\": {why}",
+                served.model_name, cfg.service
+            )
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Check a model's `[features]` against its signature and the store, at load.
@@ -152,6 +190,8 @@ pub struct Assembled {
     pub statuses: Tensor,
     /// The caller asked for named outputs and did not name the statuses.
     pub hide: bool,
+    /// Some cells came from fallbacks (STALE or DEFAULT).
+    pub degraded: bool,
 }
 
 /// If `served` reads a feature service and the request carries entity keys
@@ -160,6 +200,7 @@ pub async fn assemble(
     served: &ServedVersion,
     source: Option<&dyn FeatureSource>,
     mut req: InferRequest,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(InferRequest, Option<Assembled>), ServeError> {
     let Some(cfg) = &served.features else {
         return Ok((req, None));
@@ -224,7 +265,7 @@ pub async fn assemble(
         )));
     }
     let got = source
-        .lookup(&cfg.service, entities.clone())
+        .lookup(&cfg.service, entities.clone(), deadline)
         .await
         .map_err(|e| match e {
             LookupError::Invalid(m) => ServeError::InvalidInput(m),
@@ -282,11 +323,19 @@ pub async fn assemble(
         ),
     )
     .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let degraded = got.statuses.iter().any(|s| FALLBACK_STATUSES.contains(s));
     let asked = req.outputs.iter().any(|o| o.name == STATUS_OUTPUT);
     let hide = !req.outputs.is_empty() && !asked;
     req.outputs.retain(|o| o.name != STATUS_OUTPUT);
     req.inputs = vec![features];
-    Ok((req, Some(Assembled { statuses, hide })))
+    Ok((
+        req,
+        Some(Assembled {
+            statuses,
+            hide,
+            degraded,
+        }),
+    ))
 }
 
 /// A 1-D (or `[N, 1]`) key input as JSON values: strings for BYTES,

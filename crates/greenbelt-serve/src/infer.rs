@@ -132,8 +132,18 @@ fn route(
     state.repository.route(model, version, &ctx.headers)
 }
 
+/// What a transport says about an answer besides its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseMeta {
+    /// The track that answered.
+    pub track: Track,
+    /// Built from feature fallbacks (the online store failed): the
+    /// transport sets `x-greenbelt-degraded: features`.
+    pub degraded: bool,
+}
+
 /// Run one admitted inference request end to end. Returns the response and
-/// the track that answered. `permit` is held until the answer is ready.
+/// what answered it. `permit` is held until the answer is ready.
 pub async fn infer(
     state: &AppState,
     permit: Permit,
@@ -141,7 +151,7 @@ pub async fn infer(
     version: Option<&str>,
     req: InferRequest,
     ctx: &RequestContext,
-) -> Result<(InferResponse, Track, Arc<ServedVersion>), ServeError> {
+) -> Result<(InferResponse, ResponseMeta, Arc<ServedVersion>), ServeError> {
     let _permit = permit;
     let observer = state.observer();
     let routed = match route(state, model, version, ctx) {
@@ -162,9 +172,10 @@ pub async fn infer(
     // The deadline counts from here: the body has been read and decoded
     // (an upload is bounded by the connection's idle timeout instead).
     let deadline = tokio::time::Instant::now() + state.executor.timeout;
-    let result = tokio::time::timeout_at(deadline, answer(state, &routed, req, &mut stats))
-        .await
-        .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
+    let result =
+        tokio::time::timeout_at(deadline, answer(state, &routed, req, deadline, &mut stats))
+            .await
+            .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
     let seen = Seen {
         model,
         served: Some(&*routed.served),
@@ -183,7 +194,14 @@ pub async fn infer(
                     &ctx.request_id,
                 );
             }
-            Ok((answered.response, routed.track, routed.served.clone()))
+            Ok((
+                answered.response,
+                ResponseMeta {
+                    track: routed.track,
+                    degraded: answered.degraded,
+                },
+                routed.served.clone(),
+            ))
         }
         Err(e) => {
             observer.finished(ctx, &seen, Err(&e), &stats);
@@ -197,6 +215,7 @@ pub async fn infer(
 struct Answered {
     response: InferResponse,
     mirror: Option<(Mirror, Vec<Tensor>)>,
+    degraded: bool,
 }
 
 /// Enrich → validate → execute → select outputs.
@@ -204,11 +223,18 @@ async fn answer(
     state: &AppState,
     routed: &Routed,
     req: InferRequest,
+    deadline: tokio::time::Instant,
     stats: &mut Stats,
 ) -> Result<Answered, ServeError> {
     let served = &routed.served;
-    let (req, assembled) =
-        crate::features::assemble(served, state.repository.features().map(|f| &**f), req).await?;
+    let (req, assembled) = crate::features::assemble(
+        served,
+        state.repository.features().map(|f| &**f),
+        req,
+        Some(deadline),
+    )
+    .await?;
+    let degraded = assembled.as_ref().is_some_and(|a| a.degraded);
     stats.rows = req.rows();
     stats.request_bytes = req.payload_bytes();
     let valid = validate(&served.signature, req)?;
@@ -234,6 +260,7 @@ async fn answer(
             outputs,
         },
         mirror: mirror.zip(primary),
+        degraded,
     })
 }
 

@@ -246,6 +246,51 @@ fn store_passwords_never_reach_logs_or_errors() {
         "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n[features]\ndefinitions = \"features.toml\"\n",
     )
     .unwrap();
-    let (_, all) = serve_debug(d);
+    // A server starts while its online store is down (the connection is
+    // made on first use): it runs until stopped, logging the store's URL
+    // redacted.
+    let all = serve_until(d, "feature store at /features");
+    assert!(all.contains(":***@127.0.0.1:1"), "{all}");
     assert!(!all.contains("hunter2"), "{all}");
+}
+
+/// Run `greenbelt serve` (debug logs) until its output contains `wanted`
+/// (at most 30 s), then kill it; returns stdout and stderr.
+#[allow(clippy::disallowed_methods)] // a synchronous test polling a child process, not async code
+fn serve_until(d: &Path, wanted: &str) -> String {
+    use std::process::Stdio;
+    let out_path = d.join("serve.out");
+    let err_path = d.join("serve.err");
+    let mut child = greenbelt(d)
+        .env("GREENBELT_LOG", "debug")
+        .args(["serve", "--config", "greenbelt.toml"])
+        .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let read = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&out_path).unwrap_or_default(),
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut exited = None;
+    while !read().contains(wanted) && std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = read();
+    assert!(
+        exited.is_none(),
+        "serve exited ({exited:?}) instead of running:\n{all}"
+    );
+    assert!(all.contains(wanted), "no \"{wanted}\" within 30s:\n{all}");
+    all
 }

@@ -100,7 +100,11 @@ async fn a_width_mismatch_is_refused_at_load_not_at_request_time() {
         "{}",
         misfit.reason
     );
-    assert_eq!(app.tasks(), 2, "freshness gauges and canary");
+    assert_eq!(
+        app.tasks(),
+        3,
+        "freshness gauges, canary and the online store's breaker metrics"
+    );
 
     let running = app.spawn();
     let base = format!("http://{}", running.http_addr().unwrap());

@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod resilience;
 pub mod service;
 
 use std::future::Future;
@@ -110,12 +111,12 @@ pub enum OnlineStore {
 }
 
 impl OnlineStore {
-    /// Open by URL: `redis://...` for Redis, anything else is a redb file path.
+    /// Open by URL: `redis://...` for Redis, anything else is a redb file
+    /// path. Redis is connected on first use (a server starts while Redis is
+    /// down); a bad URL fails here.
     pub async fn open(url: &str) -> Result<OnlineStore> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(OnlineStore::Redis(
-                redis::RedisStore::connect(url, "gb:").await?,
-            ))
+            Ok(OnlineStore::Redis(redis::RedisStore::new(url, "gb:")?))
         } else {
             Ok(OnlineStore::Embedded(embedded::EmbeddedStore::open(
                 std::path::Path::new(url.strip_prefix("file://").unwrap_or(url)),

@@ -4,6 +4,13 @@
 //! sets the key's expiry in the same step; reads are one `MGET`. Every call
 //! has a timeout.
 //!
+//! The connection is a redis-rs `ConnectionManager`: a dropped connection is
+//! re-established in the background (a failed attempt is retried on the
+//! next call), so a Redis restart costs the calls made while it is down,
+//! not the process. It is made on first use, not at start-up: a server
+//! starts while Redis is down and serves what needs no features. The
+//! circuit breaker and fallbacks around these calls live in `service`.
+//!
 //! Expiry: a record written with a deadline (its event time + its view's
 //! TTL, see [`RedisStore::write_expiring`]) lives until that deadline plus
 //! [`EXPIRY_MARGIN`], measured from the writer's clock; a record past that
@@ -11,11 +18,12 @@
 //! never expire. Reads enforce the TTL themselves; the expiry only keeps
 //! Redis from holding values nobody can be served any more.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 use super::OnlineBackend;
 use crate::error::{FeatureError, Result};
@@ -50,35 +58,79 @@ fn err(e: impl std::fmt::Display) -> FeatureError {
     FeatureError::Online(format!("redis: {e}"))
 }
 
+/// The timeout of one connection attempt (first connect and reconnects).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: MultiplexedConnection,
+    client: redis::Client,
+    /// Made on first use; reconnects by itself after that.
+    conn: Arc<OnceCell<ConnectionManager>>,
     prefix: String,
-    /// SHA1 of `NEWER_WINS` as Redis reported it on `SCRIPT LOAD`.
-    sha: String,
+    /// SHA1 of `NEWER_WINS` as Redis reported it on `SCRIPT LOAD` (first
+    /// write).
+    sha: Arc<OnceCell<String>>,
 }
 
 impl RedisStore {
-    /// Connect (with a timeout) and load the write script; every key gets
-    /// `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore> {
+    /// A store over `url` that connects on first use; fails only when the
+    /// URL is not a Redis URL. Every key gets `prefix`.
+    pub fn new(url: &str, prefix: &str) -> Result<RedisStore> {
         let client = redis::Client::open(url).map_err(err)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(TIMEOUT)
-            .set_response_timeout(TIMEOUT);
-        let mut conn = tokio::time::timeout(
-            TIMEOUT,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| FeatureError::Online(format!("redis: no connection within {TIMEOUT:?}")))?
-        .map_err(err)?;
-        let sha = load_script(&mut conn).await?;
         Ok(RedisStore {
-            conn,
+            client,
+            conn: Arc::new(OnceCell::new()),
             prefix: prefix.to_string(),
-            sha,
+            sha: Arc::new(OnceCell::new()),
         })
+    }
+
+    /// [`RedisStore::new`], then connect now (with a timeout) and load the
+    /// write script: for tools that should fail at once when Redis is down.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore> {
+        let store = RedisStore::new(url, prefix)?;
+        let mut conn = store.connection().await?;
+        store.script(&mut conn).await?;
+        Ok(store)
+    }
+
+    /// The connection, made on the first call. Concurrent first calls wait
+    /// for one attempt; a failed attempt leaves it unmade for the next call.
+    async fn connection(&self) -> Result<ConnectionManager> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                // Each attempt (the first and every reconnect) is cut at
+                // CONNECT_TIMEOUT and retried twice with a short backoff
+                // (at most 500 ms); the whole first connect at 4 s. The
+                // caller's own timeout (the breaker's) is usually shorter;
+                // a cut first connect is tried again on the next call.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(TIMEOUT)
+                    .set_number_of_retries(2)
+                    .set_exponent_base(2)
+                    .set_factor(100)
+                    .set_max_delay(500);
+                let first = ConnectionManager::new_with_config(self.client.clone(), config);
+                tokio::time::timeout(CONNECT_TIMEOUT * 4, first)
+                    .await
+                    .map_err(|_| {
+                        FeatureError::Online(format!(
+                            "redis: no connection within {:?}",
+                            CONNECT_TIMEOUT * 4
+                        ))
+                    })?
+                    .map_err(err)
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// The write script's SHA1, loading it on first use.
+    async fn script(&self, conn: &mut ConnectionManager) -> Result<String> {
+        let sha = self.sha.get_or_try_init(|| load_script(conn)).await?;
+        Ok(sha.clone())
     }
 
     /// Write encoded records, keeping any stored one that is newer; an item
@@ -104,13 +156,18 @@ impl RedisStore {
                 }
             })
             .collect();
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.connection().await?;
+        let sha = self.script(&mut conn).await?;
         let pipes: Vec<redis::Pipeline> = live
             .chunks(CHUNK)
             .map(|chunk| {
                 let mut pipe = redis::pipe();
                 for (k, v, px) in chunk {
                     pipe.cmd("EVALSHA")
-                        .arg(&self.sha)
+                        .arg(&sha)
                         .arg(1)
                         .arg(format!("{}{k}", self.prefix))
                         .arg(*v)
@@ -122,7 +179,7 @@ impl RedisStore {
         let results: Vec<Result<u64>> = futures::stream::iter(
             pipes
                 .into_iter()
-                .map(|pipe| run_pipeline(self.conn.clone(), pipe)),
+                .map(|pipe| run_pipeline(conn.clone(), pipe)),
         )
         .buffer_unordered(IN_FLIGHT)
         .collect()
@@ -132,7 +189,7 @@ impl RedisStore {
 }
 
 /// Run one pipeline of `NEWER_WINS` calls; returns how many wrote.
-async fn run_pipeline(mut conn: MultiplexedConnection, pipe: redis::Pipeline) -> Result<u64> {
+async fn run_pipeline(mut conn: ConnectionManager, pipe: redis::Pipeline) -> Result<u64> {
     let mut reloaded = false;
     loop {
         let res = tokio::time::timeout(TIMEOUT, pipe.query_async::<Vec<i64>>(&mut conn))
@@ -151,7 +208,7 @@ async fn run_pipeline(mut conn: MultiplexedConnection, pipe: redis::Pipeline) ->
     }
 }
 
-async fn load_script(conn: &mut MultiplexedConnection) -> Result<String> {
+async fn load_script(conn: &mut ConnectionManager) -> Result<String> {
     let cmd = redis::cmd("SCRIPT").arg("LOAD").arg(NEWER_WINS).clone();
     tokio::time::timeout(TIMEOUT, cmd.query_async::<String>(conn))
         .await
@@ -171,7 +228,7 @@ impl OnlineBackend for RedisStore {
             return Ok(Vec::new());
         }
         let full: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let cmd = redis::cmd("MGET").arg(full).clone();
         tokio::time::timeout(TIMEOUT, cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn))
             .await

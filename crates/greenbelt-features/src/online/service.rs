@@ -6,6 +6,13 @@
 //! service (push and online materialization). The response follows Feast's
 //! feature server: `{"metadata":{"feature_names":[...]},"results":[{"values",
 //! "statuses","event_timestamps"}]}`, one result per column (join keys first).
+//!
+//! Store calls go through circuit breakers with a per-call timeout (see
+//! `resilience`). When a read fails, a feature service's `fallback` decides:
+//! `error` fails the read; `last_value` serves the last value this service
+//! read for the entity (status `STALE`, its age in `degraded`), else the
+//! feature's default; `default` serves the feature's default (status
+//! `DEFAULT`). A cell neither can fill fails the read with the store's error.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,9 +30,10 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::resilience::{LastValue, OnlineStatus, Resilience, WRITE_TIMEOUT};
 use super::{OnlineBackend, OnlineStore, Record, storage_key};
 use crate::contracts::Checker;
-use crate::defs::{Definitions, FeatureRef, FeatureView, ValueType};
+use crate::defs::{Definitions, Fallback, FeatureRef, FeatureView, ValueType};
 use crate::error::{FeatureError, Result};
 use crate::offline::{CREATED_TIMESTAMP, EVENT_TIMESTAMP, OfflineStore, offline_schema};
 use crate::source::{EngineOptions, session};
@@ -44,6 +52,10 @@ pub enum FieldStatus {
     NullValue,
     NotFound,
     OutsideMaxAge,
+    /// The store failed; this is the last value read for the entity.
+    Stale,
+    /// The store failed; this is the feature's default.
+    Default,
 }
 
 impl FieldStatus {
@@ -54,6 +66,8 @@ impl FieldStatus {
             FieldStatus::NullValue => "NULL_VALUE",
             FieldStatus::NotFound => "NOT_FOUND",
             FieldStatus::OutsideMaxAge => "OUTSIDE_MAX_AGE",
+            FieldStatus::Stale => "STALE",
+            FieldStatus::Default => "DEFAULT",
         }
     }
 }
@@ -65,10 +79,28 @@ pub struct FeatureMatrix {
     /// `view:feature`, in the service's order.
     pub names: Vec<String>,
     pub rows: usize,
-    /// `rows × names.len()`, row-major; `None` unless the status is `Present`.
+    /// `rows × names.len()`, row-major; `None` unless the status is
+    /// `Present`, `Stale` or `Default`.
     pub values: Vec<Option<f64>>,
     /// `rows × names.len()`, row-major.
     pub statuses: Vec<FieldStatus>,
+    /// Set when fallbacks answered (the store failed).
+    pub degraded: Option<Degraded>,
+}
+
+/// How a read was answered while the store failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Degraded {
+    /// The store's error.
+    pub reason: String,
+    /// The service's fallback (`last_value` or `default`).
+    pub fallback: String,
+    /// Age of the oldest last value served, seconds (since it was read
+    /// from the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_age_seconds: Option<f64>,
+    pub stale_values: u64,
+    pub default_values: u64,
 }
 
 /// `POST /features/online` body.
@@ -104,6 +136,9 @@ pub struct FeatureColumn {
 pub struct OnlineResponse {
     pub metadata: Metadata,
     pub results: Vec<FeatureColumn>,
+    /// Present when the store failed and fallbacks answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
 }
 
 /// `POST /features/push` body: columns of rows for one view.
@@ -191,6 +226,52 @@ pub struct OnlineService {
     cache: Option<Cache<String, Arc<Cached>>>,
     cache_ttl: Duration,
     clock: Clock,
+    resilience: Arc<Resilience<Stored>>,
+}
+
+/// Records for a read's storage keys: `failed[i]` when the store could not
+/// answer for key `i` (then `records[i]` is its last value, if kept).
+struct Fetched {
+    records: Vec<Option<Arc<Stored>>>,
+    /// Per key, when the store failed: the age of the last value.
+    failed: Vec<Option<Option<Duration>>>,
+    /// The store's error, when it failed.
+    error: Option<String>,
+}
+
+/// A read's fallback: the service's setting and limits.
+#[derive(Clone, Copy)]
+struct FallbackRule {
+    fallback: Fallback,
+    max_age: Option<Duration>,
+}
+
+impl FallbackRule {
+    const ERROR: FallbackRule = FallbackRule {
+        fallback: Fallback::Error,
+        max_age: None,
+    };
+}
+
+/// Tallies of one read's fallbacks.
+#[derive(Default)]
+struct Tally {
+    stale: u64,
+    defaults: u64,
+    oldest: Option<Duration>,
+}
+
+impl Tally {
+    fn degraded(&self, error: &Option<String>, rule: FallbackRule) -> Option<Degraded> {
+        let reason = error.as_ref()?;
+        (self.stale + self.defaults > 0).then(|| Degraded {
+            reason: reason.clone(),
+            fallback: rule.fallback.as_str().to_string(),
+            stale_age_seconds: self.oldest.map(|d| d.as_secs_f64()),
+            stale_values: self.stale,
+            default_values: self.defaults,
+        })
+    }
 }
 
 fn json_key(what: &str, t: ValueType, v: &Value) -> Result<String> {
@@ -266,12 +347,64 @@ impl OnlineService {
                 .build()
         });
         OnlineService {
+            resilience: Arc::new(Resilience::new(&defs)),
             defs,
             store,
             cache: c,
             cache_ttl: cache.ttl,
             clock: Arc::new(now_us),
         }
+    }
+
+    /// The breakers, last-value cache and degraded-read counters.
+    pub fn online_status(&self) -> OnlineStatus {
+        self.resilience.status()
+    }
+
+    /// The read timeout: `[store] online_timeout`, and at most half of
+    /// what is left before `deadline` (the rest is for the fallback and the
+    /// model).
+    fn read_timeout(&self, deadline: Option<tokio::time::Instant>) -> Duration {
+        let t = self.resilience.timeout;
+        match deadline {
+            Some(d) => t.min(d.saturating_duration_since(tokio::time::Instant::now()) / 2),
+            None => t,
+        }
+    }
+
+    /// Read keys from the store through the read breaker.
+    async fn store_read(
+        &self,
+        keys: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.resilience
+            .read
+            .call(timeout, self.store.read(keys), |e| {
+                matches!(e, FeatureError::Online(_) | FeatureError::Io(_))
+            })
+            .await
+            .map_err(|e| match e {
+                greenbelt_core::breaker::CallError::Failed(e) => e,
+                other => FeatureError::Online(format!("read: {other}")),
+            })
+    }
+
+    /// Write through the write breaker.
+    async fn store_write<F>(&self, write: F) -> Result<u64>
+    where
+        F: std::future::Future<Output = Result<u64>>,
+    {
+        self.resilience
+            .write
+            .call(WRITE_TIMEOUT, write, |e| {
+                matches!(e, FeatureError::Online(_) | FeatureError::Io(_))
+            })
+            .await
+            .map_err(|e| match e {
+                greenbelt_core::breaker::CallError::Failed(e) => e,
+                other => FeatureError::Online(format!("write: {other}")),
+            })
     }
 
     /// Replace the wall clock (µs UTC) used for TTL checks (tests, canary).
@@ -291,9 +424,19 @@ impl OnlineService {
         }
     }
 
-    /// Records for storage keys, cache first, one store read for the misses.
-    async fn fetch(&self, keys: &[(String, &FeatureView)]) -> Result<Vec<Option<Arc<Stored>>>> {
+    /// Records for storage keys, cache first, one store read for the misses
+    /// (cut at `timeout`). When the store fails and `rule` has a fallback,
+    /// the misses get their last values (if kept and young enough) and are
+    /// marked failed; with `error`, the store's error is returned.
+    async fn fetch(
+        &self,
+        keys: &[(String, &FeatureView)],
+        timeout: Duration,
+        rule: FallbackRule,
+    ) -> Result<Fetched> {
         let mut out: Vec<Option<Option<Arc<Stored>>>> = vec![None; keys.len()];
+        let mut failed: Vec<Option<Option<Duration>>> = vec![None; keys.len()];
+        let mut error = None;
         if let Some(cache) = &self.cache {
             for (i, (k, _)) in keys.iter().enumerate() {
                 if let Some(c) = cache.get(k).await {
@@ -303,10 +446,36 @@ impl OnlineService {
         }
         let missing: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
         if !missing.is_empty() {
-            let raw = self
-                .store
-                .read(missing.iter().map(|i| keys[*i].0.clone()).collect())
-                .await?;
+            let read = self
+                .store_read(
+                    missing.iter().map(|i| keys[*i].0.clone()).collect(),
+                    timeout,
+                )
+                .await;
+            let raw = match read {
+                Ok(raw) => raw,
+                Err(e @ FeatureError::Online(_)) if rule.fallback != Fallback::Error => {
+                    let now = tokio::time::Instant::now();
+                    for &i in &missing {
+                        let last = match &self.resilience.last {
+                            Some(c) if rule.fallback == Fallback::LastValue => {
+                                c.get(&keys[i].0).await.and_then(|l| {
+                                    let age = now.saturating_duration_since(l.read_at);
+                                    let young = rule.max_age.is_none_or(|m| age <= m);
+                                    young.then(|| (l.value.clone(), age))
+                                })
+                            }
+                            _ => None,
+                        };
+                        failed[i] = Some(last.as_ref().map(|(_, age)| *age));
+                        out[i] = Some(last.map(|(v, _)| v));
+                    }
+                    error = Some(e.to_string());
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            let now = tokio::time::Instant::now();
             for (i, bytes) in missing.into_iter().zip(raw) {
                 let rec = bytes
                     .map(|b| Record::decode(&b).map(|r| Arc::new(Stored::new(r))))
@@ -323,10 +492,81 @@ impl OnlineService {
                         )
                         .await;
                 }
+                if let (Some(last), Some(r)) = (&self.resilience.last, &rec) {
+                    last.insert(
+                        keys[i].0.clone(),
+                        Arc::new(LastValue {
+                            value: r.clone(),
+                            read_at: now,
+                        }),
+                    )
+                    .await;
+                }
                 out[i] = Some(rec);
             }
         }
-        Ok(out.into_iter().map(Option::flatten).collect())
+        Ok(Fetched {
+            records: out.into_iter().map(Option::flatten).collect(),
+            failed,
+            error,
+        })
+    }
+
+    /// One cell of a read: the value (`Null` unless `PRESENT`, `STALE` or
+    /// `DEFAULT`), its status and the event time of the record it came
+    /// from. A cell of a failed key gets its last value, else the feature's
+    /// default, else the read fails.
+    fn resolve<'f>(
+        &self,
+        fetched: &'f Fetched,
+        i: usize,
+        view: &FeatureView,
+        r: &FeatureRef,
+        now: i64,
+        tally: &mut Tally,
+    ) -> Result<(Value, FieldStatus, Option<&'f Stored>)> {
+        let rec = fetched.records[i].as_deref();
+        let expired = |s: &Stored| view.ttl_us.is_some_and(|t| now - s.record.event_us > t);
+        let Some(age) = fetched.failed[i] else {
+            let Some(stored) = rec else {
+                return Ok((Value::Null, FieldStatus::NotFound, None));
+            };
+            if expired(stored) {
+                return Ok((Value::Null, FieldStatus::OutsideMaxAge, Some(stored)));
+            }
+            let v = stored
+                .record
+                .values
+                .get(&r.feature)
+                .cloned()
+                .unwrap_or(Value::Null);
+            let status = if v.is_null() {
+                FieldStatus::NullValue
+            } else {
+                FieldStatus::Present
+            };
+            return Ok((v, status, Some(stored)));
+        };
+        if let (Some(stored), Some(age)) = (rec, age)
+            && !expired(stored)
+            && let Some(v) = stored
+                .record
+                .values
+                .get(&r.feature)
+                .filter(|v| !v.is_null())
+        {
+            tally.stale += 1;
+            tally.oldest = Some(tally.oldest.map_or(age, |o| o.max(age)));
+            return Ok((v.clone(), FieldStatus::Stale, Some(stored)));
+        }
+        if let Some(d) = view.feature(&r.feature).and_then(|f| f.default.clone()) {
+            tally.defaults += 1;
+            return Ok((d, FieldStatus::Default, None));
+        }
+        Err(FeatureError::Online(format!(
+            "{}; feature \"{r}\" has no last value for this entity and no default to fall back on",
+            fetched.error.as_deref().unwrap_or("the store failed")
+        )))
     }
 
     /// Check entity rows against the views of `refs` and work out the
@@ -406,14 +646,26 @@ impl OnlineService {
     /// A feature service's values for entity rows (join key → one value
     /// per row) as a row-major matrix of numbers with a status per cell.
     /// Every feature of the service must be numeric (float64, int64 or
-    /// bool, read as 0/1). The same reads, cache and TTL rules as
+    /// bool, read as 0/1). The same reads, cache, TTL and fallback rules as
     /// [`OnlineService::get_online_features`].
     pub async fn lookup(
         &self,
         service: &str,
         entities: &BTreeMap<String, Vec<Value>>,
     ) -> Result<FeatureMatrix> {
-        let refs = &self.defs.service(service)?.features;
+        self.lookup_by(service, entities, None).await
+    }
+
+    /// [`OnlineService::lookup`] for a request that must answer by
+    /// `deadline`: the store read gets at most half the time left.
+    pub async fn lookup_by(
+        &self,
+        service: &str,
+        entities: &BTreeMap<String, Vec<Value>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<FeatureMatrix> {
+        let svc = self.defs.service(service)?;
+        let refs = &svc.features;
         for r in refs {
             let f = self
                 .defs
@@ -426,8 +678,14 @@ impl OnlineService {
                 )));
             }
         }
+        let rule = FallbackRule {
+            fallback: svc.fallback,
+            max_age: svc.fallback_max_age,
+        };
         let plan = self.plan(refs, entities)?;
-        let records = self.fetch(&plan.keys).await?;
+        let fetched = self
+            .fetch(&plan.keys, self.read_timeout(deadline), rule)
+            .await?;
         let now = (self.clock)();
         let (n, width) = (plan.rows, refs.len());
         let mut out = FeatureMatrix {
@@ -435,7 +693,9 @@ impl OnlineService {
             rows: n,
             values: vec![None; n * width],
             statuses: vec![FieldStatus::NotFound; n * width],
+            degraded: None,
         };
+        let mut tally = Tally::default();
         for (c, r) in refs.iter().enumerate() {
             let vi = plan
                 .views
@@ -444,32 +704,30 @@ impl OnlineService {
                 .unwrap_or(0);
             let view = plan.views[vi];
             for row in 0..n {
-                let Some(stored) = &records[vi * n + row] else {
-                    continue;
-                };
-                let rec = &stored.record;
                 let at = row * width + c;
-                if view.ttl_us.is_some_and(|t| now - rec.event_us > t) {
-                    out.statuses[at] = FieldStatus::OutsideMaxAge;
-                    continue;
-                }
-                let x = match rec.values.get(&r.feature) {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Number(x)) => x.as_f64(),
-                    Some(Value::Bool(b)) => Some(f64::from(u8::from(*b))),
-                    Some(other) => {
+                let (v, status, _) =
+                    self.resolve(&fetched, vi * n + row, view, r, now, &mut tally)?;
+                let x = match &v {
+                    Value::Null => None,
+                    Value::Number(x) => x.as_f64(),
+                    Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                    other => {
                         return Err(FeatureError::Data(format!(
                             "feature \"{r}\": stored value {other} is not a number"
                         )));
                     }
                 };
-                out.statuses[at] = if x.is_some() {
-                    FieldStatus::Present
-                } else {
-                    FieldStatus::NullValue
+                out.statuses[at] = match (status, x) {
+                    (FieldStatus::Present, None) => FieldStatus::NullValue,
+                    (s, _) => s,
                 };
                 out.values[at] = x;
             }
+        }
+        out.degraded = tally.degraded(&fetched.error, rule);
+        if let Some(d) = &out.degraded {
+            self.resilience
+                .degraded(service, d.stale_values, d.default_values);
         }
         Ok(out)
     }
@@ -477,30 +735,40 @@ impl OnlineService {
     /// Feature values for entity rows (see the module docs for the shape).
     pub async fn get_online_features(&self, req: &OnlineRequest) -> Result<OnlineResponse> {
         let resolved: Vec<FeatureRef>;
-        let refs: &[FeatureRef] = match (&req.feature_service, &req.features) {
-            (Some(s), None) => &self.defs.service(s)?.features,
-            (None, Some(f)) => {
-                resolved = self.defs.resolve_features(f)?;
-                &resolved
-            }
-            (Some(_), Some(_)) => {
-                return Err(FeatureError::Invalid(
-                    "give either feature_service or features, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(FeatureError::Invalid(
-                    "feature_service or features is required".into(),
-                ));
-            }
-        };
+        let (refs, rule): (&[FeatureRef], FallbackRule) =
+            match (&req.feature_service, &req.features) {
+                (Some(s), None) => {
+                    let svc = self.defs.service(s)?;
+                    (
+                        svc.features.as_slice(),
+                        FallbackRule {
+                            fallback: svc.fallback,
+                            max_age: svc.fallback_max_age,
+                        },
+                    )
+                }
+                (None, Some(f)) => {
+                    resolved = self.defs.resolve_features(f)?;
+                    (resolved.as_slice(), FallbackRule::ERROR)
+                }
+                (Some(_), Some(_)) => {
+                    return Err(FeatureError::Invalid(
+                        "give either feature_service or features, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(FeatureError::Invalid(
+                        "feature_service or features is required".into(),
+                    ));
+                }
+            };
         let ReadPlan {
             views,
             join_names,
             keys,
             rows: n,
         } = self.plan(refs, &req.entities)?;
-        let records = self.fetch(&keys).await?;
+        let fetched = self.fetch(&keys, self.read_timeout(None), rule).await?;
         let now = (self.clock)();
         let epoch = format_ts(0);
         let mut names = Vec::new();
@@ -513,6 +781,7 @@ impl OnlineService {
                 event_timestamps: vec![epoch.clone(); n],
             });
         }
+        let mut tally = Tally::default();
         for r in refs {
             let vi = views.iter().position(|v| v.name == r.view).unwrap_or(0);
             let view = views[vi];
@@ -527,37 +796,26 @@ impl OnlineService {
                 event_timestamps: Vec::with_capacity(n),
             };
             for row in 0..n {
-                match &records[vi * n + row] {
-                    None => {
-                        col.values.push(Value::Null);
-                        col.statuses.push(FieldStatus::NotFound);
-                        col.event_timestamps.push(epoch.clone());
-                    }
-                    Some(stored) => {
-                        let rec = &stored.record;
-                        col.event_timestamps.push(stored.event_ts.clone());
-                        let expired = view.ttl_us.is_some_and(|t| now - rec.event_us > t);
-                        let v = rec.values.get(&r.feature).cloned().unwrap_or(Value::Null);
-                        if expired {
-                            col.values.push(Value::Null);
-                            col.statuses.push(FieldStatus::OutsideMaxAge);
-                        } else if v.is_null() {
-                            col.values.push(Value::Null);
-                            col.statuses.push(FieldStatus::NullValue);
-                        } else {
-                            col.values.push(v);
-                            col.statuses.push(FieldStatus::Present);
-                        }
-                    }
-                }
+                let (v, status, ts) =
+                    self.resolve(&fetched, vi * n + row, view, r, now, &mut tally)?;
+                col.values.push(v);
+                col.statuses.push(status);
+                col.event_timestamps
+                    .push(ts.map_or_else(|| epoch.clone(), |s| s.event_ts.clone()));
             }
             results.push(col);
+        }
+        let degraded = tally.degraded(&fetched.error, rule);
+        if let (Some(d), Some(s)) = (&degraded, &req.feature_service) {
+            self.resilience
+                .degraded(s, d.stale_values, d.default_values);
         }
         Ok(OnlineResponse {
             metadata: Metadata {
                 feature_names: names,
             },
             results,
+            degraded,
         })
     }
 
@@ -675,10 +933,12 @@ impl OnlineService {
             None => Vec::new(),
         };
         let written = match &self.store {
-            OnlineStore::Redis(r) => r.write_expiring(items, (self.clock)()).await?,
+            OnlineStore::Redis(r) => {
+                self.store_write(r.write_expiring(items, (self.clock)()))
+                    .await?
+            }
             store => {
-                store
-                    .write(items.into_iter().map(|(k, v, _)| (k, v)).collect())
+                self.store_write(store.write(items.into_iter().map(|(k, v, _)| (k, v)).collect()))
                     .await?
             }
         };

@@ -98,3 +98,73 @@ fn errors_name_the_field_and_the_fix() {
     let e = err(&bad_check);
     assert!(e.contains("not_nul"), "{e}");
 }
+
+#[test]
+fn fallbacks_defaults_and_breaker_settings_validate_with_the_field_named() {
+    use greenbelt_features::defs::Fallback;
+    let with = |svc_extra: &str, feat_extra: &str, store: &str| {
+        MINI.replace(
+            "features = [{ name = \"amount\", type = \"float64\" }]",
+            &format!("features = [{{ name = \"amount\", type = \"float64\"{feat_extra} }}]"),
+        )
+        .replace(
+            "features = [\"user_stats:*\"]",
+            &format!("features = [\"user_stats:*\"]\n{svc_extra}"),
+        ) + store
+    };
+    let ok = Definitions::parse(
+        &with(
+            "fallback = \"last_value\"\nfallback_max_age = \"10m\"",
+            ", default = 0.0",
+            "[store]\nonline_timeout = \"50ms\"\n[store.online_breaker]\nwait_duration_in_open = \"2s\"\n",
+        ),
+        Path::new("/base"),
+    )
+    .unwrap();
+    let s = ok.service("svc").unwrap();
+    assert_eq!(s.fallback, Fallback::LastValue);
+    assert_eq!(
+        s.fallback_max_age,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(ok.online.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(
+        ok.online.breaker.wait_duration_in_open,
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(
+        ok.view("user_stats").unwrap().features[0].default,
+        Some(serde_json::json!(0.0))
+    );
+    // The default is `error`.
+    let plain = Definitions::parse(MINI, Path::new("/base")).unwrap();
+    assert_eq!(plain.service("svc").unwrap().fallback, Fallback::Error);
+
+    let e = err(&with("fallback = \"default\"", "", ""));
+    assert!(
+        e.contains("fallback = \"default\"") && e.contains("\"user_stats:amount\" has no default"),
+        "{e}"
+    );
+    let e = err(&with("", ", default = \"zero\"", ""));
+    assert!(e.contains("default = \"zero\" is not a float64"), "{e}");
+    let e = err(&with("fallback = \"stale\"", "", ""));
+    assert!(
+        e.contains("unknown variant") && e.contains("last_value"),
+        "{e}"
+    );
+    let e = err(&with("fallback_max_age = \"1h\"", "", ""));
+    assert!(e.contains("fallback_max_age is only for"), "{e}");
+    let e = err(&with(
+        "",
+        "",
+        "[store.online_breaker]\nfailure_rate_threshold = 150.0\n",
+    ));
+    assert!(
+        e.contains("[store.online_breaker] failure_rate_threshold = 150"),
+        "{e}"
+    );
+    let e = err(&with("", "", "[store.online_breaker]\nwindow = 5\n"));
+    assert!(e.contains("unknown field `window`"), "{e}");
+    let e = err(&with("", "", "[store]\nonline_timeout = \"soon\"\n"));
+    assert!(e.contains("[store] online_timeout"), "{e}");
+}

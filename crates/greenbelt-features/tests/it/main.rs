@@ -10,6 +10,8 @@ mod http;
 mod memory;
 mod offline;
 mod online;
+mod outage;
 mod pit;
 mod pit_props;
+mod redis_proc;
 mod s3;

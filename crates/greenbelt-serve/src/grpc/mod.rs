@@ -314,7 +314,13 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = req.into_inner();
         match self.state.repository.resolve(&r.name, Some(&r.version)) {
-            Ok(_) => Ok(Response::new(pb::ModelReadyResponse { ready: true })),
+            Ok(served) => Ok(Response::new(pb::ModelReadyResponse {
+                ready: crate::features::readiness(
+                    &served,
+                    self.state.repository.features().map(|f| &**f),
+                )
+                .is_ok(),
+            })),
             Err(ServeError::ModelNotReady { .. }) => {
                 Ok(Response::new(pb::ModelReadyResponse { ready: false }))
             }
@@ -394,10 +400,9 @@ impl GrpcInferenceService for GrpcService {
                 return Err(status(e));
             }
         };
-        let (out, track, served) =
-            infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
-                .await
-                .map_err(status)?;
+        let (out, meta, served) = infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
+            .await
+            .map_err(status)?;
         let encoded = encode_response(out);
         served
             .metrics
@@ -405,8 +410,14 @@ impl GrpcInferenceService for GrpcService {
         let mut resp = Response::new(encoded);
         resp.metadata_mut().insert(
             crate::routing::TRACK_HEADER,
-            tonic::metadata::MetadataValue::from_static(track.as_str()),
+            tonic::metadata::MetadataValue::from_static(meta.track.as_str()),
         );
+        if meta.degraded {
+            resp.metadata_mut().insert(
+                crate::features::DEGRADED_HEADER,
+                tonic::metadata::MetadataValue::from_static("features"),
+            );
+        }
         if let Ok(v) = trace.header().parse() {
             resp.metadata_mut().insert("traceparent", v);
         }

@@ -284,11 +284,20 @@ fn ready_response(
     version: Option<&str>,
 ) -> Result<Response, ApiError> {
     match state.repository.resolve(model, version) {
-        Ok(_) => Ok((
-            StatusCode::OK,
-            axum::Json(json!({ "name": model, "ready": true })),
-        )
-            .into_response()),
+        Ok(served) => {
+            match crate::features::readiness(&served, state.repository.features().map(|f| &**f)) {
+                Ok(()) => Ok((
+                    StatusCode::OK,
+                    axum::Json(json!({ "name": model, "ready": true })),
+                )
+                    .into_response()),
+                Err(why) => Ok((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({ "name": model, "ready": false, "error": why })),
+                )
+                    .into_response()),
+            }
+        }
         Err(e @ ServeError::ModelNotReady { .. }) => Ok((
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "name": model, "ready": false, "error": e.to_string() })),
@@ -405,8 +414,14 @@ async fn handle_infer(
             let binary_output = req.binary_output;
             match infer(&state, permit, &model, version.as_deref(), req, &ctx).await {
                 Err(e) => ApiError(e).into_response(),
-                Ok((out, track, served)) => {
-                    let resp = encode(&out, &requested, binary_output, track);
+                Ok((out, meta, served)) => {
+                    let mut resp = encode(&out, &requested, binary_output, meta.track);
+                    if meta.degraded {
+                        resp.headers_mut().insert(
+                            HeaderName::from_static(crate::features::DEGRADED_HEADER),
+                            HeaderValue::from_static("features"),
+                        );
+                    }
                     let sent = axum::body::HttpBody::size_hint(resp.body()).exact();
                     served.metrics.wire(wire_len, sent.unwrap_or(0) as usize);
                     resp

@@ -50,6 +50,7 @@ impl FeatureSource for SlowSource {
         &'a self,
         _service: &'a str,
         entities: BTreeMap<String, Vec<serde_json::Value>>,
+        _deadline: Option<tokio::time::Instant>,
     ) -> LookupFuture<'a> {
         Box::pin(async move {
             self.lookups.fetch_add(1, Ordering::SeqCst);
