@@ -386,8 +386,10 @@ async fn entity_keys_are_served_from_the_online_store() {
     // Freshness gauges and the canary on /metrics.
     let mut text = String::new();
     for _ in 0..100 {
+        // as Prometheus scrapes: OpenMetrics, which ends with # EOF
         text = c
             .get(format!("{base}/metrics"))
+            .header("accept", "application/openmetrics-text;version=1.0.0")
             .send()
             .await
             .unwrap()

@@ -104,6 +104,14 @@ fn generated_rules_pass_promtool_check_and_unit_tests() {
         .current_dir(d)
         .args(["check", "rules", "rules.yml"]));
     assert!(checked.contains("SUCCESS"), "{checked}");
+    // The hand-written release and breaker alerts shipped in deploy/ too.
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/alerts.yml");
+    let checked = run(Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&shipped));
+    assert!(checked.contains("SUCCESS"), "{checked}");
 
     let fraud = slo("fraud", SloKind::Availability, 0.999, None);
     let fraud_latency = slo("fraud", SloKind::Latency, 0.99, Some(51.2));
