@@ -13,7 +13,11 @@
 #   BENCH_BASELINE_TARGET  cargo target dir for the baseline build
 #                        (default bench/out/baseline-target; point it at a shared
 #                        one to reuse compiled dependencies)
+#   BENCH_AFTER_BIN      use this binary as "after" instead of this checkout's
+#                        release build; BENCH_AFTER_NAME names it in the report
 #   BENCH_ROUNDS         rounds of before/after, interleaved (default 2)
+#   BENCH_SECTION        the docs section written (default before-after:
+#                        <!-- bench:before-after:begin/end -->)
 #   BENCH_DURATION, BENCH_WARMUP, BENCH_CONCURRENCY, BENCH_IDLE_PCT,
 #   BENCH_IDLE_MAX_WAIT, BENCH_PORT_BASE, BENCH_BUILD, BENCH_DOCS: as in bench/run.sh
 #   ORT_DYLIB_PATH       libonnxruntime.so (default: the one in .venv or bench/.venv-mlserver)
@@ -40,8 +44,8 @@ fi
 [[ -f "$ort" ]] || { say "no libonnxruntime.so found (set ORT_DYLIB_PATH, or run bash scripts/test.sh once)"; exit 1; }
 
 # ---- the two binaries ---------------------------------------------------
-gb="$root/target/release/greenbelt"
-if [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$gb" ]]; then
+gb="${BENCH_AFTER_BIN:-$root/target/release/greenbelt}"
+if [[ -z "${BENCH_AFTER_BIN:-}" ]] && [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$gb" ]]; then
     say "cargo build --release -p greenbelt (this checkout)"
     cargo build --release --quiet -p greenbelt
 fi
@@ -79,6 +83,7 @@ rm -f "$out/results.json"
 "$python" "$root/bench/bench.py" \
     --root "$root" --out "$out" --greenbelt "$gb" --ort-lib "$ort" \
     --baseline "$base" --baseline-name "$rev" \
+    --after-name "${BENCH_AFTER_NAME:-$(git rev-parse --short=12 HEAD)}" \
     --duration "${BENCH_DURATION:-10}" --warmup "${BENCH_WARMUP:-2}" \
     --concurrency "${BENCH_CONCURRENCY:-1 8 64}" --only "${groups%,}" \
     --idle-pct "${BENCH_IDLE_PCT:-15}" --idle-max-wait "${BENCH_IDLE_MAX_WAIT:-60}" \
@@ -86,6 +91,7 @@ rm -f "$out/results.json"
     --command "${knobs}bash bench/before_after.sh $rev" || status=$?
 
 if [[ -f "$out/results.json" && "${BENCH_DOCS:-1}" == 1 ]]; then
-    "$python" "$root/bench/report.py" --before-after "$out/results.json" "$root/docs/benchmarks.md"
+    "$python" "$root/bench/report.py" --before-after --section "${BENCH_SECTION:-before-after}" \
+        "$out/results.json" "$root/docs/benchmarks.md"
 fi
 exit "$status"

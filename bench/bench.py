@@ -712,8 +712,8 @@ class Bench:
                 "greenbelt": out([self.a.greenbelt, "--version"]),
                 "baseline": ({"name": self.a.baseline_name, "version": out([self.a.baseline, "--version"])}
                              if self.a.baseline else None),
-                "git_commit": out(["git", "rev-parse", "--short=12", "HEAD"], cwd=self.root),
-                "git_dirty": bool(dirty),
+                "git_commit": self.a.after_name or out(["git", "rev-parse", "--short=12", "HEAD"], cwd=self.root),
+                "git_dirty": bool(dirty) and not self.a.after_name,
                 "rustc": out(["rustc", "-V"]),
                 "wrk": (out(["sh", "-c", f"{self.a.wrk} -v 2>&1 | head -1"]) or "").split(" Copyright")[0],
                 "python_system": platform.python_version(),
@@ -764,6 +764,7 @@ def main() -> int:
     ap.add_argument("--command", default="bash bench/run.sh", help="how this run was started, for the report")
     ap.add_argument("--baseline", help="an older greenbelt binary for the `before`/`before-nolog` groups")
     ap.add_argument("--baseline-name", default="baseline", help="what the baseline is (a git revision), for the report")
+    ap.add_argument("--after-name", help="what --greenbelt was built from (default: this checkout's HEAD)")
     a = ap.parse_args()
     # wrk takes whole seconds or suffixed durations; keep it simple
     a.duration = max(1, round(a.duration))

@@ -1,7 +1,7 @@
 """Render bench/out/results.json into docs/benchmarks.md.
 
     python3 bench/report.py [RESULTS_JSON] [DOC_MD]
-    python3 bench/report.py --before-after RESULTS_JSON [DOC_MD]   # bench/before_after.sh
+    python3 bench/report.py --before-after [--section NAME] RESULTS_JSON [DOC_MD]   # bench/before_after.sh
 
 Only the part of DOC_MD between the markers
 
@@ -323,8 +323,6 @@ def render(res: dict) -> str:
     return "\n".join(out)
 
 
-BA_BEGIN = "<!-- bench:before-after:begin -->"
-BA_END = "<!-- bench:before-after:end -->"
 BA_ROWS = [  # (after group, before group, protocol, label)
     ("greenbelt", "before", "rest", "REST, request log on (default)"),
     ("greenbelt-nolog", "before-nolog", "rest", "REST, request log off"),
@@ -421,11 +419,18 @@ def main() -> int:
     args = sys.argv[1:]
     before_after = "--before-after" in args
     args = [a for a in args if a != "--before-after"]
+    # --section NAME: a before/after section of its own (bench:NAME:begin/end)
+    section = "before-after"
+    if "--section" in args:
+        i = args.index("--section")
+        section = args[i + 1] if i + 1 < len(args) else section
+        del args[i:i + 2]
     results = Path(args[0]) if args else ROOT / "bench/out/results.json"
     doc = Path(args[1]) if len(args) > 1 else ROOT / "docs/benchmarks.md"
     res = json.loads(results.read_text())
     if before_after:
-        write_section(doc, BA_BEGIN, BA_END, render_before_after(res))
+        write_section(doc, f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->",
+                      render_before_after(res))
     else:
         write_section(doc, BEGIN, END, render(res))
     print(f"wrote {doc}", file=sys.stderr)
