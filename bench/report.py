@@ -386,6 +386,20 @@ def render_before_after(res: dict) -> str:
             w(f"| {label} | {c} | {num(tb)} | {num(ta)} | {pct(ta, tb)} | {ms(pb)} | {ms(pa)} | "
               f"{pct(pa, pb)} | {nb} / {na} |")
     w("")
+    # What the request log costs each binary: log off vs log on, REST.
+    cost = []
+    for label, on_g, off_g in (("before", "before", "before-nolog"), ("after", "greenbelt", "greenbelt-nolog")):
+        cells = []
+        for c in conc:
+            on, _ = mean_of(runs, on_g, "rest", c, "throughput_rps")
+            off, _ = mean_of(runs, off_g, "rest", c, "throughput_rps")
+            if on is not None and off:
+                cells.append(f"c={c}: {100 * (off - on) / off:.1f}%")
+        if cells:
+            cost.append(f"{label}: " + ", ".join(cells))
+    if cost:
+        w("Throughput the request log costs (REST, log off vs log on, same binary): " + "; ".join(cost) + ".")
+        w("")
     bad = [r for r in runs if not r.get("ok")]
     if bad or res.get("failures"):
         w("Failures: " + "; ".join(
