@@ -126,6 +126,16 @@ pub struct ServerConfig {
     pub shadow_concurrency: usize,
     /// Serve registry versions tagged `fault` (drills only): see `fault.rs`.
     pub allow_fault_injection: bool,
+    /// The adaptive per-model concurrency limit (`[server.concurrency]`,
+    /// see `stages/limit.rs`); `max_inflight` stays the hard cap.
+    pub concurrency: crate::stages::limit::ConcurrencyConfig,
+    /// Longest a request may wait for compute (batcher queue or compute
+    /// pool), in milliseconds; past it the request is shed with 503 before
+    /// it costs compute. Never more than what is left of the request timeout.
+    pub queue_budget_ms: u64,
+    /// After SIGTERM, keep serving (with readiness false) this long before
+    /// draining, so load balancers stop sending first (ms; 0 = drain at once).
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +156,9 @@ impl Default for ServerConfig {
             shadow_queue: 1024,
             shadow_concurrency: 0,
             allow_fault_injection: false,
+            concurrency: Default::default(),
+            queue_budget_ms: 5_000,
+            shutdown_delay_ms: 0,
         }
     }
 }
@@ -294,6 +307,17 @@ impl Config {
                 "[server] request_timeout_ms must be > 0".into(),
             ));
         }
+        if s.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] max_inflight must be > 0".into(),
+            ));
+        }
+        if s.queue_budget_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] queue_budget_ms must be > 0 (the request timeout bounds it too)".into(),
+            ));
+        }
+        s.concurrency.validate().map_err(ConfigError::Invalid)?;
         for (i, slo) in self.slo.iter().enumerate() {
             slo.validate(i).map_err(ConfigError::Invalid)?;
             if self.slo[..i].iter().any(|o| o.name() == slo.name()) {
