@@ -296,14 +296,16 @@ impl Gradient2 {
             self.long_rtt.value *= 0.95;
             long = self.long_rtt.value;
         }
-        // Not using the limit (app-limited): nothing learned about it.
-        if (inflight as f64) < self.limit / 2.0 {
-            return;
-        }
         let gradient = (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0);
         let estimate = self.limit * gradient + self.config.queue_size as f64;
         let smoothed =
             self.limit * (1.0 - self.config.smoothing) + estimate * self.config.smoothing;
+        // Not using the limit (app-limited): no reason to grow it. Unlike
+        // Netflix's Gradient2 a latency rise still lowers it, so a model
+        // that turns slow under a limit it never filled is caught too.
+        if smoothed > self.limit && (inflight as f64) < self.limit / 2.0 {
+            return;
+        }
         self.limit = smoothed.clamp(
             self.config.min_limit.min(self.max_limit) as f64,
             self.max_limit as f64,
@@ -584,7 +586,9 @@ mod tests {
     async fn an_app_limited_window_leaves_the_limit_alone() {
         let mut g = Gradient2::new(config(), 4096, Instant::now());
         let l = drive(&mut g, 20, Duration::from_millis(5), 3).await;
-        assert_eq!(l, 20, "3 in flight of 20: nothing learned");
+        assert_eq!(l, 20, "3 in flight of 20: no reason to grow");
+        let l = drive(&mut g, 10, Duration::from_millis(50), 3).await;
+        assert!(l < 20, "latency rose: falls even when app-limited ({l})");
     }
 
     #[tokio::test(start_paused = true)]
