@@ -447,6 +447,10 @@ async fn connect(target: &Target, inputs: &[Tensor], pool: usize) -> Result<Conn
     })
 }
 
+/// The open-loop rates [`run_open`] accepts (requests per second).
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 1_000_000.0;
+
 /// How to run open-loop load.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -464,10 +468,11 @@ pub struct OpenOptions {
 /// own task, at most `max_outstanding` at once. Waits for the last
 /// answers (each bounded by the target's timeout).
 pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> Result<LoadResult> {
-    if !(opts.rate.is_finite() && opts.rate > 0.0) || opts.max_outstanding == 0 {
-        return Err(AppError::Invalid(
-            "--rate must be a positive number of requests per second, and the outstanding bound positive".into(),
-        ));
+    if !(MIN_RATE..=MAX_RATE).contains(&opts.rate) || opts.max_outstanding == 0 {
+        return Err(AppError::Invalid(format!(
+            "--rate must be between {MIN_RATE} and {MAX_RATE} requests per second (got {}), and the outstanding bound positive",
+            opts.rate
+        )));
     }
     let conn = connect(target, inputs, opts.max_outstanding).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_outstanding));

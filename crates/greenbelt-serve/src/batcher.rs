@@ -552,4 +552,46 @@ mod tests {
             "abandoned requests must not be computed: {calls} calls"
         );
     }
+
+    #[tokio::test]
+    async fn a_request_past_its_queue_budget_is_answered_503_and_never_computed() {
+        let model = doubler(Duration::from_millis(150));
+        let b = batcher(
+            model.clone(),
+            BatchingConfig {
+                max_batch_size: 1,
+                max_queue_delay_us: 0,
+                ..Default::default()
+            },
+        );
+        let budget = |ms| {
+            let now = Instant::now();
+            Some(QueueBudget::new(
+                now,
+                Duration::from_millis(ms),
+                now + Duration::from_secs(10),
+            ))
+        };
+        // The first holds the only instance for 150 ms; the second may wait
+        // 50 ms, the third 1 s.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer_within(input(1, 1.0), budget(1000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (late, patient) = tokio::join!(
+            b.infer_within(input(1, 2.0), budget(50)),
+            b.infer_within(input(1, 3.0), budget(1000)),
+        );
+        let e = late.unwrap_err();
+        assert!(
+            matches!(e, ServeError::QueueTimeout { budget_ms: 50, .. }),
+            "{e}"
+        );
+        assert_eq!(e.retry_after(), Some(1));
+        assert!(patient.is_ok());
+        assert!(first.await.unwrap().is_ok());
+        let calls = model.calls.lock().unwrap().len();
+        assert_eq!(calls, 2, "the request past its budget was not computed");
+    }
 }

@@ -38,7 +38,9 @@ impl QueueBudget {
     pub fn new(since: Instant, budget: Duration, request_deadline: Instant) -> QueueBudget {
         QueueBudget {
             since,
-            deadline: (since + budget).min(request_deadline),
+            deadline: since
+                .checked_add(budget)
+                .map_or(request_deadline, |d| d.min(request_deadline)),
         }
     }
 

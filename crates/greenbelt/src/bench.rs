@@ -49,9 +49,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--concurrency, --rows and --duration must be positive");
     }
     if let Some(r) = args.rate
-        && !(r > 0.0 && r.is_finite())
+        && !(greenbelt_app::loadgen::MIN_RATE..=greenbelt_app::loadgen::MAX_RATE).contains(&r)
     {
-        bail!("--rate must be a positive number of requests per second, got {r}");
+        bail!(
+            "--rate must be between {} and {} requests per second, got {r}",
+            greenbelt_app::loadgen::MIN_RATE,
+            greenbelt_app::loadgen::MAX_RATE
+        );
     }
     let concurrency = args
         .concurrency

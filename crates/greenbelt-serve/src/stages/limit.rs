@@ -515,25 +515,17 @@ impl Limiters {
         }
     }
 
-    /// Current limit and in-flight count per model, for `/admin` views.
-    pub fn snapshot(&self) -> Vec<(String, usize, usize)> {
-        let Ok(map) = self.by_model.lock() else {
-            return Vec::new();
-        };
-        let mut v: Vec<_> = map
-            .iter()
-            .map(|(m, l)| (m.clone(), l.limit(), l.inflight()))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Forget a model that is no longer served (its gauge goes too).
-    pub fn forget(&self, model: &str) {
-        if let Ok(mut map) = self.by_model.lock()
-            && map.remove(model).is_some()
-        {
-            self.metrics.forget_concurrency_limit(model);
+    /// Keep the limiters of models `keep` says are still served; the
+    /// others go, with their gauge.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut map) = self.by_model.lock() {
+            map.retain(|model, _| {
+                let kept = keep(model);
+                if !kept {
+                    self.metrics.forget_concurrency_limit(model);
+                }
+                kept
+            });
         }
     }
 }
@@ -669,6 +661,11 @@ mod tests {
         assert!(
             text.contains("greenbelt_concurrency_limit{model=\"m\"} 10"),
             "{text}"
+        );
+        limiters.retain(|m| m != "m");
+        assert!(
+            !metrics.encode().contains("greenbelt_concurrency_limit{"),
+            "gone with its model"
         );
     }
 
