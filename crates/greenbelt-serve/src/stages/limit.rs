@@ -131,7 +131,7 @@ impl Default for ConcurrencyConfig {
             initial_limit: 100,
             min_limit: 8,
             max_limit: 1000,
-            rtt_tolerance: 1.5,
+            rtt_tolerance: 2.0,
             smoothing: 0.2,
             queue_size: 4,
             window_ms: 100,
