@@ -223,8 +223,10 @@ pub async fn infer(
         tokio::time::timeout_at(deadline, answer(state, &routed, req, &mut stats, deadline))
             .await
             .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
-    if let Err(e) = &result {
-        overload_outcome(state, &routed, priority, e, limit.as_mut());
+    match (&result, limit.as_mut()) {
+        (Ok(_), Some(p)) => p.set_sample(stats.queue + stats.compute),
+        (Err(e), p) => overload_outcome(state, &routed, priority, e, p),
+        (Ok(_), None) => {}
     }
     drop(limit);
     match result {
@@ -270,11 +272,16 @@ fn overload_outcome(
     e: &ServeError,
     permit: Option<&mut crate::stages::limit::LimitPermit>,
 ) {
-    if let ServeError::QueueTimeout { .. } = e {
+    if let ServeError::QueueTimeout { waited_ms, .. } = e {
         state.metrics.shed("queue_time");
         state
             .metrics
             .overload_shed(&routed.entry.name, "queue_time", priority.as_str());
+        if let Some(p) = permit {
+            // It waited this long for the model: a sample of the queue.
+            p.set_sample(std::time::Duration::from_millis(*waited_ms));
+        }
+        return;
     }
     if e.outcome() == crate::error::Outcome::ClientError
         && let Some(p) = permit

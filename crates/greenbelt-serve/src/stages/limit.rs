@@ -18,6 +18,13 @@
 //! `low_share` of it, `normal` `normal_share`, `high` all of it, so low
 //! sheds first and high last.
 //!
+//! The latency a limit learns from is the time requests spend waiting for
+//! and inside the model (queue + compute), not their whole time in the
+//! server: when the CPU is saturated by connection and decode work
+//! (shed requests included), lowering the model's limit would not help,
+//! and learning from that delay would spiral the limit down while the
+//! model itself is idle.
+//!
 //! [`Gradient2`] is a pure state machine: time is an argument, so its tests
 //! run on tokio's paused clock.
 
@@ -339,6 +346,9 @@ pub struct LimitPermit {
     started: Instant,
     inflight: usize,
     record: bool,
+    /// The latency to learn from, when the caller measured a better one
+    /// than the time the permit was held.
+    sample: Option<Duration>,
 }
 
 impl std::fmt::Debug for LimitPermit {
@@ -356,6 +366,11 @@ impl LimitPermit {
     pub fn ignore(&mut self) {
         self.record = false;
     }
+
+    /// Learn from `latency` instead of the time the permit was held.
+    pub fn set_sample(&mut self, latency: Duration) {
+        self.sample = Some(latency);
+    }
 }
 
 impl Drop for LimitPermit {
@@ -365,7 +380,9 @@ impl Drop for LimitPermit {
             return;
         }
         let now = Instant::now();
-        let rtt = now.duration_since(self.started);
+        let rtt = self
+            .sample
+            .unwrap_or_else(|| now.duration_since(self.started));
         if let Ok(mut a) = self.limiter.algorithm.lock()
             && let Some(limit) = a.sample(now, rtt, self.inflight)
         {
@@ -438,6 +455,7 @@ impl Limiter {
             started: Instant::now(),
             inflight: current + 1,
             record: true,
+            sample: None,
         })
     }
 }
