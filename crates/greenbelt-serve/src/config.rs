@@ -428,6 +428,44 @@ mod tests {
     }
 
     #[test]
+    fn overload_settings_are_checked_naming_the_field() {
+        let c = parse(
+            "[server]\nqueue_budget_ms = 250\nshutdown_delay_ms = 5000\n[server.concurrency]\nalgorithm = \"off\"\n[[deployments]]\nname = \"d\"\npriority = \"low\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.queue_budget_ms, 250);
+        assert_eq!(c.server.shutdown_delay_ms, 5000);
+        assert_eq!(
+            c.server.concurrency.algorithm,
+            crate::stages::limit::Algorithm::Off
+        );
+        assert_eq!(
+            c.deployments[0].priority,
+            crate::stages::limit::Priority::Low
+        );
+        let e = parse("[server.concurrency]\nmin_limt = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("min_limt") && e.contains("line 2"), "{e}");
+        let e = parse("[server.concurrency]\nnormal_share = 1.5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[server.concurrency] normal_share"), "{e}");
+        let e = parse("[server]\nqueue_budget_ms = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue_budget_ms"), "{e}");
+        let e = parse(
+            "[[deployments]]\nname = \"d\"\npriority = \"urgent\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("urgent") || e.contains("priority"), "{e}");
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = parse("", &[]).unwrap();
         assert_eq!(c.server.http_addr, "127.0.0.1:8000");
