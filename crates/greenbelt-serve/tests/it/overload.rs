@@ -371,3 +371,55 @@ async fn readiness_waits_for_startup_models_and_deployments_and_drops_when_one_f
     assert_eq!(s.get("/v2/health/ready").await.0, 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_takes_the_priority_from_metadata_and_sheds_unavailable() {
+    use greenbelt_serve::grpc::pb;
+    use greenbelt_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    // A limit of 2: low and normal may hold 1, high 2.
+    let mut s = start(
+        |_| {},
+        "allow_fault_injection = true\ncompute_threads = 4\n[server.concurrency]\ninitial_limit = 2\nmin_limit = 2\nmax_limit = 2\n",
+    )
+    .await;
+    install(&s, "m", Some(Duration::from_millis(500)));
+    let held = {
+        let (client, url) = (s.client.clone(), format!("{}/v2/models/m/infer", s.http));
+        tokio::spawn(async move { infer(&client, &url, Some("normal")).await.0 })
+    };
+    let limiter = s.state.limiters.get("m").unwrap();
+    let l = limiter.clone();
+    eventually("one request in flight", Duration::from_secs(5), || {
+        l.inflight() == 1
+    })
+    .await;
+    let row: Vec<u8> = logreg_row().iter().flat_map(|x| x.to_le_bytes()).collect();
+    let request = |priority: &str| {
+        let mut r = tonic::Request::new(pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 20],
+                parameters: Default::default(),
+                contents: None,
+            }],
+            raw_input_contents: vec![row.clone().into()],
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("x-greenbelt-priority", priority.parse().unwrap());
+        r
+    };
+    let mut c = GrpcInferenceServiceClient::connect(s.grpc.clone())
+        .await
+        .unwrap();
+    let e = c.model_infer(request("low")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("low priority"), "{e:?}");
+    let e = c.model_infer(request("urgent")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(c.model_infer(request("high")).await.is_ok());
+    assert_eq!(held.await.unwrap(), 200);
+    s.stop().await;
+}
