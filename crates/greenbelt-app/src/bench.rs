@@ -1,5 +1,7 @@
-//! `bench`: closed-loop load against any V2 server for a fixed time, with
-//! throughput, latency percentiles and errors, and, when the server is
+//! `bench`: closed-loop load (N connections) or open-loop load (a fixed
+//! arrival rate, `rate`) against any V2 server for a fixed time, with
+//! throughput (goodput: successful requests per second), latency
+//! percentiles of successful requests, shed requests and errors, and, when the server is
 //! Greenbelt, its own time per request (server time minus model compute)
 //! read from `/metrics` before and after the measured part.
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{AppError, Result};
-use crate::loadgen::{self, LoadOptions, Protocol, Stop, Target};
+use crate::loadgen::{self, LoadOptions, OpenOptions, Protocol, Stop, Target};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -20,6 +22,9 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Rows per request.
     pub rows: usize,
+    /// Open loop: requests per second regardless of answers, with at most
+    /// `connections` outstanding. None: closed loop.
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -38,8 +43,17 @@ pub struct BenchReport {
     pub concurrency: usize,
     pub rows: usize,
     pub duration_s: f64,
+    /// Open loop: the offered arrival rate (requests per second).
+    pub rate_rps: Option<f64>,
+    /// Successful requests.
     pub requests: u64,
+    /// Failed requests (shed ones included).
     pub errors: u64,
+    /// Of the errors, requests the server shed (503 / UNAVAILABLE).
+    pub shed: u64,
+    /// Open loop: requests due while `concurrency` were outstanding, not sent.
+    pub dropped_by_client: u64,
+    /// Successful requests per second (goodput).
     pub throughput_rps: f64,
     pub latency_ms: Latency,
     pub server_us_per_request: Option<f64>,
@@ -51,13 +65,16 @@ pub struct BenchReport {
 impl BenchReport {
     /// The report as text for people.
     pub fn text(&self) -> String {
+        let mode = match self.rate_rps {
+            Some(r) => format!("rate={r:.0}/s outstanding<={}", self.concurrency),
+            None => format!("c={}", self.concurrency),
+        };
         let mut out = format!(
-            "{} c={} rows={}: {:.0} req/s, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors\n",
+            "{} {mode} rows={}: {:.0} req/s ok, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors ({} shed), {} dropped by client\n",
             match self.protocol {
                 Protocol::Rest => "rest",
                 Protocol::Grpc => "grpc",
             },
-            self.concurrency,
             self.rows,
             self.throughput_rps,
             self.latency_ms.p50,
@@ -65,7 +82,9 @@ impl BenchReport {
             self.latency_ms.p99,
             self.latency_ms.max,
             self.requests,
-            self.errors
+            self.errors,
+            self.shed,
+            self.dropped_by_client
         );
         if let (Some(r), Some(c), Some(o)) = (
             self.server_us_per_request,
@@ -101,13 +120,26 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         .collect::<Result<Vec<_>>>()?;
     let greenbelt = loadgen::scrape(&http, &base).await.is_some();
     let target = opts.target.clone();
-    let load_opts = LoadOptions {
-        connections: opts.connections,
-        warmup: opts.warmup,
-        stop: Stop::After(opts.duration),
-        keep_samples: false,
+    let load = match opts.rate {
+        None => {
+            let load_opts = LoadOptions {
+                connections: opts.connections,
+                warmup: opts.warmup,
+                stop: Stop::After(opts.duration),
+                keep_samples: false,
+            };
+            tokio::spawn(async move { loadgen::run(&target, &inputs, load_opts).await })
+        }
+        Some(rate) => {
+            let open = OpenOptions {
+                rate,
+                max_outstanding: opts.connections,
+                warmup: opts.warmup,
+                duration: opts.duration,
+            };
+            tokio::spawn(async move { loadgen::run_open(&target, &inputs, open).await })
+        }
     };
-    let load = tokio::spawn(async move { loadgen::run(&target, &inputs, load_opts).await });
     tokio::time::sleep(opts.warmup).await;
     let before = if greenbelt {
         loadgen::scrape(&http, &base).await
@@ -128,8 +160,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         concurrency: opts.connections,
         rows: opts.rows,
         duration_s: secs,
+        rate_rps: opts.rate,
         requests: s.requests,
         errors: s.errors,
+        shed: result.shed,
+        dropped_by_client: result.dropped,
         throughput_rps: s.throughput_rps,
         latency_ms: Latency {
             p50: s.p50_ms,

@@ -1,6 +1,11 @@
-//! The one load generator: closed-loop, N connections (one client each),
-//! REST or gRPC, against any Open Inference Protocol V2 server. Each worker
-//! sends its next request when the last one answered. `greenbelt bench`
+//! The one load generator, REST or gRPC, against any Open Inference
+//! Protocol V2 server. Closed loop ([`run`]): N connections (one client
+//! each); each worker sends its next request when the last one answered.
+//! Open loop ([`run_open`]): requests leave at a fixed arrival rate whether
+//! or not earlier ones answered, at most `max_outstanding` at once; one due
+//! while that many are outstanding is not sent and counted as dropped by
+//! the client (so an overloaded server cannot slow the offered load down,
+//! and the generator's memory stays bounded). `greenbelt bench`
 //! measures throughput and latency with it; the bad-deployment drill
 //! keeps it running while a rollout is judged and reads every request's
 //! outcome and serving version back.
@@ -81,7 +86,13 @@ pub struct LoadResult {
     /// Latency of successful requests, in nanoseconds.
     pub hist: Histogram<u64>,
     pub ok: u64,
+    /// Failed requests, shed ones included.
     pub errors: u64,
+    /// Of the errors, those the server shed (HTTP 503, gRPC UNAVAILABLE).
+    pub shed: u64,
+    /// Open loop: requests due while `max_outstanding` were outstanding,
+    /// never sent.
+    pub dropped: u64,
     pub first_error: Option<String>,
     /// How long the measured part lasted.
     pub measured: Duration,
@@ -107,6 +118,8 @@ impl LoadResult {
             hist: new_histogram()?,
             ok: 0,
             errors: 0,
+            shed: 0,
+            dropped: 0,
             first_error: None,
             measured: Duration::ZERO,
             samples: Vec::new(),
@@ -120,6 +133,8 @@ impl LoadResult {
             .map_err(|e| AppError::Invalid(format!("merging latency histograms: {e}")))?;
         self.ok += other.ok;
         self.errors += other.errors;
+        self.shed += other.shed;
+        self.dropped += other.dropped;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -128,7 +143,13 @@ impl LoadResult {
         Ok(())
     }
 
-    fn record(&mut self, sample: Sample, error: Option<String>, keep: bool) {
+    fn record(&mut self, sample: Sample, error: Option<Failed>, keep: bool) {
+        if let Some(f) = &error
+            && f.shed
+        {
+            self.shed += 1;
+        }
+        let error = error.map(|f| f.message);
         if sample.ok {
             self.ok += 1;
             let _ = self
@@ -312,7 +333,25 @@ pub fn grpc_request(model: &str, inputs: &[Tensor]) -> pb::ModelInferRequest {
 type GrpcClient =
     pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
 
-/// One worker's connection.
+/// Why a request failed: shed by the server (HTTP 503, gRPC UNAVAILABLE)
+/// or anything else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub shed: bool,
+    pub message: String,
+}
+
+impl Failed {
+    fn other(message: impl ToString) -> Failed {
+        Failed {
+            shed: false,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// One worker's connection (cheap to clone: clients share their pools).
+#[derive(Clone)]
 enum Conn {
     Rest {
         client: reqwest::Client,
@@ -328,7 +367,7 @@ enum Conn {
 impl Conn {
     /// Send one request: whether it succeeded (with the serving version)
     /// or why not.
-    async fn send(&mut self) -> std::result::Result<Option<i64>, String> {
+    async fn send(&mut self) -> std::result::Result<Option<i64>, Failed> {
         match self {
             Conn::Rest { client, url, body } => {
                 let resp = client
@@ -337,28 +376,34 @@ impl Conn {
                     .body(body.as_str().to_string())
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Failed::other)?;
                 let version = resp
                     .headers()
                     .get("x-greenbelt-model-version")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i64>().ok());
                 if resp.status().is_success() {
-                    resp.bytes().await.map_err(|e| e.to_string())?;
+                    resp.bytes().await.map_err(Failed::other)?;
                     Ok(version)
                 } else {
-                    Err(format!(
-                        "HTTP {}: {}",
-                        resp.status(),
-                        resp.text().await.unwrap_or_default()
-                    ))
+                    Err(Failed {
+                        shed: resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                        message: format!(
+                            "HTTP {}: {}",
+                            resp.status(),
+                            resp.text().await.unwrap_or_default()
+                        ),
+                    })
                 }
             }
             Conn::Grpc { client, request } => client
                 .model_infer((**request).clone())
                 .await
                 .map(|r| r.into_inner().model_version.parse::<i64>().ok())
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                .map_err(|s| Failed {
+                    shed: s.code() == tonic::Code::Unavailable,
+                    message: format!("{:?}: {}", s.code(), s.message()),
+                }),
         }
     }
 }
@@ -368,6 +413,131 @@ fn wall_ms() -> i64 {
     greenbelt_control::rollout::controller::wall_ms()
 }
 
+/// A connection to `target` sending `inputs`; REST keeps up to `pool`
+/// idle connections, gRPC multiplexes one.
+async fn connect(target: &Target, inputs: &[Tensor], pool: usize) -> Result<Conn> {
+    let url = Arc::new(format!(
+        "{}/v2/models/{}/infer",
+        target.rest_url.trim_end_matches('/'),
+        target.model
+    ));
+    Ok(match target.protocol {
+        Protocol::Rest => Conn::Rest {
+            client: reqwest::Client::builder()
+                .timeout(target.timeout)
+                .pool_max_idle_per_host(pool)
+                .build()?,
+            url,
+            body: Arc::new(rest_body(inputs)?),
+        },
+        Protocol::Grpc => {
+            let channel = tonic::transport::Endpoint::from_shared(target.grpc_url.clone())
+                .map_err(|e| AppError::Invalid(format!("gRPC address {}: {e}", target.grpc_url)))?
+                .timeout(target.timeout)
+                .connect()
+                .await
+                .map_err(|e| {
+                    AppError::Remote(format!("connecting to gRPC {}: {e}", target.grpc_url))
+                })?;
+            Conn::Grpc {
+                client: Box::new(GrpcClient::new(channel).max_decoding_message_size(usize::MAX)),
+                request: Arc::new(grpc_request(&target.model, inputs)),
+            }
+        }
+    })
+}
+
+/// The open-loop rates [`run_open`] accepts (requests per second).
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// How to run open-loop load.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Requests per second, sent on schedule whatever the answers.
+    pub rate: f64,
+    /// Requests outstanding at most; one due beyond it is dropped (counted).
+    pub max_outstanding: usize,
+    pub warmup: Duration,
+    /// Measured load, after the warm-up.
+    pub duration: Duration,
+}
+
+/// Run open-loop load: a request every `1 / rate` seconds (missed ticks
+/// are sent late, in a burst, so the offered count is kept), each on its
+/// own task, at most `max_outstanding` at once. Waits for the last
+/// answers (each bounded by the target's timeout).
+pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> Result<LoadResult> {
+    if !(MIN_RATE..=MAX_RATE).contains(&opts.rate) || opts.max_outstanding == 0 {
+        return Err(AppError::Invalid(format!(
+            "--rate must be between {MIN_RATE} and {MAX_RATE} requests per second (got {}), and the outstanding bound positive",
+            opts.rate
+        )));
+    }
+    let conn = connect(target, inputs, opts.max_outstanding).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_outstanding));
+    // Answers come back on a channel as large as the outstanding bound: a
+    // task holds its slot until its answer is queued.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Sample, Option<Failed>)>(opts.max_outstanding);
+    let collector = tokio::spawn(async move {
+        let mut r = LoadResult::empty()?;
+        while let Some((sample, error)) = rx.recv().await {
+            r.record(sample, error, false);
+        }
+        Ok::<_, AppError>(r)
+    });
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let end = measure_from + opts.duration;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut dropped = 0u64;
+    loop {
+        let due = ticks.tick().await;
+        if due >= end {
+            break;
+        }
+        let measured = due >= measure_from;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if measured {
+                dropped += 1;
+            }
+            continue;
+        };
+        let (mut conn, tx) = (conn.clone(), tx.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let sent_ms = wall_ms();
+            let outcome = conn.send().await;
+            let latency = t0.elapsed();
+            if measured {
+                let (ok, version, error) = match outcome {
+                    Ok(v) => (true, v, None),
+                    Err(e) => (false, None, Some(e)),
+                };
+                let sample = Sample {
+                    sent_ms,
+                    latency,
+                    ok,
+                    version,
+                };
+                let _ = tx.send((sample, error)).await;
+            }
+            drop(slot);
+        });
+    }
+    drop(tx);
+    let wait = target.timeout + Duration::from_secs(5);
+    let mut total = tokio::time::timeout(wait, collector).await.map_err(|_| {
+        AppError::Remote(format!(
+            "open-loop answers still outstanding after {wait:?}"
+        ))
+    })???;
+    total.dropped = dropped;
+    total.measured = opts.duration;
+    Ok(total)
+}
+
 /// Run closed-loop load with `inputs` against `target` and measure it.
 pub async fn run(target: &Target, inputs: &[Tensor], opts: LoadOptions) -> Result<LoadResult> {
     if opts.connections == 0 {
@@ -375,43 +545,9 @@ pub async fn run(target: &Target, inputs: &[Tensor], opts: LoadOptions) -> Resul
             "the load needs at least one connection".into(),
         ));
     }
-    let url = Arc::new(format!(
-        "{}/v2/models/{}/infer",
-        target.rest_url.trim_end_matches('/'),
-        target.model
-    ));
-    let body = Arc::new(rest_body(inputs)?);
-    let request = Arc::new(grpc_request(&target.model, inputs));
     let mut conns = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
-        conns.push(match target.protocol {
-            Protocol::Rest => Conn::Rest {
-                client: reqwest::Client::builder()
-                    .timeout(target.timeout)
-                    .pool_max_idle_per_host(1)
-                    .build()?,
-                url: url.clone(),
-                body: body.clone(),
-            },
-            Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(target.grpc_url.clone())
-                    .map_err(|e| {
-                        AppError::Invalid(format!("gRPC address {}: {e}", target.grpc_url))
-                    })?
-                    .timeout(target.timeout)
-                    .connect()
-                    .await
-                    .map_err(|e| {
-                        AppError::Remote(format!("connecting to gRPC {}: {e}", target.grpc_url))
-                    })?;
-                Conn::Grpc {
-                    client: Box::new(
-                        GrpcClient::new(channel).max_decoding_message_size(usize::MAX),
-                    ),
-                    request: request.clone(),
-                }
-            }
-        });
+        conns.push(connect(target, inputs, 1).await?);
     }
     let start = Instant::now();
     let measure_from = start + opts.warmup;
@@ -538,10 +674,14 @@ mod tests {
         for ms in 1..=100 {
             r.record(sample(ms, true), None, false);
         }
-        r.record(sample(5000, false), Some("HTTP 500".into()), true);
-        r.record(sample(5000, false), Some("second".into()), true);
+        r.record(sample(5000, false), Some(Failed::other("HTTP 500")), true);
+        let shed = Failed {
+            shed: true,
+            message: "second".into(),
+        };
+        r.record(sample(5000, false), Some(shed), true);
         let s = r.summary(10.0);
-        assert_eq!((s.requests, s.errors), (100, 2));
+        assert_eq!((s.requests, s.errors, r.shed), (100, 2, 1));
         assert!((s.throughput_rps - 10.0).abs() < 1e-9);
         assert!((s.p50_ms - 50.0).abs() < 0.1, "{s:?}");
         assert!((s.p99_ms - 99.0).abs() < 0.1, "{s:?}");
@@ -555,7 +695,7 @@ mod tests {
         let mut a = LoadResult::empty().unwrap();
         a.record(sample(1, true), None, true);
         let mut b = LoadResult::empty().unwrap();
-        b.record(sample(3, false), Some("b".into()), true);
+        b.record(sample(3, false), Some(Failed::other("b")), true);
         b.record(sample(2, true), None, true);
         b.measured = Duration::from_secs(2);
         a.merge(b).unwrap();

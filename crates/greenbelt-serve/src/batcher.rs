@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::compute::Compute;
+use crate::compute::{Compute, QueueBudget};
 use crate::error::ServeError;
 use crate::metrics::VersionMetrics;
 
@@ -84,6 +84,8 @@ struct Item {
     inputs: Vec<Tensor>,
     rows: usize,
     enqueued: Instant,
+    /// Shed before compute once this runs out.
+    budget: Option<QueueBudget>,
     reply: oneshot::Sender<Result<BatchReply, ServeError>>,
     span: tracing::Span,
 }
@@ -140,6 +142,17 @@ impl Batcher {
 
     /// Queue `inputs` (in signature order) and wait for the batched answer.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchReply, ServeError> {
+        self.infer_within(inputs, None).await
+    }
+
+    /// [`Batcher::infer`] with a queue budget: if the request is still
+    /// waiting (in the queue or for a compute slot) when it runs out, it is
+    /// answered with [`ServeError::QueueTimeout`] and never computed.
+    pub async fn infer_within(
+        &self,
+        inputs: Vec<Tensor>,
+        budget: Option<QueueBudget>,
+    ) -> Result<BatchReply, ServeError> {
         let rows = inputs.first().map_or(0, Tensor::rows);
         if rows > self.max_batch_size {
             return Err(ServeError::InvalidInput(format!(
@@ -152,6 +165,7 @@ impl Batcher {
             inputs,
             rows,
             enqueued: Instant::now(),
+            budget,
             reply,
             span: tracing::Span::current(),
         };
@@ -211,6 +225,13 @@ impl Actor {
     fn live(&self, item: Item) -> Option<Item> {
         if item.reply.is_closed() {
             return None;
+        }
+        if let Some(b) = item.budget {
+            let now = Instant::now();
+            if b.expired(now) {
+                let _ = item.reply.send(Err(b.error(now)));
+                return None;
+            }
         }
         if self.config.queue_timeout_ms > 0 {
             let limit = Duration::from_millis(self.config.queue_timeout_ms);
@@ -276,18 +297,35 @@ async fn run_batch(
     compute: Compute,
     metrics: VersionMetrics,
 ) {
-    // Last chance to skip callers that went away while we waited for a slot.
-    let batch: Vec<Item> = batch.into_iter().filter(|i| !i.reply.is_closed()).collect();
+    // Last chance to skip callers that went away, or whose queue budget
+    // ran out, while we waited for a slot.
+    let now = Instant::now();
+    let batch: Vec<Item> = batch
+        .into_iter()
+        .filter_map(|i| match i.budget {
+            Some(b) if b.expired(now) => {
+                let _ = i.reply.send(Err(b.error(now)));
+                None
+            }
+            _ => (!i.reply.is_closed()).then_some(i),
+        })
+        .collect();
     if batch.is_empty() {
         return;
     }
+    // The batch waits for a compute slot as long as its most patient member.
+    let budget = batch
+        .iter()
+        .map(|i| i.budget)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|b| b.into_iter().max_by_key(|b| b.deadline));
     let dispatched = Instant::now();
     let rows: Vec<usize> = batch.iter().map(|i| i.rows).collect();
     let total_rows: usize = rows.iter().sum();
     let merged = merge(&batch);
     let result = match merged {
         Ok(inputs) => compute
-            .run(move || model.infer(&inputs))
+            .run_within(budget, move || model.infer(&inputs))
             .await
             .and_then(|(r, t)| r.map(|o| (o, t)).map_err(ServeError::from)),
         Err(e) => Err(e),
@@ -513,5 +551,47 @@ mod tests {
             calls <= 2,
             "abandoned requests must not be computed: {calls} calls"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_queue_budget_is_answered_503_and_never_computed() {
+        let model = doubler(Duration::from_millis(150));
+        let b = batcher(
+            model.clone(),
+            BatchingConfig {
+                max_batch_size: 1,
+                max_queue_delay_us: 0,
+                ..Default::default()
+            },
+        );
+        let budget = |ms| {
+            let now = Instant::now();
+            Some(QueueBudget::new(
+                now,
+                Duration::from_millis(ms),
+                now + Duration::from_secs(10),
+            ))
+        };
+        // The first holds the only instance for 150 ms; the second may wait
+        // 50 ms, the third 1 s.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer_within(input(1, 1.0), budget(1000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (late, patient) = tokio::join!(
+            b.infer_within(input(1, 2.0), budget(50)),
+            b.infer_within(input(1, 3.0), budget(1000)),
+        );
+        let e = late.unwrap_err();
+        assert!(
+            matches!(e, ServeError::QueueTimeout { budget_ms: 50, .. }),
+            "{e}"
+        );
+        assert_eq!(e.retry_after(), Some(1));
+        assert!(patient.is_ok());
+        assert!(first.await.unwrap().is_ok());
+        let calls = model.calls.lock().unwrap().len();
+        assert_eq!(calls, 2, "the request past its budget was not computed");
     }
 }

@@ -23,6 +23,44 @@ pub struct Timing {
     pub compute: Duration,
 }
 
+/// How long a request may wait for compute before it is shed
+/// (`[server] queue_budget_ms`, bounded by the request's deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBudget {
+    /// When the request started waiting.
+    pub since: Instant,
+    /// Past this it is dropped before compute.
+    pub deadline: Instant,
+}
+
+impl QueueBudget {
+    /// Wait at most `budget` from `since`, and never past `request_deadline`.
+    pub fn new(since: Instant, budget: Duration, request_deadline: Instant) -> QueueBudget {
+        QueueBudget {
+            since,
+            deadline: since
+                .checked_add(budget)
+                .map_or(request_deadline, |d| d.min(request_deadline)),
+        }
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// The shed error for a request that ran out of it at `now`.
+    pub fn error(&self, now: Instant) -> ServeError {
+        ServeError::QueueTimeout {
+            waited_ms: millis(now.saturating_duration_since(self.since)),
+            budget_ms: millis(self.deadline.saturating_duration_since(self.since)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Compute {
     pub fn new(threads: usize) -> Compute {
         Compute {
@@ -36,13 +74,30 @@ impl Compute {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
+        self.run_within(None, f).await
+    }
+
+    /// [`Compute::run`], shedding with [`ServeError::QueueTimeout`] (and
+    /// never running `f`) when no slot frees before the budget's deadline.
+    pub async fn run_within<R, F>(
+        &self,
+        budget: Option<QueueBudget>,
+        f: F,
+    ) -> Result<(R, Timing), ServeError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
         let queued = Instant::now();
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ServeError::ShuttingDown)?;
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match budget {
+            None => acquire.await,
+            Some(b) => match tokio::time::timeout_at(b.deadline, acquire).await {
+                Ok(p) => p,
+                Err(_) => return Err(b.error(Instant::now())),
+            },
+        }
+        .map_err(|_| ServeError::ShuttingDown)?;
         let wait = queued.elapsed();
         let handle = tokio::task::spawn_blocking(move || {
             let start = Instant::now();

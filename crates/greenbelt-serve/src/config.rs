@@ -126,6 +126,16 @@ pub struct ServerConfig {
     pub shadow_concurrency: usize,
     /// Serve registry versions tagged `fault` (drills only): see `fault.rs`.
     pub allow_fault_injection: bool,
+    /// The adaptive per-model concurrency limit (`[server.concurrency]`,
+    /// see `stages/limit.rs`); `max_inflight` stays the hard cap.
+    pub concurrency: crate::stages::limit::ConcurrencyConfig,
+    /// Longest a request may wait for compute (batcher queue or compute
+    /// pool), in milliseconds; past it the request is shed with 503 before
+    /// it costs compute. Never more than what is left of the request timeout.
+    pub queue_budget_ms: u64,
+    /// After SIGTERM, keep serving (with readiness false) this long before
+    /// draining, so load balancers stop sending first (ms; 0 = drain at once).
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +156,9 @@ impl Default for ServerConfig {
             shadow_queue: 1024,
             shadow_concurrency: 0,
             allow_fault_injection: false,
+            concurrency: Default::default(),
+            queue_budget_ms: 5_000,
+            shutdown_delay_ms: 0,
         }
     }
 }
@@ -294,6 +307,17 @@ impl Config {
                 "[server] request_timeout_ms must be > 0".into(),
             ));
         }
+        if s.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] max_inflight must be > 0".into(),
+            ));
+        }
+        if s.queue_budget_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[server] queue_budget_ms must be > 0 (the request timeout bounds it too)".into(),
+            ));
+        }
+        s.concurrency.validate().map_err(ConfigError::Invalid)?;
         for (i, slo) in self.slo.iter().enumerate() {
             slo.validate(i).map_err(ConfigError::Invalid)?;
             if self.slo[..i].iter().any(|o| o.name() == slo.name()) {
@@ -401,6 +425,44 @@ mod tests {
             Path::new("greenbelt.toml"),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn overload_settings_are_checked_naming_the_field() {
+        let c = parse(
+            "[server]\nqueue_budget_ms = 250\nshutdown_delay_ms = 5000\n[server.concurrency]\nalgorithm = \"off\"\n[[deployments]]\nname = \"d\"\npriority = \"low\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.queue_budget_ms, 250);
+        assert_eq!(c.server.shutdown_delay_ms, 5000);
+        assert_eq!(
+            c.server.concurrency.algorithm,
+            crate::stages::limit::Algorithm::Off
+        );
+        assert_eq!(
+            c.deployments[0].priority,
+            crate::stages::limit::Priority::Low
+        );
+        let e = parse("[server.concurrency]\nmin_limt = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("min_limt") && e.contains("line 2"), "{e}");
+        let e = parse("[server.concurrency]\nnormal_share = 1.5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[server.concurrency] normal_share"), "{e}");
+        let e = parse("[server]\nqueue_budget_ms = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue_budget_ms"), "{e}");
+        let e = parse(
+            "[[deployments]]\nname = \"d\"\npriority = \"urgent\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("urgent") || e.contains("priority"), "{e}");
     }
 
     #[test]

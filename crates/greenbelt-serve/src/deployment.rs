@@ -36,6 +36,10 @@ pub struct DeploymentConfig {
     /// Standing shadows: versions that get a copy of live traffic.
     #[serde(default)]
     pub shadow: Vec<ShadowSpec>,
+    /// Priority of requests without an `x-greenbelt-priority` header
+    /// (low sheds first under overload).
+    #[serde(default)]
+    pub priority: crate::stages::limit::Priority,
 }
 
 fn default_alias() -> String {

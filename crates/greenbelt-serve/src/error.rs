@@ -36,6 +36,12 @@ pub enum ServeError {
     /// Shed: a bounded queue or the in-flight limit is full.
     #[error("server is overloaded ({what}); retry after {retry_after_s} s")]
     Overloaded { what: String, retry_after_s: u64 },
+    /// Shed: the request waited for compute past its queue budget and was
+    /// dropped before it ran.
+    #[error(
+        "server is overloaded: the request waited {waited_ms} ms for compute, past its {budget_ms} ms queue budget ([server] queue_budget_ms); retry after 1 s"
+    )]
+    QueueTimeout { waited_ms: u64, budget_ms: u64 },
     #[error("server is shutting down")]
     ShuttingDown,
     /// The runtime failed on inputs that passed validation.
@@ -64,6 +70,7 @@ impl ServeError {
             ServeError::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +91,7 @@ impl ServeError {
             ServeError::LimitExceeded(_) => tonic::Code::ResourceExhausted,
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
             ServeError::Overloaded { .. } => tonic::Code::Unavailable,
+            ServeError::QueueTimeout { .. } => tonic::Code::Unavailable,
             ServeError::ShuttingDown => tonic::Code::Unavailable,
             ServeError::Runtime(_) => tonic::Code::Internal,
             ServeError::Internal(_) => tonic::Code::Internal,
@@ -96,7 +104,7 @@ impl ServeError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ServeError::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
-            ServeError::ShuttingDown => Some(1),
+            ServeError::ShuttingDown | ServeError::QueueTimeout { .. } => Some(1),
             _ => None,
         }
     }
@@ -114,6 +122,7 @@ impl ServeError {
             | ServeError::Forbidden(_) => Outcome::ClientError,
             ServeError::Timeout(_) => Outcome::Timeout,
             ServeError::Overloaded { .. }
+            | ServeError::QueueTimeout { .. }
             | ServeError::ShuttingDown
             | ServeError::ModelNotReady { .. } => Outcome::Shed,
             ServeError::Runtime(_) | ServeError::Internal(_) => Outcome::ServerError,

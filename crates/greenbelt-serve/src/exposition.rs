@@ -30,6 +30,10 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 
 /// The whole exposition, OpenMetrics (ends with `# EOF`).
 pub fn openmetrics(state: &AppState) -> String {
+    // Limits of models no longer served go, with their gauge.
+    state
+        .limiters
+        .retain(|model| state.repository.get(model).is_some());
     let mut out = state.metrics.encode();
     let eof = out.ends_with("# EOF\n");
     if eof {

@@ -4,9 +4,11 @@
 //! of one. The stages themselves live in [`crate::stages`]; this module
 //! runs them in order:
 //!
-//! admit (transport, before decode) → route → enrich → validate → execute →
-//! observe, with everything from route to execute under the request
-//! timeout, counted from when the request was decoded.
+//! admit (transport, before decode) → route → limit → enrich → validate →
+//! execute → observe, with everything from route to execute under the
+//! request timeout, counted from when the request was decoded. Limit is the
+//! model's adaptive concurrency limit (`stages/limit.rs`); execute sheds a
+//! request whose wait for compute passes `[server] queue_budget_ms`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,7 @@ use crate::routing::{TRACK_HEADER, Track};
 use crate::shadow::Shadows;
 pub use crate::stages::admit::{Admission, Permit};
 pub use crate::stages::execute::{Executed, Executor};
+use crate::stages::limit::{Limiters, Priority};
 use crate::stages::observe::{Mirror, Observer, Seen};
 pub use crate::stages::observe::{RequestContext, Stats};
 use crate::stages::validate::{select_outputs, validate};
@@ -38,6 +41,10 @@ pub struct AppState {
     /// The shadow mirror: queue and comparison state.
     pub shadows: Shadows,
     pub admission: Admission,
+    /// The adaptive concurrency limit of each model (after route).
+    pub limiters: Limiters,
+    /// What must serve before the server is ready (see [`AppState::readiness`]).
+    readiness: crate::readiness::Readiness,
     /// Tokens and roles (see `greenbelt-auth`).
     pub auth: Arc<Auth>,
     /// The request log's queue and writer.
@@ -66,6 +73,17 @@ impl AppState {
                 metrics.clone(),
             ),
             executor: Executor::new(compute, timeout),
+            limiters: Limiters::new(
+                config.server.concurrency.clone(),
+                config.server.max_inflight,
+                config
+                    .deployments
+                    .iter()
+                    .map(|d| (d.name.clone(), d.priority))
+                    .collect(),
+                metrics.clone(),
+            ),
+            readiness: Default::default(),
             request_log: RequestLog::process(&config.telemetry, metrics.request_log.clone()),
             dashboard: Arc::default(),
             alerts: Arc::new(crate::alerts::Alerts::new(
@@ -84,9 +102,35 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Ready: start-up loading finished and not draining.
+    /// Ready: start-up loading finished, every model that must serve has a
+    /// ready version, and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.admission.is_draining()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the server is not ready, or None when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.admission.is_draining() {
+            return Some("shutting down: draining in-flight requests".into());
+        }
+        if self.readiness.stopping() {
+            return Some("shutting down: serving out [server] shutdown_delay_ms".into());
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Some("start-up loading has not finished".into());
+        }
+        let waiting = self.readiness.waiting_for(&self.repository);
+        (!waiting.is_empty()).then(|| {
+            format!(
+                "waiting for models that must serve and have no ready version: {}",
+                waiting.join(", ")
+            )
+        })
+    }
+
+    /// What must serve for readiness (start-up models, deployments).
+    pub fn readiness(&self) -> &crate::readiness::Readiness {
+        &self.readiness
     }
 
     pub fn start_draining(&self) {
@@ -167,21 +211,34 @@ pub async fn infer(
             return Err(e);
         }
     };
-    let _inflight = routed.served.metrics.inflight();
-    let mut stats = Stats::default();
-    // The deadline counts from here: the body has been read and decoded
-    // (an upload is bounded by the connection's idle timeout instead).
-    let deadline = tokio::time::Instant::now() + state.executor.timeout;
-    let result =
-        tokio::time::timeout_at(deadline, answer(state, &routed, req, deadline, &mut stats))
-            .await
-            .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
     let seen = Seen {
         model,
         served: Some(&*routed.served),
         track: Some(routed.track),
         deployment: routed.entry.routing.is_some(),
     };
+    let (priority, mut limit) = match limit(state, &routed, ctx) {
+        Ok(l) => l,
+        Err(e) => {
+            observer.finished(ctx, &seen, Err(&e), &Stats::default());
+            return Err(e);
+        }
+    };
+    let _inflight = routed.served.metrics.inflight();
+    let mut stats = Stats::default();
+    // The deadline counts from here: the body has been read and decoded
+    // (an upload is bounded by the connection's idle timeout instead).
+    let deadline = tokio::time::Instant::now() + state.executor.timeout;
+    let result =
+        tokio::time::timeout_at(deadline, answer(state, &routed, req, &mut stats, deadline))
+            .await
+            .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
+    match (&result, limit.as_mut()) {
+        (Ok(_), Some(p)) => p.set_sample(stats.queue + stats.compute),
+        (Err(e), p) => overload_outcome(state, &routed, priority, e, p),
+        (Ok(_), None) => {}
+    }
+    drop(limit);
     match result {
         Ok(answered) => {
             stats.response_bytes = answered.response.payload_bytes();
@@ -210,6 +267,46 @@ pub async fn infer(
     }
 }
 
+/// Limit: the request's priority, and a place inside its model's adaptive
+/// concurrency limit (or a 503 now).
+fn limit(
+    state: &AppState,
+    routed: &Routed,
+    ctx: &RequestContext,
+) -> Result<(Priority, Option<crate::stages::limit::LimitPermit>), ServeError> {
+    let name = &routed.entry.name;
+    let priority = state.limiters.priority(name, &ctx.headers)?;
+    let permit = state.limiters.acquire(name, priority)?;
+    Ok((priority, permit))
+}
+
+/// What a failed request tells the limiter: a client's mistake says
+/// nothing about load (no sample); a queue-time shed is counted.
+fn overload_outcome(
+    state: &AppState,
+    routed: &Routed,
+    priority: Priority,
+    e: &ServeError,
+    permit: Option<&mut crate::stages::limit::LimitPermit>,
+) {
+    if let ServeError::QueueTimeout { waited_ms, .. } = e {
+        state.metrics.shed("queue_time");
+        state
+            .metrics
+            .overload_shed(&routed.entry.name, "queue_time", priority.as_str());
+        if let Some(p) = permit {
+            // It waited this long for the model: a sample of the queue.
+            p.set_sample(std::time::Duration::from_millis(*waited_ms));
+        }
+        return;
+    }
+    if e.outcome() == crate::error::Outcome::ClientError
+        && let Some(p) = permit
+    {
+        p.ignore();
+    }
+}
+
 /// The response, and the shadow copies it owes (with every output the
 /// primary produced, for comparison).
 struct Answered {
@@ -223,8 +320,8 @@ async fn answer(
     state: &AppState,
     routed: &Routed,
     req: InferRequest,
-    deadline: tokio::time::Instant,
     stats: &mut Stats,
+    deadline: tokio::time::Instant,
 ) -> Result<Answered, ServeError> {
     let served = &routed.served;
     let (req, assembled) = crate::features::assemble(
@@ -240,7 +337,15 @@ async fn answer(
     let valid = validate(&served.signature, req)?;
     served.schema.observe_inputs(&valid.inputs);
     let mirror = mirror_for(routed, &valid.inputs);
-    let done = state.executor.execute(served, valid.inputs).await?;
+    let budget = crate::compute::QueueBudget::new(
+        tokio::time::Instant::now(),
+        std::time::Duration::from_millis(state.config.server.queue_budget_ms),
+        deadline,
+    );
+    let done = state
+        .executor
+        .execute_within(served, valid.inputs, Some(budget))
+        .await?;
     stats.queue = done.queue;
     stats.compute = done.compute;
     stats.batch_rows = done.batch_rows;

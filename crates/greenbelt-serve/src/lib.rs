@@ -24,6 +24,7 @@ pub mod limits;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod readiness;
 pub mod repository;
 pub mod reqlog;
 pub mod routing;

@@ -200,7 +200,11 @@ pub async fn serve_http(
     drain: Duration,
 ) {
     let limits = acceptor.limits;
+    // Connections are owned here: when the drain ends (or this task is
+    // aborted) the ones still open are cut, so a drain never overruns.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let conn = tokio::select! {
             c = acceptor.accept() => c,
             _ = stop.wait_for(|s| *s) => break,
@@ -210,7 +214,7 @@ pub async fn serve_http(
             |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
         ));
         let mut stop = stop.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

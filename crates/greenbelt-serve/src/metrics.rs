@@ -18,6 +18,8 @@
 //! | `greenbelt_model_load_duration_seconds` | gauge | model, version |
 //! | `greenbelt_model_load_failures_total` | counter | model |
 //! | `greenbelt_shed_total` | counter | reason |
+//! | `greenbelt_concurrency_limit` | gauge | model |
+//! | `greenbelt_overload_shed_total` | counter | model, reason (concurrency_limit, queue_time), priority |
 //! | `greenbelt_route_requests_total` | counter | deployment, version, track |
 //! | `greenbelt_shadow_requests_total` | counter | deployment, version, outcome (compared, error, dropped) |
 //! | `greenbelt_shadow_rows_total` | counter | deployment, version, agreement (agree, disagree) |
@@ -89,6 +91,13 @@ pub struct RouteOnlyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverloadLabels {
+    pub model: String,
+    pub reason: String,
+    pub priority: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,6 +181,8 @@ pub struct Metrics {
     load_duration: Family<VersionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     load_failures: Family<ModelLabels, Counter>,
     shed: Family<ReasonLabels, Counter>,
+    concurrency_limit: Family<ModelLabels, Gauge>,
+    overload_shed: Family<OverloadLabels, Counter>,
     route_requests: Family<RouteLabels, Counter>,
     shadow_requests: Family<ShadowLabels, Counter>,
     shadow_rows: Family<AgreementLabels, Counter>,
@@ -214,6 +225,8 @@ impl Metrics {
             load_duration: Family::default(),
             load_failures: Family::default(),
             shed: Family::default(),
+            concurrency_limit: Family::default(),
+            overload_shed: Family::default(),
             route_requests: Family::default(),
             shadow_requests: Family::default(),
             shadow_rows: Family::default(),
@@ -289,6 +302,16 @@ impl Metrics {
             "greenbelt_shed",
             "Requests refused before inference because a bound was reached",
             m.shed.clone(),
+        );
+        registry.register(
+            "greenbelt_concurrency_limit",
+            "The adaptive concurrency limit of a model (Gradient2; see [server.concurrency])",
+            m.concurrency_limit.clone(),
+        );
+        registry.register(
+            "greenbelt_overload_shed",
+            "Requests shed for overload by model, reason (concurrency_limit, queue_time) and priority",
+            m.overload_shed.clone(),
         );
         registry.register(
             "greenbelt_route_requests",
@@ -527,6 +550,31 @@ impl Metrics {
         self.shed
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_concurrency_limit(&self, model: &str, limit: usize) {
+        self.concurrency_limit
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    pub fn forget_concurrency_limit(&self, model: &str) {
+        self.concurrency_limit.remove(&ModelLabels {
+            model: model.to_string(),
+        });
+    }
+
+    /// One request shed for overload (also counted in `greenbelt_shed_total`).
+    pub fn overload_shed(&self, model: &str, reason: &'static str, priority: &'static str) {
+        self.overload_shed
+            .get_or_create(&OverloadLabels {
+                model: model.to_string(),
+                reason: reason.to_string(),
+                priority: priority.to_string(),
             })
             .inc();
     }

@@ -275,6 +275,9 @@ pub struct Repository {
     /// The online feature store, when the server has one: a version whose
     /// `[features]` service does not fit its input is refused at load.
     features: Option<Arc<dyn crate::features::FeatureSource>>,
+    /// Models an operator unloaded (readiness stops requiring them until
+    /// they are loaded again).
+    unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A model name must be one plain path component.
@@ -299,6 +302,7 @@ impl Repository {
             models: RwLock::new(HashMap::new()),
             load_lock: std::sync::Mutex::new(()),
             features: None,
+            unloaded: Default::default(),
         }
     }
 
@@ -392,6 +396,9 @@ impl Repository {
     /// a blocking thread.
     pub fn load(&self, name: &str) -> Result<Arc<ModelEntry>, ServeError> {
         check_model_name(name)?;
+        if let Ok(mut u) = self.unloaded.lock() {
+            u.remove(name);
+        }
         let _guard = self
             .load_lock
             .lock()
@@ -764,11 +771,19 @@ impl Repository {
                 for v in entry.versions.keys() {
                     self.metrics.forget_version(name, &v.to_string());
                 }
+                if let Ok(mut u) = self.unloaded.lock() {
+                    u.insert(name.to_string());
+                }
                 tracing::info!(model = name, "model unloaded");
                 Ok(())
             }
             None => Err(ServeError::ModelNotFound(name.to_string())),
         }
+    }
+
+    /// Whether an operator unloaded `name` (and nobody loaded it since).
+    pub fn unloaded_on_request(&self, name: &str) -> bool {
+        self.unloaded.lock().is_ok_and(|u| u.contains(name))
     }
 
     /// Every model on disk or loaded, with its state (repository extension).

@@ -139,6 +139,15 @@ impl Server {
             .await
             .map_err(|e| StartError::Other(format!("start-up load failed: {e}")))?;
         }
+        // Readiness waits for every model that must serve: those found at
+        // start-up and every deployment (whose controller loads it later).
+        let mut required = if load_on_startup {
+            repository.on_disk()
+        } else {
+            Vec::new()
+        };
+        required.extend(state.config.deployments.iter().map(|d| d.name.clone()));
+        state.readiness().require(required);
         state.set_ready(true);
         Ok(Server {
             state,
@@ -211,9 +220,23 @@ impl Server {
             )
         });
         shutdown.await;
+        // Phase 1: not ready, still serving, so endpoints are removed
+        // before anything is refused.
+        self.state.readiness().begin_stopping();
+        let delay = Duration::from_millis(self.state.config.server.shutdown_delay_ms);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = self.state.config.server.shutdown_delay_ms,
+                "shutting down: not ready, serving for shutdown_delay_ms before draining"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        // Phase 2: refuse new requests, wait (bounded) for in-flight ones.
         tracing::info!("shutting down: draining in-flight requests");
         self.state.start_draining();
         let _ = tx.send(true);
+        let (http_abort, grpc_abort) =
+            (http.abort_handle(), grpc.as_ref().map(|g| g.abort_handle()));
         let done = async {
             let _ = http.await;
             if let Some(g) = grpc {
@@ -221,6 +244,12 @@ impl Server {
             }
         };
         if tokio::time::timeout(drain, done).await.is_err() {
+            // The drain never overruns its timeout: what is still open is
+            // cut here.
+            http_abort.abort();
+            if let Some(g) = grpc_abort {
+                g.abort();
+            }
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
                 "drain timed out; stopping with requests in flight"

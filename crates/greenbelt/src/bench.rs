@@ -24,8 +24,15 @@ pub struct Args {
     protocol: Proto,
     #[arg(long)]
     model: String,
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
+    /// Closed loop: connections, each with one request in flight. Open
+    /// loop (--rate): requests outstanding at most (default 1000 then);
+    /// one due beyond it is not sent and reported as dropped by the client.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Open loop: send this many requests per second whatever the answers
+    /// (an overloaded server cannot slow the offered load down).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Seconds of measured load (after a 1 s warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -41,6 +48,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--concurrency, --rows and --duration must be positive");
     }
+    if let Some(r) = args.rate
+        && !(greenbelt_app::loadgen::MIN_RATE..=greenbelt_app::loadgen::MAX_RATE).contains(&r)
+    {
+        bail!(
+            "--rate must be between {} and {} requests per second, got {r}",
+            greenbelt_app::loadgen::MIN_RATE,
+            greenbelt_app::loadgen::MAX_RATE
+        );
+    }
+    let concurrency = args
+        .concurrency
+        .unwrap_or(if args.rate.is_some() { 1000 } else { 1 });
     let report = bench(&BenchOptions {
         target: Target {
             rest_url: args.url,
@@ -52,7 +71,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             model: args.model,
             timeout: Duration::from_secs(30),
         },
-        connections: args.concurrency,
+        connections: concurrency,
+        rate: args.rate,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs(1),
         rows: args.rows,

@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod app;
+mod lifecycle;
 mod outage;
 mod redis_proc;

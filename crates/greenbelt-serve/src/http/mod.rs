@@ -111,13 +111,18 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state.is_ready();
+    let reason = state.not_ready_reason();
+    let ready = reason.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(json!({ "ready": ready }))).into_response()
+    let body = match reason {
+        None => json!({ "ready": true }),
+        Some(r) => json!({ "ready": false, "reason": r }),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 pub fn server_metadata_json() -> serde_json::Value {

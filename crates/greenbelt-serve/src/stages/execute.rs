@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use greenbelt_core::Tensor;
 
-use crate::compute::Compute;
+use crate::compute::{Compute, QueueBudget};
 use crate::error::ServeError;
 use crate::repository::ServedVersion;
 
@@ -40,10 +40,21 @@ impl Executor {
         served: &Arc<ServedVersion>,
         inputs: Vec<Tensor>,
     ) -> Result<Executed, ServeError> {
+        self.execute_within(served, inputs, None).await
+    }
+
+    /// [`Executor::execute`], shed before compute (503,
+    /// [`ServeError::QueueTimeout`]) if it waits past `budget`.
+    pub async fn execute_within(
+        &self,
+        served: &Arc<ServedVersion>,
+        inputs: Vec<Tensor>,
+        budget: Option<QueueBudget>,
+    ) -> Result<Executed, ServeError> {
         let rows = inputs.first().map_or(0, Tensor::rows);
         match &served.batcher {
             Some(batcher) => {
-                let reply = batcher.infer(inputs).await?;
+                let reply = batcher.infer_within(inputs, budget).await?;
                 Ok(Executed {
                     outputs: reply.outputs,
                     queue: reply.queue,
@@ -53,7 +64,10 @@ impl Executor {
             }
             None => {
                 let runtime = served.runtime.clone();
-                let (result, timing) = self.compute.run(move || runtime.infer(&inputs)).await?;
+                let (result, timing) = self
+                    .compute
+                    .run_within(budget, move || runtime.infer(&inputs))
+                    .await?;
                 if result.is_ok() {
                     served.metrics.execution(rows, timing.compute);
                 }

@@ -22,5 +22,6 @@
 
 pub mod admit;
 pub mod execute;
+pub mod limit;
 pub mod observe;
 pub mod validate;

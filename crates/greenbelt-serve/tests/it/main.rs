@@ -11,6 +11,7 @@ mod errors;
 mod grpc;
 mod lifecycle;
 mod limits;
+mod overload;
 mod repository;
 mod security;
 mod stages;

@@ -89,6 +89,13 @@ pub async fn start_with(
 }
 
 impl TestServer {
+    /// Signal shutdown (as SIGTERM does) without waiting for it.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub async fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
