@@ -5,4 +5,8 @@
 mod app;
 mod lifecycle;
 mod outage;
+// One copy of the test Redis process, shared with greenbelt-features' tests
+// (this crate uses only part of it).
+#[allow(dead_code)]
+#[path = "../../../greenbelt-features/tests/it/redis_proc.rs"]
 mod redis_proc;

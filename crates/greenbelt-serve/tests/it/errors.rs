@@ -155,15 +155,7 @@ async fn identity_headers_and_metrics() {
         "{echoed}"
     );
     let _ = s.infer_logreg("/v2/models/nope/infer").await;
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     for want in [
         "greenbelt_requests_total{model=\"logreg\",version=\"1\",protocol=\"rest\",outcome=\"success\"} 1",
         "greenbelt_requests_total{model=\"_unknown\",version=\"\",protocol=\"rest\",outcome=\"client_error\"} 1",

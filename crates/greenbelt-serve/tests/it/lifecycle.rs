@@ -45,15 +45,7 @@ async fn concurrent_requests_are_batched_and_answered_correctly() {
             assert_close(row, &want);
         }
     }
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let rows = metric(
         &text,
         "greenbelt_batch_size_sum{model=\"logreg\",version=\"1\"}",
@@ -103,15 +95,7 @@ async fn a_full_server_sheds_with_503_and_retry_after() {
     assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "1");
     assert!(shed.text().await.unwrap().contains("in flight"));
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(
         text.contains("greenbelt_shed_total{reason=\"inflight\"} 1"),
         "{text}"
@@ -141,15 +125,7 @@ async fn slow_requests_time_out_with_504() {
             .unwrap()
             .contains("timed out after 100 ms")
     );
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(text.contains("outcome=\"timeout\"} 1"), "{text}");
     s.stop().await;
 }
@@ -326,15 +302,7 @@ async fn schema_is_tracked_and_changes_are_events() {
         "{report}"
     );
     assert_eq!(s.get("/admin/schema/nope").await.0, 404);
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert_eq!(
         metric(
             &text,

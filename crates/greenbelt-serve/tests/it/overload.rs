@@ -29,17 +29,6 @@ fn install(s: &TestServer, name: &str, slow: Option<Duration>) {
     repo.install(name, config, BTreeMap::from([(1, Arc::new(v))]), None);
 }
 
-async fn metrics(s: &TestServer) -> String {
-    s.client
-        .get(format!("{}/metrics", s.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn infer(
     client: &reqwest::Client,
     url: &str,
@@ -133,7 +122,7 @@ async fn the_adaptive_limit_drops_under_a_slow_model_and_recovers() {
         c.await.unwrap();
     }
     assert!(ok.load(Ordering::SeqCst) > 0);
-    let text = metrics(&s).await;
+    let text = s.metrics_text().await;
     assert!(
         text.contains("greenbelt_concurrency_limit{model=\"m\"}"),
         "{text}"
@@ -189,7 +178,7 @@ async fn low_priority_sheds_before_normal_and_high() {
         status, 400,
         "an unknown priority is the client's mistake: {body}"
     );
-    let text = metrics(&s).await;
+    let text = s.metrics_text().await;
     assert!(
         text.contains("greenbelt_overload_shed_total{model=\"m\",reason=\"concurrency_limit\",priority=\"low\"} 1"),
         "{text}"
@@ -239,7 +228,7 @@ async fn a_request_past_its_queue_budget_is_shed_before_compute() {
     }
     assert_eq!((ok, shed), (1, 2));
     assert!(started.elapsed() < Duration::from_millis(1200));
-    let text = metrics(&s).await;
+    let text = s.metrics_text().await;
     assert!(
         text.contains("greenbelt_compute_duration_seconds_count{model=\"m\",version=\"1\"} 1"),
         "only the admitted request was computed: {text}"

@@ -146,6 +146,18 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` text (the Prometheus 0.0.4 format: no Accept header).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Infer `rows` copies of the golden first row of logreg.
     pub async fn infer_logreg(&self, path: &str) -> (u16, Value) {
         self.post(path, &logreg_request(1)).await
