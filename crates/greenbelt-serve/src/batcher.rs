@@ -106,6 +106,7 @@ impl Item {
 pub struct Batcher {
     tx: mpsc::Sender<Item>,
     max_batch_size: usize,
+    metrics: VersionMetrics,
 }
 
 impl Batcher {
@@ -118,6 +119,7 @@ impl Batcher {
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(config.max_queue_size);
         let max_batch_size = config.max_batch_size;
+        let handle_metrics = metrics.clone();
         let actor = Actor {
             config,
             model,
@@ -127,7 +129,11 @@ impl Batcher {
             pending: VecDeque::new(),
         };
         tokio::spawn(actor.run(rx));
-        Batcher { tx, max_batch_size }
+        Batcher {
+            tx,
+            max_batch_size,
+            metrics: handle_metrics,
+        }
     }
 
     /// Requests waiting in the queue now (not yet taken by the batching loop).
@@ -170,10 +176,13 @@ impl Batcher {
             span: tracing::Span::current(),
         };
         self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServeError::Overloaded {
-                what: "batch queue full".into(),
-                retry_after_s: 1,
-            },
+            mpsc::error::TrySendError::Full(_) => {
+                self.metrics.shed_batch_queue();
+                ServeError::Overloaded {
+                    what: "batch queue full".into(),
+                    retry_after_s: 1,
+                }
+            }
             mpsc::error::TrySendError::Closed(_) => ServeError::ShuttingDown,
         })?;
         rx.await.map_err(|_| ServeError::ShuttingDown)?

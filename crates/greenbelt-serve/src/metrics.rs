@@ -472,6 +472,12 @@ impl Metrics {
                 wire_request,
                 wire_response,
                 schema_changes,
+                batch_queue_shed: self
+                    .shed
+                    .get_or_create(&ReasonLabels {
+                        reason: "batch_queue".into(),
+                    })
+                    .clone(),
             }),
         }
     }
@@ -685,6 +691,8 @@ struct VersionMetricsInner {
     routed: [std::sync::OnceLock<Counter>; 4],
     /// Triton-shaped statistics (`/v2/models/{m}/stats`).
     stats: crate::stats::VersionStats,
+    /// `greenbelt_shed_total{reason="batch_queue"}`.
+    batch_queue_shed: Counter,
     wire_request: Histogram,
     wire_response: Histogram,
     schema_changes: Counter,
@@ -762,6 +770,11 @@ impl VersionMetrics {
                 .sum();
             (o, n)
         })
+    }
+
+    /// A request refused because this version's batch queue was full.
+    pub fn shed_batch_queue(&self) {
+        self.inner.batch_queue_shed.inc();
     }
 
     /// A successful request's size on the wire, and its answer's.

@@ -88,11 +88,8 @@ impl Observer<'_> {
             }
             None => self.metrics.unresolved(ctx.protocol, outcome),
         }
-        if let Err(ServeError::Overloaded { .. }) = result
-            && seen.served.is_some()
-        {
-            self.metrics.shed("overloaded");
-        }
+        // Sheds are counted where they happen, each under its own reason
+        // (admission, the concurrency limit, the batch queue, the queue budget).
         self.log(ctx, seen, result, stats, took);
     }
 
