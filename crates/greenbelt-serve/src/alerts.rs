@@ -68,7 +68,8 @@ impl AlertsConfig {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(format!(
-                "[alerts] webhook_url must be an http:// or https:// URL, got \"{url}\""
+                "[alerts] webhook_url must be an http:// or https:// URL, got \"{}\"",
+                crate::auth::redact_url(url)
             ));
         }
         if self.webhook_timeout_ms == 0 {
@@ -306,7 +307,10 @@ impl Alerts {
                 Ok(r) => {
                     tracing::warn!(status = r.status().as_u16(), alert = %alert, "alert webhook refused the notification")
                 }
-                Err(e) => tracing::warn!(error = %e, alert = %alert, "alert webhook failed"),
+                // without the URL: it may carry credentials
+                Err(e) => {
+                    tracing::warn!(error = %e.without_url(), alert = %alert, "alert webhook failed")
+                }
             }
         });
     }
@@ -462,6 +466,25 @@ mod tests {
         // last hour: only 6 minutes of history → from t=0
         assert!((ratio(&p, now, Duration::from_secs(3600)) - 50.0 / 1100.0).abs() < 1e-12);
         assert_eq!(ratio(&VecDeque::new(), now, Duration::from_secs(60)), 0.0);
+    }
+
+    #[test]
+    fn config_errors_name_the_field_and_hide_credentials() {
+        let c = AlertsConfig {
+            webhook_url: Some("ftp://ops:s3cret@hooks.example/x".into()),
+            ..AlertsConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("[alerts] webhook_url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let c = AlertsConfig {
+            eval_interval: "soon".into(),
+            ..AlertsConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("[alerts] eval_interval"));
+        assert!(AlertsConfig::default().validate().is_ok());
     }
 
     #[test]

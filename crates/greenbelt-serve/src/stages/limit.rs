@@ -508,6 +508,10 @@ impl Limiters {
             return None;
         }
         let mut map = self.by_model.lock().ok()?;
+        // The common case allocates nothing: the model's limiter exists.
+        if let Some(l) = map.get(model) {
+            return Some(l.clone());
+        }
         Some(
             map.entry(model.to_string())
                 .or_insert_with(|| {
