@@ -17,6 +17,7 @@ pub mod error;
 pub mod exposition;
 pub mod fault;
 pub mod features;
+pub mod grafana;
 pub mod grpc;
 pub mod http;
 pub mod infer;

@@ -10,6 +10,13 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Print (or write) the Grafana dashboard for Greenbelt's metrics
+    /// (import it and pick a Prometheus data source).
+    Dashboard {
+        /// Write the dashboard here instead of stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Print (or write) Prometheus recording rules and burn-rate, saturation,
     /// freshness, canary and model-load alerts for the `[[slo]]`s of the config.
     Rules {
@@ -28,6 +35,15 @@ enum Command {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::Dashboard { out } => {
+            let text = serde_json::to_string_pretty(&greenbelt_serve::grafana::dashboard())? + "\n";
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
         Command::Rules {
             config,
             out,

@@ -192,3 +192,110 @@ fn generated_rules_pass_promtool_check_and_unit_tests() {
             .args(["test", "rules", "rules_test.yml"]));
     assert!(tested.contains("SUCCESS"), "{tested}\n{t}");
 }
+
+/// Every panel query of the generated Grafana dashboard is valid PromQL
+/// (`promtool check rules`) and returns data (`promtool test rules`) over
+/// synthetic series shaped like a server's: a model with two outcomes,
+/// latency and queue/compute histograms, a canary, a shadow, a feature view
+/// and the SLO recording rule.
+#[test]
+fn every_grafana_panel_query_returns_data() {
+    let Some(promtool) = promtool() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let queries = greenbelt_serve::grafana::queries("5m");
+    let mut rules = String::from("groups:\n  - name: panels\n    rules:\n");
+    let mut tests = String::new();
+    for (i, (what, expr)) in queries.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - alert: Panel{i}\n        expr: 'count({}) > 0'\n        labels:\n          panel: '{i}'\n",
+            expr.replace('\'', "''")
+        ));
+        tests.push_str(&format!(
+            "      - eval_time: 20m\n        alertname: Panel{i}\n        exp_alerts:\n          - exp_labels: {{panel: '{i}'}}\n# {what}\n"
+        ));
+    }
+    std::fs::write(d.join("panels.yml"), &rules).unwrap();
+    let checked = run(Command::new(promtool)
+        .current_dir(d)
+        .args(["check", "rules", "panels.yml"]));
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let v = "model=\"m\",version=\"1\"";
+    let series: Vec<(String, &str)> = vec![
+        (
+            format!("greenbelt_requests_total{{{v},protocol=\"rest\",outcome=\"success\"}}"),
+            "0+100x30",
+        ),
+        (
+            format!("greenbelt_requests_total{{{v},protocol=\"rest\",outcome=\"server_error\"}}"),
+            "0+1x30",
+        ),
+        (
+            format!("greenbelt_request_duration_seconds_bucket{{{v},le=\"0.1\"}}"),
+            "0+90x30",
+        ),
+        (
+            format!("greenbelt_request_duration_seconds_bucket{{{v},le=\"+Inf\"}}"),
+            "0+101x30",
+        ),
+        (
+            format!("greenbelt_queue_duration_seconds_sum{{{v}}}"),
+            "0+0.01x30",
+        ),
+        (
+            format!("greenbelt_queue_duration_seconds_count{{{v}}}"),
+            "0+100x30",
+        ),
+        (
+            format!("greenbelt_compute_duration_seconds_sum{{{v}}}"),
+            "0+0.5x30",
+        ),
+        (
+            format!("greenbelt_compute_duration_seconds_count{{{v}}}"),
+            "0+100x30",
+        ),
+        ("greenbelt_inflight_requests{model=\"m\"}".into(), "3x30"),
+        ("greenbelt_inflight_limit".into(), "4096x30"),
+        ("greenbelt_shed_total{reason=\"inflight\"}".into(), "0+2x30"),
+        (
+            "greenbelt_rollout_canary_weight_ratio{deployment=\"m\"}".into(),
+            "0.1x30",
+        ),
+        (
+            "greenbelt_shadow_rows_total{deployment=\"m\",version=\"2\",agreement=\"agree\"}"
+                .into(),
+            "0+9x30",
+        ),
+        (
+            "greenbelt_shadow_rows_total{deployment=\"m\",version=\"2\",agreement=\"disagree\"}"
+                .into(),
+            "0+1x30",
+        ),
+        (
+            "greenbelt_feature_view_age_seconds{view=\"tx\"}".into(),
+            "12x30",
+        ),
+        (
+            "greenbelt:slo_error_ratio:rate1h{slo=\"m-availability\"}".into(),
+            "0.01x30",
+        ),
+        ("process_cpu_seconds_total".into(), "0+30x30"),
+        ("process_resident_memory_bytes".into(), "100000000x30"),
+    ];
+    let mut t = String::from(
+        "rule_files:\n  - panels.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for (name, values) in &series {
+        t.push_str(&format!(
+            "      - series: '{name}'\n        values: '{values}'\n"
+        ));
+    }
+    t.push_str("    alert_rule_test:\n");
+    t.push_str(&tests);
+    std::fs::write(d.join("panels_test.yml"), &t).unwrap();
+    let tested =
+        run(Command::new(promtool)
+            .current_dir(d)
+            .args(["test", "rules", "panels_test.yml"]));
+    assert!(tested.contains("SUCCESS"), "{tested}\n{t}");
+}
