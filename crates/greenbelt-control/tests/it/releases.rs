@@ -511,7 +511,8 @@ pre_promotion_analysis = 1
 post_promotion_analysis = 2
 scale_down_delay = "200ms"
 [deployments.rollout.analysis]
-interval = "300ms"
+# long enough for 5 samples from 3 clients on a loaded 2-core CI machine
+interval = "600ms"
 min_samples = 5
 shadow_fraction = 1.0
 conditions = ["error_rate <= 0.01", "shadow_error_rate <= 0.01"]
