@@ -473,6 +473,38 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_slo_and_alert_settings_are_checked_naming_the_field() {
+        for (text, field) in [
+            ("[telemetry]\nlog_sample = 0\n", "log_sample"),
+            ("[telemetry]\nlog_sample = 1.5\n", "log_sample"),
+            ("[telemetry]\nlog_queue = 0\n", "log_queue"),
+            ("[alerts]\neval_interval = \"soon\"\n", "eval_interval"),
+            (
+                "[[slo]]\ndeployment = \"m\"\nkind = \"latency\"\nobjective = 0.99\n",
+                "threshold_ms",
+            ),
+            (
+                "[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 2\n",
+                "objective",
+            ),
+            (
+                "[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.9\n[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.99\n",
+                "used twice",
+            ),
+        ] {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        assert!(
+            parse(
+                "[[slo]]\ndeployment = \"m\"\nkind = \"bogus\"\nobjective = 0.9\n",
+                &[]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn typos_are_errors_with_a_line() {
         let e = parse("[server]\nhttp_adr = \"x\"\n", &[])
             .unwrap_err()
