@@ -13,6 +13,7 @@ pub mod json;
 pub mod limits;
 pub mod raw;
 pub mod signature;
+pub mod spans;
 pub mod tensor;
 
 pub use datatype::DataType;

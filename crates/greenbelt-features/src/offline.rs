@@ -767,6 +767,27 @@ pub async fn materialize(
     end: i64,
     opts: &MaterializeOptions,
 ) -> Result<MaterializeReport> {
+    let attrs = vec![
+        greenbelt_core::spans::attr("greenbelt.feature_view", view_name),
+        greenbelt_core::spans::int("greenbelt.start_us", start),
+        greenbelt_core::spans::int("greenbelt.end_us", end),
+    ];
+    greenbelt_core::spans::traced(
+        "features.materialize",
+        attrs,
+        materialize_untraced(defs, store, view_name, start, end, opts),
+    )
+    .await
+}
+
+async fn materialize_untraced(
+    defs: &Definitions,
+    store: &OfflineStore,
+    view_name: &str,
+    start: i64,
+    end: i64,
+    opts: &MaterializeOptions,
+) -> Result<MaterializeReport> {
     if start >= end {
         return Err(FeatureError::Invalid(format!(
             "materialize: start {} is not before end {}; the range is [start, end)",

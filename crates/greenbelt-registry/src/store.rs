@@ -4,6 +4,7 @@
 //! advisory lock on PostgreSQL. Every alias move and its audit event commit
 //! in one transaction, so a crash leaves either both or neither.
 
+use greenbelt_core::spans::{attr, int, traced};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -264,6 +265,14 @@ impl Registry {
     /// Register a new version of `new.model` (created if new), numbered one
     /// past the highest existing version.
     pub async fn register(&self, new: NewVersion) -> Result<ModelVersion, RegistryError> {
+        let attrs = vec![
+            attr("greenbelt.model", new.model.clone()),
+            attr("greenbelt.format", new.format.clone()),
+        ];
+        traced("registry.register", attrs, self.register_untraced(new)).await
+    }
+
+    async fn register_untraced(&self, new: NewVersion) -> Result<ModelVersion, RegistryError> {
         check_name("model", &new.model)?;
         if new.sha256.len() != 64 || !new.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RegistryError::Invalid(format!(
@@ -383,6 +392,28 @@ impl Registry {
         actor: &str,
         reason: &str,
     ) -> Result<Option<AliasEvent>, RegistryError> {
+        let attrs = vec![
+            attr("greenbelt.model", model),
+            attr("greenbelt.alias", alias),
+            int("greenbelt.model_version", version),
+            attr("greenbelt.actor", actor),
+        ];
+        traced(
+            "registry.set_alias",
+            attrs,
+            self.set_alias_untraced(model, alias, version, actor, reason),
+        )
+        .await
+    }
+
+    async fn set_alias_untraced(
+        &self,
+        model: &str,
+        alias: &str,
+        version: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<AliasEvent>, RegistryError> {
         check_name("alias", alias)?;
         let mut tx = self.begin_locked(model).await?;
         let exists =
@@ -404,6 +435,26 @@ impl Registry {
 
     /// Remove `alias`, recording who and why.
     pub async fn delete_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<AliasEvent, RegistryError> {
+        let attrs = vec![
+            attr("greenbelt.model", model),
+            attr("greenbelt.alias", alias),
+            attr("greenbelt.actor", actor),
+        ];
+        traced(
+            "registry.delete_alias",
+            attrs,
+            self.delete_alias_untraced(model, alias, actor, reason),
+        )
+        .await
+    }
+
+    async fn delete_alias_untraced(
         &self,
         model: &str,
         alias: &str,

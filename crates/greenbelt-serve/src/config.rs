@@ -29,6 +29,8 @@ pub struct Config {
     pub slo: Vec<crate::slo::SloConfig>,
     /// The in-process evaluation of those SLOs (`/admin/alerts`, webhook).
     pub alerts: crate::alerts::AlertsConfig,
+    /// OpenTelemetry traces over OTLP (`[tracing]`, see `traces.rs`).
+    pub tracing: crate::traces::TracingConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -341,6 +343,7 @@ impl Config {
                 "[telemetry] log_queue must be > 0".into(),
             ));
         }
+        self.tracing.validate().map_err(ConfigError::Invalid)?;
         if self.registry.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "[registry] poll_interval_ms must be > 0".into(),

@@ -53,6 +53,10 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The built-in dashboard's minute of samples.
     pub dashboard: Arc<crate::dashboard::Sampler>,
+    /// Each deployment's rollout as its controller last published it.
+    pub rollouts: crate::dashboard::RolloutBoard,
+    /// OpenTelemetry traces (off unless `[tracing] endpoint` is set).
+    pub traces: Arc<crate::traces::Tracer>,
     ready: AtomicBool,
 }
 
@@ -63,6 +67,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         compute: Compute,
         auth: Arc<Auth>,
+        traces: Arc<crate::traces::Tracer>,
     ) -> Self {
         let timeout = std::time::Duration::from_millis(config.server.request_timeout_ms);
         AppState {
@@ -86,6 +91,7 @@ impl AppState {
             readiness: Default::default(),
             request_log: RequestLog::process(&config.telemetry, metrics.request_log.clone()),
             dashboard: Arc::default(),
+            rollouts: Default::default(),
             alerts: Arc::new(crate::alerts::Alerts::new(
                 &config.slo,
                 config.alerts.clone(),
@@ -94,6 +100,7 @@ impl AppState {
             config,
             repository,
             metrics,
+            traces,
             ready: AtomicBool::new(false),
         }
     }
@@ -141,6 +148,7 @@ impl AppState {
         Observer {
             metrics: &self.metrics,
             log: &self.request_log,
+            traces: &self.traces,
         }
     }
 
@@ -244,12 +252,7 @@ pub async fn infer(
             stats.response_bytes = answered.response.payload_bytes();
             observer.finished(ctx, &seen, Ok(()), &stats);
             if let Some((mirror, primary)) = answered.mirror {
-                mirror.offer(
-                    &state.shadows,
-                    &primary,
-                    ctx.started.elapsed(),
-                    &ctx.request_id,
-                );
+                mirror.offer(&state.shadows, &primary, ctx);
             }
             Ok((
                 answered.response,
@@ -324,6 +327,7 @@ async fn answer(
     deadline: tokio::time::Instant,
 ) -> Result<Answered, ServeError> {
     let served = &routed.served;
+    let lookup = tokio::time::Instant::now();
     let (req, assembled) = crate::features::assemble(
         served,
         state.repository.features().map(|f| &**f),
@@ -331,14 +335,19 @@ async fn answer(
         Some(deadline),
     )
     .await?;
+    if assembled.is_some() {
+        stats.features = Some((lookup, tokio::time::Instant::now()));
+    }
     let degraded = assembled.as_ref().is_some_and(|a| a.degraded);
     stats.rows = req.rows();
     stats.request_bytes = req.payload_bytes();
     let valid = validate(&served.signature, req)?;
     served.schema.observe_inputs(&valid.inputs);
     let mirror = mirror_for(routed, &valid.inputs);
+    let executed = tokio::time::Instant::now();
+    stats.executed = Some(executed);
     let budget = crate::compute::QueueBudget::new(
-        tokio::time::Instant::now(),
+        executed,
         std::time::Duration::from_millis(state.config.server.queue_budget_ms),
         deadline,
     );

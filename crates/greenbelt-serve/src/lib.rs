@@ -36,6 +36,7 @@ pub mod slo;
 pub mod stages;
 pub mod stats;
 pub mod telemetry;
+pub mod traces;
 
 pub use greenbelt_auth as auth;
 

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -150,6 +151,19 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
+impl MetricConstructor<HistogramWithExemplars<TraceExemplar>> for Buckets {
+    fn new_metric(&self) -> HistogramWithExemplars<TraceExemplar> {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+/// The exemplar of a latency observation: the recorded trace it came from
+/// (served in the OpenMetrics exposition only).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
 /// The transport a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -170,7 +184,7 @@ impl Protocol {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Family<VersionLabels, Histogram, Buckets>,
+    request_duration: Family<VersionLabels, HistogramWithExemplars<TraceExemplar>, Buckets>,
     queue_duration: Family<VersionLabels, Histogram, Buckets>,
     compute_duration: Family<VersionLabels, Histogram, Buckets>,
     request_bytes: Family<VersionLabels, Histogram, Buckets>,
@@ -214,7 +228,7 @@ impl Metrics {
         let latency = || Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
         let m = Metrics {
             requests: Family::default(),
-            request_duration: latency(),
+            request_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
             queue_duration: latency(),
             compute_duration: latency(),
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
@@ -510,8 +524,8 @@ impl Metrics {
                 });
             }
         }
+        self.request_duration.remove(&labels);
         for family in [
-            &self.request_duration,
             &self.queue_duration,
             &self.compute_duration,
             &self.request_bytes,
@@ -676,7 +690,7 @@ impl Metrics {
 
 struct VersionMetricsInner {
     requests: [[Counter; 5]; 2],
-    request_duration: Histogram,
+    request_duration: HistogramWithExemplars<TraceExemplar>,
     queue_duration: Histogram,
     compute_duration: Histogram,
     request_bytes: Histogram,
@@ -705,7 +719,15 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    pub fn request(&self, protocol: Protocol, outcome: Outcome, took: Duration) {
+    /// Count one request and its latency; `exemplar` is the trace id of a
+    /// recorded trace.
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        outcome: Outcome,
+        took: Duration,
+        exemplar: Option<String>,
+    ) {
         let p = match protocol {
             Protocol::Rest => 0,
             Protocol::Grpc => 1,
@@ -714,7 +736,11 @@ impl VersionMetrics {
         if let Some(c) = self.inner.requests.get(p).and_then(|row| row.get(o)) {
             c.inc();
         }
-        self.inner.request_duration.observe(took.as_secs_f64());
+        self.inner.request_duration.observe(
+            took.as_secs_f64(),
+            exemplar.map(|trace_id| TraceExemplar { trace_id }),
+            None,
+        );
         self.inner.live.record(outcome, took);
         self.inner.stats.request(outcome == Outcome::Success, took);
     }
@@ -840,13 +866,18 @@ mod tests {
     fn names_follow_conventions() {
         let m = Metrics::new();
         let v = m.version("fraud", "1");
-        v.request(Protocol::Rest, Outcome::Success, Duration::from_millis(2));
+        v.request(
+            Protocol::Rest,
+            Outcome::Success,
+            Duration::from_millis(2),
+            None,
+        );
         v.payload(80, 16);
         m.set_ready("fraud", "1", true);
         m.shed("inflight");
         let text = m.encode();
         m.version("fraud", "2")
-            .request(Protocol::Grpc, Outcome::Timeout, Duration::ZERO);
+            .request(Protocol::Grpc, Outcome::Timeout, Duration::ZERO, None);
         m.set_ready("fraud", "2", true);
         m.forget_version("fraud", "2");
         let after = m.encode();

@@ -61,9 +61,11 @@ pub struct LogCounters {
 pub struct Record {
     pub at: SystemTime,
     pub request_id: String,
-    pub trace_id: String,
+    /// Formatted (32 hex digits) by the writer, not the request.
+    pub trace_id: opentelemetry::trace::TraceId,
     pub protocol: &'static str,
-    pub model: String,
+    /// Shared with the served version when there is one (no copy).
+    pub model: Arc<str>,
     pub version: Option<Arc<str>>,
     pub track: &'static str,
     pub outcome: &'static str,
@@ -150,8 +152,10 @@ impl RequestLog {
 
     /// Whether a request would be logged (so the caller can skip building
     /// the record). Failures are always logged.
-    pub fn wants(&self, trace_id: &str, failed: bool) -> bool {
-        self.tx.is_some() && (failed || sampled(trace_id, self.threshold))
+    /// `trace_low` is the low 64 bits of the trace id
+    /// ([`crate::traces::TraceIds::low64`]).
+    pub fn wants(&self, trace_low: u64, failed: bool) -> bool {
+        self.tx.is_some() && (failed || trace_low <= self.threshold)
     }
 
     /// Queue one line; never waits.
@@ -176,25 +180,11 @@ impl Drop for RequestLog {
     }
 }
 
+/// The same rule as OpenTelemetry's `TraceIdRatioBased` (and the trace
+/// sampler, `crate::traces`): the low 64 bits of the trace id against the
+/// ratio, so the decision follows the trace.
 fn threshold(sample: f64) -> u64 {
-    if sample >= 1.0 {
-        u64::MAX
-    } else {
-        // In (0, 1): the float product is below 2^64 and saturates on cast.
-        (sample * u64::MAX as f64) as u64
-    }
-}
-
-/// The same rule as OpenTelemetry's `TraceIdRatioBased`: the low 64 bits of
-/// the trace id against the ratio, so the decision follows the trace.
-fn sampled(trace_id: &str, threshold: u64) -> bool {
-    if threshold == u64::MAX {
-        return true;
-    }
-    let low = trace_id
-        .get(trace_id.len().saturating_sub(16)..)
-        .unwrap_or("");
-    u64::from_str_radix(low, 16).map_or(true, |v| v <= threshold)
+    crate::traces::threshold(sample).unwrap_or(0)
 }
 
 fn write_loop(rx: Receiver<Record>, mut out: Box<dyn Write + Send>, text: bool, written: &Counter) {
@@ -290,8 +280,7 @@ pub fn format(r: &Record, text: bool, buf: &mut Vec<u8>) {
         "{{\"timestamp\":\"{at}\",\"level\":\"INFO\",\"message\":\"infer\",\"request_id\":"
     );
     json_str(buf, &r.request_id);
-    buf.extend_from_slice(b",\"trace_id\":");
-    json_str(buf, &r.trace_id);
+    let _ = write!(buf, ",\"trace_id\":\"{}\"", r.trace_id);
     let _ = write!(buf, ",\"protocol\":\"{}\",\"model\":", r.protocol);
     json_str(buf, model);
     buf.extend_from_slice(b",\"version\":");
@@ -354,7 +343,7 @@ mod tests {
         Record {
             at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_780_000_000_123_456),
             request_id: "req-\"1\"".into(),
-            trace_id: trace_id.into(),
+            trace_id: opentelemetry::trace::TraceId::from_hex(trace_id).unwrap(),
             protocol: "rest",
             model: "logreg".into(),
             version: Some(Arc::from("2")),
@@ -394,6 +383,7 @@ mod tests {
         assert_eq!(ok["timestamp"], "2026-05-28T20:26:40.123456Z");
         assert_eq!(ok["target"], "greenbelt::request");
         assert_eq!(ok["request_id"], "req-\"1\"");
+        assert_eq!(ok["trace_id"], format!("{:032x}", 0xab));
         assert_eq!(ok["version"], "2");
         assert_eq!(ok["latency_ms"], 1.5);
         assert_eq!(ok["queue_ms"], 0.25);
@@ -410,7 +400,7 @@ mod tests {
     #[test]
     fn long_model_names_are_cut_on_a_char_boundary() {
         let mut r = record("ab", None);
-        r.model = "é".repeat(500);
+        r.model = "é".repeat(500).into();
         let mut buf = Vec::new();
         format(&r, false, &mut buf);
         let v: serde_json::Value = serde_json::from_slice(buf.trim_ascii_end()).unwrap();
@@ -492,15 +482,14 @@ mod tests {
         let kept = (0..4000u64)
             .filter(|i| {
                 // spread over the whole u64 range, as random trace ids are
-                let id = format!("{:032x}", u128::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-                log.wants(&id, false)
+                log.wants(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), false)
             })
             .count();
         assert!((900..1100).contains(&kept), "kept {kept} of 4000 at 0.25");
-        assert!(log.wants(&format!("{:032x}", u128::from(u64::MAX)), true));
-        assert!(!log.wants(&format!("{:032x}", u128::from(u64::MAX)), false));
+        assert!(log.wants(u64::MAX, true));
+        assert!(!log.wants(u64::MAX, false));
         let off = RequestLog::off(LogCounters::default());
-        assert!(!off.wants("00", true));
+        assert!(!off.wants(0, true));
     }
 
     #[test]

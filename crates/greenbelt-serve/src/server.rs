@@ -81,6 +81,9 @@ impl Server {
         } else {
             tracing::info!("no tokens configured: every caller may write (loopback only)");
         }
+        let traces = Arc::new(
+            crate::traces::Tracer::from_config(&config.tracing).map_err(StartError::Other)?,
+        );
         let metrics = Arc::new(Metrics::new());
         let compute = Compute::new(config.compute_threads());
         let ort_path = config.runtime.onnxruntime_library.clone();
@@ -116,10 +119,11 @@ impl Server {
             metrics,
             compute,
             auth,
+            traces.clone(),
         ));
         state
             .shadows
-            .spawn_workers(state.executor.clone(), shadow_concurrency);
+            .spawn_workers(state.executor.clone(), shadow_concurrency, traces);
         state.dashboard.clone().spawn(Arc::downgrade(&state));
         if !state.alerts.is_empty() {
             state.alerts.clone().spawn(repository.clone());
@@ -255,6 +259,14 @@ impl Server {
                 "drain timed out; stopping with requests in flight"
             );
         }
+        // The last spans go out before the process ends (bounded by the
+        // exporter's timeout; off the runtime's worker threads).
+        let traces = self.state.traces.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(self.state.config.tracing.export_timeout_ms + 1000),
+            tokio::task::spawn_blocking(move || traces.shutdown()),
+        )
+        .await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -39,6 +39,9 @@ pub struct ShadowJob {
     pub primary: Vec<Tensor>,
     pub primary_latency: Duration,
     pub request_id: String,
+    /// The primary request's trace, when it is recorded: the shadow's run
+    /// becomes a child of its server span.
+    pub trace: Option<crate::traces::TraceIds>,
 }
 
 /// Cumulative counts for windowed analysis.
@@ -473,6 +476,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Idle-priority threads for shadow inference.
     pool: crate::compute::IdlePool,
+    /// Shadow runs of recorded requests become spans of their trace.
+    traces: Arc<crate::traces::Tracer>,
 }
 
 impl Shadows {
@@ -522,7 +527,12 @@ impl Shadows {
 
     /// Start the workers (once): at most `concurrency` shadow requests run
     /// at a time, through `executor`.
-    pub fn spawn_workers(&self, executor: Executor, concurrency: usize) {
+    pub fn spawn_workers(
+        &self,
+        executor: Executor,
+        concurrency: usize,
+        traces: Arc<crate::traces::Tracer>,
+    ) {
         let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
@@ -532,6 +542,7 @@ impl Shadows {
             table: self.table.clone(),
             metrics: self.metrics.clone(),
             pool: crate::compute::IdlePool::new(concurrency, concurrency),
+            traces,
         });
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
@@ -551,6 +562,7 @@ impl Shadows {
 impl Worker {
     async fn run_one(&self, job: ShadowJob) {
         let started = Instant::now();
+        let wall = job.trace.as_ref().map(|_| std::time::SystemTime::now());
         let stats = self.table.get(&job.deployment, job.shadow.version);
         let version = job.shadow.version.to_string();
         let result = match self.execute(&job).await {
@@ -571,7 +583,21 @@ impl Worker {
         };
         job.shadow
             .metrics
-            .request(crate::metrics::Protocol::Rest, outcome, took);
+            .request(crate::metrics::Protocol::Rest, outcome, took, None);
+        if let (Some(ids), Some(wall)) = (&job.trace, wall) {
+            self.traces.child(
+                ids,
+                "shadow",
+                wall,
+                took,
+                vec![
+                    opentelemetry::KeyValue::new("greenbelt.model", job.deployment.to_string()),
+                    opentelemetry::KeyValue::new("greenbelt.model_version", version.clone()),
+                    opentelemetry::KeyValue::new("greenbelt.outcome", outcome.as_str()),
+                ],
+                result.as_ref().err().map(ToString::to_string),
+            );
+        }
         match result {
             Ok(out) => {
                 let c = compare(&job.primary, &out.outputs);

@@ -17,7 +17,6 @@ use crate::error::ServeError;
 use crate::infer::{AppState, RequestContext, infer};
 use crate::metrics::Protocol;
 use crate::repository::{ModelState, check_model_name};
-use crate::telemetry::{TraceContext, request_id};
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 pub mod pb {
@@ -58,6 +57,22 @@ pub fn too_large_is_resource_exhausted<B>(
         tracing::info!(target: "greenbelt::request", protocol = "grpc", outcome = "client_error", status = 413, "message larger than [server] max_request_bytes");
     }
     resp
+}
+
+/// `traceparent`, `traceresponse` and `x-request-id` on an answer or a
+/// failure, as the REST side sends them.
+fn trace_headers(meta: &mut tonic::metadata::MetadataMap, ctx: &RequestContext) {
+    if let Ok(v) = ctx
+        .trace
+        .header()
+        .parse::<tonic::metadata::MetadataValue<_>>()
+    {
+        meta.insert("traceparent", v.clone());
+        meta.insert("traceresponse", v);
+    }
+    if let Ok(v) = ctx.request_id.parse() {
+        meta.insert("x-request-id", v);
+    }
 }
 
 fn status(e: ServeError) -> Status {
@@ -271,10 +286,6 @@ pub fn encode_response(resp: greenbelt_core::InferResponse) -> pb::ModelInferRes
     }
 }
 
-fn meta_str<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
-    req.metadata().get(key).and_then(|v| v.to_str().ok())
-}
-
 impl GrpcService {
     /// The caller named by the `authorization` metadata (UNAUTHENTICATED
     /// for a token that matches nothing).
@@ -371,16 +382,14 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let trace = TraceContext::from_header(meta_str(&req, "traceparent"));
         let principal = self.caller(&req)?;
-        let ctx = RequestContext {
-            request_id: request_id(meta_str(&req, "x-request-id")),
-            trace_id: trace.trace_id.clone(),
-            protocol: Protocol::Grpc,
-            started: Instant::now(),
-            headers: req.metadata().clone().into_headers(),
+        let mut ctx = RequestContext::new(
+            Protocol::Grpc,
+            "inference.GRPCInferenceService/ModelInfer",
+            req.metadata().clone().into_headers(),
             principal,
-        };
+            &self.state.traces,
+        );
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = r.model_version.clone();
@@ -388,21 +397,29 @@ impl GrpcInferenceService for GrpcService {
         // admission by its size comes before the tensors are built from it.
         let wire_len = prost::Message::encoded_len(&r);
         let admitted = self.state.admission.admit(wire_len).and_then(|permit| {
-            Ok((
-                permit,
-                decode_request(r, &self.state.config.limits.decode())?,
-            ))
+            ctx.admitted = Some(Instant::now());
+            let decoded = decode_request(r, &self.state.config.limits.decode())?;
+            ctx.decoded = Some(Instant::now());
+            Ok((permit, decoded))
         });
         let (permit, decoded) = match admitted {
             Ok(d) => d,
             Err(e) => {
                 self.state.reject(&ctx, &model, &e);
-                return Err(status(e));
+                let mut s = status(e);
+                trace_headers(s.metadata_mut(), &ctx);
+                return Err(s);
             }
         };
-        let (out, meta, served) = infer(&self.state, permit, &model, Some(&version), decoded, &ctx)
-            .await
-            .map_err(status)?;
+        let (out, meta, served) =
+            match infer(&self.state, permit, &model, Some(&version), decoded, &ctx).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let mut s = status(e);
+                    trace_headers(s.metadata_mut(), &ctx);
+                    return Err(s);
+                }
+            };
         let encoded = encode_response(out);
         served
             .metrics
@@ -418,12 +435,7 @@ impl GrpcInferenceService for GrpcService {
                 tonic::metadata::MetadataValue::from_static("features"),
             );
         }
-        if let Ok(v) = trace.header().parse() {
-            resp.metadata_mut().insert("traceparent", v);
-        }
-        if let Ok(v) = ctx.request_id.parse() {
-            resp.metadata_mut().insert("x-request-id", v);
-        }
+        trace_headers(resp.metadata_mut(), &ctx);
         Ok(resp)
     }
 

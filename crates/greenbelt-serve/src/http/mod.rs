@@ -22,7 +22,9 @@ use crate::error::ServeError;
 use crate::infer::{AppState, Permit, RequestContext, infer};
 use crate::metrics::Protocol;
 use crate::repository::{ServedVersion, check_model_name};
-use crate::telemetry::{TraceContext, request_id};
+/// The route templates of the infer endpoints (the server span's name).
+const INFER_ROUTE: &str = "/v2/models/{model_name}/infer";
+const INFER_VERSION_ROUTE: &str = "/v2/models/{model_name}/versions/{model_version}/infer";
 
 pub const VERSION_HEADER: &str = "x-greenbelt-model-version";
 
@@ -333,7 +335,7 @@ async fn infer_latest(
     caller: Option<Extension<Caller>>,
     body: Body,
 ) -> Response {
-    handle_infer(state, model, None, headers, caller, body).await
+    handle_infer(state, model, None, headers, caller, body, INFER_ROUTE).await
 }
 
 async fn infer_version(
@@ -343,7 +345,16 @@ async fn infer_version(
     caller: Option<Extension<Caller>>,
     body: Body,
 ) -> Response {
-    handle_infer(state, model, Some(version), headers, caller, body).await
+    handle_infer(
+        state,
+        model,
+        Some(version),
+        headers,
+        caller,
+        body,
+        INFER_VERSION_ROUTE,
+    )
+    .await
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -354,7 +365,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// the body, decode.
 async fn admit_and_decode(
     state: &AppState,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
     body: Body,
 ) -> Result<(Permit, InferRequest, usize), ServeError> {
     let limit = state.config.server.max_request_bytes;
@@ -369,6 +380,7 @@ async fn admit_and_decode(
     }
     // A body of unknown length (chunked) is admitted as if it were the largest.
     let permit = state.admission.admit(declared.unwrap_or(limit))?;
+    ctx.admitted = Some(Instant::now());
     // The upload is bounded by the connection's idle timeout (no byte for
     // `idle_timeout_ms` closes it) and by admission; the request timeout
     // starts once the request is decoded.
@@ -389,6 +401,7 @@ async fn admit_and_decode(
         })?),
     };
     let req = codec::decode_request(&body, header_len, &state.config.limits.decode())?;
+    ctx.decoded = Some(Instant::now());
     Ok((permit, req, body.len()))
 }
 
@@ -399,17 +412,16 @@ async fn handle_infer(
     headers: HeaderMap,
     caller: Option<Extension<Caller>>,
     body: Body,
+    route: &'static str,
 ) -> Response {
-    let trace = TraceContext::from_header(header_str(&headers, "traceparent"));
-    let ctx = RequestContext {
-        request_id: request_id(header_str(&headers, "x-request-id")),
-        trace_id: trace.trace_id.clone(),
-        protocol: Protocol::Rest,
-        started: Instant::now(),
+    let mut ctx = RequestContext::new(
+        Protocol::Rest,
+        route,
         headers,
-        principal: caller.and_then(|Extension(c)| c.0),
-    };
-    let mut resp = match admit_and_decode(&state, &ctx, body).await {
+        caller.and_then(|Extension(c)| c.0),
+        &state.traces,
+    );
+    let mut resp = match admit_and_decode(&state, &mut ctx, body).await {
         Err(e) => {
             state.reject(&ctx, &model, &e);
             ApiError(e).into_response()
@@ -438,8 +450,11 @@ async fn handle_infer(
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         h.insert(HeaderName::from_static("x-request-id"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-        h.insert(HeaderName::from_static("traceparent"), v);
+    // `traceparent` as before (our span as the parent of what follows);
+    // `traceresponse` per W3C Trace Context level 2.
+    if let Ok(v) = HeaderValue::from_str(&ctx.trace.header()) {
+        h.insert(HeaderName::from_static("traceparent"), v.clone());
+        h.insert(HeaderName::from_static("traceresponse"), v);
     }
     resp
 }

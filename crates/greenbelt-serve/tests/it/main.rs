@@ -15,3 +15,4 @@ mod overload;
 mod repository;
 mod security;
 mod stages;
+mod traces;

@@ -95,14 +95,13 @@ fn by_key() -> InferRequest {
 }
 
 fn ctx() -> RequestContext {
-    RequestContext {
-        request_id: "r".into(),
-        trace_id: "t".into(),
-        protocol: Protocol::Rest,
-        started: Instant::now(),
-        headers: Default::default(),
-        principal: None,
-    }
+    RequestContext::new(
+        Protocol::Rest,
+        "/v2/models/{model_name}/infer",
+        Default::default(),
+        None,
+        &greenbelt_serve::traces::Tracer::disabled(),
+    )
 }
 
 #[tokio::test(start_paused = true)]
