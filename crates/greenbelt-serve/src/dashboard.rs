@@ -29,6 +29,39 @@ pub const WINDOW: u64 = 10;
 /// (model, version).
 type Key = (Arc<str>, Arc<str>);
 
+/// A deployment's release as the rollout controller last saw it; the
+/// controller (greenbelt-control) publishes it here every tick, so the
+/// dashboard shows the rollout without reading the registry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutView {
+    pub id: String,
+    /// `progressing`, `paused`, `promoted`, `aborted`, ...
+    pub phase: String,
+    pub stable: i64,
+    pub candidate: i64,
+    /// Canary: the step being executed and the candidate's traffic share (0..=1).
+    pub step: usize,
+    pub weight: f64,
+    /// Why it paused, was aborted or promoted.
+    pub reason: Option<String>,
+}
+
+/// The latest [`RolloutView`] of each deployment.
+#[derive(Default)]
+pub struct RolloutBoard(Mutex<HashMap<String, RolloutView>>);
+
+impl RolloutBoard {
+    pub fn set(&self, deployment: &str, view: RolloutView) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(deployment.to_string(), view);
+        }
+    }
+
+    pub fn get(&self, deployment: &str) -> Option<RolloutView> {
+        self.0.lock().ok().and_then(|m| m.get(deployment).cloned())
+    }
+}
+
 /// One version's cumulative counts at one instant.
 #[derive(Clone)]
 struct Sample {
@@ -181,6 +214,7 @@ pub fn data(state: &AppState) -> Value {
                 "inflight": model_inflight,
                 "deployment": routing.is_some(),
                 "canary_weight": routing.map(|r| f64::from(r.canary_bp) / 10_000.0),
+                "rollout": state.rollouts.get(&e.name),
                 "versions": versions,
                 "shadows": shadows,
                 "last_error": e.last_error,

@@ -140,6 +140,24 @@ pub struct RolloutSpec {
     pub post_promotion_analysis: u32,
     /// Blue/green: how long the old version stays loaded after promotion.
     pub scale_down_delay: String,
+    /// What a replica does when it cannot reach the registry database in
+    /// the middle of a rollout (its analysis cannot be stored, so nothing
+    /// can be promoted): `hold` keeps the traffic split as it is;
+    /// `rollback` sends all traffic back to the stable version once the
+    /// registry has been unreachable for `registry_error_grace`, and aborts
+    /// the rollout when the registry answers again.
+    pub on_registry_error: RegistryErrorPolicy,
+    /// How long the registry may be unreachable before `rollback` acts.
+    pub registry_error_grace: String,
+}
+
+/// [`RolloutSpec::on_registry_error`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryErrorPolicy {
+    #[default]
+    Hold,
+    Rollback,
 }
 
 impl Default for RolloutSpec {
@@ -157,6 +175,8 @@ impl Default for RolloutSpec {
             pre_promotion_analysis: 2,
             post_promotion_analysis: 2,
             scale_down_delay: "30s".into(),
+            on_registry_error: RegistryErrorPolicy::Hold,
+            registry_error_grace: "30s".into(),
         }
     }
 }
@@ -170,6 +190,7 @@ impl RolloutSpec {
             return Err("steps: a canary needs at least one step, e.g. { set_weight = 20 }".into());
         }
         duration("scale_down_delay", &self.scale_down_delay)?;
+        duration("registry_error_grace", &self.registry_error_grace)?;
         self.analysis
             .validate()
             .map_err(|e| format!("analysis.{e}"))

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenbelt_registry::{ArtifactStore, Registry, RegistryError};
-use greenbelt_serve::deployment::DeploymentConfig;
+use greenbelt_serve::deployment::{DeploymentConfig, RegistryErrorPolicy};
 use greenbelt_serve::infer::AppState;
 use greenbelt_serve::live::LiveSnapshot;
 use greenbelt_serve::repository::ServedVersion;
@@ -31,6 +31,9 @@ use tokio::time::Instant;
 
 use super::analysis::{self, Measurement};
 use super::machine::{Phase, Rollout};
+
+/// How long one tick's registry reads and writes may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a version that failed to load is left alone before a retry.
 const FAILED_RETRY: Duration = Duration::from_secs(30);
@@ -75,6 +78,14 @@ struct Local {
     previous: Option<i64>,
     failed: HashMap<i64, Instant>,
     snap: Option<Snap>,
+    /// The rollout that was active at the last successful tick, and its
+    /// stable version.
+    active: Option<(String, i64)>,
+    /// Since when ticks have failed on the registry database.
+    registry_down_since: Option<Instant>,
+    /// A rollout whose traffic the fail-safe sent back to stable while the
+    /// registry was unreachable; aborted when it answers again.
+    failsafe: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -163,10 +174,75 @@ impl Controller {
                 _ = interval.tick() => {}
                 _ = wake.notified() => {}
             }
-            if let Err(e) = self.tick(&dep, &mut local, tx.as_ref()).await {
-                tracing::warn!(deployment = %dep.name, error = %e, "deployment tick failed; keeping the current plan");
+            let started = Instant::now();
+            match self.tick(&dep, &mut local, tx.as_ref()).await {
+                Ok(()) => local.registry_down_since = None,
+                Err(RegistryError::Db(e)) => {
+                    let since = *local.registry_down_since.get_or_insert(started);
+                    tracing::warn!(deployment = %dep.name, error = %e, down_ms = since.elapsed().as_millis() as u64, "registry unreachable; keeping the current plan");
+                    self.fail_safe(&dep, &mut local, since.elapsed());
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %dep.name, error = %e, "deployment tick failed; keeping the current plan");
+                }
             }
         }
+    }
+
+    /// The registry has been unreachable for `down` in the middle of a
+    /// rollout: nothing can be promoted (no decision can be stored). With
+    /// `on_registry_error = "rollback"` and `down` past the grace, all
+    /// traffic goes back to the stable version here and now; the rollout is
+    /// aborted when the registry answers again (see `advance_rollout`).
+    fn fail_safe(&self, dep: &DeploymentConfig, local: &mut Local, down: Duration) {
+        let Some((id, stable)) = local.active.clone() else {
+            return;
+        };
+        if dep.rollout.on_registry_error != RegistryErrorPolicy::Rollback
+            || local.failsafe.as_ref() == Some(&id)
+        {
+            return;
+        }
+        let grace = greenbelt_serve::deployment::duration(
+            "registry_error_grace",
+            &dep.rollout.registry_error_grace,
+        )
+        .unwrap_or(Duration::from_secs(30));
+        if down < grace {
+            return;
+        }
+        let (Some(installed), Some(entry)) = (
+            local.installed.clone(),
+            self.state.repository.get(&dep.name),
+        ) else {
+            return;
+        };
+        // Blue/green after the switch: the old version is still warm.
+        let stable = u64::try_from(stable)
+            .ok()
+            .filter(|k| entry.versions.contains_key(k))
+            .unwrap_or(installed.stable);
+        let routing = Routing {
+            stable,
+            canary: None,
+            canary_bp: 0,
+            preview: None,
+            shadows: Vec::new(),
+            ..installed
+        };
+        self.state.metrics.set_canary_weight(&dep.name, 0.0);
+        self.state
+            .metrics
+            .rollout_event(&dep.name, "failsafe_rollback");
+        self.state.repository.install_deployment(
+            &dep.name,
+            dep.config.clone(),
+            entry.versions.clone(),
+            routing.clone(),
+        );
+        tracing::error!(deployment = %dep.name, rollout = %id, down_ms = down.as_millis() as u64, "registry unreachable past registry_error_grace mid-rollout: all traffic back on the stable version (on_registry_error = \"rollback\"); the rollout is aborted when the registry answers");
+        local.installed = Some(routing);
+        local.failsafe = Some(id);
     }
 
     /// One reconciliation step (public for tests that drive it by hand).
@@ -178,8 +254,35 @@ impl Controller {
     ) -> Result<(), RegistryError> {
         let noticed = Instant::now();
         let model = dep.model();
-        let mut rollout = self.advance_rollout(dep, local).await?;
-        let alias_version = self.reconcile_aliases(dep, rollout.as_mut()).await?;
+        // The registry part of the tick is bounded: a database that stops
+        // answering is an error here (and the fail-safe's clock starts at
+        // this tick), not a controller stuck for the pool's timeout.
+        let (mut rollout, alias_version) = tokio::time::timeout(REGISTRY_TIMEOUT, async {
+            let mut rollout = self.advance_rollout(dep, local).await?;
+            let alias_version = self.reconcile_aliases(dep, rollout.as_mut()).await?;
+            Ok::<_, RegistryError>((rollout, alias_version))
+        })
+        .await
+        .map_err(|_| {
+            RegistryError::Db(format!(
+                "the registry did not answer within {} s",
+                REGISTRY_TIMEOUT.as_secs()
+            ))
+        })??;
+        if let Some((_, r)) = &rollout {
+            self.state.rollouts.set(
+                &dep.name,
+                greenbelt_serve::dashboard::RolloutView {
+                    id: r.id.clone(),
+                    phase: format!("{:?}", r.phase).to_lowercase(),
+                    stable: r.stable,
+                    candidate: r.candidate,
+                    step: r.step,
+                    weight: r.weight / 100.0,
+                    reason: r.reason.clone().or_else(|| r.pause_reason.clone()),
+                },
+            );
+        }
 
         // The plan: a rollout that still owns the traffic, else the alias.
         let plan = match &rollout {
@@ -339,6 +442,7 @@ impl Controller {
         local: &mut Local,
     ) -> Result<Option<(i64, Rollout)>, RegistryError> {
         let Some(stored) = self.registry.rollout(&dep.name).await? else {
+            local.active = None;
             return Ok(None);
         };
         let mut r: Rollout = match serde_json::from_value(stored.state) {
@@ -352,9 +456,24 @@ impl Controller {
         };
         if !r.is_active() {
             local.snap = None;
+            local.active = None;
+            local.failsafe = None;
             return Ok(Some((stored.rev, r)));
         }
         let now = self.now_ms();
+        if local.failsafe.as_ref() == Some(&r.id) {
+            // The fail-safe took its traffic away while the registry was
+            // down: the rollout ends here, never promoted.
+            let _ = r.command(super::machine::Command::Abort, now, &self.actor);
+            r.reason = Some(
+                "the registry database was unreachable past registry_error_grace mid-rollout; traffic went back to stable (on_registry_error = \"rollback\")".into(),
+            );
+            local.failsafe = None;
+            local.active = None;
+            let rev = self.persist(dep, stored.rev, &mut r).await?;
+            return Ok(Some((rev, r)));
+        }
+        local.active = Some((r.id.clone(), r.stable));
         let mut changed = r.tick(now);
         let (cand_v, stable_v) = r.analysed();
         let counters = self.counters(&dep.name, cand_v, stable_v);
@@ -417,6 +536,22 @@ impl Controller {
 
     /// Store `r` over revision `rev`, with its pending events.
     async fn persist(
+        &self,
+        dep: &DeploymentConfig,
+        rev: i64,
+        r: &mut Rollout,
+    ) -> Result<i64, RegistryError> {
+        let attrs = vec![
+            greenbelt_core::spans::attr("greenbelt.deployment", dep.name.clone()),
+            greenbelt_core::spans::attr("greenbelt.rollout", r.id.clone()),
+            greenbelt_core::spans::attr("greenbelt.phase", format!("{:?}", r.phase)),
+            greenbelt_core::spans::int("greenbelt.candidate", r.candidate),
+        ];
+        greenbelt_core::spans::traced("rollout.step", attrs, self.persist_untraced(dep, rev, r))
+            .await
+    }
+
+    async fn persist_untraced(
         &self,
         dep: &DeploymentConfig,
         rev: i64,
@@ -526,6 +661,23 @@ impl Controller {
     }
 
     async fn load(&self, dep: &DeploymentConfig, target: i64) -> Result<ServedVersion, String> {
+        let attrs = vec![
+            greenbelt_core::spans::attr("greenbelt.deployment", dep.name.clone()),
+            greenbelt_core::spans::int("greenbelt.model_version", target),
+        ];
+        greenbelt_core::spans::traced(
+            "rollout.load_version",
+            attrs,
+            self.load_untraced(dep, target),
+        )
+        .await
+    }
+
+    async fn load_untraced(
+        &self,
+        dep: &DeploymentConfig,
+        target: i64,
+    ) -> Result<ServedVersion, String> {
         let record = self
             .registry
             .version(dep.model(), target)

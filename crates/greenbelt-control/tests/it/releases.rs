@@ -390,6 +390,29 @@ async fn canary_passes_analysis_and_promotes_with_zero_failures() {
         (forced.1.as_deref(), forced.2.as_deref()),
         (Some("2"), Some("canary"))
     );
+    // The dashboard shows the rollout the controller is running.
+    let data: serde_json::Value = e
+        .client
+        .get(format!("{}/dashboard/data", e.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fraud = data["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "fraud")
+        .unwrap();
+    assert_eq!(fraud["rollout"]["id"], r.id.as_str(), "{fraud}");
+    assert_eq!(fraud["rollout"]["candidate"], v[1]);
+    assert!(
+        ["progressing", "paused"].contains(&fraud["rollout"]["phase"].as_str().unwrap()),
+        "{fraud}"
+    );
     let done = e
         .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
         .await;
@@ -576,11 +599,23 @@ async fn blue_green_previews_switches_and_switches_back_on_failure() {
         done.switched_ms.is_some(),
         "it was switched before the failure"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The switch back lands in the controller tick that stores the abort;
+    // wait (bounded) for it to be served rather than for a fixed time, so a
+    // loaded CI machine with slow SQLite writes does not fail the test.
+    e.wait_alias("champion", Some(v[1])).await;
+    let mut back = false;
+    for _ in 0..400 {
+        if e.call(7, None).await.1.as_deref() == Some("2") {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "traffic never switched back to v2");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
     let seen = collect(load).await;
     assert_eq!(seen.last().unwrap().version.as_deref(), Some("2"));
-    e.wait_alias("champion", Some(v[1])).await;
     let history = e.reg.history("fraud", Some("champion")).await.unwrap();
     assert!(
         history.last().unwrap().reason.contains("rolled back"),
@@ -1057,4 +1092,138 @@ async fn replicas_sharing_postgres_agree_on_the_rollout() {
     };
     let (mut e, v) = env_on(tempfile::tempdir().unwrap(), &url, HELD_CANARY, &[]).await;
     replicas_agree(&mut e, &v).await;
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: cutting closes
+/// every connection through it and refuses new ones until it is restored.
+struct Cuttable {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn start(upstream: String) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Cuttable {
+            port,
+            up,
+            conns,
+            _accept: accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+const FAILSAFE_CANARY: &str = r#"[deployments.rollout]
+steps = [{ set_weight = 40 }, { pause = "" }]
+on_registry_error = "rollback"
+registry_error_grace = "300ms"
+[deployments.rollout.analysis]
+interval = "200ms"
+min_samples = 1000000
+"#;
+
+/// The registry database goes away mid-rollout: predictions continue, the
+/// canary's traffic goes back to stable once `registry_error_grace` has
+/// passed (the rollback policy), and when the database answers again the
+/// rollout is aborted, never promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_outage_mid_rollout_rolls_the_canary_back_and_never_promotes() {
+    let Some(url) = postgres_url("failsafe").await else {
+        return;
+    };
+    // postgres://user@host:port/db -> the proxy in place of host:port
+    let (scheme_user, rest) = url.rsplit_once('@').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let proxy = Cuttable::start(hostport.to_string()).await;
+    let proxied = format!("{scheme_user}@127.0.0.1:{}/{db}", proxy.port);
+    let (e, v) = env_on(tempfile::tempdir().unwrap(), &proxied, FAILSAFE_CANARY, &[]).await;
+    let canary_bp = || {
+        e.app
+            .repository
+            .get("fraud")
+            .and_then(|d| d.routing.as_ref().map(|r| (r.canary, r.canary_bp)))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    rollout::start(&e.reg, &e.deployment, v[1], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let mut at_40 = false;
+    for _ in 0..400 {
+        if canary_bp() == Some((Some(2), 4000)) {
+            at_40 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(at_40, "the canary never reached 40%: {:?}", canary_bp());
+
+    proxy.cut();
+    let cut_at = tokio::time::Instant::now();
+    let mut back = None;
+    for _ in 0..1500 {
+        if canary_bp() == Some((None, 0)) {
+            back = Some(cut_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = back.expect("the canary's traffic never went back to stable");
+    // The grace (300 ms) plus at most the controller's registry timeout.
+    assert!(back < Duration::from_secs(8), "took {back:?}");
+    for seed in 0..20 {
+        assert_eq!(e.call(seed, None).await.1.as_deref(), Some("1"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.restore();
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    assert_eq!(done.phase, Phase::Aborted);
+    assert!(
+        done.reason.as_deref().unwrap_or("").contains("unreachable"),
+        "{:?}",
+        done.reason
+    );
+    assert_eq!(e.reg.alias("fraud", "champion").await.unwrap(), Some(v[0]));
+    stop.store(true, Ordering::Relaxed);
+    let seen = collect(load).await;
+    assert!(
+        seen.iter().all(|s| s.ok),
+        "{} of {} predictions failed during the registry outage",
+        seen.iter().filter(|s| !s.ok).count(),
+        seen.len()
+    );
 }
