@@ -10,6 +10,9 @@ Groups (--only picks a subset, comma-separated):
   greenbelt        Greenbelt, [telemetry] log_requests = true (the default):
                    REST via wrk, gRPC via `greenbelt bench`, REST overhead
   greenbelt-nolog  Greenbelt, log_requests = false: REST via wrk, REST overhead
+  greenbelt-telemetry  Greenbelt with all telemetry on: the request log, and
+                   OpenTelemetry traces at the default sample ratio exported
+                   over OTLP HTTP/protobuf to a sink in this process: REST via wrk
   mlserver         MLServer 1.7.1, default settings: REST via wrk
   mlserver-tuned   MLServer, "debug": false and metrics off: REST via wrk
   empty            the empty axum server (the ceiling): REST via wrk
@@ -30,12 +33,14 @@ import socket
 import subprocess
 import sys
 import time
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-GROUPS = ["greenbelt", "greenbelt-nolog", "mlserver", "mlserver-tuned", "empty"]
+GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "mlserver", "mlserver-tuned", "empty"]
 # Only with --baseline: the same Greenbelt groups served by an older binary.
 BASELINE_GROUPS = ["before", "before-nolog"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -343,6 +348,41 @@ def parse_wrk(stdout: str) -> dict:
     }
 
 
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that accepts and counts export requests
+    (`POST /v1/traces`, protobuf) without decoding them: the traced server's
+    exporter has a real endpoint to talk to, at almost no CPU cost here."""
+
+    def __init__(self, port: int):
+        self.requests = 0
+        self.bytes = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                n = int(self.headers.get("content-length") or 0)
+                self.rfile.read(n)
+                sink.requests += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> dict:
+        self.server.shutdown()
+        self.server.server_close()
+        return {"export_requests": self.requests, "bytes": self.bytes}
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -372,7 +412,7 @@ class Bench:
         self.ports = {
             "gb_http": pb, "gb_grpc": pb + 1,
             "ml_http": pb + 80, "ml_grpc": pb + 81, "ml_metrics": pb + 82,
-            "empty": pb + 90,
+            "empty": pb + 90, "otlp": pb + 91,
         }
 
     # ---- steps
@@ -510,7 +550,7 @@ class Bench:
 
     # ---- groups
 
-    def greenbelt_server(self, group: str, log_requests: bool, binary) -> Server:
+    def greenbelt_server(self, group: str, log_requests: bool, binary, otlp: str | None = None) -> Server:
         d = self.out / group_dir(group)
         d.mkdir(parents=True, exist_ok=True)
         cfg = d / "greenbelt.toml"
@@ -525,6 +565,9 @@ class Bench:
             f'onnxruntime_library = "{self.a.ort_lib}"\n'
             "[telemetry]\n"
             f"log_requests = {'true' if log_requests else 'false'}\n"
+            + ("[tracing]\n"
+               f'endpoint = "{otlp}"\n'
+               'protocol = "http/protobuf"\n' if otlp else "")
         )
         env = dict(os.environ, ORT_DYLIB_PATH=self.a.ort_lib)
         env.pop("GREENBELT_LOG", None)
@@ -536,16 +579,22 @@ class Bench:
             get_ok(f"http://127.0.0.1:{self.ports['gb_http']}/v2/models/logreg/ready"),
         )
 
-    def group_greenbelt(self, log_requests: bool, baseline: bool = False) -> None:
+    def group_greenbelt(self, log_requests: bool, baseline: bool = False, telemetry: bool = False) -> None:
         """One Greenbelt server: this checkout's binary, or (`baseline`) the
         `--baseline` binary with the identical config. The load generators
         (wrk, and this checkout's `greenbelt bench` for gRPC) are the same for
-        both, so the two differ only in the server."""
+        both, so the two differ only in the server. `telemetry`: the request
+        log and OTLP traces at the default ratio, to a sink in this process."""
         group = ("before" if baseline else "greenbelt") + ("" if log_requests else "-nolog")
         who = f"Greenbelt {self.a.baseline_name}" if baseline else "Greenbelt"
         label = f"{who} (request log {'on' if log_requests else 'off'})"
+        sink = None
+        if telemetry:
+            group = "greenbelt-telemetry"
+            label = "Greenbelt (all telemetry on: request log, traces at the default ratio)"
+            sink = OtlpSink(self.ports["otlp"])
         binary = self.a.baseline if baseline else self.a.greenbelt
-        srv = self.greenbelt_server(group, log_requests, binary)
+        srv = self.greenbelt_server(group, log_requests, binary, sink.url if sink else None)
         try:
             srv.start()
             base = f"http://127.0.0.1:{self.ports['gb_http']}"
@@ -562,6 +611,8 @@ class Bench:
             for c in self.conc:
                 self.run_wrk(srv, group, label, f"{base}/v2/models/logreg/infer", c,
                              log_needle="greenbelt::request", metrics_base=base)
+            if telemetry:
+                return
             if log_requests:
                 for c in self.conc:
                     self.run_gb_bench(srv, group, label, "grpc", c, self.a.duration)
@@ -569,6 +620,9 @@ class Bench:
             self.run_gb_bench(srv, group, label, "rest", 1, self.a.duration, kind="overhead")
         finally:
             self.servers.setdefault(group, {})["stop"] = srv.stop()
+            if sink:
+                # The server flushed its spans on shutdown: what reached the sink.
+                self.servers[group]["otlp_sink"] = sink.close()
 
     def group_mlserver(self, tuned: bool) -> None:
         group = "mlserver-tuned" if tuned else "mlserver"
@@ -626,6 +680,7 @@ class Bench:
         steps = {
             "greenbelt": lambda: self.group_greenbelt(True),
             "greenbelt-nolog": lambda: self.group_greenbelt(False),
+            "greenbelt-telemetry": lambda: self.group_greenbelt(True, telemetry=True),
             "before": lambda: self.group_greenbelt(True, baseline=True),
             "before-nolog": lambda: self.group_greenbelt(False, baseline=True),
             "mlserver": lambda: self.group_mlserver(False),
