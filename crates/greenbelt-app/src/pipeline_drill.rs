@@ -675,17 +675,28 @@ fn flagged(header: bool, body: &Value) -> bool {
     header || cells
 }
 
-/// One load client: a request every 50 ms until `stop`.
+/// Load switches: `go` once the pipeline has delivered and the server
+/// agrees (before that every key is NOT_FOUND), `stop` at the end.
+#[derive(Default)]
+struct Switches {
+    go: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// One load client: a request every 50 ms from `go` until `stop`.
 async fn client_task(
     client: reqwest::Client,
     url: String,
     bodies: Arc<Vec<Value>>,
     offset: usize,
-    stop: Arc<AtomicBool>,
+    switches: Arc<Switches>,
 ) -> Vec<Probe> {
     let mut out = Vec::new();
     let mut i = offset;
-    while !stop.load(Ordering::Relaxed) {
+    while !switches.go.load(Ordering::Relaxed) && !switches.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while !switches.stop.load(Ordering::Relaxed) {
         let sent_ms = wall_ms();
         let body = &bodies[i % bodies.len().max(1)];
         i += 1;
@@ -818,7 +829,7 @@ pub async fn pipeline_outage(
     let (tx, rx) = mpsc::channel(4);
     // Not spawned: materialization's progress callbacks are not Send.
     let pipeline = pipeline_task(defs.clone(), plan.clone(), opts.clone(), state.clone(), rx);
-    let stop = Arc::new(AtomicBool::new(false));
+    let switches = Arc::new(Switches::default());
     let url = format!("{base}/v2/models/{}/infer", opts.model);
     let clients: Vec<_> = (0..opts.clients.max(1))
         .map(|c| {
@@ -827,7 +838,7 @@ pub async fn pipeline_outage(
                 url.clone(),
                 bodies.clone(),
                 c * 7,
-                stop.clone(),
+                switches.clone(),
             ))
         })
         .collect();
@@ -838,8 +849,11 @@ pub async fn pipeline_outage(
     };
     let phases = async {
         let tx = tx;
-        let r = run_phases(&client, &base, &plan, opts, &tx, &state, &mut m, progress).await;
-        stop.store(true, Ordering::Relaxed);
+        let r = run_phases(
+            &client, &base, &plan, opts, &tx, &state, &switches, &mut m, progress,
+        )
+        .await;
+        switches.stop.store(true, Ordering::Relaxed);
         drop(tx);
         r
     };
@@ -882,6 +896,7 @@ async fn run_phases(
     opts: &PipelineOutageOptions,
     tx: &mpsc::Sender<Command>,
     state: &Arc<Mutex<PipelineState>>,
+    switches: &Switches,
     m: &mut Measurements,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<()> {
@@ -918,6 +933,7 @@ async fn run_phases(
     if !healthy {
         progress("drill: the view never turned fresh before the outage (see the report)");
     }
+    switches.go.store(true, Ordering::Relaxed);
     tokio::time::sleep(opts.cadence * 2).await;
 
     // Outage: stop materializing; the source keeps growing.
