@@ -274,9 +274,11 @@ struct FallbackRule {
     max_age: Option<Duration>,
 }
 
-/// What a read needs to flag views past their freshness SLA.
+/// What a read judges ages by: its clock (TTL) and the views past their
+/// freshness SLA, with the service's fallback for them.
 #[derive(Clone, Copy)]
 struct Late<'a> {
+    now: i64,
     stale: &'a BTreeMap<String, StaleView>,
     fallback: Fallback,
 }
@@ -595,11 +597,11 @@ impl OnlineService {
         i: usize,
         view: &FeatureView,
         r: &FeatureRef,
-        now: i64,
         late: Late<'_>,
         tally: &mut Tally,
     ) -> Result<(Value, FieldStatus, Option<&'f Stored>)> {
         let rec = fetched.records[i].as_deref();
+        let now = late.now;
         let expired = |s: &Stored| view.ttl_us.is_some_and(|t| now - s.record.event_us > t);
         let Some(age) = fetched.failed[i] else {
             let Some(stored) = rec else {
@@ -786,6 +788,7 @@ impl OnlineService {
         let mut tally = Tally::default();
         let stale = self.stale_now();
         let late = Late {
+            now,
             stale: &stale,
             fallback: rule.fallback,
         };
@@ -799,7 +802,7 @@ impl OnlineService {
             for row in 0..n {
                 let at = row * width + c;
                 let (v, status, _) =
-                    self.resolve(&fetched, vi * n + row, view, r, now, late, &mut tally)?;
+                    self.resolve(&fetched, vi * n + row, view, r, late, &mut tally)?;
                 let x = match &v {
                     Value::Null => None,
                     Value::Number(x) => x.as_f64(),
@@ -877,6 +880,7 @@ impl OnlineService {
         let mut tally = Tally::default();
         let stale = self.stale_now();
         let late = Late {
+            now,
             stale: &stale,
             fallback: rule.fallback,
         };
@@ -895,7 +899,7 @@ impl OnlineService {
             };
             for row in 0..n {
                 let (v, status, ts) =
-                    self.resolve(&fetched, vi * n + row, view, r, now, late, &mut tally)?;
+                    self.resolve(&fetched, vi * n + row, view, r, late, &mut tally)?;
                 col.values.push(v);
                 col.statuses.push(status);
                 col.event_timestamps
