@@ -199,7 +199,6 @@ pub fn interval(
 /// The feature store a server opened: definitions, the online service and
 /// the schedules of its background checks.
 pub struct FeatureStore {
-    defs: Arc<Definitions>,
     svc: OnlineService,
     source: Arc<StoreSource>,
     canary_every: Option<Duration>,
@@ -266,7 +265,6 @@ impl FeatureStore {
         let source = Arc::new(StoreSource::new(svc.clone())?);
         tracing::info!(definitions = %path.display(), online = %greenbelt_serve::auth::redact_url(&defs.online_url), "feature store at /features; models with [features] accept entity keys");
         Ok(Some(FeatureStore {
-            defs,
             svc,
             source,
             canary_every,
@@ -299,9 +297,9 @@ impl FeatureStore {
             tasks.spawn(move |stop| online_status_task(svc, metrics, ONLINE_STATUS_EVERY, stop));
         }
         if let Some(every) = self.freshness_every {
-            let defs = self.defs.clone();
+            let svc = self.svc.clone();
             let metrics = metrics.clone();
-            tasks.spawn(move |stop| freshness_task(defs, metrics, every, stop));
+            tasks.spawn(move |stop| freshness_task(svc, metrics, every, stop));
         }
         if let Some(every) = self.canary_every {
             let svc = self.svc.clone();
@@ -335,13 +333,16 @@ async fn online_status_task(
     }
 }
 
-/// Refresh the freshness gauges every `every` until stopped.
+/// Refresh the freshness gauges every `every` until stopped, and tell the
+/// online service which views are past their freshness SLA (their reads
+/// are then flagged, never silently stale).
 async fn freshness_task(
-    defs: Arc<Definitions>,
+    svc: OnlineService,
     metrics: Arc<Metrics>,
     every: Duration,
     mut stop: StopSignal,
 ) {
+    let defs = svc.definitions().clone();
     let store = match greenbelt_features::offline::OfflineStore::open(&defs.offline_path) {
         Ok(s) => s,
         Err(e) => {
@@ -360,10 +361,13 @@ async fn freshness_task(
         tokio::select! {
             _ = stop.stopped() => return,
             r = tokio::time::timeout(every, check) => match r {
-                Ok(Ok(f)) => metrics.set_external(
-                    "feature_freshness",
-                    greenbelt_features::freshness::prometheus_text(&f),
-                ),
+                Ok(Ok(f)) => {
+                    svc.set_freshness(&f);
+                    metrics.set_external(
+                        "feature_freshness",
+                        greenbelt_features::freshness::prometheus_text(&f),
+                    );
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "feature freshness check failed"),
                 Err(_) => tracing::warn!("feature freshness check timed out"),
             }
@@ -371,7 +375,8 @@ async fn freshness_task(
     }
 }
 
-/// Run the synthetic canary over every online view every `every` until stopped.
+/// Run the synthetic canaries (push and batch) over every online view every
+/// `every` until stopped.
 async fn canary_task(
     svc: OnlineService,
     metrics: Arc<Metrics>,
@@ -403,14 +408,32 @@ async fn canary_task(
                 }
                 results.push((view, r));
             }
-            results
+            let mut batch = Vec::new();
+            for view in greenbelt_features::canary::default_views(&svc) {
+                let now = greenbelt_features::time::now_us();
+                let r = greenbelt_features::canary::run_batch(&svc, &view, now)
+                    .await
+                    .map_err(|e| e.to_string());
+                match &r {
+                    Ok(c) if c.breach => {
+                        tracing::warn!(view = %view, age_s = c.age_seconds, "batch feature canary: the batch path is past its freshness SLA")
+                    }
+                    Ok(c) => {
+                        tracing::debug!(view = %view, age_s = c.age_seconds, "batch feature canary")
+                    }
+                    Err(e) => tracing::debug!(view = %view, error = %e, "batch feature canary"),
+                }
+                batch.push((view, r));
+            }
+            (results, batch)
         };
         tokio::select! {
             _ = stop.stopped() => return,
-            results = round => metrics.set_external(
-                "feature_canary",
-                greenbelt_features::canary::prometheus_text(&results),
-            ),
+            (results, batch) = round => {
+                let mut text = greenbelt_features::canary::prometheus_text(&results);
+                text.push_str(&greenbelt_features::canary::batch_prometheus_text(&batch));
+                metrics.set_external("feature_canary", text);
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! feature APIs and the background tasks it owns), and [`App::run`] serves
 //! and shuts it all down. Beside it, the behaviour of the `greenbelt`
 //! commands as library functions: the one load generator (bench and
-//! drill), the bad-deployment drill and its pure judge, the quickstart's
+//! drill), the bad-deployment and pipeline-outage drills and their pure
+//! judges, the quickstart's
 //! demo project, pipelines with the feature store, registry and
 //! feature-store operations. The binary parses arguments, calls these and
 //! prints.
@@ -17,6 +18,7 @@ pub mod feature_ops;
 pub mod features;
 pub mod loadgen;
 pub mod pipeline;
+pub mod pipeline_drill;
 pub mod quickstart;
 pub mod registry;
 pub mod shadow;

@@ -172,7 +172,7 @@ pub fn ratio_series(window: &str) -> String {
 }
 
 /// Every alert `rules` writes, with its runbook file (under docs/runbooks/).
-pub const ALERTS: [(&str, &str); 10] = [
+pub const ALERTS: [(&str, &str); 11] = [
     ("GreenbeltSLOBurnRatePage", "slo-burn-rate.md"),
     ("GreenbeltSLOBurnRateTicket", "slo-burn-rate.md"),
     ("GreenbeltInflightNearLimit", "saturation.md"),
@@ -180,6 +180,7 @@ pub const ALERTS: [(&str, &str); 10] = [
     ("GreenbeltShedding", "saturation.md"),
     ("GreenbeltCPUSaturated", "saturation.md"),
     ("GreenbeltFeatureFreshnessBreach", "feature-freshness.md"),
+    ("GreenbeltFeaturePipelineStalled", "pipeline-outage.md"),
     ("GreenbeltCanaryFailed", "bad-deployment.md"),
     ("GreenbeltModelLoadFailed", "model-load-failure.md"),
     ("GreenbeltRequestLogDropping", "saturation.md"),
@@ -254,7 +255,7 @@ pub fn prometheus_rules(slos: &[SloConfig], runbook_base: &str) -> String {
         }
     }
     y.push_str("  - name: greenbelt-operations\n    rules:\n");
-    let ops: [(&str, &str, &str, &str, &str); 8] = [
+    let ops: [(&str, &str, &str, &str, &str); 9] = [
         (
             "GreenbeltInflightNearLimit",
             "sum(greenbelt_inflight_requests) / max(greenbelt_inflight_limit) > 0.9",
@@ -289,6 +290,13 @@ pub fn prometheus_rules(slos: &[SloConfig], runbook_base: &str) -> String {
             "5m",
             "page",
             "A feature view is staler than its contract's max_age",
+        ),
+        (
+            "GreenbeltFeaturePipelineStalled",
+            "max by (view) (1 - greenbelt_feature_batch_canary_success) > 0",
+            "5m",
+            "page",
+            "The batch path (source, materialize, online) has not delivered a feature view within its freshness SLA",
         ),
         (
             "GreenbeltCanaryFailed",

@@ -1,11 +1,13 @@
-//! `greenbelt drill bad-deploy`: arguments for
-//! `greenbelt_app::drill::bad_deploy`, and its report.
+//! `greenbelt drill bad-deploy` and `greenbelt drill pipeline-outage`:
+//! arguments for `greenbelt_app::drill::bad_deploy` and
+//! `greenbelt_app::pipeline_drill::pipeline_outage`, and their reports.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use greenbelt_app::drill::{BadDeployOptions, FaultKind, bad_deploy};
+use greenbelt_app::pipeline_drill::{self, PipelineOutageOptions, pipeline_outage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,19 +54,119 @@ enum DrillCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Feed a feature view as its batch pipeline, stop materializing, and
+    /// measure detection, flagged serving, the backfill and recovery.
+    PipelineOutage {
+        /// The model that reads the view's feature service.
+        #[arg(long)]
+        model: String,
+        /// The view to drill (default: the first online view with a freshness_sla).
+        #[arg(long)]
+        view: Option<String>,
+        /// Feature definitions (default: the server config's [features] definitions).
+        #[arg(long = "features", short = 'f')]
+        features: Option<PathBuf>,
+        /// Project config (the server's; default ./greenbelt.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The server's REST address.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        server: String,
+        /// How often the simulated pipeline appends and materializes.
+        #[arg(long, default_value = "1s")]
+        cadence: String,
+        /// Entity keys written and read.
+        #[arg(long, default_value_t = 20)]
+        entities: usize,
+        /// Concurrent load clients (a request every 50 ms each).
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        /// Longest wait for each phase.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(text).with_context(|| format!("{flag} {text}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_pipeline_outage(
+    model: String,
+    view: Option<String>,
+    features: Option<PathBuf>,
+    config: Option<PathBuf>,
+    server: String,
+    cadence: String,
+    entities: usize,
+    clients: usize,
+    timeout: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = greenbelt_app::registry::load_config(config.as_deref())?;
+    let definitions = match features.or_else(|| pipeline_drill::definitions_of(&cfg)) {
+        Some(p) => p,
+        None => bail!("no feature definitions: pass --features or set [features] definitions"),
+    };
+    let opts = PipelineOutageOptions {
+        server,
+        definitions,
+        model,
+        view,
+        check_interval: pipeline_drill::check_interval_of(&cfg)?,
+        cadence: duration("--cadence", &cadence)?,
+        entities,
+        clients,
+        timeout: duration("--timeout", &timeout)?,
+    };
+    let report = pipeline_outage(&opts, &|line: &str| eprintln!("{line}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if let Some(why) = report.failure() {
+        bail!("drill failed: {why}");
+    }
+    Ok(())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let DrillCmd::BadDeploy {
-        kind,
-        deployment,
-        config,
-        server,
-        clients,
-        slow,
-        timeout,
-        json,
-    } = args.command;
+    let (kind, deployment, config, server, clients, slow, timeout, json) = match args.command {
+        DrillCmd::BadDeploy {
+            kind,
+            deployment,
+            config,
+            server,
+            clients,
+            slow,
+            timeout,
+            json,
+        } => (
+            kind, deployment, config, server, clients, slow, timeout, json,
+        ),
+        DrillCmd::PipelineOutage {
+            model,
+            view,
+            features,
+            config,
+            server,
+            cadence,
+            entities,
+            clients,
+            timeout,
+            json,
+        } => {
+            return run_pipeline_outage(
+                model, view, features, config, server, cadence, entities, clients, timeout, json,
+            )
+            .await;
+        }
+    };
     let opts = BadDeployOptions {
         kind: match kind {
             Kind::Error => FaultKind::Error,

@@ -114,6 +114,10 @@ enum Cmd {
         /// Give up on a read-back after this many milliseconds.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// The batch path instead (source → materialize → online): read the
+        /// sentinel the last materialization wrote and judge its age.
+        #[arg(long)]
+        batch: bool,
     },
     /// Per view: watermark, newest offline event, age vs the freshness SLA; exits non-zero on a breach.
     Freshness {
@@ -189,6 +193,39 @@ async fn run_materialize(
     .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(())
+}
+
+async fn batch_canary(
+    args: &Args,
+    svc: &greenbelt_features::online::service::OnlineService,
+    views: &[String],
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for v in views {
+        let r = greenbelt_features::canary::run_batch(svc, v, now_us())
+            .await
+            .with_context(|| format!("batch canary for \"{v}\""))?;
+        results.push(r);
+    }
+    let text: String = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}: newest event online {}, age {:.1} s (sla {})\n",
+                if r.breach { "BREACH" } else { "ok    " },
+                r.view,
+                r.newest_event,
+                r.age_seconds,
+                r.sla_seconds.map_or("none".into(), |s| format!("{s:.0}s"))
+            )
+        })
+        .collect();
+    print(args.json, &serde_json::to_value(&results)?, &text);
+    let breaches = results.iter().filter(|r| r.breach).count();
+    if breaches > 0 {
+        bail!("{breaches} feature views: the batch path is past their freshness SLA");
     }
     Ok(())
 }
@@ -355,13 +392,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Canary { views, timeout_ms } => {
+        Cmd::Canary {
+            views,
+            timeout_ms,
+            batch,
+        } => {
             let svc = online(&defs).await?;
             let views: Vec<String> = if views.is_empty() {
                 greenbelt_features::canary::default_views(&svc)
             } else {
                 views.clone()
             };
+            if *batch {
+                return batch_canary(&args, &svc, &views).await;
+            }
             let mut results = Vec::new();
             for v in &views {
                 let r = greenbelt_features::canary::run(

@@ -118,6 +118,7 @@ impl<T: Send + Sync + 'static> Resilience<T> {
                     )
                 })
                 .collect(),
+            stale_views: Vec::new(),
         }
     }
 }
@@ -142,6 +143,9 @@ pub struct OnlineStatus {
     pub last_values: Option<u64>,
     /// Per feature service.
     pub degraded_reads: BTreeMap<String, DegradedCounts>,
+    /// Views past their freshness SLA, as the last freshness check found
+    /// them: their cells are served flagged (`STALE` or `DEFAULT`).
+    pub stale_views: Vec<super::service::StaleView>,
 }
 
 impl OnlineStatus {

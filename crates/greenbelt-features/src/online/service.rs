@@ -13,9 +13,15 @@
 //! read for the entity (status `STALE`, its age in `degraded`), else the
 //! feature's default; `default` serves the feature's default (status
 //! `DEFAULT`). A cell neither can fill fails the read with the store's error.
+//!
+//! A view whose data is past its freshness SLA (the pipeline that feeds it
+//! stopped: [`OnlineService::set_freshness`], from the server's freshness
+//! check) is never served silently: its cells come back `STALE` (the stored
+//! value) or, under `fallback = "default"`, `DEFAULT`, and the read is
+//! degraded with the reason.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::arrow::array::{
@@ -35,6 +41,7 @@ use super::{OnlineBackend, OnlineStore, Record, storage_key};
 use crate::contracts::Checker;
 use crate::defs::{Definitions, Fallback, FeatureRef, FeatureView, ValueType};
 use crate::error::{FeatureError, Result};
+use crate::freshness::ViewFreshness;
 use crate::offline::{CREATED_TIMESTAMP, EVENT_TIMESTAMP, OfflineStore, offline_schema};
 use crate::source::{EngineOptions, session};
 use crate::time::{format_ts, now_us, parse_ts};
@@ -101,6 +108,25 @@ pub struct Degraded {
     pub stale_age_seconds: Option<f64>,
     pub stale_values: u64,
     pub default_values: u64,
+}
+
+/// A view past its freshness SLA: reads of it are flagged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleView {
+    pub view: String,
+    /// Seconds since the newest event the batch path delivered.
+    pub age_seconds: f64,
+    /// The view's `freshness_sla`, seconds.
+    pub sla_seconds: f64,
+}
+
+impl StaleView {
+    fn reason(&self) -> String {
+        format!(
+            "feature view \"{}\" is past its freshness SLA (newest data {:.0} s old, SLA {:.0} s): the pipeline that feeds it is behind",
+            self.view, self.age_seconds, self.sla_seconds
+        )
+    }
 }
 
 /// `POST /features/online` body.
@@ -227,6 +253,8 @@ pub struct OnlineService {
     cache_ttl: Duration,
     clock: Clock,
     resilience: Arc<Resilience<Stored>>,
+    /// Views past their freshness SLA (replaced whole by `set_freshness`).
+    stale: Arc<RwLock<Arc<BTreeMap<String, StaleView>>>>,
 }
 
 /// Records for a read's storage keys: `failed[i]` when the store could not
@@ -246,6 +274,15 @@ struct FallbackRule {
     max_age: Option<Duration>,
 }
 
+/// What a read judges ages by: its clock (TTL) and the views past their
+/// freshness SLA, with the service's fallback for them.
+#[derive(Clone, Copy)]
+struct Late<'a> {
+    now: i64,
+    stale: &'a BTreeMap<String, StaleView>,
+    fallback: Fallback,
+}
+
 impl FallbackRule {
     const ERROR: FallbackRule = FallbackRule {
         fallback: Fallback::Error,
@@ -259,11 +296,13 @@ struct Tally {
     stale: u64,
     defaults: u64,
     oldest: Option<Duration>,
+    /// Why a view past its freshness SLA was flagged (the first such view).
+    late: Option<String>,
 }
 
 impl Tally {
     fn degraded(&self, error: &Option<String>, rule: FallbackRule) -> Option<Degraded> {
-        let reason = error.as_ref()?;
+        let reason = error.as_ref().or(self.late.as_ref())?;
         (self.stale + self.defaults > 0).then(|| Degraded {
             reason: reason.clone(),
             fallback: rule.fallback.as_str().to_string(),
@@ -353,12 +392,48 @@ impl OnlineService {
             cache: c,
             cache_ttl: cache.ttl,
             clock: Arc::new(now_us),
+            stale: Arc::default(),
         }
+    }
+
+    /// Take a freshness check's findings: every view with offline data
+    /// older than its freshness SLA is served flagged until a later check
+    /// finds it fresh. A view without offline data (fed only by push) is
+    /// not judged here.
+    pub fn set_freshness(&self, report: &[ViewFreshness]) {
+        let stale: BTreeMap<String, StaleView> = report
+            .iter()
+            .filter(|f| f.breach)
+            .filter_map(|f| {
+                Some((
+                    f.view.clone(),
+                    StaleView {
+                        view: f.view.clone(),
+                        age_seconds: f.age_seconds?,
+                        sla_seconds: f.sla_seconds?,
+                    },
+                ))
+            })
+            .collect();
+        if let Ok(mut s) = self.stale.write() {
+            *s = Arc::new(stale);
+        }
+    }
+
+    /// The views now served flagged as stale.
+    pub fn stale_views(&self) -> Vec<StaleView> {
+        self.stale_now().values().cloned().collect()
+    }
+
+    fn stale_now(&self) -> Arc<BTreeMap<String, StaleView>> {
+        self.stale.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The breakers, last-value cache and degraded-read counters.
     pub fn online_status(&self) -> OnlineStatus {
-        self.resilience.status()
+        let mut s = self.resilience.status();
+        s.stale_views = self.stale_views();
+        s
     }
 
     /// The read timeout: `[store] online_timeout`, and at most half of
@@ -522,10 +597,11 @@ impl OnlineService {
         i: usize,
         view: &FeatureView,
         r: &FeatureRef,
-        now: i64,
+        late: Late<'_>,
         tally: &mut Tally,
     ) -> Result<(Value, FieldStatus, Option<&'f Stored>)> {
         let rec = fetched.records[i].as_deref();
+        let now = late.now;
         let expired = |s: &Stored| view.ttl_us.is_some_and(|t| now - s.record.event_us > t);
         let Some(age) = fetched.failed[i] else {
             let Some(stored) = rec else {
@@ -540,12 +616,26 @@ impl OnlineService {
                 .get(&r.feature)
                 .cloned()
                 .unwrap_or(Value::Null);
-            let status = if v.is_null() {
-                FieldStatus::NullValue
-            } else {
-                FieldStatus::Present
+            if v.is_null() {
+                return Ok((v, FieldStatus::NullValue, Some(stored)));
+            }
+            let Some(stale) = late.stale.get(&view.name) else {
+                return Ok((v, FieldStatus::Present, Some(stored)));
             };
-            return Ok((v, status, Some(stored)));
+            // The view is past its freshness SLA: never serve it silently.
+            if tally.late.is_none() {
+                tally.late = Some(stale.reason());
+            }
+            let age = Duration::from_secs_f64(stale.age_seconds.max(0.0));
+            if late.fallback == Fallback::Default
+                && let Some(d) = view.feature(&r.feature).and_then(|f| f.default.clone())
+            {
+                tally.defaults += 1;
+                return Ok((d, FieldStatus::Default, None));
+            }
+            tally.stale += 1;
+            tally.oldest = Some(tally.oldest.map_or(age, |o| o.max(age)));
+            return Ok((v, FieldStatus::Stale, Some(stored)));
         };
         if let (Some(stored), Some(age)) = (rec, age)
             && !expired(stored)
@@ -696,6 +786,12 @@ impl OnlineService {
             degraded: None,
         };
         let mut tally = Tally::default();
+        let stale = self.stale_now();
+        let late = Late {
+            now,
+            stale: &stale,
+            fallback: rule.fallback,
+        };
         for (c, r) in refs.iter().enumerate() {
             let vi = plan
                 .views
@@ -706,7 +802,7 @@ impl OnlineService {
             for row in 0..n {
                 let at = row * width + c;
                 let (v, status, _) =
-                    self.resolve(&fetched, vi * n + row, view, r, now, &mut tally)?;
+                    self.resolve(&fetched, vi * n + row, view, r, late, &mut tally)?;
                 let x = match &v {
                     Value::Null => None,
                     Value::Number(x) => x.as_f64(),
@@ -782,6 +878,12 @@ impl OnlineService {
             });
         }
         let mut tally = Tally::default();
+        let stale = self.stale_now();
+        let late = Late {
+            now,
+            stale: &stale,
+            fallback: rule.fallback,
+        };
         for r in refs {
             let vi = views.iter().position(|v| v.name == r.view).unwrap_or(0);
             let view = views[vi];
@@ -797,7 +899,7 @@ impl OnlineService {
             };
             for row in 0..n {
                 let (v, status, ts) =
-                    self.resolve(&fetched, vi * n + row, view, r, now, &mut tally)?;
+                    self.resolve(&fetched, vi * n + row, view, r, late, &mut tally)?;
                 col.values.push(v);
                 col.statuses.push(status);
                 col.event_timestamps
@@ -1022,11 +1124,15 @@ impl OnlineService {
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut rows = 0;
         let mut written = 0;
+        let mut newest: Option<i64> = None;
         loop {
             let next = s.next().await.transpose()?;
             let done = next.is_none();
             if let Some(b) = next {
                 rows += b.num_rows();
+                if let Some(t) = newest_event(&b)? {
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
                 pending.push(b);
             }
             if rows > 0 && (rows >= WRITE_ROWS || done) {
@@ -1038,6 +1144,10 @@ impl OnlineService {
             if done {
                 break;
             }
+        }
+        // The batch canary's sentinel: the newest event this run delivered.
+        if let Some(df) = newest.and_then(|t| crate::canary::batch_sentinel(view, t)) {
+            self.write_batch(view, &push_batch(view, &df)?).await?;
         }
         Ok(written)
     }
@@ -1127,6 +1237,22 @@ async fn check_push_contract(
         )));
     }
     Ok(())
+}
+
+/// The newest event time in a batch of offline-layout rows.
+fn newest_event(batch: &RecordBatch) -> Result<Option<i64>> {
+    let Some(c) = batch.column_by_name(EVENT_TIMESTAMP) else {
+        return Ok(None);
+    };
+    let ts_type = DataType::Timestamp(
+        datafusion::arrow::datatypes::TimeUnit::Microsecond,
+        Some("UTC".into()),
+    );
+    let ev = cast(c, &ts_type)?;
+    Ok(ev
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .and_then(datafusion::arrow::compute::max))
 }
 
 /// Pushed columns as a batch in the offline layout, checking every value's type.

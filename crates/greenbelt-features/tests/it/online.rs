@@ -601,6 +601,13 @@ async fn materialize_online_behaviour(store: OnlineStore) {
     assert_eq!(written, 1);
     let r = svc.get_online_features(&ask()).await.unwrap();
     assert_eq!(r.results[1].values, [json!(3.0), json!(5.0), json!(7.0)]);
+    // The batch canary reads the newest event the batch path delivered.
+    let b = greenbelt_features::canary::run_batch(&svc, "user_stats", t("2026-01-05T00:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(b.newest_event, "2026-01-04T00:00:00.000000Z");
+    assert_eq!(b.age_seconds, 86_400.0);
+    assert!(!b.breach, "no freshness_sla: nothing to breach");
 }
 
 #[tokio::test]
@@ -628,4 +635,114 @@ async fn redis_materialize_online_writes_the_newest_row_per_key() {
             .await
             .unwrap();
     }
+}
+
+const FRESHNESS_DEFS: &str = r#"
+[[entity]]
+name = "user"
+join_keys = [{ name = "user_id", type = "string" }]
+[[source]]
+name = "tx"
+path = "tx.csv"
+event_timestamp = "event_ts"
+[[feature_view]]
+name = "activity"
+entities = ["user"]
+source = "tx"
+ttl = "1h"
+freshness_sla = "1m"
+features = [{ name = "amount", type = "float64", default = 0.5 }]
+[[feature_service]]
+name = "keep"
+features = ["activity:amount"]
+fallback = "last_value"
+[[feature_service]]
+name = "defaults"
+features = ["activity:amount"]
+fallback = "default"
+"#;
+
+fn freshness(breach: bool) -> Vec<greenbelt_features::freshness::ViewFreshness> {
+    vec![
+        serde_json::from_value(json!({
+            "view": "activity", "watermark": null, "newest_event": null,
+            "age_seconds": if breach { 600.0 } else { 10.0 }, "sla_seconds": 60.0, "breach": breach,
+        }))
+        .unwrap(),
+    ]
+}
+
+/// A pipeline outage leaves the store healthy and its values ageing: once
+/// the freshness check finds the view past its SLA, every read of it is
+/// flagged (STALE, or DEFAULT under `fallback = "default"`) with the
+/// reason, and counted; a later check that finds it fresh clears the flag.
+#[tokio::test]
+async fn a_view_past_its_freshness_sla_is_served_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path().join("o.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    let defs = Arc::new(Definitions::parse(FRESHNESS_DEFS, dir.path()).unwrap());
+    let svc = OnlineService::new(defs, store, CacheOptions::default());
+    let now = greenbelt_features::time::format_ts(greenbelt_features::time::now_us());
+    svc.push(&push(
+        "activity",
+        json!({"user_id": ["u1"], "event_timestamp": [now], "amount": [2.0]}),
+    ))
+    .await
+    .unwrap();
+    let ask = |service: &str| OnlineRequest {
+        entities: BTreeMap::from([("user_id".to_string(), vec![json!("u1")])]),
+        feature_service: Some(service.into()),
+        features: None,
+        full_feature_names: false,
+    };
+    let r = svc.get_online_features(&ask("keep")).await.unwrap();
+    assert_eq!(r.results[1].statuses, [FieldStatus::Present]);
+    assert!(r.degraded.is_none());
+
+    // A check that finds no offline data judges nothing.
+    let mut unknown = freshness(true);
+    unknown[0].age_seconds = None;
+    svc.set_freshness(&unknown);
+    assert!(svc.stale_views().is_empty());
+
+    svc.set_freshness(&freshness(true));
+    let r = svc.get_online_features(&ask("keep")).await.unwrap();
+    assert_eq!(r.results[1].statuses, [FieldStatus::Stale]);
+    assert_eq!(r.results[1].values, [json!(2.0)]);
+    let d = r.degraded.expect("a stale view's read is degraded");
+    assert!(
+        d.reason
+            .contains("feature view \"activity\" is past its freshness SLA"),
+        "{}",
+        d.reason
+    );
+    assert_eq!((d.stale_values, d.default_values), (1, 0));
+    assert_eq!(d.stale_age_seconds, Some(600.0));
+    let r = svc.get_online_features(&ask("defaults")).await.unwrap();
+    assert_eq!(r.results[1].statuses, [FieldStatus::Default]);
+    assert_eq!(r.results[1].values, [json!(0.5)]);
+    // The serving path's typed lookup flags the same way.
+    let m = svc
+        .lookup(
+            "keep",
+            &BTreeMap::from([("user_id".to_string(), vec![json!("u1")])]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.statuses, [FieldStatus::Stale]);
+    assert_eq!(m.values, [Some(2.0)]);
+    assert!(m.degraded.is_some());
+    let status = svc.online_status();
+    assert_eq!(status.stale_views.len(), 1);
+    assert_eq!(status.stale_views[0].view, "activity");
+    assert_eq!(status.degraded_reads["keep"].stale_values, 2);
+    assert_eq!(status.degraded_reads["defaults"].default_values, 1);
+
+    svc.set_freshness(&freshness(false));
+    let r = svc.get_online_features(&ask("keep")).await.unwrap();
+    assert_eq!(r.results[1].statuses, [FieldStatus::Present]);
+    assert!(r.degraded.is_none());
+    assert!(svc.online_status().stale_views.is_empty());
 }
