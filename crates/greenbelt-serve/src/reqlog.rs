@@ -176,7 +176,7 @@ impl Drop for RequestLog {
     }
 }
 
-fn threshold(sample: f64) -> u64 {
+pub(crate) fn threshold(sample: f64) -> u64 {
     if sample >= 1.0 {
         u64::MAX
     } else {
@@ -187,7 +187,7 @@ fn threshold(sample: f64) -> u64 {
 
 /// The same rule as OpenTelemetry's `TraceIdRatioBased`: the low 64 bits of
 /// the trace id against the ratio, so the decision follows the trace.
-fn sampled(trace_id: &str, threshold: u64) -> bool {
+pub(crate) fn sampled(trace_id: &str, threshold: u64) -> bool {
     if threshold == u64::MAX {
         return true;
     }
