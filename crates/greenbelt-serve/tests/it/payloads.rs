@@ -115,7 +115,10 @@ async fn jsonl_sink_writes_both_events_and_rotates() {
         total += text.len() as u64;
     }
     assert!(files.len() >= 3, "{files:?}");
-    assert!(files.len() as u64 >= total.div_ceil(max_file_bytes), "{files:?}");
+    assert!(
+        files.len() as u64 >= total.div_ceil(max_file_bytes),
+        "{files:?}"
+    );
     let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("greenbelt_payload_log_events_total 12"),
