@@ -34,6 +34,12 @@ if [[ -z "${GREENBELT_TEST_REDIS_URL:-}" ]] && command -v redis-cli >/dev/null \
     export GREENBELT_TEST_REDIS_URL="redis://127.0.0.1:6379"
 fi
 echo "test.sh: GREENBELT_TEST_REDIS_URL=${GREENBELT_TEST_REDIS_URL:-<unset: Redis tests skip>}"
+# The payload log's NATS sink test runs on a NATS JetStream server when one
+# answers on 127.0.0.1:4222 (else it says SKIP).
+if [[ -z "${GREENBELT_TEST_NATS_URL:-}" ]] && timeout 2 bash -c '</dev/tcp/127.0.0.1/4222' >/dev/null 2>&1; then
+    export GREENBELT_TEST_NATS_URL="nats://127.0.0.1:4222"
+fi
+echo "test.sh: GREENBELT_TEST_NATS_URL=${GREENBELT_TEST_NATS_URL:-<unset: NATS tests skip>}"
 
 # S3 artifact tests run against a local moto server (from the venv) on a free
 # port; stopped when this script exits.

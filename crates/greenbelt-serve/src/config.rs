@@ -204,6 +204,8 @@ pub struct TelemetryConfig {
     /// Lines waiting for the log writer at most; past it lines are dropped
     /// and counted in `greenbelt_request_log_dropped_total`.
     pub log_queue: usize,
+    /// The sampled payload log (`[telemetry.payload_log]`, see `crate::payloadlog`).
+    pub payload_log: crate::payloadlog::PayloadLogConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -212,6 +214,7 @@ impl Default for TelemetryConfig {
             log_requests: true,
             log_sample: 1.0,
             log_queue: 65_536,
+            payload_log: Default::default(),
         }
     }
 }
@@ -344,6 +347,7 @@ impl Config {
             ));
         }
         self.tracing.validate().map_err(ConfigError::Invalid)?;
+        t.payload_log.validate().map_err(ConfigError::Invalid)?;
         if self.registry.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "[registry] poll_interval_ms must be > 0".into(),
@@ -481,6 +485,20 @@ mod tests {
             ("[telemetry]\nlog_sample = 0\n", "log_sample"),
             ("[telemetry]\nlog_sample = 1.5\n", "log_sample"),
             ("[telemetry]\nlog_queue = 0\n", "log_queue"),
+            (
+                "[telemetry.payload_log]\nfraction = 1.5\n",
+                "[telemetry.payload_log] fraction",
+            ),
+            (
+                "[telemetry.payload_log]\nsink = \"nats\"\n",
+                "[telemetry.payload_log] nats_url",
+            ),
+            (
+                "[telemetry.payload_log]\nsink = \"jsonl\"\nmax_files = 0\n",
+                "max_files",
+            ),
+            ("[telemetry.payload_log]\nsink = \"kafka\"\n", "kafka"),
+            ("[telemetry.payload_log]\nfracton = 0.5\n", "fracton"),
             ("[alerts]\neval_interval = \"soon\"\n", "eval_interval"),
             (
                 "[[slo]]\ndeployment = \"m\"\nkind = \"latency\"\nobjective = 0.99\n",

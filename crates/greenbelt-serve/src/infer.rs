@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The request log's queue and writer.
     pub request_log: RequestLog,
+    /// The sampled payload log's queue and sink.
+    pub payload_log: crate::payloadlog::PayloadLog,
     /// In-process SLO burn-rate alerts (`[[slo]]`, `[alerts]`).
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The built-in dashboard's minute of samples.
@@ -90,6 +92,10 @@ impl AppState {
             ),
             readiness: Default::default(),
             request_log: RequestLog::process(&config.telemetry, metrics.request_log.clone()),
+            payload_log: crate::payloadlog::PayloadLog::start(
+                &config.telemetry.payload_log,
+                metrics.payload_log.clone(),
+            ),
             dashboard: Arc::default(),
             rollouts: Default::default(),
             alerts: Arc::new(crate::alerts::Alerts::new(
@@ -237,10 +243,13 @@ pub async fn infer(
     // The deadline counts from here: the body has been read and decoded
     // (an upload is bounded by the connection's idle timeout instead).
     let deadline = tokio::time::Instant::now() + state.executor.timeout;
-    let result =
-        tokio::time::timeout_at(deadline, answer(state, &routed, req, &mut stats, deadline))
-            .await
-            .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
+    let log = state.payload_log.wants(ctx.trace.low64());
+    let result = tokio::time::timeout_at(
+        deadline,
+        answer(state, &routed, req, &mut stats, deadline, log),
+    )
+    .await
+    .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
     match (&result, limit.as_mut()) {
         (Ok(_), Some(p)) => p.set_sample(stats.queue + stats.compute),
         (Err(e), p) => overload_outcome(state, &routed, priority, e, p),
@@ -248,9 +257,15 @@ pub async fn infer(
     }
     drop(limit);
     match result {
-        Ok(answered) => {
+        Ok(mut answered) => {
             stats.response_bytes = answered.response.payload_bytes();
             observer.finished(ctx, &seen, Ok(()), &stats);
+            if let Some(inputs) = answered.logged_inputs.take() {
+                let track = routed.track.as_str();
+                state
+                    .payload_log
+                    .answered(ctx, track, inputs, &answered.response);
+            }
             if let Some((mirror, primary)) = answered.mirror {
                 mirror.offer(&state.shadows, &primary, ctx);
             }
@@ -316,6 +331,8 @@ struct Answered {
     response: InferResponse,
     mirror: Option<(Mirror, Vec<Tensor>)>,
     degraded: bool,
+    /// A copy of the validated inputs when the payload log samples this request.
+    logged_inputs: Option<Vec<Tensor>>,
 }
 
 /// Enrich → validate → execute → select outputs.
@@ -325,6 +342,7 @@ async fn answer(
     req: InferRequest,
     stats: &mut Stats,
     deadline: tokio::time::Instant,
+    log_payload: bool,
 ) -> Result<Answered, ServeError> {
     let served = &routed.served;
     let lookup = tokio::time::Instant::now();
@@ -344,6 +362,7 @@ async fn answer(
     let valid = validate(&served.signature, req)?;
     served.schema.observe_inputs(&valid.inputs);
     let mirror = mirror_for(routed, &valid.inputs);
+    let logged_inputs = log_payload.then(|| valid.inputs.clone());
     let executed = tokio::time::Instant::now();
     stats.executed = Some(executed);
     let budget = crate::compute::QueueBudget::new(
@@ -375,6 +394,7 @@ async fn answer(
         },
         mirror: mirror.zip(primary),
         degraded,
+        logged_inputs,
     })
 }
 

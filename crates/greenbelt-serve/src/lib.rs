@@ -25,6 +25,7 @@ pub mod limits;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod payloadlog;
 pub mod readiness;
 pub mod repository;
 pub mod reqlog;

@@ -211,6 +211,8 @@ pub struct Metrics {
     api_duration: Family<RouteOnlyLabels, Histogram, Buckets>,
     /// Lines the request log wrote and dropped (`crate::reqlog`).
     pub request_log: crate::reqlog::LogCounters,
+    /// Payload-log events written, dropped and failed (`crate::payloadlog`).
+    pub payload_log: crate::payloadlog::PayloadCounters,
     /// Text blocks other subsystems keep current (the feature store's
     /// freshness gauges), appended to the exposition by name.
     external: std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>,
@@ -250,6 +252,7 @@ impl Metrics {
             external: Default::default(),
             rollout_events: Family::default(),
             request_log: Default::default(),
+            payload_log: Default::default(),
             api_requests: Family::default(),
             wire_request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             wire_response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
@@ -396,6 +399,21 @@ impl Metrics {
             "greenbelt_request_log_dropped",
             "Request-log lines dropped because the writer's queue ([telemetry] log_queue) was full",
             m.request_log.dropped.clone(),
+        );
+        registry.register(
+            "greenbelt_payload_log_events",
+            "Payload-log events (two per sampled request) written to the JSONL files or acknowledged by NATS JetStream",
+            m.payload_log.events.clone(),
+        );
+        registry.register(
+            "greenbelt_payload_log_dropped",
+            "Payload-log events dropped because the queue ([telemetry.payload_log] queue) was full",
+            m.payload_log.dropped.clone(),
+        );
+        registry.register(
+            "greenbelt_payload_log_failed",
+            "Payload-log events the sink could not write or publish (disk error, NATS unreachable, no ack in time)",
+            m.payload_log.failed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -12,6 +12,7 @@ mod grpc;
 mod lifecycle;
 mod limits;
 mod overload;
+mod payloads;
 mod repository;
 mod security;
 mod stages;
