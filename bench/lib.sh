@@ -31,3 +31,16 @@ ensure_venv() {
         echo "$want" >"$stamp"
     fi
 }
+
+# bench_ort ROOT: libonnxruntime.so: $ORT_DYLIB_PATH, else the one in
+# ROOT/.venv or ROOT/bench/.venv-mlserver; exits when there is none.
+bench_ort() {
+    local root="$1" ort="${ORT_DYLIB_PATH:-}"
+    if [[ -z "$ort" ]]; then
+        ort="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* \
+            "$root"/bench/.venv-mlserver/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* \
+            2>/dev/null | head -1 || true)"
+    fi
+    [[ -f "$ort" ]] || { say "no libonnxruntime.so found (set ORT_DYLIB_PATH, or run bash scripts/test.sh once)"; exit 1; }
+    echo "$ort"
+}

@@ -25,13 +25,7 @@ source "$root/bench/lib.sh"
 python="$(bench_python)"
 command -v wrk >/dev/null 2>&1 || { say "wrk is not installed (bash bench/run.sh installs it)"; exit 1; }
 
-ort="${ORT_DYLIB_PATH:-}"
-if [[ -z "$ort" ]]; then
-    ort="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* \
-        "$root"/bench/.venv-mlserver/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* \
-        2>/dev/null | head -1 || true)"
-fi
-[[ -f "$ort" ]] || { say "no libonnxruntime.so found (set ORT_DYLIB_PATH, or run bash scripts/test.sh once)"; exit 1; }
+ort="$(bench_ort "$root")" || exit 1
 
 gb="${BENCH_BIN:-$root/target/release/greenbelt}"
 if [[ -z "${BENCH_BIN:-}" ]] && [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$gb" ]]; then

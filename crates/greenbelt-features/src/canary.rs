@@ -217,31 +217,47 @@ pub async fn run_batch(
 pub fn batch_prometheus_text(
     results: &[(String, std::result::Result<BatchCanaryResult, String>)],
 ) -> String {
+    gauges_text(
+        results,
+        (
+            "greenbelt_feature_batch_canary_age_seconds",
+            "Age of the newest event the batch path (source, materialize, online) delivered online.",
+            |r| r.age_seconds,
+        ),
+        (
+            "greenbelt_feature_batch_canary_success",
+            "1 when the batch path delivered data online within the view's freshness SLA.",
+            |r| !r.breach,
+        ),
+    )
+}
+
+/// One gauge of a value per view (from the views whose run succeeded) and
+/// one of success per view (0 for a failed run), as Prometheus text.
+fn gauges_text<R>(
+    results: &[(String, std::result::Result<R, String>)],
+    value: (&str, &str, fn(&R) -> f64),
+    success: (&str, &str, fn(&R) -> bool),
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# HELP greenbelt_feature_batch_canary_age_seconds Age of the newest event the batch path (source, materialize, online) delivered online.\n# TYPE greenbelt_feature_batch_canary_age_seconds gauge"
+        "# HELP {} {}\n# TYPE {} gauge",
+        value.0, value.1, value.0
     );
     for (view, r) in results {
         if let Ok(r) = r {
-            let _ = writeln!(
-                out,
-                "greenbelt_feature_batch_canary_age_seconds{{view=\"{view}\"}} {}",
-                r.age_seconds
-            );
+            let _ = writeln!(out, "{}{{view=\"{view}\"}} {}", value.0, (value.2)(r));
         }
     }
     let _ = writeln!(
         out,
-        "# HELP greenbelt_feature_batch_canary_success 1 when the batch path delivered data online within the view's freshness SLA.\n# TYPE greenbelt_feature_batch_canary_success gauge"
+        "# HELP {} {}\n# TYPE {} gauge",
+        success.0, success.1, success.0
     );
     for (view, r) in results {
-        let ok = matches!(r, Ok(r) if !r.breach);
-        let _ = writeln!(
-            out,
-            "greenbelt_feature_batch_canary_success{{view=\"{view}\"}} {}",
-            u8::from(ok)
-        );
+        let ok = r.as_ref().is_ok_and(success.2);
+        let _ = writeln!(out, "{}{{view=\"{view}\"}} {}", success.0, u8::from(ok));
     }
     out
 }
@@ -259,31 +275,17 @@ pub fn default_views(svc: &OnlineService) -> Vec<String> {
 /// Canary results as Prometheus text; a view whose run failed (`Err`) is
 /// reported with `greenbelt_feature_canary_success 0`.
 pub fn prometheus_text(results: &[(String, std::result::Result<CanaryResult, String>)]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP greenbelt_feature_canary_lag_seconds Push to online-readable lag of the synthetic canary.\n# TYPE greenbelt_feature_canary_lag_seconds gauge"
-    );
-    for (view, r) in results {
-        if let Ok(r) = r {
-            let _ = writeln!(
-                out,
-                "greenbelt_feature_canary_lag_seconds{{view=\"{view}\"}} {}",
-                r.lag_ms / 1000.0
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP greenbelt_feature_canary_success 1 when the last canary run read its sentinel back within the SLA.\n# TYPE greenbelt_feature_canary_success gauge"
-    );
-    for (view, r) in results {
-        let ok = matches!(r, Ok(r) if !r.breach);
-        let _ = writeln!(
-            out,
-            "greenbelt_feature_canary_success{{view=\"{view}\"}} {}",
-            u8::from(ok)
-        );
-    }
-    out
+    gauges_text(
+        results,
+        (
+            "greenbelt_feature_canary_lag_seconds",
+            "Push to online-readable lag of the synthetic canary.",
+            |r| r.lag_ms / 1000.0,
+        ),
+        (
+            "greenbelt_feature_canary_success",
+            "1 when the last canary run read its sentinel back within the SLA.",
+            |r| !r.breach,
+        ),
+    )
 }

@@ -19,7 +19,6 @@
 //! (`opentelemetry::global`), which this module installs.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
@@ -387,15 +386,6 @@ impl Tracer {
         span.end_with_timestamp(started + took);
     }
 
-    /// Export what is queued (bounded by the export timeout).
-    pub fn flush(&self) {
-        if let Some(inner) = &self.inner
-            && let Err(e) = inner.provider.force_flush()
-        {
-            tracing::warn!(error = %e, "flushing traces failed");
-        }
-    }
-
     /// Flush and stop the exporter (at shutdown).
     pub fn shutdown(&self) {
         if let Some(inner) = &self.inner
@@ -485,9 +475,6 @@ impl TraceIds {
         )
     }
 }
-
-/// Shared handle.
-pub type SharedTracer = Arc<Tracer>;
 
 #[cfg(test)]
 mod tests {
