@@ -485,6 +485,13 @@ mod tests {
             ("[telemetry]\nlog_sample = 0\n", "log_sample"),
             ("[telemetry]\nlog_sample = 1.5\n", "log_sample"),
             ("[telemetry]\nlog_queue = 0\n", "log_queue"),
+            ("[tracing]\nsample_ratio = 2\n", "[tracing] sample_ratio"),
+            ("[tracing]\nprotocol = \"thrift\"\n", "[tracing] protocol"),
+            (
+                "[tracing]\nendpoint = \"collector:4317\"\n",
+                "[tracing] endpoint",
+            ),
+            ("[tracing]\nmax_queue = 0\n", "max_queue"),
             (
                 "[telemetry.payload_log]\nfraction = 1.5\n",
                 "[telemetry.payload_log] fraction",
@@ -609,6 +616,14 @@ mod tests {
             (
                 "[[deployments]]\nname = \"a\"\nsticky_header = \"bad header\"\n",
                 "sticky_header",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\non_registry_error = \"panic\"\n",
+                "panic",
+            ),
+            (
+                "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nregistry_error_grace = \"a while\"\n",
+                "registry_error_grace",
             ),
             (
                 "[[deployments]]\nname = \"a\"\n[deployments.rollout]\nstrategy = \"rainbow\"\n",
