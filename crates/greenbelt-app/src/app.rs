@@ -43,6 +43,11 @@ impl App {
             return Err(e);
         }
         if let Some(f) = &features {
+            let (read, write, retry) = f.service().breakers();
+            let breakers = &server.state.breakers;
+            breakers.insert(read);
+            breakers.insert(write);
+            breakers.insert_retry_budget("online_store", retry);
             server.merge(f.router());
             f.spawn_tasks(server.state.metrics.clone(), &mut tasks);
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use greenbelt_registry::{ArtifactStore, ModelVersion, NewVersion, Registry};
+use greenbelt_registry::{ArtifactStore, ModelVersion, NewVersion, Registry, RegistryError};
 use greenbelt_serve::auth::redact_url;
 use greenbelt_serve::{Config, Server};
 use serde_json::{Value, json};
@@ -74,33 +74,177 @@ pub async fn attach(server: &mut Server, config: &Config, tasks: &mut Tasks) -> 
         })?;
     }
     let registry_config = &config.registry;
-    let registry = open(config, None).await.map_err(|e| {
-        AppError::Invalid(format!(
-            "opening the registry {}: {e}",
-            redact_url(registry_config.url())
-        ))
-    })?;
     let artifacts = ArtifactStore::open(&registry_config.artifacts)?;
-    // Who may write is the server's auth layer's business (greenbelt-auth).
-    let api = Arc::new(greenbelt_registry::http::ApiState {
-        registry: registry.clone(),
-    });
-    server.merge(greenbelt_registry::http::router(api.clone()));
-    server.merge(greenbelt_control::rollout::http::router(Arc::new(
-        greenbelt_control::rollout::http::RolloutApi {
-            api,
-            deployments: deployments.clone(),
-        },
-    )));
-    let controller = Arc::new(greenbelt_control::rollout::Controller::new(
+    let cache = PathBuf::from(&registry_config.cache_dir);
+    let startup = Duration::from_millis(registry_config.startup_timeout_ms);
+    let registry = match tokio::time::timeout(startup, open(config, None)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(AppError::Registry(RegistryError::Db(e)))) => {
+            return start_degraded(server, config, tasks, artifacts, cache, e).await;
+        }
+        Err(_) => {
+            let why = format!("no answer within {} ms", startup.as_millis());
+            return start_degraded(server, config, tasks, artifacts, cache, why).await;
+        }
+        Ok(Err(e)) => {
+            return Err(AppError::Invalid(format!(
+                "opening the registry {}: {e}",
+                redact_url(registry_config.url())
+            )));
+        }
+    };
+    let late = LateApis::default();
+    late.connect(
+        server.state.clone(),
+        config,
         registry,
         artifacts,
-        server.state.clone(),
-        PathBuf::from(".greenbelt/cache"),
-        Duration::from_millis(registry_config.poll_interval_ms),
-    ));
+        cache,
+        tasks,
+    );
+    server.merge(late.router());
     tracing::info!(registry = %redact_url(registry_config.url()), "registry API at /registry, rollouts at /admin/rollouts; deployments follow their aliases");
-    tasks.adopt(controller.spawn(deployments, None));
+    Ok(())
+}
+
+/// The registry and rollout APIs, mounted before the registry database
+/// answers: 503 with the reason until it does, then the real routers.
+#[derive(Clone, Default)]
+struct LateApis {
+    routes: Arc<std::sync::OnceLock<axum::Router>>,
+}
+
+impl LateApis {
+    fn router(&self) -> axum::Router {
+        use axum::extract::Request;
+        use axum::response::IntoResponse;
+        let routes = self.routes.clone();
+        let handler = move |req: Request| {
+            let routes = routes.clone();
+            async move {
+                use tower::ServiceExt;
+                match routes.get() {
+                    Some(r) => r.clone().oneshot(req).await.into_response(),
+                    None => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [(axum::http::header::RETRY_AFTER, "5")],
+                        axum::Json(json!({
+                            "error": "the registry database is unreachable (it was down when this server started); the server serves its deployments from the artifact cache and connects when the database answers"
+                        })),
+                    )
+                        .into_response(),
+                }
+            }
+        };
+        axum::Router::new()
+            .route("/registry/{*rest}", axum::routing::any(handler.clone()))
+            .route("/admin/rollouts/{*rest}", axum::routing::any(handler))
+    }
+
+    /// Mount the real APIs and start the controller, with one task per
+    /// `[[deployments]]` entry.
+    fn connect(
+        &self,
+        state: Arc<greenbelt_serve::infer::AppState>,
+        config: &Config,
+        registry: Registry,
+        artifacts: ArtifactStore,
+        cache: PathBuf,
+        tasks: &mut Tasks,
+    ) {
+        let deployments = config.deployments.clone();
+        // Who may write is the server's auth layer's business (greenbelt-auth).
+        let api = Arc::new(greenbelt_registry::http::ApiState {
+            registry: registry.clone(),
+        });
+        let routes = greenbelt_registry::http::router(api.clone()).merge(
+            greenbelt_control::rollout::http::router(Arc::new(
+                greenbelt_control::rollout::http::RolloutApi {
+                    api,
+                    deployments: deployments.clone(),
+                },
+            )),
+        );
+        let _ = self.routes.set(routes);
+        let controller = Arc::new(greenbelt_control::rollout::Controller::new(
+            registry,
+            artifacts,
+            state,
+            cache,
+            Duration::from_millis(config.registry.poll_interval_ms),
+        ));
+        tasks.adopt(controller.spawn(deployments, None));
+    }
+}
+
+/// How often a server that started without its registry database tries
+/// again (doubling from the first, up to the last).
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// The registry database did not answer at start-up: serve every
+/// deployment's last recorded version from the artifact cache, mount the
+/// APIs as 503 until the database answers, and keep trying to connect in
+/// the background; once it answers, the controller takes over (each
+/// deployment follows its alias again). A deployment with nothing cached
+/// keeps readiness false until then.
+async fn start_degraded(
+    server: &mut Server,
+    config: &Config,
+    tasks: &mut Tasks,
+    artifacts: ArtifactStore,
+    cache: PathBuf,
+    why: String,
+) -> Result<()> {
+    let url = redact_url(config.registry.url());
+    tracing::warn!(registry = %url, error = %why, cache = %cache.display(), "the registry database is unreachable at start-up: serving deployments from the artifact cache, retrying the database in the background");
+    for dep in &config.deployments {
+        match greenbelt_control::rollout::serve_from_cache(&server.state, dep, &cache).await {
+            Ok(plan) => tracing::warn!(
+                deployment = %dep.name,
+                version = plan.version,
+                recorded = %greenbelt_registry::format_us(plan.written_at_ms.saturating_mul(1000)),
+                "serving the last recorded version from the artifact cache (registry unreachable); no rollout runs until the registry answers"
+            ),
+            Err(e) => {
+                tracing::error!(deployment = %dep.name, error = %e, "deployment cannot serve until the registry answers");
+                server.state.repository.record_error(
+                    &dep.name,
+                    &format!("registry unreachable at start-up and {e}"),
+                );
+            }
+        }
+    }
+    let late = LateApis::default();
+    server.merge(late.router());
+    let state = server.state.clone();
+    let config = config.clone();
+    tasks.spawn(move |mut stop| async move {
+        let mut wait = RECONNECT_FIRST;
+        let mut inner = Tasks::new();
+        loop {
+            tokio::select! {
+                _ = stop.stopped() => {
+                    inner.shutdown(Duration::ZERO).await;
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let startup = Duration::from_millis(config.registry.startup_timeout_ms);
+            match tokio::time::timeout(startup, open(&config, None)).await {
+                Ok(Ok(registry)) => {
+                    tracing::info!(registry = %redact_url(config.registry.url()), "the registry database answers: registry API mounted, deployments follow their aliases again");
+                    late.connect(state.clone(), &config, registry, artifacts.clone(), cache.clone(), &mut inner);
+                    stop.stopped().await;
+                    inner.shutdown(Duration::ZERO).await;
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "registry still unreachable"),
+                Err(_) => tracing::debug!("registry still unreachable (no answer)"),
+            }
+            wait = (wait * 2).min(RECONNECT_MAX);
+        }
+    });
     Ok(())
 }
 

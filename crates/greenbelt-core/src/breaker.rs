@@ -1,8 +1,10 @@
 //! A circuit breaker with resilience4j's semantics, for any call to a
 //! dependency (the online store, a registry database, a remote model).
 //!
-//! - **Closed**: calls pass; each outcome goes into a count-based sliding
-//!   window of the last `sliding_window_size` calls. Once the window holds
+//! - **Closed**: calls pass; each outcome goes into a sliding window:
+//!   count-based (the last `sliding_window_size` calls) or time-based (the
+//!   calls of the last `sliding_window_size` seconds, kept as one bucket per
+//!   second, as resilience4j does). Once the window holds
 //!   at least `minimum_number_of_calls` outcomes, the breaker opens when the
 //!   failure rate reaches `failure_rate_threshold` percent or the slow-call
 //!   rate (calls that took at least `slow_call_duration`) reaches
@@ -38,7 +40,9 @@ pub struct BreakerConfig {
     pub slow_call_rate_threshold: f64,
     /// A call that takes at least this long is slow.
     pub slow_call_duration: Duration,
-    /// Calls in the count-based sliding window.
+    /// Count-based (the last N calls) or time-based (the last N seconds).
+    pub sliding_window_type: WindowType,
+    /// Calls (count-based) or seconds (time-based) in the sliding window.
     pub sliding_window_size: u32,
     /// Calls the window must hold before the rates count.
     pub minimum_number_of_calls: u32,
@@ -54,6 +58,7 @@ impl Default for BreakerConfig {
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 100.0,
             slow_call_duration: Duration::from_secs(1),
+            sliding_window_type: WindowType::CountBased,
             sliding_window_size: 20,
             minimum_number_of_calls: 10,
             wait_duration_in_open: Duration::from_secs(5),
@@ -90,10 +95,19 @@ impl BreakerConfig {
             "permitted_calls_in_half_open",
             self.permitted_calls_in_half_open,
         )?;
-        if self.sliding_window_size > 100_000 {
+        let max = match self.sliding_window_type {
+            WindowType::CountBased => 100_000,
+            WindowType::TimeBased => 3_600,
+        };
+        if self.sliding_window_size > max {
+            let unit = match self.sliding_window_type {
+                WindowType::CountBased => "calls",
+                WindowType::TimeBased => "seconds",
+            };
             return Err(format!(
-                "{what} sliding_window_size = {}: at most 100000",
-                self.sliding_window_size
+                "{what} sliding_window_size = {}: at most {max} {unit} for sliding_window_type = \"{}\"",
+                self.sliding_window_size,
+                self.sliding_window_type.as_str()
             ));
         }
         if self.slow_call_duration.is_zero() {
@@ -103,6 +117,113 @@ impl BreakerConfig {
             return Err(format!("{what} wait_duration_in_open: must be more than 0"));
         }
         Ok(())
+    }
+}
+
+/// Breaker settings as written in a config file (`[store.online_breaker]`,
+/// `[registry.breaker]`, ...): every field optional, durations as text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call_rate_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call_duration: Option<String>,
+    /// `count_based` (default) or `time_based`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_number_of_calls: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_duration_in_open: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permitted_calls_in_half_open: Option<u32>,
+}
+
+impl BreakerSpec {
+    /// The settings over `defaults`, validated. `what` names the table in
+    /// errors (`[registry.breaker]`); `duration(field, text)` parses the
+    /// duration fields the way the rest of that file does.
+    pub fn to_config(
+        &self,
+        what: &str,
+        defaults: BreakerConfig,
+        duration: impl Fn(&str, &str) -> Result<Duration, String>,
+    ) -> Result<BreakerConfig, String> {
+        let d = defaults;
+        let dur = |field: &str, text: &Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => duration(field, t),
+        };
+        let window_type = match &self.sliding_window_type {
+            None => d.sliding_window_type,
+            Some(t) => WindowType::parse(t).map_err(|e| format!("{what} {e}"))?,
+        };
+        let c = BreakerConfig {
+            failure_rate_threshold: self
+                .failure_rate_threshold
+                .unwrap_or(d.failure_rate_threshold),
+            slow_call_rate_threshold: self
+                .slow_call_rate_threshold
+                .unwrap_or(d.slow_call_rate_threshold),
+            slow_call_duration: dur(
+                "slow_call_duration",
+                &self.slow_call_duration,
+                d.slow_call_duration,
+            )?,
+            sliding_window_type: window_type,
+            sliding_window_size: self.sliding_window_size.unwrap_or(d.sliding_window_size),
+            minimum_number_of_calls: self
+                .minimum_number_of_calls
+                .unwrap_or(d.minimum_number_of_calls),
+            wait_duration_in_open: dur(
+                "wait_duration_in_open",
+                &self.wait_duration_in_open,
+                d.wait_duration_in_open,
+            )?,
+            permitted_calls_in_half_open: self
+                .permitted_calls_in_half_open
+                .unwrap_or(d.permitted_calls_in_half_open),
+        };
+        c.validate(what)?;
+        Ok(c)
+    }
+}
+
+/// How the closed state's sliding window is measured (resilience4j's
+/// `slidingWindowType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowType {
+    /// The last `sliding_window_size` calls.
+    #[default]
+    CountBased,
+    /// The calls of the last `sliding_window_size` seconds.
+    TimeBased,
+}
+
+impl WindowType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowType::CountBased => "count_based",
+            WindowType::TimeBased => "time_based",
+        }
+    }
+
+    /// Parse `count_based` / `time_based` (also resilience4j's upper-case
+    /// spelling); the error lists the two.
+    pub fn parse(s: &str) -> Result<WindowType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "count_based" => Ok(WindowType::CountBased),
+            "time_based" => Ok(WindowType::TimeBased),
+            _ => Err(format!(
+                "sliding_window_type = \"{s}\": use \"count_based\" or \"time_based\""
+            )),
+        }
     }
 }
 
@@ -158,13 +279,13 @@ struct Outcome {
 
 /// A count-based window of the last N outcomes with running sums.
 #[derive(Debug, Clone, Default)]
-struct Window {
+struct CountWindow {
     calls: VecDeque<Outcome>,
     failed: u32,
     slow: u32,
 }
 
-impl Window {
+impl CountWindow {
     fn push(&mut self, o: Outcome, size: u32) {
         if self.calls.len() >= size as usize
             && let Some(old) = self.calls.pop_front()
@@ -176,17 +297,113 @@ impl Window {
         self.slow += u32::from(o.slow);
         self.calls.push_back(o);
     }
+}
+
+/// Outcomes of one second of a time-based window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Seconds since the breaker's origin.
+    second: u64,
+    calls: u32,
+    failed: u32,
+    slow: u32,
+}
+
+/// A time-based window: one bucket per second that saw a call, the oldest
+/// dropped once it is `size` seconds old, with running sums.
+#[derive(Debug, Clone, Default)]
+struct TimeWindow {
+    buckets: VecDeque<Bucket>,
+    calls: u32,
+    failed: u32,
+    slow: u32,
+}
+
+impl TimeWindow {
+    /// Drop the buckets that left the window at `second`.
+    fn expire(&mut self, second: u64, size: u32) {
+        while let Some(b) = self.buckets.front() {
+            if b.second + u64::from(size) > second {
+                break;
+            }
+            self.calls -= b.calls;
+            self.failed -= b.failed;
+            self.slow -= b.slow;
+            self.buckets.pop_front();
+        }
+    }
+
+    fn push(&mut self, o: Outcome, second: u64, size: u32) {
+        self.expire(second, size);
+        let b = match self.buckets.back_mut() {
+            Some(b) if b.second == second => b,
+            _ => {
+                self.buckets.push_back(Bucket {
+                    second,
+                    ..Bucket::default()
+                });
+                // Just pushed: present.
+                let Some(b) = self.buckets.back_mut() else {
+                    return;
+                };
+                b
+            }
+        };
+        b.calls += 1;
+        b.failed += u32::from(o.failed);
+        b.slow += u32::from(o.slow);
+        self.calls += 1;
+        self.failed += u32::from(o.failed);
+        self.slow += u32::from(o.slow);
+    }
+}
+
+/// The outcomes that judge the breaker: the closed state's sliding window,
+/// or the half-open trial calls (always counted).
+#[derive(Debug, Clone)]
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    fn new(kind: WindowType) -> Window {
+        match kind {
+            WindowType::CountBased => Window::Count(CountWindow::default()),
+            WindowType::TimeBased => Window::Time(TimeWindow::default()),
+        }
+    }
+
+    fn push(&mut self, o: Outcome, second: u64, size: u32) {
+        match self {
+            Window::Count(w) => w.push(o, size),
+            Window::Time(w) => w.push(o, second, size),
+        }
+    }
+
+    /// Forget what is older than the window at `second` (time-based only).
+    fn expire(&mut self, second: u64, size: u32) {
+        if let Window::Time(w) = self {
+            w.expire(second, size);
+        }
+    }
+
+    /// (calls, failed, slow)
+    fn sums(&self) -> (u32, u32, u32) {
+        match self {
+            Window::Count(w) => (w.calls.len() as u32, w.failed, w.slow),
+            Window::Time(w) => (w.calls, w.failed, w.slow),
+        }
+    }
 
     fn len(&self) -> u32 {
-        self.calls.len() as u32
+        self.sums().0
     }
 
     fn rates(&self) -> (f64, f64) {
-        let n = f64::from(self.len().max(1));
-        (
-            f64::from(self.failed) * 100.0 / n,
-            f64::from(self.slow) * 100.0 / n,
-        )
+        let (calls, failed, slow) = self.sums();
+        let n = f64::from(calls.max(1));
+        (f64::from(failed) * 100.0 / n, f64::from(slow) * 100.0 / n)
     }
 }
 
@@ -220,6 +437,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Breaker {
     config: BreakerConfig,
+    /// Where a time-based window's seconds count from.
+    origin: Instant,
     state: State,
     since: Instant,
     generation: u64,
@@ -231,12 +450,14 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig, now: Instant) -> Breaker {
+        let window = Window::new(config.sliding_window_type);
         Breaker {
             config,
+            origin: now,
             state: State::Closed,
             since: now,
             generation: 0,
-            window: Window::default(),
+            window,
             trial_taken: 0,
             counts: Counts::default(),
         }
@@ -259,11 +480,23 @@ impl Breaker {
         self.state = to;
         self.since = now;
         self.generation += 1;
-        self.window = Window::default();
+        // Half-open judges its trial calls by count, whatever the window.
+        self.window = match to {
+            State::HalfOpen => Window::Count(CountWindow::default()),
+            State::Closed | State::Open => Window::new(self.config.sliding_window_type),
+        };
         self.trial_taken = 0;
     }
 
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
     fn advance(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            let second = self.second(now);
+            self.window.expire(second, self.config.sliding_window_size);
+        }
         if self.state == State::Open
             && now.saturating_duration_since(self.since) >= self.config.wait_duration_in_open
         {
@@ -319,14 +552,16 @@ impl Breaker {
         let outcome = Outcome { failed, slow };
         match self.state {
             State::Closed => {
-                self.window.push(outcome, self.config.sliding_window_size);
+                let second = self.second(now);
+                self.window
+                    .push(outcome, second, self.config.sliding_window_size);
                 if self.window.len() >= self.minimum() && self.over() {
                     self.transition(State::Open, now);
                 }
             }
             State::HalfOpen => {
                 self.window
-                    .push(outcome, self.config.permitted_calls_in_half_open);
+                    .push(outcome, 0, self.config.permitted_calls_in_half_open);
                 if self.window.len() >= self.config.permitted_calls_in_half_open {
                     let to = if self.over() {
                         State::Open
@@ -342,11 +577,16 @@ impl Breaker {
         }
     }
 
-    /// The minimum number of calls, never more than the window holds.
+    /// The minimum number of calls, never more than a count-based window
+    /// holds (a time-based window has no such cap).
     fn minimum(&self) -> u32 {
-        self.config
-            .minimum_number_of_calls
-            .min(self.config.sliding_window_size)
+        match self.config.sliding_window_type {
+            WindowType::CountBased => self
+                .config
+                .minimum_number_of_calls
+                .min(self.config.sliding_window_size),
+            WindowType::TimeBased => self.config.minimum_number_of_calls,
+        }
     }
 
     /// Give back a permit whose call ended without an outcome (its caller
@@ -514,6 +754,179 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// Every named breaker of a process, and the retry budgets beside them,
+/// for `/metrics` and the admin view. Breakers are registered once by the
+/// part that owns the dependency (the controller's registry breaker, the
+/// artifact store's, a webhook's); names are a small fixed set, so they are
+/// safe as a metric label.
+#[derive(Debug, Clone, Default)]
+pub struct BreakerSet {
+    inner: Arc<Mutex<std::collections::BTreeMap<String, SharedBreaker>>>,
+    budgets: Arc<Mutex<std::collections::BTreeMap<String, Arc<crate::retry::RetryBudget>>>>,
+}
+
+/// `GET /admin/breakers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerReport {
+    pub breakers: std::collections::BTreeMap<String, Snapshot>,
+    pub retry_budgets: std::collections::BTreeMap<String, crate::retry::RetryCounts>,
+}
+
+impl BreakerSet {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::BTreeMap<String, SharedBreaker>) -> T,
+    ) -> T {
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// The breaker named `name`, made with `config` the first time.
+    pub fn get_or_insert(&self, name: &str, config: BreakerConfig) -> SharedBreaker {
+        self.with(|m| {
+            m.entry(name.to_string())
+                .or_insert_with(|| SharedBreaker::new(name, config))
+                .clone()
+        })
+    }
+
+    /// Add a breaker made elsewhere (it keeps its own name).
+    pub fn insert(&self, breaker: SharedBreaker) {
+        self.with(|m| {
+            m.insert(breaker.name().to_string(), breaker);
+        });
+    }
+
+    /// The retry budget named `name`, made with `config` the first time.
+    pub fn retry_budget(
+        &self,
+        name: &str,
+        config: crate::retry::RetryBudgetConfig,
+    ) -> Arc<crate::retry::RetryBudget> {
+        let mut m = match self.budgets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(name.to_string())
+            .or_insert_with(|| Arc::new(crate::retry::RetryBudget::new(config)))
+            .clone()
+    }
+
+    /// Add a retry budget made elsewhere, under `name`.
+    pub fn insert_retry_budget(&self, name: &str, budget: Arc<crate::retry::RetryBudget>) {
+        let mut m = match self.budgets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.insert(name.to_string(), budget);
+    }
+
+    fn budget_counts(&self) -> std::collections::BTreeMap<String, crate::retry::RetryCounts> {
+        let m = match self.budgets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.iter().map(|(k, b)| (k.clone(), b.counts())).collect()
+    }
+
+    /// Snapshots of every breaker and the counts of every retry budget.
+    pub fn report(&self) -> BreakerReport {
+        BreakerReport {
+            breakers: self.snapshots(),
+            retry_budgets: self.budget_counts(),
+        }
+    }
+
+    /// Each breaker's snapshot, by name.
+    pub fn snapshots(&self) -> std::collections::BTreeMap<String, Snapshot> {
+        let all: Vec<SharedBreaker> = self.with(|m| m.values().cloned().collect());
+        all.into_iter()
+            .map(|b| (b.name().to_string(), b.snapshot()))
+            .collect()
+    }
+
+    /// Prometheus text: `greenbelt_breaker_state` (0 closed, 1 open, 2
+    /// half-open), `greenbelt_breaker_calls_total` by outcome and
+    /// `greenbelt_breaker_opened_total`, each labelled `breaker`, and
+    /// `greenbelt_retries_total` by `dependency` and `outcome` (granted,
+    /// refused by the budget). Empty when nothing is registered.
+    pub fn prometheus_text(&self) -> String {
+        use std::fmt::Write as _;
+        let snaps = self.snapshots();
+        let budgets = self.budget_counts();
+        let mut out = String::new();
+        if !budgets.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP greenbelt_retries Retries of calls to a dependency: granted or refused by its retry budget.\n# TYPE greenbelt_retries counter"
+            );
+            for (name, c) in &budgets {
+                for (outcome, n) in [("granted", c.retries), ("refused", c.refused)] {
+                    let _ = writeln!(
+                        out,
+                        "greenbelt_retries_total{{dependency=\"{name}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+        }
+        if snaps.is_empty() {
+            return out;
+        }
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "greenbelt_breaker_state",
+            "gauge",
+            "Circuit breaker state around a dependency: 0 closed, 1 open, 2 half-open.",
+        );
+        for (name, s) in &snaps {
+            let _ = writeln!(
+                out,
+                "greenbelt_breaker_state{{breaker=\"{name}\"}} {}",
+                s.state.as_gauge()
+            );
+        }
+        head(
+            &mut out,
+            "greenbelt_breaker_calls",
+            "counter",
+            "Calls through a circuit breaker by outcome (rejected: refused while open).",
+        );
+        for (name, s) in &snaps {
+            for (outcome, n) in [
+                ("successful", s.counts.successful),
+                ("failed", s.counts.failed),
+                ("rejected", s.counts.rejected),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "greenbelt_breaker_calls_total{{breaker=\"{name}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        head(
+            &mut out,
+            "greenbelt_breaker_opened",
+            "counter",
+            "Times a circuit breaker opened.",
+        );
+        for (name, s) in &snaps {
+            let _ = writeln!(
+                out,
+                "greenbelt_breaker_opened_total{{breaker=\"{name}\"}} {}",
+                s.counts.opened
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +936,7 @@ mod tests {
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 100.0,
             slow_call_duration: Duration::from_millis(500),
+            sliding_window_type: WindowType::CountBased,
             sliding_window_size: 10,
             minimum_number_of_calls: 4,
             wait_duration_in_open: Duration::from_secs(5),
@@ -756,5 +1170,133 @@ mod tests {
             call(&mut b, t, true);
         }
         assert_eq!(b.state(t), State::Open);
+    }
+
+    fn timed() -> BreakerConfig {
+        BreakerConfig {
+            sliding_window_type: WindowType::TimeBased,
+            sliding_window_size: 10,
+            ..cfg()
+        }
+    }
+
+    #[test]
+    fn a_time_based_window_forgets_calls_older_than_its_seconds() {
+        let t = Instant::now();
+        let mut b = Breaker::new(timed(), t);
+        // Three failures at t: under the minimum of 4.
+        for _ in 0..3 {
+            call(&mut b, t, true);
+        }
+        assert_eq!(b.snapshot(t).window_calls, 3);
+        // Ten seconds on, those three have left the window.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(b.snapshot(later).window_calls, 0);
+        call(&mut b, later, true);
+        assert_eq!(b.state(later), State::Closed, "1 call < minimum 4");
+        // Within the window they add up: 4 failures in 3 seconds open it.
+        for i in 1..=3 {
+            call(&mut b, later + Duration::from_secs(i), true);
+        }
+        assert_eq!(b.state(later + Duration::from_secs(3)), State::Open);
+    }
+
+    #[test]
+    fn a_time_based_window_judges_the_rate_over_its_seconds() {
+        let t = Instant::now();
+        let mut b = Breaker::new(timed(), t);
+        // 100 calls a second with 40% failures: stays closed (threshold 50%).
+        for sec in 0..20u64 {
+            let now = t + Duration::from_secs(sec);
+            for i in 0..100 {
+                call(&mut b, now, i % 5 >= 3);
+            }
+            assert_eq!(b.state(now), State::Closed, "second {sec}");
+            let s = b.snapshot(now);
+            assert!(s.window_calls <= 1000, "{}", s.window_calls);
+        }
+        // Then 60% for long enough to pull the 10 s average over 50%.
+        let mut opened_at = None;
+        for sec in 20..40u64 {
+            let now = t + Duration::from_secs(sec);
+            for i in 0..100 {
+                let Ok(p) = b.try_acquire(now) else { break };
+                b.record(p, now, i % 5 >= 2, Duration::from_millis(1));
+            }
+            if b.state(now) == State::Open {
+                opened_at = Some(sec);
+                break;
+            }
+        }
+        // After 5 s at 60% the window averages 50%.
+        assert_eq!(opened_at, Some(24));
+    }
+
+    #[test]
+    fn half_open_counts_its_trials_even_with_a_time_based_window() {
+        let t = Instant::now();
+        let mut b = Breaker::new(timed(), t);
+        for _ in 0..4 {
+            call(&mut b, t, true);
+        }
+        let t2 = t + Duration::from_secs(5);
+        assert_eq!(b.state(t2), State::HalfOpen);
+        call(&mut b, t2, false);
+        call(&mut b, t2, false);
+        assert_eq!(b.state(t2), State::Closed);
+    }
+
+    #[test]
+    fn window_type_parses_and_limits_the_size() {
+        assert_eq!(WindowType::parse("TIME_BASED"), Ok(WindowType::TimeBased));
+        assert!(
+            WindowType::parse("sliding")
+                .unwrap_err()
+                .contains("count_based")
+        );
+        let mut c = timed();
+        c.sliding_window_size = 7200;
+        let e = c.validate("[x]").unwrap_err();
+        assert!(e.contains("at most 3600 seconds"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_set_exports_each_breaker() {
+        let set = BreakerSet::default();
+        assert_eq!(set.prometheus_text(), "");
+        let b = set.get_or_insert("registry", cfg());
+        // The same breaker the second time.
+        let again = set.get_or_insert("registry", timed());
+        for _ in 0..4 {
+            let _ = again
+                .call(
+                    Duration::from_secs(1),
+                    async { Err::<(), _>("down") },
+                    |_| true,
+                )
+                .await;
+        }
+        assert_eq!(b.state(), State::Open);
+        set.insert(SharedBreaker::new("artifacts", cfg()));
+        let text = set.prometheus_text();
+        assert!(
+            text.contains("greenbelt_breaker_state{breaker=\"registry\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("greenbelt_breaker_state{breaker=\"artifacts\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "greenbelt_breaker_calls_total{breaker=\"registry\",outcome=\"failed\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("greenbelt_breaker_opened_total{breaker=\"registry\"} 1"),
+            "{text}"
+        );
+        assert_eq!(set.snapshots().len(), 2);
     }
 }

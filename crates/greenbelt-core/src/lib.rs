@@ -12,6 +12,7 @@ pub mod infer;
 pub mod json;
 pub mod limits;
 pub mod raw;
+pub mod retry;
 pub mod signature;
 pub mod spans;
 pub mod tensor;

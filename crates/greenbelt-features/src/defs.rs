@@ -154,24 +154,7 @@ pub const DEFAULT_STALE_CACHE_ENTRIES: u64 = 100_000;
 
 /// `[store.online_breaker]`: resilience4j's settings (see
 /// `greenbelt_core::breaker`); durations are humantime text.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_rate_threshold: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slow_call_rate_threshold: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slow_call_duration: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sliding_window_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub minimum_number_of_calls: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_duration_in_open: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub permitted_calls_in_half_open: Option<u32>,
-}
+pub use greenbelt_core::breaker::BreakerSpec;
 
 /// The online store's breaker defaults: Redis answers in about a
 /// millisecond, so 100 ms is slow.
@@ -182,48 +165,14 @@ pub fn default_online_breaker() -> BreakerConfig {
     }
 }
 
-impl BreakerSpec {
-    /// Validated settings; errors name `[store.online_breaker] <field>`.
-    pub fn to_config(&self) -> Result<BreakerConfig> {
-        const WHAT: &str = "[store.online_breaker]";
-        let d = default_online_breaker();
-        let dur = |field: &str, text: &Option<String>, default: Duration| -> Result<Duration> {
-            match text {
-                None => Ok(default),
-                Some(t) => {
-                    let us = parse_duration(&format!("{WHAT} {field}"), t)?;
-                    Ok(Duration::from_micros(us.max(0) as u64))
-                }
-            }
-        };
-        let c = BreakerConfig {
-            failure_rate_threshold: self
-                .failure_rate_threshold
-                .unwrap_or(d.failure_rate_threshold),
-            slow_call_rate_threshold: self
-                .slow_call_rate_threshold
-                .unwrap_or(d.slow_call_rate_threshold),
-            slow_call_duration: dur(
-                "slow_call_duration",
-                &self.slow_call_duration,
-                d.slow_call_duration,
-            )?,
-            sliding_window_size: self.sliding_window_size.unwrap_or(d.sliding_window_size),
-            minimum_number_of_calls: self
-                .minimum_number_of_calls
-                .unwrap_or(d.minimum_number_of_calls),
-            wait_duration_in_open: dur(
-                "wait_duration_in_open",
-                &self.wait_duration_in_open,
-                d.wait_duration_in_open,
-            )?,
-            permitted_calls_in_half_open: self
-                .permitted_calls_in_half_open
-                .unwrap_or(d.permitted_calls_in_half_open),
-        };
-        c.validate(WHAT).map_err(FeatureError::Invalid)?;
-        Ok(c)
-    }
+/// `[store.online_breaker]` validated; errors name `[store.online_breaker] <field>`.
+pub fn online_breaker(spec: &BreakerSpec) -> Result<BreakerConfig> {
+    const WHAT: &str = "[store.online_breaker]";
+    spec.to_config(WHAT, default_online_breaker(), |field, text| {
+        let us = parse_duration(&format!("{WHAT} {field}"), text).map_err(|e| e.to_string())?;
+        Ok(Duration::from_micros(us.max(0) as u64))
+    })
+    .map_err(FeatureError::Invalid)
 }
 
 /// What a read of a feature service serves when the online store fails.
@@ -971,7 +920,7 @@ impl Definitions {
                 .stale_cache_entries
                 .unwrap_or(DEFAULT_STALE_CACHE_ENTRIES),
             breaker: match &spec.store.online_breaker {
-                Some(b) => b.to_config()?,
+                Some(b) => online_breaker(b)?,
                 None => default_online_breaker(),
             },
         };

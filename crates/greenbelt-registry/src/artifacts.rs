@@ -86,7 +86,7 @@ impl ArtifactStore {
             .strip_prefix(&self.base)
             .and_then(|k| k.strip_prefix('/'))
             .ok_or_else(|| {
-                RegistryError::Artifact(format!(
+                RegistryError::Corrupt(format!(
                     "artifact {uri} is not in this store ({}); point [registry] artifacts at the store that holds it",
                     self.base
                 ))
@@ -101,7 +101,7 @@ impl ArtifactStore {
             .map_err(|e| RegistryError::Artifact(format!("reading {uri}: {e}")))?;
         let got = sha256_hex(&bytes);
         if got != sha256 {
-            return Err(RegistryError::Artifact(format!(
+            return Err(RegistryError::Corrupt(format!(
                 "{uri} is corrupted: sha256 is {got}, the registry recorded {sha256}; refusing to load it"
             )));
         }

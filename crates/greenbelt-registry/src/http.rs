@@ -61,7 +61,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
             RegistryError::Conflict(_) => StatusCode::CONFLICT,
-            RegistryError::Artifact(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RegistryError::Artifact(_) | RegistryError::Corrupt(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             RegistryError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

@@ -31,8 +31,14 @@ pub enum RegistryError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// The artifact store could not be read or written (unreachable,
+    /// timed out): worth retrying.
     #[error("artifact: {0}")]
     Artifact(String),
+    /// An artifact that fails its integrity check, or is not in this
+    /// store: retrying cannot help.
+    #[error("artifact: {0}")]
+    Corrupt(String),
     #[error("registry database: {0}")]
     Db(String),
 }

@@ -61,6 +61,20 @@ pub struct RegistryConfig {
     /// Deprecated: tokens belong in `[auth] tokens_file` or
     /// `GREENBELT_TOKENS`. Each entry here (name = token) is an admin token.
     pub admin_tokens: std::collections::BTreeMap<String, String>,
+    /// Where a server keeps the artifacts of the versions it serves and,
+    /// per deployment, the version it last served: what it starts from
+    /// when the registry database is down at start-up.
+    pub cache_dir: String,
+    /// How long `serve` waits for the registry database at start-up before
+    /// it serves its deployments from `cache_dir` (and keeps retrying).
+    pub startup_timeout_ms: u64,
+    /// The circuit breaker around the deployment controller's registry
+    /// database calls (resilience4j's settings; docs/resilience.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<greenbelt_core::breaker::BreakerSpec>,
+    /// The circuit breaker around artifact store reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts_breaker: Option<greenbelt_core::breaker::BreakerSpec>,
 }
 
 impl Default for RegistryConfig {
@@ -71,12 +85,72 @@ impl Default for RegistryConfig {
             poll_interval_ms: 200,
             actor: "greenbelt".into(),
             admin_tokens: Default::default(),
+            cache_dir: ".greenbelt/cache".into(),
+            startup_timeout_ms: 5_000,
+            breaker: None,
+            artifacts_breaker: None,
         }
     }
 }
 
 impl RegistryConfig {
     pub const DEFAULT_URL: &'static str = "sqlite://.greenbelt/registry.db";
+
+    /// The registry database breaker: a tick is one call, bounded by the
+    /// controller's registry timeout (5 s), so 2 s is slow; three failed
+    /// ticks in a row open it for 10 s.
+    pub fn default_breaker() -> greenbelt_core::breaker::BreakerConfig {
+        greenbelt_core::breaker::BreakerConfig {
+            slow_call_duration: std::time::Duration::from_secs(2),
+            sliding_window_size: 10,
+            minimum_number_of_calls: 3,
+            wait_duration_in_open: std::time::Duration::from_secs(10),
+            permitted_calls_in_half_open: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The artifact store breaker: a read of a model file may take a while
+    /// (30 s is slow); two failures of three open it for 30 s.
+    pub fn default_artifacts_breaker() -> greenbelt_core::breaker::BreakerConfig {
+        greenbelt_core::breaker::BreakerConfig {
+            slow_call_duration: std::time::Duration::from_secs(30),
+            sliding_window_size: 10,
+            minimum_number_of_calls: 3,
+            wait_duration_in_open: std::time::Duration::from_secs(30),
+            permitted_calls_in_half_open: 1,
+            ..Default::default()
+        }
+    }
+
+    /// `[registry.breaker]` over [`RegistryConfig::default_breaker`], validated.
+    pub fn breaker_config(&self) -> Result<greenbelt_core::breaker::BreakerConfig, String> {
+        Self::resolve("[registry.breaker]", &self.breaker, Self::default_breaker())
+    }
+
+    /// `[registry.artifacts_breaker]` over its defaults, validated.
+    pub fn artifacts_breaker_config(
+        &self,
+    ) -> Result<greenbelt_core::breaker::BreakerConfig, String> {
+        Self::resolve(
+            "[registry.artifacts_breaker]",
+            &self.artifacts_breaker,
+            Self::default_artifacts_breaker(),
+        )
+    }
+
+    fn resolve(
+        what: &str,
+        spec: &Option<greenbelt_core::breaker::BreakerSpec>,
+        defaults: greenbelt_core::breaker::BreakerConfig,
+    ) -> Result<greenbelt_core::breaker::BreakerConfig, String> {
+        match spec {
+            None => Ok(defaults),
+            Some(s) => s.to_config(what, defaults, |field, text| {
+                crate::deployment::duration(&format!("{what} {field}"), text)
+            }),
+        }
+    }
 
     pub fn url(&self) -> &str {
         self.url.as_deref().unwrap_or(Self::DEFAULT_URL)
@@ -353,6 +427,23 @@ impl Config {
                 "[registry] poll_interval_ms must be > 0".into(),
             ));
         }
+        if self.registry.startup_timeout_ms == 0 || self.registry.startup_timeout_ms > 600_000 {
+            return Err(ConfigError::Invalid(format!(
+                "[registry] startup_timeout_ms = {}: must be between 1 and 600000 (10 minutes)",
+                self.registry.startup_timeout_ms
+            )));
+        }
+        if self.registry.cache_dir.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "[registry] cache_dir must not be empty (default \".greenbelt/cache\")".into(),
+            ));
+        }
+        self.registry
+            .breaker_config()
+            .map_err(ConfigError::Invalid)?;
+        self.registry
+            .artifacts_breaker_config()
+            .map_err(ConfigError::Invalid)?;
         for (i, r) in self.deployments.iter().enumerate() {
             crate::repository::check_model_name(&r.name)
                 .map_err(|e| ConfigError::Invalid(format!("[[deployments]] name: {e}")))?;

@@ -40,6 +40,7 @@ pub fn openmetrics(state: &AppState) -> String {
         out.truncate(out.len() - "# EOF\n".len());
     }
     scrape_time(state, &mut out);
+    out.push_str(&state.breakers.prometheus_text());
     out.push_str("# EOF\n");
     out
 }

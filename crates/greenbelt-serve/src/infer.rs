@@ -59,6 +59,10 @@ pub struct AppState {
     pub rollouts: crate::dashboard::RolloutBoard,
     /// OpenTelemetry traces (off unless `[tracing] endpoint` is set).
     pub traces: Arc<crate::traces::Tracer>,
+    /// Circuit breakers and retry budgets around dependencies (registry
+    /// database, artifact store, online store), for `/metrics` and
+    /// `/admin/breakers`.
+    pub breakers: greenbelt_core::breaker::BreakerSet,
     ready: AtomicBool,
 }
 
@@ -107,6 +111,7 @@ impl AppState {
             repository,
             metrics,
             traces,
+            breakers: Default::default(),
             ready: AtomicBool::new(false),
         }
     }

@@ -274,6 +274,7 @@ pub async fn prometheus(
     deployment: &str,
     version: i64,
     timeout: Duration,
+    breaker: &greenbelt_core::breaker::SharedBreaker,
 ) -> BTreeMap<String, f64> {
     let client = reqwest::Client::new();
     let mut out = BTreeMap::new();
@@ -282,18 +283,23 @@ pub async fn prometheus(
             .replace("{deployment}", deployment)
             .replace("{version}", &version.to_string());
         let url = format!("{}/api/v1/query", base_url.trim_end_matches('/'));
-        let resp = client
-            .get(&url)
-            .query(&[("query", query.as_str())])
-            .timeout(timeout)
-            .send()
-            .await;
-        let value = match resp {
-            Ok(r) => r
-                .json::<serde_json::Value>()
+        // One query is one call through the breaker: an unreachable,
+        // failing or slow Prometheus is skipped at once while it is open
+        // (the measurement is missing, so the run is inconclusive).
+        let call = async {
+            let r = client
+                .get(&url)
+                .query(&[("query", query.as_str())])
+                .send()
                 .await
-                .ok()
-                .and_then(|j| scalar(&j)),
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| e.to_string())?;
+            r.json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let value = match breaker.call(timeout, call, |_| true).await {
+            Ok(j) => scalar(&j),
             Err(e) => {
                 tracing::warn!(query = %name, error = %e, "prometheus query failed");
                 None

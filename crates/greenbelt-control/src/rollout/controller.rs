@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenbelt_core::breaker::{CallError, SharedBreaker};
+use greenbelt_core::retry::{RetryBudget, RetryBudgetConfig};
 use greenbelt_registry::{ArtifactStore, Registry, RegistryError};
 use greenbelt_serve::deployment::{DeploymentConfig, RegistryErrorPolicy};
 use greenbelt_serve::infer::AppState;
@@ -38,6 +40,14 @@ const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a version that failed to load is left alone before a retry.
 const FAILED_RETRY: Duration = Duration::from_secs(30);
 
+/// How long one read of an artifact may take.
+const ARTIFACT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Retries of a failed artifact read (under the retry budget), and the
+/// first backoff (doubled each time).
+const ARTIFACT_RETRIES: u32 = 2;
+const ARTIFACT_BACKOFF: Duration = Duration::from_millis(200);
+
 /// A change of the stable version, for logs and tests.
 #[derive(Debug, Clone)]
 pub struct Switch {
@@ -55,6 +65,14 @@ pub struct Controller {
     artifacts: ArtifactStore,
     state: Arc<AppState>,
     cache: PathBuf,
+    /// Around every registry database call of a tick (`[registry.breaker]`).
+    registry_breaker: SharedBreaker,
+    /// Around artifact reads (`[registry.artifacts_breaker]`), with the
+    /// retry budget of those reads.
+    artifacts_breaker: SharedBreaker,
+    artifact_retry: Arc<RetryBudget>,
+    /// Around analysis queries to Prometheus.
+    prometheus_breaker: SharedBreaker,
     poll: Duration,
     actor: String,
     /// Wall time at `base`, so a paused tokio clock drives rollout time in tests.
@@ -83,9 +101,20 @@ struct Local {
     active: Option<(String, i64)>,
     /// Since when ticks have failed on the registry database.
     registry_down_since: Option<Instant>,
+    /// The 30-second period of that outage last logged.
+    down_logged: u64,
     /// A rollout whose traffic the fail-safe sent back to stable while the
     /// registry was unreachable; aborted when it answers again.
     failsafe: Option<String>,
+    /// Where each version this task loaded came from.
+    provenance: HashMap<i64, Provenance>,
+}
+
+/// The artifact a loaded version came from.
+#[derive(Debug, Clone)]
+struct Provenance {
+    sha256: String,
+    fault: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -103,11 +132,45 @@ impl Controller {
         cache: PathBuf,
         poll: Duration,
     ) -> Controller {
+        let registry_config = &state.config.registry;
+        // Validated with the config; the defaults only if it was built by hand.
+        let registry_breaker = state.breakers.get_or_insert(
+            "registry",
+            registry_config
+                .breaker_config()
+                .unwrap_or_else(|_| greenbelt_serve::config::RegistryConfig::default_breaker()),
+        );
+        let artifacts_breaker = state.breakers.get_or_insert(
+            "artifacts",
+            registry_config
+                .artifacts_breaker_config()
+                .unwrap_or_else(|_| {
+                    greenbelt_serve::config::RegistryConfig::default_artifacts_breaker()
+                }),
+        );
+        let artifact_retry = state
+            .breakers
+            .retry_budget("artifacts", RetryBudgetConfig::default());
+        let prometheus_breaker = state.breakers.get_or_insert(
+            "prometheus",
+            greenbelt_core::breaker::BreakerConfig {
+                slow_call_duration: Duration::from_secs(1),
+                sliding_window_size: 10,
+                minimum_number_of_calls: 3,
+                wait_duration_in_open: Duration::from_secs(30),
+                permitted_calls_in_half_open: 1,
+                ..Default::default()
+            },
+        );
         Controller {
             registry,
             artifacts,
             state,
             cache,
+            registry_breaker,
+            artifacts_breaker,
+            artifact_retry,
+            prometheus_breaker,
             poll,
             actor: "rollout-controller".into(),
             base_wall_ms: wall_ms(),
@@ -176,10 +239,21 @@ impl Controller {
             }
             let started = Instant::now();
             match self.tick(&dep, &mut local, tx.as_ref()).await {
-                Ok(()) => local.registry_down_since = None,
+                Ok(()) => {
+                    if let Some(since) = local.registry_down_since.take() {
+                        tracing::info!(deployment = %dep.name, down_ms = since.elapsed().as_millis() as u64, "registry reachable again");
+                    }
+                    local.down_logged = 0;
+                }
                 Err(RegistryError::Db(e)) => {
+                    let first = local.registry_down_since.is_none();
                     let since = *local.registry_down_since.get_or_insert(started);
-                    tracing::warn!(deployment = %dep.name, error = %e, down_ms = since.elapsed().as_millis() as u64, "registry unreachable; keeping the current plan");
+                    // Once when it starts, then at most every 30 s.
+                    let down = since.elapsed();
+                    if first || down.as_secs() / 30 != local.down_logged {
+                        local.down_logged = down.as_secs() / 30;
+                        tracing::warn!(deployment = %dep.name, error = %e, down_ms = down.as_millis() as u64, "registry unreachable; keeping the current plan");
+                    }
                     self.fail_safe(&dep, &mut local, since.elapsed());
                 }
                 Err(e) => {
@@ -257,18 +331,13 @@ impl Controller {
         // The registry part of the tick is bounded: a database that stops
         // answering is an error here (and the fail-safe's clock starts at
         // this tick), not a controller stuck for the pool's timeout.
-        let (mut rollout, alias_version) = tokio::time::timeout(REGISTRY_TIMEOUT, async {
-            let mut rollout = self.advance_rollout(dep, local).await?;
-            let alias_version = self.reconcile_aliases(dep, rollout.as_mut()).await?;
-            Ok::<_, RegistryError>((rollout, alias_version))
-        })
-        .await
-        .map_err(|_| {
-            RegistryError::Db(format!(
-                "the registry did not answer within {} s",
-                REGISTRY_TIMEOUT.as_secs()
-            ))
-        })??;
+        let (mut rollout, alias_version) = self
+            .registry_call(async {
+                let mut rollout = self.advance_rollout(dep, local).await?;
+                let alias_version = self.reconcile_aliases(dep, rollout.as_mut()).await?;
+                Ok::<_, RegistryError>((rollout, alias_version))
+            })
+            .await?;
         if let Some((_, r)) = &rollout {
             self.state.rollouts.set(
                 &dep.name,
@@ -347,8 +416,9 @@ impl Controller {
                 continue;
             }
             match self.load(dep, v).await {
-                Ok(s) => {
+                Ok((s, provenance)) => {
                     local.failed.remove(&v);
+                    local.provenance.insert(v, provenance);
                     versions.insert(key, Arc::new(s));
                 }
                 Err(e) => {
@@ -413,6 +483,7 @@ impl Controller {
         local.installed = Some(routing);
         local.stable = Some(stable);
         if from != Some(stable) {
+            self.remember(dep, local, stable);
             let sw = Switch {
                 route: dep.name.clone(),
                 from,
@@ -433,6 +504,99 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Registry database calls, through its breaker and cut at
+    /// [`REGISTRY_TIMEOUT`]: only a database error or silence counts
+    /// against it (a conflict or a bad stored rollout does not); while it is
+    /// open a tick fails at once with a `Db` error, so the fail-safe's clock
+    /// keeps running without waiting on a database known to be down.
+    async fn registry_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        self.registry_breaker
+            .call(REGISTRY_TIMEOUT, call, |e| matches!(e, RegistryError::Db(_)))
+            .await
+            .map_err(|e| match e {
+                CallError::Failed(e) => e,
+                CallError::Timeout(d) => RegistryError::Db(format!(
+                    "the registry did not answer within {} s",
+                    d.as_secs()
+                )),
+                CallError::Rejected(r) => RegistryError::Db(format!(
+                    "the registry's circuit breaker is {} after repeated failures (next try in {} ms)",
+                    r.state.as_str().replace('_', "-"),
+                    r.retry_after.as_millis()
+                )),
+            })
+    }
+
+    /// The model file of `record`: from the local artifact cache when it is
+    /// there and intact, else from the artifact store (through its breaker,
+    /// retried with backoff under the retry budget) and written to the
+    /// cache. Returns the cached file.
+    async fn fetch_artifact(
+        &self,
+        record: &greenbelt_registry::ModelVersion,
+    ) -> Result<PathBuf, String> {
+        let file = self.cache.join(format!("{}.onnx", record.sha256));
+        if cached_intact(&file, &record.sha256).await {
+            return Ok(file);
+        }
+        self.artifact_retry.deposit();
+        let mut backoff = ARTIFACT_BACKOFF;
+        let mut attempt = 0;
+        let bytes = loop {
+            let got = self
+                .artifacts_breaker
+                .call(
+                    ARTIFACT_TIMEOUT,
+                    self.artifacts.get(&record.artifact_uri, &record.sha256),
+                    |e| matches!(e, RegistryError::Artifact(_)),
+                )
+                .await;
+            match got {
+                Ok(b) => break b,
+                Err(CallError::Failed(e @ RegistryError::Artifact(_)))
+                    if attempt < ARTIFACT_RETRIES && self.artifact_retry.try_withdraw() =>
+                {
+                    tracing::warn!(uri = %record.artifact_uri, error = %e, retry_in_ms = backoff.as_millis() as u64, "artifact read failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(CallError::Failed(e)) => return Err(e.to_string()),
+                Err(other) => {
+                    return Err(format!("artifact store ({}): {other}", record.artifact_uri));
+                }
+            }
+        };
+        std::fs::create_dir_all(&self.cache)
+            .map_err(|e| format!("cache {}: {e}", self.cache.display()))?;
+        let tmp = self.cache.join(format!("{}.onnx.tmp", record.sha256));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &file).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        Ok(file)
+    }
+
+    /// Remember what `dep` serves now, so a restart while the registry
+    /// database is down serves it again (see [`serve_from_cache`]).
+    fn remember(&self, dep: &DeploymentConfig, local: &Local, stable: i64) {
+        let Some(p) = local.provenance.get(&stable) else {
+            return;
+        };
+        let plan = CachedPlan {
+            deployment: dep.name.clone(),
+            model: dep.model().to_string(),
+            version: stable,
+            sha256: p.sha256.clone(),
+            fault: p.fault.clone(),
+            written_at_ms: wall_ms(),
+        };
+        if let Err(e) = plan.write(&self.cache) {
+            tracing::warn!(deployment = %dep.name, error = %e, "could not record the served version in the artifact cache; a restart while the registry is down will not serve it");
+        }
     }
 
     /// Read, advance and store the deployment's rollout.
@@ -498,6 +662,7 @@ impl Controller {
                         &dep.name,
                         cand_v,
                         self.poll.max(Duration::from_secs(2)),
+                        &self.prometheus_breaker,
                     )
                     .await
                 }
@@ -660,7 +825,11 @@ impl Controller {
         Ok(current)
     }
 
-    async fn load(&self, dep: &DeploymentConfig, target: i64) -> Result<ServedVersion, String> {
+    async fn load(
+        &self,
+        dep: &DeploymentConfig,
+        target: i64,
+    ) -> Result<(ServedVersion, Provenance), String> {
         let attrs = vec![
             greenbelt_core::spans::attr("greenbelt.deployment", dep.name.clone()),
             greenbelt_core::spans::int("greenbelt.model_version", target),
@@ -677,10 +846,9 @@ impl Controller {
         &self,
         dep: &DeploymentConfig,
         target: i64,
-    ) -> Result<ServedVersion, String> {
+    ) -> Result<(ServedVersion, Provenance), String> {
         let record = self
-            .registry
-            .version(dep.model(), target)
+            .registry_call(self.registry.version(dep.model(), target))
             .await
             .map_err(|e| e.to_string())?;
         if record.format != "onnx" {
@@ -689,44 +857,163 @@ impl Controller {
                 record.format
             ));
         }
-        let bytes = self
-            .artifacts
-            .get(&record.artifact_uri, &record.sha256)
-            .await
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.cache)
-            .map_err(|e| format!("cache {}: {e}", self.cache.display()))?;
-        let file = self.cache.join(format!("{}.onnx", record.sha256));
-        let tmp = self.cache.join(format!("{}.onnx.tmp", record.sha256));
-        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &file).map_err(|e| format!("writing {}: {e}", file.display()))?;
-        let repo = self.state.repository.clone();
-        let name = dep.name.clone();
-        let config = dep.config.clone();
-        let fault = record
-            .tags
-            .get("fault")
-            .and_then(|f| f.as_str())
-            .map(str::to_string);
-        let allow_faults = self.state.config.server.allow_fault_injection;
+        let file = self.fetch_artifact(&record).await?;
+        let provenance = Provenance {
+            sha256: record.sha256.clone(),
+            fault: record
+                .tags
+                .get("fault")
+                .and_then(|f| f.as_str())
+                .map(str::to_string),
+        };
         let v = u64::try_from(target).map_err(|_| format!("version {target} is not positive"))?;
-        tokio::task::spawn_blocking(move || {
-            let served = match fault {
-                None => repo.load_file(&name, v, &file, &config)?,
-                Some(f) if allow_faults => {
-                    let fault = greenbelt_serve::fault::Fault::parse(&f)?;
-                    repo.load_file_with_fault(&name, v, &file, &config, fault)?
-                }
-                Some(f) => {
-                    return Err(format!(
-                        "version {v} carries the drill tag fault=\"{f}\"; set [server] allow_fault_injection = true to serve it (drills only)"
-                    ));
-                }
-            };
-            served.warm()?;
-            Ok::<_, String>(served)
-        })
-        .await
-        .map_err(|e| format!("load task failed: {e}"))?
+        let served = load_file(&self.state, dep, v, file, provenance.fault.clone()).await?;
+        Ok((served, provenance))
     }
+}
+
+/// Load `file` as version `v` of `dep` (with its drill fault, when the
+/// server allows faults) and warm it, on a blocking thread.
+async fn load_file(
+    state: &Arc<AppState>,
+    dep: &DeploymentConfig,
+    v: u64,
+    file: PathBuf,
+    fault: Option<String>,
+) -> Result<ServedVersion, String> {
+    let repo = state.repository.clone();
+    let name = dep.name.clone();
+    let config = dep.config.clone();
+    let allow_faults = state.config.server.allow_fault_injection;
+    tokio::task::spawn_blocking(move || {
+        let served = match fault {
+            None => repo.load_file(&name, v, &file, &config)?,
+            Some(f) if allow_faults => {
+                let fault = greenbelt_serve::fault::Fault::parse(&f)?;
+                repo.load_file_with_fault(&name, v, &file, &config, fault)?
+            }
+            Some(f) => {
+                return Err(format!(
+                    "version {v} carries the drill tag fault=\"{f}\"; set [server] allow_fault_injection = true to serve it (drills only)"
+                ));
+            }
+        };
+        served.warm()?;
+        Ok::<_, String>(served)
+    })
+    .await
+    .map_err(|e| format!("load task failed: {e}"))?
+}
+
+/// Whether `file` exists and hashes to `sha256` (read on a blocking thread).
+async fn cached_intact(file: &std::path::Path, sha256: &str) -> bool {
+    let file = file.to_path_buf();
+    let want = sha256.to_string();
+    tokio::task::spawn_blocking(move || match std::fs::read(&file) {
+        Ok(bytes) => greenbelt_registry::artifacts::sha256_hex(&bytes) == want,
+        Err(_) => false,
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// What a deployment last served, recorded in the artifact cache
+/// (`<cache_dir>/deployments/<name>.json`) each time its stable version
+/// changes: what [`serve_from_cache`] starts from when the registry
+/// database is down at start-up.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CachedPlan {
+    pub deployment: String,
+    pub model: String,
+    pub version: i64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// When it was recorded, ms since the Unix epoch.
+    pub written_at_ms: i64,
+}
+
+impl CachedPlan {
+    fn path(cache: &std::path::Path, deployment: &str) -> PathBuf {
+        cache.join("deployments").join(format!("{deployment}.json"))
+    }
+
+    /// Write it atomically (a temporary file renamed over the old one).
+    pub fn write(&self, cache: &std::path::Path) -> Result<(), String> {
+        let path = Self::path(cache, &self.deployment);
+        let dir = cache.join("deployments");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The plan recorded for `deployment`, if any; an unreadable record is
+    /// an error naming the file.
+    pub fn read(cache: &std::path::Path, deployment: &str) -> Result<Option<CachedPlan>, String> {
+        let path = Self::path(cache, deployment);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{} is not a cached plan ({e}); delete it", path.display()))
+    }
+}
+
+/// The registry database is down at start-up: serve `dep`'s last recorded
+/// version from the artifact cache (integrity-checked), stable only, with
+/// no rollout (nothing can be decided without the registry). Returns the
+/// plan served; an error says why the deployment cannot serve yet (the
+/// controller loads it once the registry answers).
+pub async fn serve_from_cache(
+    state: &Arc<AppState>,
+    dep: &DeploymentConfig,
+    cache: &std::path::Path,
+) -> Result<CachedPlan, String> {
+    let plan = CachedPlan::read(cache, &dep.name)?.ok_or_else(|| {
+        format!(
+            "nothing cached for deployment \"{}\" in {} (it has never been served from this directory)",
+            dep.name,
+            cache.display()
+        )
+    })?;
+    if plan.model != dep.model() {
+        return Err(format!(
+            "the cached plan of \"{}\" is for model \"{}\", the deployment now serves \"{}\"",
+            dep.name,
+            plan.model,
+            dep.model()
+        ));
+    }
+    let file = cache.join(format!("{}.onnx", plan.sha256));
+    if !cached_intact(&file, &plan.sha256).await {
+        return Err(format!(
+            "the cached artifact {} is missing or does not match sha256 {}",
+            file.display(),
+            plan.sha256
+        ));
+    }
+    let v = u64::try_from(plan.version)
+        .map_err(|_| format!("cached version {} is not positive", plan.version))?;
+    let served = load_file(state, dep, v, file, plan.fault.clone()).await?;
+    let routing = Routing {
+        stable: v,
+        canary: None,
+        canary_bp: 0,
+        preview: None,
+        sticky_header: dep.sticky_header.clone(),
+        shadows: Vec::new(),
+    };
+    state.metrics.set_canary_weight(&dep.name, 0.0);
+    state.repository.install_deployment(
+        &dep.name,
+        dep.config.clone(),
+        BTreeMap::from([(v, Arc::new(served))]),
+        routing,
+    );
+    Ok(plan)
 }

@@ -14,7 +14,7 @@ use greenbelt_registry::{Registry, RegistryError, RolloutEvent};
 use greenbelt_serve::deployment::{DeploymentConfig, RolloutSpec, Strategy};
 use serde::Serialize;
 
-pub use controller::{Controller, Switch};
+pub use controller::{CachedPlan, Controller, Switch, serve_from_cache};
 pub use machine::{Command, Phase, Rollout};
 
 /// A rollout as people see it: the state and its recent log.

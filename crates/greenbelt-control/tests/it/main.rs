@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod cuttable;
 mod notify;
 mod parquet_data;
 mod pipeline;

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use greenbelt_control::rollout::{self, Controller, Phase, controller::wall_ms};
+
+use crate::cuttable::Cuttable;
 use greenbelt_registry::{ArtifactStore, NewVersion, Registry};
 use greenbelt_serve::{Config, Server};
 use serde_json::json;
@@ -805,6 +807,14 @@ async fn a_restarted_controller_resumes_the_rollout() {
     panic!("the restarted controller did not apply the promotion");
 }
 
+fn breaker_cfg_two() -> greenbelt_core::breaker::BreakerConfig {
+    greenbelt_core::breaker::BreakerConfig {
+        minimum_number_of_calls: 2,
+        sliding_window_size: 2,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn promql_conditions_read_a_prometheus_answer() {
     // A stand-in Prometheus: answers /api/v1/query with the query it got
@@ -831,15 +841,39 @@ async fn promql_conditions_read_a_prometheus_answer() {
         "rate(errors{deployment=\"{deployment}\",version=\"{version}\"}[1m])".to_string(),
     );
     queries.insert("broken".to_string(), "bad query".to_string());
+    let breaker = greenbelt_core::breaker::SharedBreaker::new("prometheus", breaker_cfg_two());
     let got = greenbelt_control::rollout::analysis::prometheus(
         &url,
         &queries,
         "fraud",
         7,
         Duration::from_secs(5),
+        &breaker,
     )
     .await;
     assert_eq!(got.get("burn"), Some(&0.25));
+    // A Prometheus that is not there: the failures open the breaker, and
+    // the next query is refused at once instead of waiting.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let fresh = greenbelt_core::breaker::SharedBreaker::new("prometheus", breaker_cfg_two());
+    for _ in 0..2 {
+        let none = greenbelt_control::rollout::analysis::prometheus(
+            &gone,
+            &queries,
+            "fraud",
+            7,
+            Duration::from_secs(5),
+            &fresh,
+        )
+        .await;
+        assert!(none.is_empty());
+    }
+    let s = fresh.snapshot();
+    assert_eq!(s.state, greenbelt_core::breaker::State::Open, "{s:?}");
+    assert!(s.counts.rejected >= 2, "{s:?}");
     assert!(
         !got.contains_key("broken"),
         "a failed query has no value (→ inconclusive)"
@@ -1092,56 +1126,6 @@ async fn replicas_sharing_postgres_agree_on_the_rollout() {
     };
     let (mut e, v) = env_on(tempfile::tempdir().unwrap(), &url, HELD_CANARY, &[]).await;
     replicas_agree(&mut e, &v).await;
-}
-
-/// A TCP proxy in front of PostgreSQL that the test can cut: cutting closes
-/// every connection through it and refuses new ones until it is restored.
-struct Cuttable {
-    port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    _accept: tokio::task::JoinHandle<()>,
-}
-
-impl Cuttable {
-    async fn start(upstream: String) -> Cuttable {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !u.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                c.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Cuttable {
-            port,
-            up,
-            conns,
-            _accept: accept,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
 }
 
 const FAILSAFE_CANARY: &str = r#"[deployments.rollout]

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use greenbelt_core::breaker::{BreakerConfig, SharedBreaker, Snapshot};
+use greenbelt_core::retry::{RetryBudget, RetryBudgetConfig};
 use moka::future::Cache;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -51,6 +52,9 @@ struct ServiceCounts {
 pub(crate) struct Resilience<T> {
     pub(crate) read: SharedBreaker,
     pub(crate) write: SharedBreaker,
+    /// Reads that fail fast (a dropped connection) are retried once, within
+    /// this budget (10% of reads, plus one a second).
+    pub(crate) retry: Arc<RetryBudget>,
     pub(crate) timeout: Duration,
     /// Present when some service falls back to its last value.
     pub(crate) last: Option<Cache<String, Arc<LastValue<T>>>>,
@@ -74,6 +78,7 @@ impl<T: Send + Sync + 'static> Resilience<T> {
         Resilience {
             read: SharedBreaker::new("online_read", settings.breaker.clone()),
             write: SharedBreaker::new("online_write", write),
+            retry: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
             timeout: settings.timeout,
             last: wants_last.then(|| {
                 Cache::builder()

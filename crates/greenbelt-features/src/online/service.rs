@@ -31,6 +31,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use futures::StreamExt;
+use greenbelt_core::breaker::SharedBreaker;
 use moka::Expiry;
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
@@ -447,22 +448,59 @@ impl OnlineService {
         }
     }
 
-    /// Read keys from the store through the read breaker.
+    /// Read keys from the store through the read breaker. A read that
+    /// fails fast (not refused by the breaker, not cut by its timeout: a
+    /// dropped connection the store re-establishes) is tried once more in
+    /// what is left of its time, when the retry budget allows.
     async fn store_read(
         &self,
         keys: Vec<String>,
         timeout: Duration,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        self.resilience
+        use greenbelt_core::breaker::CallError;
+        let r = &self.resilience;
+        r.retry.deposit();
+        let started = tokio::time::Instant::now();
+        let again = keys.clone();
+        let first = r
             .read
             .call(timeout, self.store.read(keys), |e| {
                 matches!(e, FeatureError::Online(_) | FeatureError::Io(_))
             })
-            .await
-            .map_err(|e| match e {
-                greenbelt_core::breaker::CallError::Failed(e) => e,
-                other => FeatureError::Online(format!("read: {other}")),
-            })
+            .await;
+        let result = match first {
+            Err(CallError::Failed(e @ (FeatureError::Online(_) | FeatureError::Io(_)))) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                if left >= Duration::from_millis(1) && r.retry.try_withdraw() {
+                    tracing::debug!(error = %e, "online store read failed; retrying once");
+                    r.read
+                        .call(left, self.store.read(again), |e| {
+                            matches!(e, FeatureError::Online(_) | FeatureError::Io(_))
+                        })
+                        .await
+                } else {
+                    Err(CallError::Failed(e))
+                }
+            }
+            other => other,
+        };
+        result.map_err(|e| match e {
+            CallError::Failed(e) => e,
+            other => FeatureError::Online(format!("read: {other}")),
+        })
+    }
+
+    /// The breakers around reads and writes, and the read retry budget,
+    /// for the server's `/admin/breakers` and `/metrics`.
+    pub fn breakers(
+        &self,
+    ) -> (
+        SharedBreaker,
+        SharedBreaker,
+        Arc<greenbelt_core::retry::RetryBudget>,
+    ) {
+        let r = &self.resilience;
+        (r.read.clone(), r.write.clone(), r.retry.clone())
     }
 
     /// Write through the write breaker.

@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/deployments/{model}", get(deployment_status))
         .route("/admin/shadow/{model}", get(shadow_report))
         .route("/admin/alerts", get(alerts_report))
+        .route("/admin/breakers", get(breakers_report))
         .route("/dashboard", get(dashboard_page))
         .route("/dashboard/data", get(dashboard_data))
         .route("/admin/schema/{model}", get(schema_report))
@@ -646,6 +647,12 @@ async fn dashboard_data(State(state): State<Arc<AppState>>) -> impl IntoResponse
 }
 
 /// The in-process SLO evaluation: error ratios, burn rates, alert states.
+/// `GET /admin/breakers`: every circuit breaker around a dependency (state,
+/// rates over its window, counts) and every retry budget.
+async fn breakers_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(state.breakers.report())
+}
+
 async fn alerts_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(state.alerts.report())
 }
