@@ -729,6 +729,24 @@ def check_render(name: str, docs: list[dict], secrets: dict[str, dict], fail: Fa
                 if ep.get("path", METRICS) not in server_routes():
                     fail.add(where_sm, f"path {ep.get('path')!r} is not a server route")
 
+    # An Ingress publishes inference only: every path under /v2, to a port
+    # of a Service in this render.
+    service_ports = {
+        s["metadata"]["name"]: {p.get("name") for p in s["spec"]["ports"]} | {p["port"] for p in s["spec"]["ports"]}
+        for s in by_kind.get("Service", [])
+    }
+    for ing in by_kind.get("Ingress", []):
+        where = f"{name} Ingress/{ing['metadata']['name']}"
+        for rule in ing["spec"].get("rules", []):
+            for p in rule.get("http", {}).get("paths", []):
+                if not under(p.get("path", "/"), "/v2"):
+                    fail.add(where, f"path {p.get('path')!r} publishes more than /v2: /admin, /registry, /features and /metrics must stay inside")
+                backend = p["backend"].get("service", {})
+                port = backend.get("port", {})
+                port = port.get("name", port.get("number"))
+                if port not in service_ports.get(backend.get("name"), set()):
+                    fail.add(where, f"backend {backend.get('name')}:{port} is no Service port in this render")
+
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         where = f"{name} HorizontalPodAutoscaler/{hpa['metadata']['name']}"
         if hpa["spec"]["scaleTargetRef"]["name"] not in deployments:
