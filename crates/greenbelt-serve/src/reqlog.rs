@@ -520,7 +520,7 @@ mod tests {
         let line = String::from_utf8(buf).unwrap();
         assert!(line.starts_with("2026-05-28T20:26:40.123456Z  INFO greenbelt::request: infer "));
         assert!(line.contains(" model=\"logreg\" "));
-        assert!(line.contains(" latency_ms=1.5 "));
+        assert!(line.contains(" latency_ms=1.500 "));
         assert!(line.ends_with("response_bytes=24\n"));
     }
 }
