@@ -141,6 +141,9 @@ struct FailoverArgs {
     /// BALANCER_STATS, A_SERVER, B_SERVER, ...).
     #[arg(long)]
     promote_cmd: Option<String>,
+    /// Keep the drill's directory (configs, logs, data) and say where.
+    #[arg(long)]
+    keep: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -212,6 +215,7 @@ async fn run_failover(a: FailoverArgs) -> anyhow::Result<()> {
             rpo_ms: millis("--rpo", a.rpo)?,
         },
         promote_cmd: a.promote_cmd,
+        keep: a.keep,
     };
     let report = failover(&opts, &|line: &str| eprintln!("{line}")).await?;
     if a.json {

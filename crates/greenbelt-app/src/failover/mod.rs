@@ -78,6 +78,8 @@ pub struct FailoverOptions {
     /// Shell commands that detect and promote instead of the drill's own
     /// (the runbook's), run with [`hook_env`]'s variables.
     pub promote_cmd: Option<String>,
+    /// Keep the drill's directory (configs, logs, data) when it ends.
+    pub keep: bool,
 }
 
 /// Where a region listens.
@@ -844,6 +846,28 @@ impl World {
     }
 
     /// The sequence numbers region `r`'s registry and online store hold.
+    /// [`World::found`], retried until the drill's timeout (a server whose
+    /// registry reconnects, a breaker that half-opens); the last error is
+    /// reported through `progress`.
+    async fn found_within(
+        &self,
+        r: Region,
+        max_seq: u64,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Option<Found> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match self.found(r, max_seq).await {
+                Ok(f) => return Some(f),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    progress(&format!("failover: reading region {r:?}'s records: {e}"));
+                    return None;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     async fn found(&self, r: Region, max_seq: u64) -> Result<Found> {
         let base = self.addrs.server(r);
         let read_ms = wall_ms();
@@ -1012,6 +1036,13 @@ pub async fn failover(
     }
     let tools = procs::preflight(&opts.pg_bin, &opts.pg_user, &opts.greenbelt)?;
     let mut w = World::create(opts, tools, progress).await?;
+    if opts.keep {
+        progress(&format!(
+            "failover: keeping {} (configs, serve.log, PostgreSQL and Redis logs)",
+            w.dir.path().display()
+        ));
+        w.dir.disable_cleanup(true);
+    }
     let lb = w.addrs.balancer();
     let specs = loadgen::model_inputs(&w.http, &lb, MODEL).await?;
     let inputs = Arc::new(
@@ -1054,7 +1085,9 @@ pub async fn failover(
     let load = load.await??;
     m.writes = writes.await?;
     phases?;
-    m.in_a = w.found(Region::A, sent.load(Ordering::Relaxed)).await.ok();
+    m.in_a = w
+        .found_within(Region::A, sent.load(Ordering::Relaxed), progress)
+        .await;
     m.probes = load
         .samples
         .iter()

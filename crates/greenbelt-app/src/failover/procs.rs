@@ -411,7 +411,13 @@ impl Proc {
         log: &Path,
     ) -> Result<Proc> {
         let what = format!("starting {name} ({})", program.display());
-        let out = std::fs::File::create(log).map_err(AppError::io(what.clone()))?;
+        // Appended: a region's server restarted in the fail-back keeps its
+        // first run's log.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(AppError::io(what.clone()))?;
         let err = out.try_clone().map_err(AppError::io(what.clone()))?;
         let child = Command::new(program)
             .args(args)
