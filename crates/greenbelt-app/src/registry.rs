@@ -337,3 +337,44 @@ pub fn deployment<'a>(
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use axum::body::Body;
+    use axum::extract::Path;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::builder().uri(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_late_apis_hand_inner_routes_only_their_own_path_parameters() {
+        let late = LateApis::default();
+        let r = late
+            .router()
+            .oneshot(get("/registry/models/m/versions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let inner = axum::Router::new().route(
+            "/registry/models/{model}/versions",
+            axum::routing::get(|Path(model): Path<String>| async move { model }),
+        );
+        late.routes.set(inner).unwrap();
+        // The outer `{*rest}` must not reach the handler as a second parameter.
+        let r = late
+            .router()
+            .oneshot(get("/registry/models/m/versions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"m");
+    }
+}
