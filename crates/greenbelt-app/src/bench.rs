@@ -136,6 +136,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
                 max_outstanding: opts.connections,
                 warmup: opts.warmup,
                 duration: opts.duration,
+                stop: None,
+                keep_samples: false,
             };
             tokio::spawn(async move { loadgen::run_open(&target, &inputs, open).await })
         }

@@ -4,8 +4,8 @@
 //! feature APIs and the background tasks it owns), and [`App::run`] serves
 //! and shuts it all down. Beside it, the behaviour of the `greenbelt`
 //! commands as library functions: the one load generator (bench and
-//! drill), the bad-deployment and pipeline-outage drills and their pure
-//! judges, the quickstart's
+//! drill), the bad-deployment, pipeline-outage and multi-region failover
+//! drills and their pure judges, the quickstart's
 //! demo project, pipelines with the feature store, registry and
 //! feature-store operations. The binary parses arguments, calls these and
 //! prints.
@@ -14,6 +14,7 @@ pub mod app;
 pub mod bench;
 pub mod drill;
 pub mod error;
+pub mod failover;
 pub mod feature_ops;
 pub mod features;
 pub mod loadgen;

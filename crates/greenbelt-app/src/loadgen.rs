@@ -459,8 +459,12 @@ pub struct OpenOptions {
     /// Requests outstanding at most; one due beyond it is dropped (counted).
     pub max_outstanding: usize,
     pub warmup: Duration,
-    /// Measured load, after the warm-up.
+    /// Measured load, after the warm-up (at most this long with `stop`).
     pub duration: Duration,
+    /// Ends the load early when it turns `true` (the failover drill).
+    pub stop: Option<watch::Receiver<bool>>,
+    /// Keep one [`Sample`] per measured request.
+    pub keep_samples: bool,
 }
 
 /// Run open-loop load: a request every `1 / rate` seconds (missed ticks
@@ -479,10 +483,11 @@ pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> 
     // Answers come back on a channel as large as the outstanding bound: a
     // task holds its slot until its answer is queued.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Sample, Option<Failed>)>(opts.max_outstanding);
+    let keep = opts.keep_samples;
     let collector = tokio::spawn(async move {
         let mut r = LoadResult::empty()?;
         while let Some((sample, error)) = rx.recv().await {
-            r.record(sample, error, false);
+            r.record(sample, error, keep);
         }
         Ok::<_, AppError>(r)
     });
@@ -492,9 +497,10 @@ pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> 
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut dropped = 0u64;
+    let mut stop = opts.stop.clone();
     loop {
         let due = ticks.tick().await;
-        if due >= end {
+        if due >= end || stop.as_mut().is_some_and(|s| *s.borrow_and_update()) {
             break;
         }
         let measured = due >= measure_from;
@@ -534,7 +540,10 @@ pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> 
         ))
     })???;
     total.dropped = dropped;
-    total.measured = opts.duration;
+    total.measured = match opts.stop {
+        Some(_) => Instant::now().saturating_duration_since(measure_from),
+        None => opts.duration,
+    };
     Ok(total)
 }
 

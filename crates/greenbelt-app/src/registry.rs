@@ -124,7 +124,7 @@ impl LateApis {
             async move {
                 use tower::ServiceExt;
                 match routes.get() {
-                    Some(r) => r.clone().oneshot(req).await.into_response(),
+                    Some(r) => r.clone().oneshot(forwarded(req)).await.into_response(),
                     None => (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         [(axum::http::header::RETRY_AFTER, "5")],
@@ -175,6 +175,27 @@ impl LateApis {
         ));
         tasks.adopt(controller.spawn(deployments, None));
     }
+}
+
+/// `req` as the real routers must see it: the outer `{*rest}` route's path
+/// parameter stays behind (axum would hand the inner handlers two
+/// parameters where they extract one: every `/registry/models/{model}/...`
+/// answered 500), the caller the auth layer found goes along.
+fn forwarded(req: axum::extract::Request) -> axum::extract::Request {
+    let (parts, body) = req.into_parts();
+    let caller = parts
+        .extensions
+        .get::<greenbelt_serve::auth::Caller>()
+        .cloned();
+    let mut out = axum::extract::Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = parts.uri;
+    *out.version_mut() = parts.version;
+    *out.headers_mut() = parts.headers;
+    if let Some(c) = caller {
+        out.extensions_mut().insert(c);
+    }
+    out
 }
 
 /// How often a server that started without its registry database tries
@@ -315,4 +336,45 @@ pub fn deployment<'a>(
                 "deployment \"{name}\" is not declared in [[deployments]] of the config"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use axum::body::Body;
+    use axum::extract::Path;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::builder().uri(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_late_apis_hand_inner_routes_only_their_own_path_parameters() {
+        let late = LateApis::default();
+        let r = late
+            .router()
+            .oneshot(get("/registry/models/m/versions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let inner = axum::Router::new().route(
+            "/registry/models/{model}/versions",
+            axum::routing::get(|Path(model): Path<String>| async move { model }),
+        );
+        late.routes.set(inner).unwrap();
+        // The outer `{*rest}` must not reach the handler as a second parameter.
+        let r = late
+            .router()
+            .oneshot(get("/registry/models/m/versions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"m");
+    }
 }

@@ -65,6 +65,7 @@ impl From<RegistryError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             RegistryError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RegistryError::ReadOnly(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }

@@ -41,11 +41,25 @@ pub enum RegistryError {
     Corrupt(String),
     #[error("registry database: {0}")]
     Db(String),
+    /// The database refused a write because it is a read-only hot standby
+    /// (SQLSTATE 25006): writes go to the primary, or promote this one.
+    #[error(
+        "registry database is a read-only standby: {0}; write to the primary region, or promote this database (pg_ctl promote) and retry"
+    )]
+    ReadOnly(String),
 }
+
+/// SQLSTATE `read_only_sql_transaction`: a write on a hot standby.
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 impl From<sqlx::Error> for RegistryError {
     fn from(e: sqlx::Error) -> Self {
-        RegistryError::Db(e.to_string())
+        match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(READ_ONLY_SQL_TRANSACTION) => {
+                RegistryError::ReadOnly(d.message().to_string())
+            }
+            _ => RegistryError::Db(e.to_string()),
+        }
     }
 }
 

@@ -199,8 +199,53 @@ impl Registry {
             dialect,
             listen_url,
         };
-        registry.migrate().await?;
+        if registry.in_recovery().await? {
+            // A hot standby (streaming replica) refuses every write, the
+            // migrations' bookkeeping included: serve reads from it if the
+            // primary has migrated it; writes answer `ReadOnly` until it is
+            // promoted, and then work on the same connections.
+            registry.check_migrated().await?;
+            tracing::warn!(registry = %greenbelt_auth::redact_url(&url), "the registry database is a read-only hot standby: reads are served, writes are refused until it is promoted");
+        } else {
+            registry.migrate().await?;
+        }
         Ok(registry)
+    }
+
+    /// Whether the database is a PostgreSQL hot standby (in recovery).
+    pub async fn in_recovery(&self) -> Result<bool, RegistryError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(false);
+        }
+        let row = sqlx::query("SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS r")
+            .fetch_one(&self.pool)
+            .await?;
+        let r: i32 = row.try_get("r")?;
+        Ok(r == 1)
+    }
+
+    /// A standby cannot migrate itself: every migration this build knows
+    /// must already be recorded (applied on the primary, replicated).
+    async fn check_migrated(&self) -> Result<(), RegistryError> {
+        let want: Vec<i64> = migrations(self.dialect).iter().map(|(v, _)| *v).collect();
+        let rows = sqlx::query("SELECT version FROM gb_schema_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                RegistryError::Db(format!(
+                    "the registry database is a read-only standby without the registry schema ({e}); start a server against the primary first so it migrates"
+                ))
+            })?;
+        let have = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<Vec<_>, _>>()?;
+        match want.iter().find(|v| !have.contains(v)) {
+            None => Ok(()),
+            Some(v) => Err(RegistryError::Db(format!(
+                "the registry database is a read-only standby whose schema lacks migration {v}; upgrade the primary first (a server against it migrates), then this standby replicates it"
+            ))),
+        }
     }
 
     /// A subscription to alias moves (PostgreSQL LISTEN/NOTIFY), or None on

@@ -1,12 +1,14 @@
-//! `greenbelt drill bad-deploy` and `greenbelt drill pipeline-outage`:
-//! arguments for `greenbelt_app::drill::bad_deploy` and
-//! `greenbelt_app::pipeline_drill::pipeline_outage`, and their reports.
+//! `greenbelt drill bad-deploy`, `greenbelt drill pipeline-outage` and
+//! `greenbelt drill failover`: arguments for `greenbelt_app::drill::bad_deploy`,
+//! `greenbelt_app::pipeline_drill::pipeline_outage` and
+//! `greenbelt_app::failover::failover`, and their reports.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use greenbelt_app::drill::{BadDeployOptions, FaultKind, bad_deploy};
+use greenbelt_app::failover::{FailoverOptions, Objectives, failover};
 use greenbelt_app::pipeline_drill::{self, PipelineOutageOptions, pipeline_outage};
 
 #[derive(clap::Args)]
@@ -88,6 +90,63 @@ enum DrillCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Two regions on this machine (PostgreSQL primary + hot standby, Redis
+    /// primary + replica, a server each, HAProxy in front): take region A
+    /// down under load, promote B, measure detection, RTO, RPO and failed
+    /// requests, then fail back to A.
+    Failover(FailoverArgs),
+}
+
+#[derive(clap::Args)]
+struct FailoverArgs {
+    /// The ONNX model both regions serve.
+    #[arg(long)]
+    model: PathBuf,
+    /// PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup, psql).
+    #[arg(
+        long,
+        env = "GREENBELT_PG_BIN",
+        default_value = "/usr/lib/postgresql/15/bin"
+    )]
+    pg_bin: PathBuf,
+    /// The user PostgreSQL runs as when the drill runs as root.
+    #[arg(long, default_value = "postgres")]
+    pg_user: String,
+    /// Predictions per second through the load balancer.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Registry writes per second (and as many feature pushes).
+    #[arg(long, default_value_t = 10.0)]
+    write_rate: f64,
+    /// Steady load before region A goes down.
+    #[arg(long, default_value = "4s")]
+    steady: String,
+    /// Load on region B before the fail-back.
+    #[arg(long, default_value = "4s")]
+    after: String,
+    /// Longest wait for each step.
+    #[arg(long, default_value = "30s")]
+    timeout: String,
+    /// Recovery time objective: fail when the first prediction from region
+    /// B comes later than this after the failure.
+    #[arg(long)]
+    rto: Option<String>,
+    /// Recovery point objective: fail when acknowledged writes older than
+    /// this before the failure are missing from region B.
+    #[arg(long)]
+    rpo: Option<String>,
+    /// Shell commands that promote region B instead of the drill's own
+    /// (docs/runbooks/failover.md's; they see PG_BIN, AS_POSTGRES,
+    /// B_PGDATA, B_PGHOST, B_PGPORT, B_REDIS_HOST, B_REDIS_PORT, BALANCER,
+    /// BALANCER_STATS, A_SERVER, B_SERVER, ...).
+    #[arg(long)]
+    promote_cmd: Option<String>,
+    /// Keep the drill's directory (configs, logs, data) and say where.
+    #[arg(long)]
+    keep: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
@@ -135,6 +194,41 @@ async fn run_pipeline_outage(
     Ok(())
 }
 
+fn millis(flag: &str, text: Option<String>) -> anyhow::Result<Option<i64>> {
+    text.map(|t| Ok(i64::try_from(duration(flag, &t)?.as_millis())?))
+        .transpose()
+}
+
+async fn run_failover(a: FailoverArgs) -> anyhow::Result<()> {
+    let opts = FailoverOptions {
+        greenbelt: std::env::current_exe().context("finding the greenbelt binary")?,
+        model_file: a.model,
+        pg_bin: a.pg_bin,
+        pg_user: a.pg_user,
+        rate: a.rate,
+        write_rate: a.write_rate,
+        steady: duration("--steady", &a.steady)?,
+        after: duration("--after", &a.after)?,
+        timeout: duration("--timeout", &a.timeout)?,
+        objectives: Objectives {
+            rto_ms: millis("--rto", a.rto)?,
+            rpo_ms: millis("--rpo", a.rpo)?,
+        },
+        promote_cmd: a.promote_cmd,
+        keep: a.keep,
+    };
+    let report = failover(&opts, &|line: &str| eprintln!("{line}")).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if let Some(why) = report.failure() {
+        bail!("drill failed: {why}");
+    }
+    Ok(())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (kind, deployment, config, server, clients, slow, timeout, json) = match args.command {
         DrillCmd::BadDeploy {
@@ -166,6 +260,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await;
         }
+        DrillCmd::Failover(a) => return run_failover(a).await,
     };
     let opts = BadDeployOptions {
         kind: match kind {

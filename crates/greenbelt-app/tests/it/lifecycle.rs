@@ -115,6 +115,8 @@ async fn readiness_waits_for_the_deployment_and_shutdown_serves_out_its_delay() 
             max_outstanding: 64,
             warmup: Duration::from_millis(200),
             duration: Duration::from_secs(1),
+            stop: None,
+            keep_samples: false,
         },
     )
     .await
