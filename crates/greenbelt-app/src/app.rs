@@ -31,7 +31,7 @@ pub struct App {
 impl App {
     /// Open the feature store, build the server with it (models load
     /// here), mount the registry, rollout and feature APIs and start the
-    /// controller, freshness and canary tasks.
+    /// controller, freshness, canary and autoscaler tasks.
     pub async fn build(config: Config) -> Result<App> {
         let features = FeatureStore::open(&config).await?;
         let mut server =
@@ -51,6 +51,7 @@ impl App {
             server.merge(f.router());
             f.spawn_tasks(server.state.metrics.clone(), &mut tasks);
         }
+        crate::autoscale::spawn(server.state.clone(), &mut tasks);
         Ok(App {
             server,
             tasks,

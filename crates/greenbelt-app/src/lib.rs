@@ -11,6 +11,8 @@
 //! prints.
 
 pub mod app;
+pub mod autoscale;
+pub mod autoscale_sim;
 pub mod bench;
 pub mod drill;
 pub mod error;

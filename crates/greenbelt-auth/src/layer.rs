@@ -147,6 +147,7 @@ mod tests {
             (Method::GET, "/dashboard/data", Need::Role(Role::Viewer)),
             (Method::GET, "/dashboard", Need::Public),
             (Method::GET, "/admin/deployments/m", Need::Public),
+            (Method::GET, "/admin/autoscaler", Need::Public),
             (
                 Method::POST,
                 "/features/push",

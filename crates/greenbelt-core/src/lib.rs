@@ -5,6 +5,7 @@
 //! tokio's clock); it must stay cheap to compile
 //! because every other crate depends on it.
 
+pub mod autoscale;
 pub mod breaker;
 pub mod datatype;
 pub mod error;

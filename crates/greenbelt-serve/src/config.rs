@@ -31,6 +31,9 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// OpenTelemetry traces over OTLP (`[tracing]`, see `traces.rs`).
     pub tracing: crate::traces::TracingConfig,
+    /// The autoscaler's evaluation (`[autoscale]`; per-deployment policy in
+    /// `[deployments.autoscale]`, see `autoscale.rs`).
+    pub autoscale: crate::autoscale::AutoscaleConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -421,6 +424,7 @@ impl Config {
             ));
         }
         self.tracing.validate().map_err(ConfigError::Invalid)?;
+        self.autoscale.validate().map_err(ConfigError::Invalid)?;
         t.payload_log.validate().map_err(ConfigError::Invalid)?;
         if self.registry.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -561,6 +565,55 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("urgent") || e.contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn autoscale_settings_parse_and_bad_values_name_the_field() {
+        let c = parse(
+            "[autoscale]\ninterval = \"1s\"\nreplicas = 3\n[[deployments]]\nname = \"d\"\n[deployments.autoscale]\nalgorithm = \"hpa\"\nmetric = \"rps\"\ntarget = 50\nmax_replicas = 8\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.autoscale.replicas, 3);
+        let a = c.deployments[0].autoscale.as_ref().unwrap();
+        assert_eq!(a.algorithm, greenbelt_core::autoscale::Algorithm::Hpa);
+        assert_eq!(a.target, Some(50.0));
+        assert!(parse("", &[]).unwrap().autoscale.enabled);
+        for (text, want) in [
+            (
+                "[autoscale]\ninterval = \"often\"\n",
+                "[autoscale] interval",
+            ),
+            ("[autoscale]\nreplicas = 0\n", "[autoscale] replicas"),
+            ("[autoscale]\nreplica = 2\n", "replica"),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\ntarget = 0\n",
+                "\"d\": autoscale.target",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\nmin_replicas = 4\nmax_replicas = 2\n",
+                "autoscale.max_replicas",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\npanic_window = \"2m\"\n",
+                "autoscale.panic_window",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\nstable_window = \"a minute\"\n",
+                "autoscale.stable_window",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\nalgorithm = \"vpa\"\n",
+                "vpa",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.autoscale]\ntolerence = 0.2\n",
+                "tolerence",
+            ),
+        ] {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

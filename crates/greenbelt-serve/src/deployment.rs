@@ -40,6 +40,10 @@ pub struct DeploymentConfig {
     /// (low sheds first under overload).
     #[serde(default)]
     pub priority: crate::stages::limit::Priority,
+    /// The autoscaler's policy for this deployment (`[deployments.autoscale]`;
+    /// absent: the defaults, see `autoscale.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
 }
 
 fn default_alias() -> String {
@@ -64,6 +68,12 @@ impl DeploymentConfig {
         for (i, s) in self.shadow.iter().enumerate() {
             s.validate()
                 .map_err(|e| format!("{at}: shadow[{i}]: {e}"))?;
+        }
+        if let Some(a) = &self.autoscale {
+            // The defaults that depend on the server (target, SLO) are
+            // filled in later; what is written is checked here.
+            a.policy(1, None)
+                .map_err(|e| format!("{at}: autoscale.{e}"))?;
         }
         self.rollout
             .validate()

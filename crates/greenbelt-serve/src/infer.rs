@@ -63,6 +63,9 @@ pub struct AppState {
     /// database, artifact store, online store), for `/metrics` and
     /// `/admin/breakers`.
     pub breakers: greenbelt_core::breaker::BreakerSet,
+    /// Replica recommendations per served model (`[autoscale]`; evaluated
+    /// by a background task of the app, shown on `/admin/autoscaler`).
+    pub autoscaler: Arc<crate::autoscale::Autoscaler>,
     ready: AtomicBool,
 }
 
@@ -77,6 +80,7 @@ impl AppState {
     ) -> Self {
         let timeout = std::time::Duration::from_millis(config.server.request_timeout_ms);
         AppState {
+            autoscaler: Arc::new(crate::autoscale::Autoscaler::new(&config)),
             shadows: Shadows::new(config.server.shadow_queue, metrics.clone()),
             admission: Admission::new(
                 config.server.max_inflight,

@@ -8,6 +8,7 @@
 //! telemetry.
 
 pub mod alerts;
+pub mod autoscale;
 pub mod batcher;
 pub mod compute;
 pub mod config;

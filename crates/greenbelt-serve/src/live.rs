@@ -4,6 +4,11 @@
 //! takes snapshots and analyses the difference between two of them (a
 //! window), which Prometheus histograms with fixed coarse buckets cannot
 //! give precisely enough for a p99 condition.
+//!
+//! The autoscaler reads the same counters, plus one more atomic: the
+//! microseconds requests spent in the server (`busy_us`), whose growth over
+//! an interval divided by the interval is the average concurrency (Little's
+//! law), so nothing samples the in-flight gauge.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,6 +58,8 @@ pub struct LiveStats {
     server_errors: AtomicU64,
     timeouts: AtomicU64,
     client_errors: AtomicU64,
+    /// Microseconds spent by every request recorded (all outcomes).
+    busy_us: AtomicU64,
     latency: Box<[AtomicU64]>,
 }
 
@@ -63,6 +70,7 @@ impl Default for LiveStats {
             server_errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -73,6 +81,9 @@ impl LiveStats {
     /// and are not counted; client errors are counted apart and are neither
     /// samples nor latencies.
     pub fn record(&self, outcome: Outcome, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // Every request occupied the server, shed or not: concurrency.
+        self.busy_us.fetch_add(us, Ordering::Relaxed);
         match outcome {
             Outcome::Shed => return,
             Outcome::ServerError => {
@@ -91,7 +102,6 @@ impl LiveStats {
             Outcome::Success => {}
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         if let Some(b) = self.latency.get(bucket_of(us)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
@@ -103,6 +113,7 @@ impl LiveStats {
             server_errors: self.server_errors.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             client_errors: self.client_errors.load(Ordering::Relaxed),
+            busy_us: self.busy_us.load(Ordering::Relaxed),
             latency: self
                 .latency
                 .iter()
@@ -119,6 +130,8 @@ pub struct LiveSnapshot {
     pub server_errors: u64,
     pub timeouts: u64,
     pub client_errors: u64,
+    /// Microseconds spent in the server by the requests counted so far.
+    pub busy_us: u64,
     latency: Vec<u64>,
 }
 
@@ -143,6 +156,45 @@ impl LiveSnapshot {
             .take_while(|(i, _)| bucket_upper(*i) <= us)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// The counts added since `earlier`, as a snapshot of their own (a
+    /// reset version counts from zero).
+    pub fn minus(&self, earlier: &LiveSnapshot) -> LiveSnapshot {
+        LiveSnapshot {
+            requests: self.requests.saturating_sub(earlier.requests),
+            server_errors: self.server_errors.saturating_sub(earlier.server_errors),
+            timeouts: self.timeouts.saturating_sub(earlier.timeouts),
+            client_errors: self.client_errors.saturating_sub(earlier.client_errors),
+            busy_us: self.busy_us.saturating_sub(earlier.busy_us),
+            latency: self
+                .latency
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.latency.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// Add `other`'s counts to these (several versions of a deployment).
+    pub fn add(&mut self, other: &LiveSnapshot) {
+        self.requests += other.requests;
+        self.server_errors += other.server_errors;
+        self.timeouts += other.timeouts;
+        self.client_errors += other.client_errors;
+        self.busy_us = self.busy_us.saturating_add(other.busy_us);
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+
+    /// The `q` quantile of the latencies counted, in milliseconds (0 when
+    /// none).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        quantile_ms(&self.latency, q)
     }
 
     /// The window between `earlier` and `self` (counts never go down; a
@@ -258,5 +310,26 @@ mod tests {
         // An empty window.
         let now = s.snapshot();
         assert_eq!(now.since(&now), Window::default());
+    }
+
+    #[test]
+    fn deltas_add_up_across_versions_and_count_busy_time() {
+        let a = LiveStats::default();
+        let b = LiveStats::default();
+        let (a0, b0) = (a.snapshot(), b.snapshot());
+        for _ in 0..99 {
+            a.record(Outcome::Success, Duration::from_millis(2));
+        }
+        b.record(Outcome::Success, Duration::from_millis(80));
+        b.record(Outcome::Shed, Duration::from_millis(1));
+        let mut sum = a.snapshot().minus(&a0);
+        sum.add(&b.snapshot().minus(&b0));
+        assert_eq!(sum.requests, 100);
+        // 99 × 2 ms + 80 ms + the shed request's 1 ms.
+        assert_eq!(sum.busy_us, 99 * 2000 + 80_000 + 1000);
+        assert!((2.0..2.3).contains(&sum.quantile_ms(0.5)));
+        assert!((2.0..2.3).contains(&sum.quantile_ms(0.99)));
+        assert!((80.0..91.0).contains(&sum.quantile_ms(1.0)));
+        assert_eq!(LiveSnapshot::default().quantile_ms(0.99), 0.0);
     }
 }

@@ -27,6 +27,15 @@
 //! | `greenbelt_shadow_duration_seconds` | histogram | deployment, version |
 //! | `greenbelt_rollout_canary_weight_ratio` | gauge | deployment |
 //! | `greenbelt_rollout_events_total` | counter | deployment, event |
+//! | `greenbelt_autoscaler_desired_replicas` | gauge | deployment |
+//! | `greenbelt_autoscaler_current_replicas` | gauge | deployment |
+//! | `greenbelt_autoscaler_observed_concurrency` | gauge | deployment |
+//! | `greenbelt_autoscaler_observed_rps` | gauge | deployment |
+//! | `greenbelt_autoscaler_observed_p99_seconds` | gauge | deployment |
+//! | `greenbelt_autoscaler_stable_value` | gauge | deployment |
+//! | `greenbelt_autoscaler_panic_value` | gauge | deployment |
+//! | `greenbelt_autoscaler_panic_mode` | gauge | deployment |
+//! | `greenbelt_autoscaler_latency_ratio` | gauge | deployment |
 //!
 //! Requests for a model that is not loaded are counted under `model="_unknown"`.
 
@@ -204,6 +213,8 @@ pub struct Metrics {
     shadow_duration: Family<DeploymentVersionLabels, Histogram, Buckets>,
     canary_weight: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollout_events: Family<EventLabels, Counter>,
+    /// `greenbelt_autoscaler_*`, in [`AUTOSCALER_GAUGES`] order.
+    autoscaler: [Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>; 9],
     api_requests: Family<ApiLabels, Counter>,
     wire_request_bytes: Family<VersionLabels, Histogram, Buckets>,
     wire_response_bytes: Family<VersionLabels, Histogram, Buckets>,
@@ -251,6 +262,7 @@ impl Metrics {
             canary_weight: Family::default(),
             external: Default::default(),
             rollout_events: Family::default(),
+            autoscaler: Default::default(),
             request_log: Default::default(),
             payload_log: Default::default(),
             api_requests: Family::default(),
@@ -365,6 +377,9 @@ impl Metrics {
             "Rollout transitions: started, promoted, aborted, paused, inconclusive, rolled_back",
             m.rollout_events.clone(),
         );
+        for ((name, help), family) in AUTOSCALER_GAUGES.iter().zip(&m.autoscaler) {
+            registry.register(*name, *help, family.clone());
+        }
         registry.register(
             "greenbelt_request_wire_bytes",
             "Size of successful inference requests on the wire (REST body, gRPC message)",
@@ -667,6 +682,40 @@ impl Metrics {
             .set(ratio);
     }
 
+    /// Publish one deployment's autoscaler evaluation.
+    pub fn set_autoscaler(&self, deployment: &str, values: &AutoscalerGauges) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_string(),
+        };
+        let v = values;
+        let p99 = v.observed_p99_seconds.unwrap_or(f64::NAN);
+        let ratio = v.latency_ratio.unwrap_or(f64::NAN);
+        let all = [
+            f64::from(v.desired_replicas),
+            f64::from(v.current_replicas),
+            v.observed_concurrency,
+            v.observed_rps,
+            p99,
+            v.stable_value,
+            v.panic_value,
+            if v.panic_mode { 1.0 } else { 0.0 },
+            ratio,
+        ];
+        for (family, value) in self.autoscaler.iter().zip(all) {
+            family.get_or_create(&labels).set(value);
+        }
+    }
+
+    /// Drop a deployment's autoscaler series (no longer served).
+    pub fn forget_autoscaler(&self, deployment: &str) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_string(),
+        };
+        for family in &self.autoscaler {
+            family.remove(&labels);
+        }
+    }
+
     pub fn rollout_event(&self, deployment: &str, event: &str) {
         self.rollout_events
             .get_or_create(&EventLabels {
@@ -704,6 +753,60 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// Name and help of each autoscaler gauge (values in [`AutoscalerGauges`]).
+pub const AUTOSCALER_GAUGES: [(&str, &str); 9] = [
+    (
+        "greenbelt_autoscaler_desired_replicas",
+        "Replicas the autoscaler recommends for the deployment (Knative KPA or HPA v2 on the load metric, max with the p99/SLO metric; see [autoscale])",
+    ),
+    (
+        "greenbelt_autoscaler_current_replicas",
+        "Replicas the recommendation started from ([autoscale] replicas)",
+    ),
+    (
+        "greenbelt_autoscaler_observed_concurrency",
+        "Requests in flight in this process, averaged over the last evaluation interval",
+    ),
+    (
+        "greenbelt_autoscaler_observed_rps",
+        "Requests per second arriving at this process over the last evaluation interval",
+    ),
+    (
+        "greenbelt_autoscaler_observed_p99_seconds",
+        "p99 latency of this process's answers over the last evaluation interval (NaN: too few)",
+    ),
+    (
+        "greenbelt_autoscaler_stable_value",
+        "The load metric averaged over the stable window, deployment total",
+    ),
+    (
+        "greenbelt_autoscaler_panic_value",
+        "The load metric averaged over the panic window, deployment total",
+    ),
+    (
+        "greenbelt_autoscaler_panic_mode",
+        "1 while the autoscaler is in Knative's panic mode",
+    ),
+    (
+        "greenbelt_autoscaler_latency_ratio",
+        "p99 over the deployment's latency SLO (NaN: no SLO or too few answers)",
+    ),
+];
+
+/// One evaluation's values for the `greenbelt_autoscaler_*` gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AutoscalerGauges {
+    pub desired_replicas: u32,
+    pub current_replicas: u32,
+    pub observed_concurrency: f64,
+    pub observed_rps: f64,
+    pub observed_p99_seconds: Option<f64>,
+    pub stable_value: f64,
+    pub panic_value: f64,
+    pub panic_mode: bool,
+    pub latency_ratio: Option<f64>,
 }
 
 struct VersionMetricsInner {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod app;
+mod autoscale;
 #[path = "../../../greenbelt-control/tests/it/cuttable.rs"]
 mod cuttable;
 mod lifecycle;

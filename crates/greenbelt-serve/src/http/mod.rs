@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/shadow/{model}", get(shadow_report))
         .route("/admin/alerts", get(alerts_report))
         .route("/admin/breakers", get(breakers_report))
+        .route("/admin/autoscaler", get(autoscaler_report))
         .route("/dashboard", get(dashboard_page))
         .route("/dashboard/data", get(dashboard_data))
         .route("/admin/schema/{model}", get(schema_report))
@@ -651,6 +652,12 @@ async fn dashboard_data(State(state): State<Arc<AppState>>) -> impl IntoResponse
 /// rates over its window, counts) and every retry budget.
 async fn breakers_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(state.breakers.report())
+}
+
+/// `GET /admin/autoscaler`: each served model's replica recommendation
+/// and the observations behind it.
+async fn autoscaler_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(state.autoscaler.report())
 }
 
 async fn alerts_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
