@@ -119,6 +119,8 @@ async fn real_load_makes_desired_replicas_rise() {
                 max_outstanding: 64,
                 warmup: Duration::ZERO,
                 duration: Duration::from_millis(1500),
+                stop: None,
+                keep_samples: false,
             },
         )
         .await
