@@ -1,6 +1,7 @@
 //! The `greenbelt` binary: parses arguments, calls the library crates
 //! (`greenbelt-app` above all) and prints. Nothing else lives here.
 
+mod autoscale_cmd;
 mod bench;
 mod drill_cmd;
 mod features_cmd;
@@ -58,6 +59,8 @@ enum Command {
     Drill(drill_cmd::Args),
     /// Service-level objectives: generate Prometheus rules and alerts.
     Slo(slo_cmd::Args),
+    /// Autoscaling: replay a request-rate trace through the recommender.
+    Autoscale(autoscale_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -179,6 +182,7 @@ fn main() -> std::process::ExitCode {
             Command::Shadow(args) => rollout_cmd::shadow(args).await,
             Command::Drill(args) => drill_cmd::run(args).await,
             Command::Slo(args) => slo_cmd::run(args).await,
+            Command::Autoscale(args) => autoscale_cmd::run(args).await,
         }
     });
     match result {
