@@ -256,22 +256,16 @@ pub fn hpa_replicas(current: u32, ratio: f64, tolerance: f64) -> u32 {
 }
 
 fn ceil_u32(x: f64) -> u32 {
-    if x.is_nan() || x <= 0.0 {
-        0
-    } else if x >= f64::from(u32::MAX) {
-        u32::MAX
-    } else {
-        // Guard float noise: 3.0000000000000004 is 3.
-        let r = x.round();
-        if (x - r).abs() < 1e-9 {
-            r as u32
-        } else {
-            x.ceil() as u32
-        }
-    }
+    round_u32(x, f64::ceil)
 }
 
 fn floor_u32(x: f64) -> u32 {
+    round_u32(x, f64::floor)
+}
+
+/// `x` rounded by `dir` into u32 (NaN and negatives are 0, too large is
+/// `u32::MAX`), with float noise guarded: 3.0000000000000004 is 3.
+fn round_u32(x: f64, dir: fn(f64) -> f64) -> u32 {
     if x.is_nan() || x <= 0.0 {
         0
     } else if x >= f64::from(u32::MAX) {
@@ -281,7 +275,7 @@ fn floor_u32(x: f64) -> u32 {
         if (x - r).abs() < 1e-9 {
             r as u32
         } else {
-            x.floor() as u32
+            dir(x) as u32
         }
     }
 }
