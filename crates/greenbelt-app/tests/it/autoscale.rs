@@ -35,15 +35,19 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-async fn desired_on_metrics(client: &reqwest::Client, base: &str) -> Option<f64> {
-    let text = client
+async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
         .get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn desired_on_metrics(client: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = metrics_text(client, base).await;
     text.lines()
         .find(|l| l.starts_with("greenbelt_autoscaler_desired_replicas{deployment=\"scorer\"}"))
         .and_then(|l| l.rsplit(' ').next())
@@ -156,14 +160,7 @@ async fn real_load_makes_desired_replicas_rise() {
         "{report}"
     );
     assert!(scorer["latency_ratio"].is_number(), "{report}");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &base).await;
     for name in [
         "greenbelt_autoscaler_observed_rps{deployment=\"scorer\"}",
         "greenbelt_autoscaler_observed_concurrency{deployment=\"scorer\"}",
