@@ -52,6 +52,7 @@ impl App {
             f.spawn_tasks(server.state.metrics.clone(), &mut tasks);
         }
         crate::autoscale::spawn(server.state.clone(), &mut tasks);
+        crate::drift::spawn(server.state.clone(), &mut tasks);
         Ok(App {
             server,
             tasks,

@@ -14,6 +14,7 @@ pub mod app;
 pub mod autoscale;
 pub mod autoscale_sim;
 pub mod bench;
+pub mod drift;
 pub mod drill;
 pub mod error;
 pub mod failover;

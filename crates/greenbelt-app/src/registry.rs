@@ -292,7 +292,9 @@ pub async fn model_signature(file: &Path, config: &Config) -> Result<Value> {
 }
 
 /// Register the ONNX model in `file` as a new version of `model`: its
-/// signature read by loading it, the bytes put in the artifact store.
+/// signature read by loading it, the bytes put in the artifact store. A
+/// reference profile beside it (`model.profile.json` for `model.onnx`) is
+/// stored with it.
 pub async fn register_file(
     registry: &Registry,
     config: &Config,
@@ -302,9 +304,52 @@ pub async fn register_file(
     tags: Value,
     who: String,
 ) -> Result<ModelVersion> {
+    let beside = greenbelt_serve::repository::profile_path(file);
+    let profile = beside.exists().then_some(beside);
+    register_file_with_profile(
+        registry,
+        config,
+        model,
+        file,
+        profile.as_deref(),
+        metrics,
+        tags,
+        who,
+    )
+    .await
+}
+
+/// [`register_file`] with the reference profile read from `profile`
+/// (checked against the model's signature before anything is stored).
+#[allow(clippy::too_many_arguments)]
+pub async fn register_file_with_profile(
+    registry: &Registry,
+    config: &Config,
+    model: String,
+    file: &Path,
+    profile: Option<&Path>,
+    metrics: Value,
+    tags: Value,
+    who: String,
+) -> Result<ModelVersion> {
     let bytes = std::fs::read(file).map_err(AppError::io(format!("reading {}", file.display())))?;
     let signature = model_signature(file, config).await?;
     let store = ArtifactStore::open(&config.registry.artifacts)?;
+    let mut lineage = json!({ "source_file": file.display().to_string() });
+    if let Some(path) = profile {
+        let text = std::fs::read_to_string(path).map_err(AppError::io(format!(
+            "reading the profile {}",
+            path.display()
+        )))?;
+        let parsed = greenbelt_drift::model::ModelProfile::from_json(&text)
+            .map_err(|e| AppError::Invalid(format!("{}: {e}", path.display())))?;
+        let sig: greenbelt_core::Signature = serde_json::from_value(signature.clone())
+            .map_err(|e| AppError::Invalid(format!("signature: {e}")))?;
+        greenbelt_serve::drift::DriftMonitor::new(&parsed, &sig, 1, 0)
+            .map_err(|e| AppError::Invalid(format!("{}: {e}", path.display())))?;
+        let (p_uri, p_sha) = store.put(text.into_bytes().into(), "json").await?;
+        lineage["profile"] = json!({ "uri": p_uri, "sha256": p_sha });
+    }
     let (uri, sha) = store.put(bytes.into(), "onnx").await?;
     Ok(registry
         .register(NewVersion {
@@ -315,7 +360,7 @@ pub async fn register_file(
             signature,
             metrics,
             tags,
-            lineage: json!({ "source_file": file.display().to_string() }),
+            lineage,
             created_by: who,
             ..Default::default()
         })

@@ -60,6 +60,10 @@ pub fn policy(method: &Method, path: &str) -> Need {
         _ if infer => Need::Public,
         "/v2/repository/index" | "/features/online" => Need::Public,
         "/features/push" => Need::Role(Role::FeatureWriter),
+        // Delayed labels are data, written by the same pipelines as features.
+        _ if path.starts_with("/v2/models/") && path.ends_with("/labels") => {
+            Need::Role(Role::FeatureWriter)
+        }
         _ if path.starts_with("/registry/") || path.starts_with("/admin/rollouts") => {
             Need::Role(Role::Deployer)
         }
@@ -148,6 +152,12 @@ mod tests {
             (Method::GET, "/dashboard", Need::Public),
             (Method::GET, "/admin/deployments/m", Need::Public),
             (Method::GET, "/admin/autoscaler", Need::Public),
+            (Method::GET, "/admin/drift/m", Need::Public),
+            (
+                Method::POST,
+                "/v2/models/m/labels",
+                Need::Role(Role::FeatureWriter),
+            ),
             (
                 Method::POST,
                 "/features/push",

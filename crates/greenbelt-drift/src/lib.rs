@@ -12,6 +12,7 @@
 
 pub mod categorical;
 pub mod ks;
+pub mod model;
 pub mod profile;
 pub mod psi;
 pub mod wasserstein;

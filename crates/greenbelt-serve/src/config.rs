@@ -34,6 +34,8 @@ pub struct Config {
     /// The autoscaler's evaluation (`[autoscale]`; per-deployment policy in
     /// `[deployments.autoscale]`, see `autoscale.rs`).
     pub autoscale: crate::autoscale::AutoscaleConfig,
+    /// The live drift monitor and delayed labels (`[drift]`, see `drift/`).
+    pub drift: crate::drift::DriftConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -425,6 +427,7 @@ impl Config {
         }
         self.tracing.validate().map_err(ConfigError::Invalid)?;
         self.autoscale.validate().map_err(ConfigError::Invalid)?;
+        self.drift.settings().map_err(ConfigError::Invalid)?;
         t.payload_log.validate().map_err(ConfigError::Invalid)?;
         if self.registry.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(

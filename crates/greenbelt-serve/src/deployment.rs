@@ -44,6 +44,10 @@ pub struct DeploymentConfig {
     /// absent: the defaults, see `autoscale.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
+    /// Requests outside the stable version's reference go to a challenger
+    /// (`[deployments.drift_routing]`, see `drift/config.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_routing: Option<crate::drift::DriftRoutingSpec>,
 }
 
 fn default_alias() -> String {
@@ -68,6 +72,9 @@ impl DeploymentConfig {
         for (i, s) in self.shadow.iter().enumerate() {
             s.validate()
                 .map_err(|e| format!("{at}: shadow[{i}]: {e}"))?;
+        }
+        if let Some(r) = &self.drift_routing {
+            r.validate(&self.shadow).map_err(|e| format!("{at}: {e}"))?;
         }
         if let Some(a) = &self.autoscale {
             // The defaults that depend on the server (target, SLO) are

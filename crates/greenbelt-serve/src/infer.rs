@@ -66,6 +66,9 @@ pub struct AppState {
     /// Replica recommendations per served model (`[autoscale]`; evaluated
     /// by a background task of the app, shown on `/admin/autoscaler`).
     pub autoscaler: Arc<crate::autoscale::Autoscaler>,
+    /// Live drift windows, delayed labels (`[drift]`; windows closed by a
+    /// background task of the app, shown on `/admin/drift`).
+    pub drift: Arc<crate::drift::DriftHub>,
     ready: AtomicBool,
 }
 
@@ -81,6 +84,11 @@ impl AppState {
         let timeout = std::time::Duration::from_millis(config.server.request_timeout_ms);
         AppState {
             autoscaler: Arc::new(crate::autoscale::Autoscaler::new(&config)),
+            // Config::load validated it; a hand-built config that did not
+            // gets the defaults.
+            drift: Arc::new(crate::drift::DriftHub::new(
+                config.drift.settings().unwrap_or_default(),
+            )),
             shadows: Shadows::new(config.server.shadow_queue, metrics.clone()),
             admission: Admission::new(
                 config.server.max_inflight,
@@ -255,7 +263,15 @@ pub async fn infer(
     let log = state.payload_log.wants(ctx.trace.low64());
     let result = tokio::time::timeout_at(
         deadline,
-        answer(state, &routed, req, &mut stats, deadline, log),
+        answer(
+            state,
+            &routed,
+            req,
+            &mut stats,
+            deadline,
+            log,
+            &ctx.request_id,
+        ),
     )
     .await
     .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
@@ -352,8 +368,9 @@ async fn answer(
     stats: &mut Stats,
     deadline: tokio::time::Instant,
     log_payload: bool,
+    request_id: &str,
 ) -> Result<Answered, ServeError> {
-    let served = &routed.served;
+    let mut served = &routed.served;
     let lookup = tokio::time::Instant::now();
     let (req, assembled) = crate::features::assemble(
         served,
@@ -370,7 +387,18 @@ async fn answer(
     stats.request_bytes = req.payload_bytes();
     let valid = validate(&served.signature, req)?;
     served.schema.observe_inputs(&valid.inputs);
-    let mirror = mirror_for(routed, &valid.inputs);
+    state.drift.inputs(
+        served,
+        &valid.inputs,
+        assembled.as_ref().map(|a| &a.statuses),
+    );
+    let drifted = drift_check(state, routed, &valid.inputs);
+    if let Some(route) = drifted.filter(|d| d.action == crate::drift::DriftAction::Route)
+        && let Some(challenger) = routed.entry.versions.get(&route.version)
+    {
+        served = challenger;
+    }
+    let mirror = mirror_for(routed, &valid.inputs, drifted);
     let logged_inputs = log_payload.then(|| valid.inputs.clone());
     let executed = tokio::time::Instant::now();
     stats.executed = Some(executed);
@@ -386,6 +414,14 @@ async fn answer(
     stats.queue = done.queue;
     stats.compute = done.compute;
     stats.batch_rows = done.batch_rows;
+    let id = valid
+        .id
+        .as_deref()
+        .filter(|i| !i.is_empty())
+        .unwrap_or(request_id);
+    state
+        .drift
+        .outputs(&state.metrics, served, id, &done.outputs);
     let primary = mirror.is_some().then(|| done.outputs.clone());
     let mut outputs = select_outputs(done.outputs, &valid.outputs)?;
     if let Some(a) = assembled
@@ -407,15 +443,51 @@ async fn answer(
     })
 }
 
+/// Drift routing: whether this live request is outside the stable
+/// version's reference, counted by slice; the rule when it is (None when
+/// the deployment has no drift routing or the request is in distribution).
+fn drift_check<'a>(
+    state: &AppState,
+    routed: &'a Routed,
+    inputs: &[Tensor],
+) -> Option<&'a crate::routing::DriftRoute> {
+    let route = routed.entry.routing.as_ref()?.drift.as_ref()?;
+    if !matches!(routed.track, Track::Stable | Track::Canary) {
+        return None;
+    }
+    let rows = state.drift.settings().max_rows_per_request;
+    let drifted = route.bounds.drifted(inputs, route.min_features, rows);
+    let (slice, action) = match (drifted, route.action) {
+        (false, _) => ("in_distribution", "none"),
+        (true, crate::drift::DriftAction::Mirror) => ("drifted", "mirrored"),
+        (true, crate::drift::DriftAction::Route) => ("drifted", "routed"),
+    };
+    state
+        .metrics
+        .drift
+        .routed(&routed.entry.name, slice, action);
+    drifted.then_some(route)
+}
+
 /// Live traffic of a deployment is mirrored to its shadows; pinned and
-/// preview requests are someone testing, not traffic to compare.
-fn mirror_for(routed: &Routed, inputs: &[Tensor]) -> Option<Mirror> {
+/// preview requests are someone testing, not traffic to compare. A drifted
+/// request is also mirrored to the drift-routing challenger (which gets
+/// nothing else).
+fn mirror_for(
+    routed: &Routed,
+    inputs: &[Tensor],
+    drifted: Option<&crate::routing::DriftRoute>,
+) -> Option<Mirror> {
     let routing = routed.entry.routing.as_ref()?;
     if routing.shadows.is_empty() || !matches!(routed.track, Track::Stable | Track::Canary) {
         return None;
     }
+    let challenger = drifted
+        .filter(|d| d.action == crate::drift::DriftAction::Mirror)
+        .map(|d| d.version);
     let shadows: Vec<_> = routing
         .mirror_to()
+        .chain(challenger)
         .filter(|v| *v != routed.served.version)
         .filter_map(|v| routed.entry.versions.get(&v).cloned())
         .collect();

@@ -14,6 +14,7 @@ pub mod compute;
 pub mod config;
 pub mod dashboard;
 pub mod deployment;
+pub mod drift;
 pub mod error;
 pub mod exposition;
 pub mod fault;

@@ -27,6 +27,14 @@
 //! | `greenbelt_shadow_duration_seconds` | histogram | deployment, version |
 //! | `greenbelt_rollout_canary_weight_ratio` | gauge | deployment |
 //! | `greenbelt_rollout_events_total` | counter | deployment, event |
+//! | `greenbelt_drift_psi`, `_ks_statistic`, `_ks_pvalue`, `_chi2_pvalue`, `_jensenshannon`, `_missing_ratio` | gauge | model, version, feature |
+//! | `greenbelt_drift_drifted_features`, `_window_requests` | gauge | model, version |
+//! | `greenbelt_prediction_drift_psi`, `_ks_statistic`, `greenbelt_prediction_confidence_mean`, `_entropy_mean` | gauge | model, version |
+//! | `greenbelt_features_not_present_ratio` | gauge | model, version |
+//! | `greenbelt_model_accuracy`, `_auc`, `_rmse`, `_labelled_predictions` | gauge | model, version |
+//! | `greenbelt_drift_windows_total`, `greenbelt_drift_dropped_samples_total` | counter | model, version |
+//! | `greenbelt_labels_total` | counter | model, outcome (joined, unknown, mismatched, dropped) |
+//! | `greenbelt_drift_routed_requests_total` | counter | deployment, slice (drifted, in_distribution), action (mirrored, routed, none) |
 //! | `greenbelt_autoscaler_desired_replicas` | gauge | deployment |
 //! | `greenbelt_autoscaler_current_replicas` | gauge | deployment |
 //! | `greenbelt_autoscaler_observed_concurrency` | gauge | deployment |
@@ -220,6 +228,8 @@ pub struct Metrics {
     wire_response_bytes: Family<VersionLabels, Histogram, Buckets>,
     schema_changes: Family<VersionLabels, Counter>,
     api_duration: Family<RouteOnlyLabels, Histogram, Buckets>,
+    /// Live drift, prediction quality and delayed labels (`crate::drift`).
+    pub drift: DriftMetrics,
     /// Lines the request log wrote and dropped (`crate::reqlog`).
     pub request_log: crate::reqlog::LogCounters,
     /// Payload-log events written, dropped and failed (`crate::payloadlog`).
@@ -271,7 +281,9 @@ impl Metrics {
             schema_changes: Family::default(),
             api_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
             registry: Registry::default(),
+            drift: DriftMetrics::default(),
         };
+        m.drift.register(&mut registry);
         registry.register(
             "greenbelt_requests",
             "Inference requests by model version, protocol and outcome",
@@ -1013,5 +1025,251 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeatureLabels {
+    pub model: String,
+    pub version: String,
+    pub feature: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelOutcomeLabels {
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftRouteLabels {
+    pub deployment: String,
+    pub slice: String,
+    pub action: String,
+}
+
+/// Name and help of each per-feature drift gauge, in [`FeatureGauge`] order.
+pub const DRIFT_FEATURE_GAUGES: [(&str, &str); 6] = [
+    (
+        "greenbelt_drift_psi",
+        "PSI of the feature in the last closed window against the version's reference (10 reference-decile bins)",
+    ),
+    (
+        "greenbelt_drift_ks_statistic",
+        "Two-sample KS statistic of the feature in the last closed window (from the 100-quantile sketch; see docs/drift.md)",
+    ),
+    (
+        "greenbelt_drift_ks_pvalue",
+        "KS p-value of the feature in the last closed window (scipy's ks_2samp rule)",
+    ),
+    (
+        "greenbelt_drift_chi2_pvalue",
+        "Chi-square p-value of a categorical feature in the last closed window",
+    ),
+    (
+        "greenbelt_drift_jensenshannon",
+        "Jensen-Shannon distance (natural log) of a categorical feature in the last closed window",
+    ),
+    (
+        "greenbelt_drift_missing_ratio",
+        "Share of the feature's values that were missing (NaN, empty) in the last closed window",
+    ),
+];
+
+/// Index into [`DRIFT_FEATURE_GAUGES`].
+#[derive(Debug, Clone, Copy)]
+pub enum FeatureGauge {
+    Psi,
+    KsStatistic,
+    KsPvalue,
+    Chi2Pvalue,
+    JensenShannon,
+    MissingRatio,
+}
+
+/// Name and help of each per-version drift and quality gauge, in [`VersionGauge`] order.
+pub const DRIFT_VERSION_GAUGES: [(&str, &str); 12] = [
+    (
+        "greenbelt_drift_drifted_features",
+        "Features over the drift thresholds ([drift] psi_threshold, ks_pvalue) in the last closed window",
+    ),
+    (
+        "greenbelt_drift_window_requests",
+        "Requests counted into the last closed window",
+    ),
+    (
+        "greenbelt_prediction_drift_psi",
+        "PSI of the predictions (score, class or value) in the last closed window against the holdout's",
+    ),
+    (
+        "greenbelt_prediction_drift_ks_statistic",
+        "KS statistic of numeric predictions in the last closed window against the holdout's",
+    ),
+    (
+        "greenbelt_prediction_confidence_mean",
+        "Mean largest class probability of the answers in the last closed window",
+    ),
+    (
+        "greenbelt_prediction_entropy_mean",
+        "Mean entropy (nats) of the class probabilities in the last closed window",
+    ),
+    (
+        "greenbelt_features_not_present_ratio",
+        "Share of feature-store cells that were not PRESENT (missing, stale, defaulted) in the last closed window",
+    ),
+    (
+        "greenbelt_model_accuracy",
+        "Accuracy over the version's last labelled predictions ([drift.labels] window)",
+    ),
+    (
+        "greenbelt_model_auc",
+        "ROC AUC over the version's last labelled predictions (binary labels)",
+    ),
+    (
+        "greenbelt_model_rmse",
+        "RMSE over the version's last labelled predictions (regression)",
+    ),
+    (
+        "greenbelt_model_labelled_predictions",
+        "Labelled predictions the quality metrics are computed over",
+    ),
+    (
+        "greenbelt_model_mae",
+        "Mean absolute error over the version's last labelled predictions (regression)",
+    ),
+];
+
+/// Index into [`DRIFT_VERSION_GAUGES`].
+#[derive(Debug, Clone, Copy)]
+pub enum VersionGauge {
+    DriftedFeatures,
+    WindowRequests,
+    PredictionPsi,
+    PredictionKs,
+    ConfidenceMean,
+    EntropyMean,
+    NotPresentRatio,
+    Accuracy,
+    Auc,
+    Rmse,
+    Labelled,
+    Mae,
+}
+
+/// The live drift monitor's, the prediction-quality proxies' and the
+/// delayed labels' metrics.
+#[derive(Default)]
+pub struct DriftMetrics {
+    feature: [Family<FeatureLabels, FloatGauge>; 6],
+    version: [Family<VersionLabels, FloatGauge>; 12],
+    windows: Family<VersionLabels, Counter>,
+    dropped: Family<VersionLabels, Counter>,
+    labels: Family<LabelOutcomeLabels, Counter>,
+    routed: Family<DriftRouteLabels, Counter>,
+}
+
+impl DriftMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for ((name, help), family) in DRIFT_FEATURE_GAUGES.iter().zip(&self.feature) {
+            registry.register(*name, *help, family.clone());
+        }
+        for ((name, help), family) in DRIFT_VERSION_GAUGES.iter().zip(&self.version) {
+            registry.register(*name, *help, family.clone());
+        }
+        registry.register(
+            "greenbelt_drift_windows",
+            "Drift windows closed and compared with the version's reference",
+            self.windows.clone(),
+        );
+        registry.register(
+            "greenbelt_drift_dropped_samples",
+            "Requests not counted into a drift window because every shard was busy",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "greenbelt_labels",
+            "Delayed labels received: joined with a recorded prediction, unknown id (never seen, evicted, expired), row-count mismatch, or predictions dropped while recording",
+            self.labels.clone(),
+        );
+        registry.register(
+            "greenbelt_drift_routed_requests",
+            "Deployment requests checked by drift routing, by slice and what was done with them",
+            self.routed.clone(),
+        );
+    }
+
+    /// Set (Some) or remove (None) one feature's gauge.
+    pub fn set_feature(
+        &self,
+        model: &str,
+        version: &str,
+        feature: &str,
+        gauge: FeatureGauge,
+        value: Option<f64>,
+    ) {
+        let labels = FeatureLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            feature: feature.to_string(),
+        };
+        if let Some(family) = self.feature.get(gauge as usize) {
+            match value {
+                Some(v) => {
+                    family.get_or_create(&labels).set(v);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Set (Some) or remove (None) one version gauge.
+    pub fn set_version(&self, model: &str, version: &str, gauge: VersionGauge, value: Option<f64>) {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        if let Some(family) = self.version.get(gauge as usize) {
+            match value {
+                Some(v) => {
+                    family.get_or_create(&labels).set(v);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// One window closed; `dropped` more samples were dropped since the last.
+    pub fn window_closed(&self, model: &str, version: &str, dropped: u64) {
+        let labels = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        self.windows.get_or_create(&labels).inc();
+        self.dropped.get_or_create(&labels).inc_by(dropped);
+    }
+
+    pub fn labels(&self, model: &str, outcome: &str, n: u64) {
+        self.labels
+            .get_or_create(&LabelOutcomeLabels {
+                model: model.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn routed(&self, deployment: &str, slice: &str, action: &str) {
+        self.routed
+            .get_or_create(&DriftRouteLabels {
+                deployment: deployment.to_string(),
+                slice: slice.to_string(),
+                action: action.to_string(),
+            })
+            .inc();
     }
 }

@@ -150,6 +150,11 @@ pub struct ServedVersion {
     pub features: Option<crate::features::FeatureInputConfig>,
     /// The payload schema seen on the wire (`/admin/schema/{model}`).
     pub schema: crate::schema::SchemaTracker,
+    /// The live drift monitor, when the version has a reference profile
+    /// (`<model file stem>.profile.json` beside the model file).
+    pub drift: Option<Arc<crate::drift::DriftMonitor>>,
+    /// Which output holds the prediction (for delayed labels).
+    pub prediction: Option<crate::drift::labels::PredictionSpec>,
     stamp: FileStamp,
 }
 
@@ -278,6 +283,8 @@ pub struct Repository {
     /// Models an operator unloaded (readiness stops requiring them until
     /// they are loaded again).
     unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Rows of one request a drift window counts (`[drift] max_rows_per_request`).
+    drift_rows: usize,
 }
 
 /// A model name must be one plain path component.
@@ -303,7 +310,15 @@ impl Repository {
             load_lock: std::sync::Mutex::new(()),
             features: None,
             unloaded: Default::default(),
+            drift_rows: 1024,
         }
+    }
+
+    /// Rows of one request the drift monitors of versions loaded from now
+    /// on count (`[drift] max_rows_per_request`).
+    pub fn with_drift_rows(mut self, rows: usize) -> Self {
+        self.drift_rows = rows.max(1);
+        self
     }
 
     /// Check `[features]` of every version loaded from now on against `source`.
@@ -694,6 +709,14 @@ impl Repository {
             }
             None => None,
         };
+        let profile = read_profile(file)?;
+        let drift = profile
+            .as_ref()
+            .map(|p| crate::drift::DriftMonitor::new(p, &signature, self.drift_rows, 0))
+            .transpose()
+            .map_err(|e| format!("{}: {e}", profile_path(file).display()))?
+            .map(Arc::new);
+        let prediction = crate::drift::labels::PredictionSpec::of(&signature, profile.as_ref());
         let took = started.elapsed();
         self.metrics.set_load_duration(name, &label, took);
         tracing::info!(
@@ -719,6 +742,8 @@ impl Repository {
             ),
             metrics,
             features: config.features.clone(),
+            drift,
+            prediction,
             stamp: stamp.unwrap_or(FileStamp {
                 len: 0,
                 modified: None,
@@ -942,5 +967,28 @@ mod tests {
                 .unwrap_err()
                 .contains("not in the model")
         );
+    }
+}
+
+/// Where a model file's reference profile lives: `model.onnx` →
+/// `model.profile.json`, `<sha>.onnx` → `<sha>.profile.json`.
+pub fn profile_path(model_file: &Path) -> PathBuf {
+    model_file.with_extension("profile.json")
+}
+
+/// The model file's reference profile, if it has one.
+fn read_profile(model_file: &Path) -> Result<Option<greenbelt_drift::model::ModelProfile>, String> {
+    let path = profile_path(model_file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => greenbelt_drift::model::ModelProfile::from_json(&text)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "{}: {e}; fix the file or remove it to serve without drift monitoring",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

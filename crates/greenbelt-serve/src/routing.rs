@@ -62,7 +62,25 @@ pub struct Routing {
     /// Header whose value keeps a caller on one version.
     pub sticky_header: Option<String>,
     pub shadows: Vec<ShadowRoute>,
+    /// Drifted requests to a challenger (`[deployments.drift_routing]`).
+    #[serde(skip)]
+    pub drift: Option<DriftRoute>,
 }
+
+/// The resolved drift-routing rule of a plan: the challenger version and
+/// the stable version's in-distribution bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRoute {
+    /// The challenger (one of the plan's shadows; it gets no other traffic).
+    pub version: u64,
+    pub action: crate::drift::DriftAction,
+    pub bounds: std::sync::Arc<crate::drift::OodBounds>,
+    pub min_features: usize,
+}
+
+// The bounds are reference quantiles of finite values (never NaN), so
+// equality is reflexive: a plan compares equal to itself.
+impl Eq for DriftRoute {}
 
 impl Routing {
     pub fn stable_only(stable: u64) -> Routing {
@@ -73,6 +91,7 @@ impl Routing {
             preview: None,
             sticky_header: None,
             shadows: Vec::new(),
+            drift: None,
         }
     }
 
@@ -136,6 +155,7 @@ impl Routing {
             .filter(|s| {
                 s.fraction_bp >= FULL || (s.fraction_bp > 0 && random_bucket() < s.fraction_bp)
             })
+            .filter(|s| self.drift.as_ref().is_none_or(|d| d.version != s.version))
             .map(|s| s.version)
     }
 }

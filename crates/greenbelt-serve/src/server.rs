@@ -100,7 +100,8 @@ impl Server {
                 metrics.clone(),
                 compute.clone(),
             )
-            .with_features(features),
+            .with_features(features)
+            .with_drift_rows(config.drift.max_rows_per_request),
         );
         let http = bind(&config.server.http_addr).await?;
         let grpc = if config.server.grpc_addr.is_empty() {

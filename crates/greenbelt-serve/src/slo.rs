@@ -184,6 +184,8 @@ pub const ALERTS: [(&str, &str); 11] = [
     ("GreenbeltCanaryFailed", "bad-deployment.md"),
     ("GreenbeltModelLoadFailed", "model-load-failure.md"),
     ("GreenbeltRequestLogDropping", "saturation.md"),
+    ("GreenbeltFeatureDrift", "drift.md"),
+    ("GreenbeltPredictionDrift", "drift.md"),
 ];
 
 /// An alert's `runbook_url` under `base`.
@@ -255,7 +257,7 @@ pub fn prometheus_rules(slos: &[SloConfig], runbook_base: &str) -> String {
         }
     }
     y.push_str("  - name: greenbelt-operations\n    rules:\n");
-    let ops: [(&str, &str, &str, &str, &str); 9] = [
+    let ops: [(&str, &str, &str, &str, &str); 11] = [
         (
             "GreenbeltInflightNearLimit",
             "sum(greenbelt_inflight_requests) / max(greenbelt_inflight_limit) > 0.9",
@@ -318,6 +320,20 @@ pub fn prometheus_rules(slos: &[SloConfig], runbook_base: &str) -> String {
             "10m",
             "ticket",
             "The request log drops lines (its writer cannot keep up)",
+        ),
+        (
+            "GreenbeltFeatureDrift",
+            "max by (model, version) (greenbelt_drift_drifted_features) > 0",
+            "15m",
+            "ticket",
+            "Live inputs of a model version departed from its training reference ([drift] psi_threshold, ks_pvalue)",
+        ),
+        (
+            "GreenbeltPredictionDrift",
+            "max by (model, version) (greenbelt_prediction_drift_psi) > 0.2",
+            "15m",
+            "ticket",
+            "A model version's predictions departed from its holdout predictions (PSI > 0.2)",
         ),
     ];
     for (alert, expr, for_, severity, summary) in ops {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use greenbelt_app::registry::{actor, load_config, open, register_file};
+use greenbelt_app::registry::{actor, load_config, open, register_file_with_profile};
 use greenbelt_registry::{format_us, parse_time};
 use serde_json::{Value, json};
 
@@ -44,6 +44,11 @@ enum Cmd {
         /// Tags as a JSON object.
         #[arg(long)]
         tags: Option<String>,
+        /// Reference profile of the training data and holdout predictions
+        /// (drift monitoring; default: `<file stem>.profile.json` beside
+        /// the model when it exists).
+        #[arg(long)]
+        profile: Option<PathBuf>,
     },
     /// Move or delete an alias.
     #[command(subcommand)]
@@ -175,12 +180,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             file,
             metrics,
             tags,
+            profile,
         } => {
-            let v = register_file(
+            let beside = greenbelt_serve::repository::profile_path(&file);
+            let profile = profile.or_else(|| beside.exists().then_some(beside));
+            let v = register_file_with_profile(
                 &reg,
                 &config,
                 model,
                 &file,
+                profile.as_deref(),
                 parse_json("metrics", metrics.as_deref())?,
                 parse_json("tags", tags.as_deref())?,
                 who,

@@ -6,6 +6,7 @@ mod app;
 mod autoscale;
 #[path = "../../../greenbelt-control/tests/it/cuttable.rs"]
 mod cuttable;
+mod drift;
 mod lifecycle;
 mod outage;
 mod registry_down;

@@ -235,6 +235,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     // As the runtime sees it: what the registry records and servers check.
     let candidate_signature = candidate.signature().clone();
     let mut candidate_metrics = evaluate(candidate.clone(), &prepared, def.data.task).await?;
+    let profile = reference_profile(candidate.clone(), &prepared, def.data.task).await?;
     let champion = match ctx.registry.alias(&def.model, &def.alias).await? {
         None => None,
         Some(v) => {
@@ -297,6 +298,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     say("[6/6] register and promote");
     let t = Instant::now();
     let (uri, sha) = ctx.artifacts.put(onnx.into(), "onnx").await?;
+    let (profile_uri, profile_sha) = ctx.artifacts.put(profile.into(), "json").await?;
     let gate_report = json!({
         "run_id": run_id,
         "pipeline": def.name,
@@ -339,6 +341,7 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
                 "run_id": run_id,
                 "code": code,
                 "parent": Value::Null,
+                "profile": { "uri": profile_uri, "sha256": profile_sha },
             }),
             tags: json!({ "pipeline": def.name, "status": if passed { "passed" } else { "rejected" } }),
             created_by: ctx.actor.clone(),
@@ -544,6 +547,69 @@ fn load(runtimes: &Runtimes, file: &Path) -> Result<Arc<dyn Model>, PipelineErro
 
 /// Per row, through the runtime: the probability of class 1
 /// (classification) or the prediction (regression).
+/// The output evaluated (and profiled): class probabilities for a
+/// classifier, the first floating-point output for a regressor.
+fn prediction_output(sig: &greenbelt_core::Signature, task: definition::Task) -> Option<usize> {
+    use greenbelt_core::DataType;
+    let float = |d: DataType| matches!(d, DataType::Fp32 | DataType::Fp64);
+    match task {
+        definition::Task::Classification => sig
+            .outputs
+            .iter()
+            .position(|o| o.name == "probabilities" || o.name == "output_probability")
+            .or_else(|| {
+                sig.outputs
+                    .iter()
+                    .position(|o| o.datatype == DataType::Fp32)
+            }),
+        definition::Task::Regression => sig.outputs.iter().position(|o| float(o.datatype)),
+    }
+}
+
+/// The candidate's reference profile: its training features and its
+/// predictions on the holdout (see `greenbelt_drift::model`), as the JSON
+/// the registry stores as an artifact and servers read beside the model.
+async fn reference_profile(
+    model: Arc<dyn Model>,
+    data: &dataset::Prepared,
+    task: definition::Task,
+) -> Result<Vec<u8>, PipelineError> {
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || {
+        let sig = model.signature();
+        let fail = |e: String| PipelineError::Evaluate(format!("reference profile: {e}"));
+        let input = sig
+            .inputs
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let output = prediction_output(sig, task)
+            .and_then(|i| sig.outputs.get(i))
+            .map(|o| o.name.clone())
+            .ok_or_else(|| fail("the model has no floating-point output".into()))?;
+        let cols = data.features.len();
+        let scores = predict(model.as_ref(), &data.holdout_x, cols, task)?;
+        let task = match task {
+            definition::Task::Classification => greenbelt_drift::model::Task::Classification,
+            definition::Task::Regression => greenbelt_drift::model::Task::Regression,
+        };
+        // `predict` gives one value per row (P(class 1), or the value).
+        let profile = greenbelt_drift::model::ModelProfile::build(
+            task,
+            &input,
+            &data.features,
+            &data.train_x,
+            &output,
+            &scores,
+            1,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        serde_json::to_vec(&profile).map_err(|e| fail(e.to_string()))
+    })
+    .await
+    .map_err(|e| PipelineError::Evaluate(format!("profile task failed: {e}")))?
+}
+
 fn predict(
     model: &dyn Model,
     x: &[f64],
@@ -557,20 +623,7 @@ fn predict(
         .first()
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let float = |d: DataType| matches!(d, DataType::Fp32 | DataType::Fp64);
-    let index = match task {
-        definition::Task::Classification => sig
-            .outputs
-            .iter()
-            .position(|o| o.name == "probabilities" || o.name == "output_probability")
-            .or_else(|| {
-                sig.outputs
-                    .iter()
-                    .position(|o| o.datatype == DataType::Fp32)
-            }),
-        definition::Task::Regression => sig.outputs.iter().position(|o| float(o.datatype)),
-    }
-    .ok_or_else(|| {
+    let index = prediction_output(sig, task).ok_or_else(|| {
         PipelineError::Evaluate("the model has no floating-point output to evaluate".into())
     })?;
     let mut out = Vec::with_capacity(x.len() / cols.max(1));

@@ -377,6 +377,7 @@ impl Controller {
         if let Some(p) = local.previous.filter(|p| *p != stable) {
             warm.push(p);
         }
+        let mut challenger = None;
         for s in &dep.shadow {
             let v = match (&s.alias, s.version) {
                 (Some(a), _) => self.registry.alias(model, a).await?,
@@ -384,6 +385,9 @@ impl Controller {
             };
             if let Some(v) = v.filter(|v| *v != stable) {
                 shadows.push((v, s.fraction));
+                if dep.drift_routing.as_ref().is_some_and(|r| r.names(s)) {
+                    challenger = Some(v);
+                }
             }
         }
 
@@ -448,6 +452,7 @@ impl Controller {
             return Ok(());
         };
         let has = |v: i64| u64::try_from(v).ok().filter(|k| versions.contains_key(k));
+        let drift = drift_route(dep, challenger.and_then(has), versions.get(&stable_key));
         let routing = Routing {
             stable: stable_key,
             canary: canary.and_then(|(v, _)| has(v)),
@@ -463,6 +468,7 @@ impl Controller {
                     })
                 })
                 .collect(),
+            drift,
         };
         let same_versions = entry
             .as_ref()
@@ -542,6 +548,7 @@ impl Controller {
     ) -> Result<PathBuf, String> {
         let file = self.cache.join(format!("{}.onnx", record.sha256));
         if cached_intact(&file, &record.sha256).await {
+            self.fetch_profile(record, &file).await;
             return Ok(file);
         }
         self.artifact_retry.deposit();
@@ -577,7 +584,43 @@ impl Controller {
         let tmp = self.cache.join(format!("{}.onnx.tmp", record.sha256));
         std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &file).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        self.fetch_profile(record, &file).await;
         Ok(file)
+    }
+
+    /// The version's reference profile (`lineage.profile`), written beside
+    /// its cached model file where the server's loader looks for it. A
+    /// profile that cannot be read only costs the drift monitor: warned,
+    /// not fatal.
+    async fn fetch_profile(
+        &self,
+        record: &greenbelt_registry::ModelVersion,
+        model_file: &std::path::Path,
+    ) {
+        let p = &record.lineage["profile"];
+        let (Some(uri), Some(sha)) = (p["uri"].as_str(), p["sha256"].as_str()) else {
+            return;
+        };
+        let file = greenbelt_serve::repository::profile_path(model_file);
+        if cached_intact(&file, sha).await {
+            return;
+        }
+        let got = tokio::time::timeout(ARTIFACT_TIMEOUT, self.artifacts.get(uri, sha)).await;
+        let written = match got {
+            Ok(Ok(bytes)) => {
+                let tmp = file.with_extension("json.tmp");
+                std::fs::write(&tmp, &bytes)
+                    .and_then(|()| std::fs::rename(&tmp, &file))
+                    .map_err(|e| format!("writing {}: {e}", file.display()))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer from the artifact store in {ARTIFACT_TIMEOUT:?}"
+            )),
+        };
+        if let Err(e) = written {
+            tracing::warn!(model = %record.model, version = record.version, uri, error = %e, "reference profile not fetched; the version serves without drift monitoring");
+        }
     }
 
     /// Remember what `dep` serves now, so a restart while the registry
@@ -1007,6 +1050,7 @@ pub async fn serve_from_cache(
         preview: None,
         sticky_header: dep.sticky_header.clone(),
         shadows: Vec::new(),
+        drift: None,
     };
     state.metrics.set_canary_weight(&dep.name, 0.0);
     state.repository.install_deployment(
@@ -1016,4 +1060,28 @@ pub async fn serve_from_cache(
         routing,
     );
     Ok(plan)
+}
+
+/// The plan's drift-routing rule: the loaded challenger and the stable
+/// version's in-distribution bounds (none when the stable version has no
+/// reference profile: nothing can be judged drifted, which is logged).
+fn drift_route(
+    dep: &DeploymentConfig,
+    challenger: Option<u64>,
+    stable: Option<&Arc<ServedVersion>>,
+) -> Option<greenbelt_serve::routing::DriftRoute> {
+    let spec = dep.drift_routing.as_ref()?;
+    let (Some(version), Some(stable)) = (challenger, stable) else {
+        return None;
+    };
+    let Some(monitor) = &stable.drift else {
+        tracing::warn!(deployment = %dep.name, version = stable.version, "drift_routing is set but the stable version has no reference profile; no request is routed to the challenger");
+        return None;
+    };
+    Some(greenbelt_serve::routing::DriftRoute {
+        version,
+        action: spec.action,
+        bounds: Arc::new(monitor.bounds(spec.lower_quantile, spec.upper_quantile)),
+        min_features: spec.min_features,
+    })
 }

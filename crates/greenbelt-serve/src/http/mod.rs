@@ -75,6 +75,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard", get(dashboard_page))
         .route("/dashboard/data", get(dashboard_data))
         .route("/admin/schema/{model}", get(schema_report))
+        .route("/admin/drift/{model}", get(drift_report))
+        .route("/v2/models/{model}/labels", post(post_labels))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -584,6 +586,57 @@ async fn shadow_report(
         return Err(ServeError::ModelNotFound(model).into());
     }
     Ok(axum::Json(state.shadows.reports(&model)).into_response())
+}
+
+/// `GET /admin/drift/{model}`: per loaded version, whether it is monitored,
+/// its open window, the last closed window's statistics and its label
+/// metrics.
+async fn drift_report(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let versions = state
+        .drift
+        .view(&state.repository, &model)
+        .ok_or(ServeError::ModelNotFound(model.clone()))?;
+    Ok(axum::Json(json!({ "model": model, "versions": versions })).into_response())
+}
+
+/// The body of `POST /v2/models/{model}/labels`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsBody {
+    labels: Vec<crate::drift::labels::Label>,
+}
+
+/// Most labels one request may carry.
+const MAX_LABELS: usize = 100_000;
+
+/// `POST /v2/models/{model}/labels`: true labels for answered requests, by
+/// request id; joined with the recorded predictions into the version's
+/// rolling accuracy / AUC / RMSE.
+async fn post_labels(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if state.repository.get(&model).is_none() {
+        return Err(ServeError::ModelNotFound(model).into());
+    }
+    let parsed: LabelsBody = serde_json::from_slice(&body).map_err(|e| {
+        ServeError::InvalidInput(format!(
+            "labels body: {e}; expected {{\"labels\": [{{\"id\": \"<request id>\", \"label\": 1}}, ...]}} (label: a number, or one per row)"
+        ))
+    })?;
+    if parsed.labels.len() > MAX_LABELS {
+        return Err(ServeError::InvalidInput(format!(
+            "labels: {} labels in one request; send at most {MAX_LABELS} per request",
+            parsed.labels.len()
+        ))
+        .into());
+    }
+    let got = state.drift.ingest(&state.metrics, &model, &parsed.labels);
+    Ok(axum::Json(got).into_response())
 }
 
 /// Count and time every API request outside inference (inference has its

@@ -1,0 +1,373 @@
+//! Live drift monitoring, delayed labels and drift routing through a live
+//! server: a deployment whose stable version carries a reference profile
+//! (registered beside its model file) answers in-distribution traffic, then
+//! drifted traffic; the closed windows' PSI / KS / drifted-feature gauges
+//! move on `/metrics` and `/admin/drift`; drifted rows, and only they,
+//! reach the challenger; labels posted for answered request ids give the
+//! version's rolling accuracy and AUC.
+
+use std::path::Path;
+use std::time::Duration;
+
+use greenbelt_app::App;
+use greenbelt_drift::model::{ModelProfile, Task};
+use greenbelt_serve::Config;
+use serde_json::{Value, json};
+
+const FEATURES: usize = 20;
+
+/// Deterministic standard normals (Box–Muller on a 64-bit LCG).
+struct Normals(u64);
+
+impl Normals {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn next(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+fn write_config(dir: &Path) -> Config {
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let text = format!(
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n\
+         [telemetry]\nlog_requests = false\n\
+         [repository]\npath = \"{d}/models\"\n\
+         [registry]\nurl = \"sqlite://{d}/registry.db\"\nartifacts = \"{d}/artifacts\"\npoll_interval_ms = 50\n\
+         [drift]\nwindow = \"60s\"\nwindow_requests = 120\ntick = \"50ms\"\nmin_window_rows = 20\n\
+         [[deployments]]\nname = \"scorer\"\nalias = \"champion\"\n\
+         [[deployments.shadow]]\nalias = \"challenger\"\nfraction = 0.0\n\
+         [deployments.drift_routing]\nchallenger = \"challenger\"\nlower_quantile = 0.001\nupper_quantile = 0.999\n",
+        d = dir.display()
+    );
+    let path = dir.join("greenbelt.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path)).unwrap()
+}
+
+/// The logreg fixture with a profile of 20 standard-normal features beside it.
+fn model_with_profile(dir: &Path) -> std::path::PathBuf {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/logreg/1/model.onnx");
+    let file = dir.join("model.onnx");
+    std::fs::copy(&fixture, &file).unwrap();
+    let mut rng = Normals(7);
+    let rows = 4000;
+    let matrix: Vec<f64> = (0..rows * FEATURES).map(|_| rng.next()).collect();
+    let scores: Vec<f64> = (0..rows).map(|_| rng.uniform()).collect();
+    let names: Vec<String> = (0..FEATURES).map(|i| format!("f{i}")).collect();
+    let profile = ModelProfile::build(
+        Task::Classification,
+        "input",
+        &names,
+        &matrix,
+        "probabilities",
+        &scores,
+        1,
+    )
+    .unwrap();
+    std::fs::write(
+        greenbelt_serve::repository::profile_path(&file),
+        serde_json::to_vec(&profile).unwrap(),
+    )
+    .unwrap();
+    file
+}
+
+async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Send `n` one-row requests with features drawn as `shift + N(0, 1)`,
+/// each with its own id; returns the ids and the answered versions.
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    rng: &mut Normals,
+    n: usize,
+    shift: f64,
+    tag: &str,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let row: Vec<f64> = (0..FEATURES).map(|_| shift + rng.next()).collect();
+        let id = format!("{tag}-{i}");
+        let body = json!({
+            "id": id,
+            "inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32", "data": row}]
+        });
+        let r = client
+            .post(format!("{base}/v2/models/scorer/infer"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        ids.push(id);
+    }
+    ids
+}
+
+/// Wait until `/admin/drift/scorer` shows a closed window of the stable
+/// version with at least `rows` rows and opened after `after_ms`.
+async fn closed_window(client: &reqwest::Client, base: &str, after_ms: u64, rows: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = client
+            .get(format!("{base}/admin/drift/scorer"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stable = v["versions"].as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["monitored"] == true && x["version"] == 1)
+                .cloned()
+        });
+        if let Some(w) = stable.as_ref().map(|s| s["last_window"].clone())
+            && w["opened_ms"].as_u64().is_some_and(|o| o >= after_ms)
+            && w["features"][0][1]["rows"]
+                .as_u64()
+                .is_some_and(|r| r >= rows)
+        {
+            return w;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window closed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
+    let file = model_with_profile(dir.path());
+    for alias in ["champion", "challenger"] {
+        let v = greenbelt_app::registry::register_file(
+            &registry,
+            &config,
+            "scorer".into(),
+            &file,
+            json!({}),
+            json!({}),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+        assert!(v.lineage["profile"]["uri"].is_string(), "{:?}", v.lineage);
+        registry
+            .set_alias("scorer", alias, v.version, "test", "release")
+            .await
+            .unwrap();
+    }
+    let running = App::build(config).await.unwrap().spawn();
+    let base = format!("http://{}", running.http_addr().unwrap());
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = client
+            .get(format!("{base}/v2/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        let both = client
+            .get(format!("{base}/admin/drift/scorer"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200);
+        let versions = match both {
+            Some(r) => r.json::<Value>().await.unwrap()["versions"]
+                .as_array()
+                .map_or(0, Vec::len),
+            None => 0,
+        };
+        if ready && versions == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready with both versions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rng = Normals(99);
+
+    // In distribution: small PSI, nothing drifted, nothing to the challenger.
+    let t0 = now_ms(&client, &base).await;
+    let calm = send(&client, &base, &mut rng, 120, 0.0, "calm").await;
+    let w = closed_window(&client, &base, t0, 100).await;
+    let psi0 = w["features"][0][1]["psi"].as_f64().unwrap();
+    assert!(psi0 < 0.2, "in-distribution PSI {psi0}: {w}");
+    let text = metrics_text(&client, &base).await;
+    assert!(
+        text.contains("greenbelt_drift_psi{model=\"scorer\",version=\"1\",feature=\"f0\"}"),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "greenbelt_prediction_confidence_mean{model=\"scorer\",version=\"1\"}"
+        )
+        .is_some()
+    );
+
+    // Drifted: every feature shifted by 3 standard deviations.
+    let t1 = now_ms(&client, &base).await;
+    send(&client, &base, &mut rng, 120, 3.0, "shifted").await;
+    let w = closed_window(&client, &base, t1, 100).await;
+    let psi1 = w["features"][0][1]["psi"].as_f64().unwrap();
+    let ks1 = w["features"][0][1]["ks_statistic"].as_f64().unwrap();
+    assert!(psi1 > 1.0 && ks1 > 0.8, "drifted PSI {psi1}, KS {ks1}: {w}");
+    assert_eq!(w["drifted"].as_array().unwrap().len(), FEATURES, "{w}");
+    let text = metrics_text(&client, &base).await;
+    let drifted = sample(
+        &text,
+        "greenbelt_drift_drifted_features{model=\"scorer\",version=\"1\"}",
+    );
+    assert_eq!(drifted, Some(FEATURES as f64), "{text}");
+    let psi_metric = sample(
+        &text,
+        "greenbelt_drift_psi{model=\"scorer\",version=\"1\",feature=\"f0\"}",
+    )
+    .unwrap();
+    assert!(psi_metric > 1.0, "{text}");
+
+    // Routing: the shifted rows (far outside the 0.1%..99.9% reference
+    // range) were mirrored to the challenger; the calm ones, bar a rare
+    // tail row, were not.
+    let mirrored = sample(
+        &text,
+        "greenbelt_drift_routed_requests_total{deployment=\"scorer\",slice=\"drifted\",action=\"mirrored\"}",
+    )
+    .unwrap_or(0.0);
+    let in_dist = sample(
+        &text,
+        "greenbelt_drift_routed_requests_total{deployment=\"scorer\",slice=\"in_distribution\",action=\"none\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        mirrored >= 120.0 && mirrored < 150.0,
+        "mirrored {mirrored}: {text}"
+    );
+    assert!(in_dist > 90.0, "in distribution {in_dist}: {text}");
+    assert_eq!(mirrored + in_dist, 240.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shadow: Value = client
+            .get(format!("{base}/admin/shadow/scorer"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let compared = shadow[0]["counters"]["compared"].as_f64().unwrap_or(0.0);
+        if compared == mirrored {
+            assert_eq!(shadow[0]["version"], 2, "{shadow}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shadow saw {compared} of {mirrored}: {shadow}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Delayed labels: the calm requests, labelled with what the model said
+    // for half and the opposite for the other half.
+    let labels: Vec<Value> = calm
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "label": if i % 2 == 0 { 1 } else { 0 }}))
+        .chain(std::iter::once(json!({"id": "never-seen", "label": 1})))
+        .collect();
+    let r = client
+        .post(format!("{base}/v2/models/scorer/labels"))
+        .json(&json!({ "labels": labels }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["joined"], 120, "{got}");
+    assert_eq!(got["unknown"], 1, "{got}");
+    let q = &got["quality"][0];
+    assert_eq!(q["version"], 1, "{got}");
+    assert_eq!(q["labelled"], 120, "{got}");
+    let acc = q["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{got}");
+    let text = metrics_text(&client, &base).await;
+    assert_eq!(
+        sample(
+            &text,
+            "greenbelt_model_accuracy{model=\"scorer\",version=\"1\"}"
+        ),
+        Some(acc),
+        "{text}"
+    );
+    assert!(sample(&text, "greenbelt_model_auc{model=\"scorer\",version=\"1\"}").is_some());
+    assert_eq!(
+        sample(
+            &text,
+            "greenbelt_labels_total{model=\"scorer\",outcome=\"joined\"}"
+        ),
+        Some(120.0)
+    );
+    // A malformed body names the fix.
+    let r = client
+        .post(format!("{base}/v2/models/scorer/labels"))
+        .json(&json!({ "labels": [{"id": 1}] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("labels body"));
+    running.stop().await.unwrap();
+}
+
+/// The monitor's clock now: the last closed window's close time, or 0.
+async fn now_ms(client: &reqwest::Client, base: &str) -> u64 {
+    let v: Value = client
+        .get(format!("{base}/admin/drift/scorer"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["last_window"]["closed_ms"].as_u64())
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,475 @@
+//! Delayed labels: the predictions a model answered, kept by request id in
+//! a bounded store, joined with true labels when they arrive
+//! (`POST /v2/models/{m}/labels`), and the rolling quality metrics of each
+//! version over its last labelled predictions.
+//!
+//! Bounds: at most `capacity` predictions per model (the oldest is evicted
+//! first, and any older than `retention`), at most `max_rows` rows of one
+//! request, at most `window` labelled rows per version in the metrics.
+//! Recording never waits: a store busy with a label batch drops the
+//! prediction and counts it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use greenbelt_core::{Signature, Tensor, TensorData};
+use greenbelt_drift::model::{Task, argmax};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Which output holds the prediction, and what kind it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionSpec {
+    pub output: String,
+    pub task: Task,
+}
+
+impl PredictionSpec {
+    /// From the profile when there is one; else an output named
+    /// `probabilities` is a classifier's, and a model with one numeric
+    /// output is a regressor. None: labels cannot be joined for it.
+    pub fn of(
+        signature: &Signature,
+        profile: Option<&greenbelt_drift::model::ModelProfile>,
+    ) -> Option<PredictionSpec> {
+        if let Some(p) = profile {
+            return Some(PredictionSpec {
+                output: p.prediction.clone(),
+                task: p.task,
+            });
+        }
+        if signature.output("probabilities").is_some() {
+            return Some(PredictionSpec {
+                output: "probabilities".into(),
+                task: Task::Classification,
+            });
+        }
+        match signature.outputs.as_slice() {
+            [only]
+                if matches!(
+                    only.datatype,
+                    greenbelt_core::DataType::Fp32 | greenbelt_core::DataType::Fp64
+                ) =>
+            {
+                Some(PredictionSpec {
+                    output: only.name.clone(),
+                    task: Task::Regression,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Per row: the positive-class score (binary), the predicted class
+    /// (more classes; stored as its index) or the value (regression).
+    pub fn rows(&self, outputs: &[Tensor], max_rows: usize) -> Option<Vec<Prediction>> {
+        let t = outputs.iter().find(|t| t.name == self.output)?;
+        let values: Vec<f64> = match &t.data {
+            TensorData::Fp32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            _ => return None,
+        };
+        let per_row = match (self.task, t.shape.as_slice()) {
+            (Task::Classification, [_, k, ..]) if *k > 0 => *k as usize,
+            _ => 1,
+        };
+        Some(
+            values
+                .chunks(per_row)
+                .take(max_rows)
+                .map(|row| match (self.task, per_row) {
+                    (Task::Regression, _) | (Task::Classification, 1) => Prediction {
+                        class: None,
+                        score: row.first().copied().unwrap_or(f64::NAN),
+                    },
+                    (Task::Classification, 2) => Prediction {
+                        class: Some(argmax(row) as u32),
+                        score: row.get(1).copied().unwrap_or(f64::NAN),
+                    },
+                    (Task::Classification, _) => Prediction {
+                        class: Some(argmax(row) as u32),
+                        score: row.iter().copied().fold(f64::NAN, f64::max),
+                    },
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One row's prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// The predicted class (classifiers with class probabilities).
+    pub class: Option<u32>,
+    /// Binary: the positive-class probability; a one-column classifier:
+    /// its score (class = score >= 0.5); regression: the value.
+    pub score: f64,
+}
+
+struct Recorded {
+    version: u64,
+    task: Task,
+    rows: Vec<Prediction>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Ring {
+    task: Option<Task>,
+    /// (prediction, label), oldest first.
+    pairs: VecDeque<(Prediction, f64)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Recorded>,
+    order: VecDeque<(String, Instant)>,
+    versions: BTreeMap<u64, Ring>,
+}
+
+/// The rolling quality metrics of one version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quality {
+    pub version: u64,
+    pub labelled: u64,
+    pub accuracy: Option<f64>,
+    pub auc: Option<f64>,
+    pub rmse: Option<f64>,
+    pub mae: Option<f64>,
+}
+
+/// One label in a `POST /v2/models/{m}/labels` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    /// The request id the prediction was answered under (the V2 body's
+    /// `id` when the client set one, else the `x-request-id`).
+    pub id: String,
+    /// The true label: one number for a one-row request, or one per row.
+    pub label: LabelValue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LabelValue {
+    One(f64),
+    Rows(Vec<f64>),
+}
+
+/// What a label batch did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ingested {
+    pub joined: u64,
+    /// Ids with no recorded prediction (never seen, evicted or expired).
+    pub unknown: u64,
+    /// Labels whose row count did not match the prediction's.
+    pub mismatched: u64,
+    /// The versions whose metrics changed, with their new values.
+    pub quality: Vec<Quality>,
+}
+
+/// One model's recorded predictions and labelled pairs.
+pub struct LabelStore {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    retention: Duration,
+    window: usize,
+}
+
+impl LabelStore {
+    pub fn new(capacity: usize, retention: Duration, window: usize) -> LabelStore {
+        LabelStore {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
+            retention,
+            window: window.max(1),
+        }
+    }
+
+    /// Record an answered request's predictions. Returns false when the
+    /// store was busy and the prediction was dropped.
+    pub fn record(
+        &self,
+        id: &str,
+        version: u64,
+        task: Task,
+        rows: Vec<Prediction>,
+        now: Instant,
+    ) -> bool {
+        let Ok(mut inner) = self.inner.try_lock() else {
+            return false;
+        };
+        self.expire(&mut inner, now);
+        while inner.by_id.len() >= self.capacity {
+            let Some((old, _)) = inner.order.pop_front() else {
+                break;
+            };
+            inner.by_id.remove(&old);
+        }
+        let previous = inner.by_id.insert(
+            id.to_string(),
+            Recorded {
+                version,
+                task,
+                rows,
+                at: now,
+            },
+        );
+        if previous.is_none() {
+            inner.order.push_back((id.to_string(), now));
+        }
+        true
+    }
+
+    fn expire(&self, inner: &mut Inner, now: Instant) {
+        while let Some((id, at)) = inner.order.front() {
+            if now.saturating_duration_since(*at) <= self.retention {
+                break;
+            }
+            let id = id.clone();
+            inner.order.pop_front();
+            // Re-recorded under the same id later: keep the newer one.
+            if inner
+                .by_id
+                .get(&id)
+                .is_some_and(|r| now.saturating_duration_since(r.at) > self.retention)
+            {
+                inner.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// Predictions held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.by_id.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Join labels with recorded predictions (each prediction is joined
+    /// once: it leaves the store) and recompute the touched versions'
+    /// metrics.
+    pub fn ingest(&self, labels: &[Label], now: Instant) -> Ingested {
+        let mut out = Ingested::default();
+        let Ok(mut inner) = self.inner.lock() else {
+            return out;
+        };
+        self.expire(&mut inner, now);
+        let mut touched = Vec::new();
+        for l in labels {
+            let Some(rec) = inner.by_id.remove(&l.id) else {
+                out.unknown += 1;
+                continue;
+            };
+            let truth: Vec<f64> = match &l.label {
+                LabelValue::One(x) => vec![*x],
+                LabelValue::Rows(v) => v.clone(),
+            };
+            if truth.len() != rec.rows.len() {
+                out.mismatched += 1;
+                continue;
+            }
+            let ring = inner.versions.entry(rec.version).or_default();
+            ring.task = Some(rec.task);
+            for (p, y) in rec.rows.into_iter().zip(truth) {
+                if ring.pairs.len() >= self.window {
+                    ring.pairs.pop_front();
+                }
+                ring.pairs.push_back((p, y));
+            }
+            out.joined += 1;
+            if !touched.contains(&rec.version) {
+                touched.push(rec.version);
+            }
+        }
+        out.quality = touched
+            .into_iter()
+            .filter_map(|v| inner.versions.get(&v).map(|r| quality(v, r)))
+            .collect();
+        out
+    }
+
+    /// The metrics of every version with labels.
+    pub fn quality(&self) -> Vec<Quality> {
+        self.inner
+            .lock()
+            .map(|i| i.versions.iter().map(|(v, r)| quality(*v, r)).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn quality(version: u64, ring: &Ring) -> Quality {
+    let n = ring.pairs.len();
+    let mut q = Quality {
+        version,
+        labelled: n as u64,
+        ..Default::default()
+    };
+    if n == 0 {
+        return q;
+    }
+    match ring.task {
+        Some(Task::Regression) => {
+            let (mut se, mut ae) = (0.0, 0.0);
+            for (p, y) in &ring.pairs {
+                let e = p.score - y;
+                se += e * e;
+                ae += e.abs();
+            }
+            q.rmse = Some((se / n as f64).sqrt());
+            q.mae = Some(ae / n as f64);
+        }
+        _ => {
+            let correct = ring
+                .pairs
+                .iter()
+                .filter(|(p, y)| {
+                    let class = p.class.map_or(u32::from(p.score >= 0.5), |c| c);
+                    f64::from(class) == *y
+                })
+                .count();
+            q.accuracy = Some(correct as f64 / n as f64);
+            let binary = ring.pairs.iter().all(|(_, y)| *y == 0.0 || *y == 1.0);
+            if binary {
+                q.auc = auc(ring.pairs.iter().map(|(p, y)| (p.score, *y == 1.0)));
+            }
+        }
+    }
+    q
+}
+
+/// ROC AUC by the rank-sum (Mann–Whitney) with average ranks for ties;
+/// None when one class is absent.
+pub fn auc(pairs: impl Iterator<Item = (f64, bool)>) -> Option<f64> {
+    let mut v: Vec<(f64, bool)> = pairs.filter(|(s, _)| !s.is_nan()).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pos = v.iter().filter(|(_, y)| *y).count() as f64;
+    let neg = v.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1].0 == v[i].0 {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += avg * v[i..=j].iter().filter(|(_, y)| *y).count() as f64;
+        i = j + 1;
+    }
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(score: f64) -> Prediction {
+        Prediction {
+            class: Some(u32::from(score >= 0.5)),
+            score,
+        }
+    }
+
+    #[test]
+    fn auc_matches_hand_computed_values_with_ties() {
+        // 2 positives (0.8, 0.4), 2 negatives (0.4, 0.1): pairs won 1 + 0.5 + 1 + 1 = 3.5 of 4.
+        let got = auc([(0.8, true), (0.4, true), (0.4, false), (0.1, false)].into_iter());
+        assert_eq!(got, Some(3.5 / 4.0));
+        assert_eq!(auc([(0.3, true)].into_iter()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn labels_join_recorded_predictions_and_metrics_follow() {
+        let store = LabelStore::new(10, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        store.record("a", 3, Task::Classification, vec![p(0.9)], now);
+        store.record("b", 3, Task::Classification, vec![p(0.2)], now);
+        store.record("c", 3, Task::Classification, vec![p(0.7), p(0.1)], now);
+        let got = store.ingest(
+            &[
+                Label {
+                    id: "a".into(),
+                    label: LabelValue::One(1.0),
+                },
+                Label {
+                    id: "b".into(),
+                    label: LabelValue::One(1.0),
+                },
+                Label {
+                    id: "c".into(),
+                    label: LabelValue::Rows(vec![0.0, 0.0]),
+                },
+                Label {
+                    id: "zzz".into(),
+                    label: LabelValue::One(0.0),
+                },
+            ],
+            now,
+        );
+        assert_eq!((got.joined, got.unknown, got.mismatched), (3, 1, 0));
+        let q = &got.quality[0];
+        assert_eq!(q.labelled, 4);
+        // Right: a (0.9→1), c row 2 (0.1→0); wrong: b, c row 1.
+        assert_eq!(q.accuracy, Some(0.5));
+        // Positives 0.9, 0.2; negatives 0.7, 0.1: won 2 + 1 of 4 pairs.
+        assert_eq!(q.auc, Some(0.75));
+        // Joined predictions leave the store.
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_store_is_bounded_by_capacity_and_retention() {
+        let store = LabelStore::new(2, Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        for id in ["a", "b", "c"] {
+            store.record(id, 1, Task::Regression, vec![p(1.0)], t0);
+        }
+        assert_eq!(store.len(), 2, "the oldest is evicted at capacity");
+        let got = store.ingest(
+            &[Label {
+                id: "a".into(),
+                label: LabelValue::One(1.0),
+            }],
+            t0,
+        );
+        assert_eq!(got.unknown, 1);
+        let later = t0 + Duration::from_secs(11);
+        let got = store.ingest(
+            &[Label {
+                id: "b".into(),
+                label: LabelValue::One(1.0),
+            }],
+            later,
+        );
+        assert_eq!(got.unknown, 1, "expired after the retention");
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn regression_metrics() {
+        let store = LabelStore::new(10, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        let v = |s| Prediction {
+            class: None,
+            score: s,
+        };
+        store.record("a", 1, Task::Regression, vec![v(3.0), v(5.0)], now);
+        let got = store.ingest(
+            &[Label {
+                id: "a".into(),
+                label: LabelValue::Rows(vec![1.0, 5.0]),
+            }],
+            now,
+        );
+        let q = &got.quality[0];
+        assert_eq!(q.rmse, Some((4.0f64 / 2.0).sqrt()));
+        assert_eq!(q.mae, Some(1.0));
+        assert_eq!(q.accuracy, None);
+    }
+}
