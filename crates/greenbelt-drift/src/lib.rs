@@ -11,6 +11,9 @@
 //! This crate owns the maths only: no I/O, no clocks, no async.
 
 pub mod categorical;
+mod dd;
+mod gamma;
+mod kolmogorov;
 pub mod ks;
 pub mod profile;
 pub mod psi;

@@ -24,7 +24,11 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let frac = h - lo as f64;
     // numpy's _lerp: a + (b - a)·t, and b - (b - a)·(1 - t) when t >= 0.5.
     let d = b - a;
-    if frac >= 0.5 { b - d * (1.0 - frac) } else { a + d * frac }
+    if frac >= 0.5 {
+        b - d * (1.0 - frac)
+    } else {
+        a + d * frac
+    }
 }
 
 /// The inner edges of `bins` bins at the quantiles `i/bins` (i = 1..bins) of
