@@ -19,8 +19,8 @@ const EP128: f64 = 3.402_823_669_209_385e38;
 const EM128: f64 = 2.938_735_877_055_719e-39;
 /// exp() of anything below this is zero in `f64` (scipy `_MIN_LOG`).
 const MIN_LOG: f64 = -708.0;
-/// Cephes `MINLOG`: log(2^-1022).
-const CEPHES_MINLOG: f64 = -7.083_964_185_322_641e2;
+/// Cephes `MINLOG` as scipy defines it: log(2^-1075).
+const CEPHES_MINLOG: f64 = -7.451_332_191_019_412e2;
 
 /// `kstwo.sf(d, n)`: Pr(D_n >= d) for a sample of size n >= 1.
 pub(crate) fn kstwo_sf(n: u64, x: f64) -> f64 {
