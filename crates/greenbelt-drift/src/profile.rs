@@ -20,10 +20,13 @@
 //! **KS bound.** With F(e−) the share of values below a grid edge e (what the
 //! grid can see), D_grid = max_e |F_ref(e−) − F_win(e−)| <= D, and for any x
 //! in fine bin j both CDFs move by at most that bin's share, so
-//! D <= D_grid + max_j max(ref share_j, window share_j). With a 100-bin grid
-//! on continuous data the reference shares are 1% and the window's about 1%,
-//! so the under-read is a couple of percent of D at most (measured in
-//! `tests/it/profile.rs`); heavy ties concentrate shares and widen it.
+//! D <= D_grid + max_j max(ref share_j, window share_j)
+//! ([`NumericProfile::ks_bound`]). With a 100-bin grid on continuous data the
+//! reference shares are 1% and a window's similar (more where it piles into
+//! an outer bin), and the measured under-read on normal data (20 000
+//! reference values, windows of 300 to 50 000, shifted and scaled) was at
+//! most 0.0017 in D (`tests/it/profile.rs`); heavy ties concentrate shares
+//! and widen the bound.
 //!
 //! **Categorical windows** keep the reference's categories plus at most
 //! [`MAX_NEW_CATEGORIES`] (64) new ones; values of further new categories
@@ -114,7 +117,7 @@ impl NumericProfile {
     /// the profile always serialises). Errors: `resolution` not a positive
     /// multiple of `psi_bins`, or no finite value at all.
     pub fn from_values(values: &[f64], resolution: usize, psi_bins: usize) -> Result<Self> {
-        if psi_bins == 0 || resolution == 0 || resolution % psi_bins != 0 {
+        if psi_bins == 0 || resolution == 0 || !resolution.is_multiple_of(psi_bins) {
             return Err(DriftError::Mismatch(format!(
                 "profile: resolution {resolution} is not a positive multiple of psi_bins \
                  {psi_bins}, so the PSI edges would not lie on the grid; use e.g. \

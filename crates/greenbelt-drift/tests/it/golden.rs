@@ -155,7 +155,12 @@ fn wasserstein_equals_scipy() {
     for c in &golden().two_sample {
         let (a, b) = (decode(&c.a, c.scale), decode(&c.b, c.scale));
         let w = wasserstein_distance(&a, &b).unwrap();
-        assert!(stat_close(w, c.wasserstein), "{}: {w} vs {}", c.name, c.wasserstein);
+        assert!(
+            stat_close(w, c.wasserstein),
+            "{}: {w} vs {}",
+            c.name,
+            c.wasserstein
+        );
         let (mut sa, mut sb) = (a, b);
         sa.sort_by(f64::total_cmp);
         sb.sort_by(f64::total_cmp);
@@ -181,7 +186,12 @@ fn chisquare_equals_scipy() {
 fn jensenshannon_equals_scipy() {
     for c in &golden().jensenshannon {
         let d = jensenshannon(&c.p, &c.q).unwrap();
-        assert!(stat_close(d, c.distance), "{}: {d} vs {}", c.name, c.distance);
+        assert!(
+            stat_close(d, c.distance),
+            "{}: {d} vs {}",
+            c.name,
+            c.distance
+        );
     }
 }
 
@@ -193,20 +203,34 @@ fn psi_equals_numpy_and_the_profile_reproduces_it() {
         sorted.sort_by(f64::total_cmp);
         let edges = quantile_edges(&sorted, c.bins);
         let numpy_edges: Vec<f64> = c.edges_bits.iter().map(|b| f64::from_bits(*b)).collect();
-        assert_eq!(edges, numpy_edges, "{}: numpy's linear quantiles, bit for bit", c.name);
+        assert_eq!(
+            edges, numpy_edges,
+            "{}: numpy's linear quantiles, bit for bit",
+            c.name
+        );
         let shares = |xs: &[f64]| {
             let mut counts = vec![0u64; edges.len() + 1];
             xs.iter().for_each(|x| counts[bin_of(&edges, *x)] += 1);
-            counts.iter().map(|n| *n as f64 / xs.len() as f64).collect::<Vec<_>>()
+            counts
+                .iter()
+                .map(|n| *n as f64 / xs.len() as f64)
+                .collect::<Vec<_>>()
         };
         let raw = psi(&shares(&reference), &shares(&current)).unwrap();
-        assert!(stat_close(raw, c.psi), "{}: {raw} vs numpy {}", c.name, c.psi);
+        assert!(
+            stat_close(raw, c.psi),
+            "{}: {raw} vs numpy {}",
+            c.name,
+            c.psi
+        );
 
         // The profile's window gives the same PSI, exactly.
         let profile = NumericProfile::from_values(&reference, 10 * c.bins, c.bins).unwrap();
         assert_eq!(profile.psi_edges, edges, "{}", c.name);
         let mut window = profile.window();
-        current.iter().for_each(|x| profile.observe(&mut window, *x));
+        current
+            .iter()
+            .for_each(|x| profile.observe(&mut window, *x));
         assert_eq!(profile.psi(&window), Some(raw), "{}", c.name);
     }
 }

@@ -6,6 +6,8 @@
 //! - `profile`: the profile grid, its PSI exactness, the measured KS
 //!   approximation and the categorical bound.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 mod golden;
 mod profile;
 mod props;
