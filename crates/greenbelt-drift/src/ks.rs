@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn exact_falls_back_where_scipy_does() {
+        // scipy 1.17.1: _attempt_exact_2kssamp(10000, 10000, 10000, h/10000)
+        // returns a "probability" of 1.0000000000000002 for these h, and
+        // ks_2samp then uses the asymptotic p-value.
+        let scipy_fails = [
+            1, 3, 4, 7, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 21, 23, 24, 25,
+        ];
+        for h in 1..60u64 {
+            let (_, method) = ks_pvalue(h as f64 / 10_000.0, 10_000, 10_000);
+            let want = if scipy_fails.contains(&h) {
+                KsMethod::Asymptotic
+            } else {
+                KsMethod::Exact
+            };
+            assert_eq!(method, want, "h = {h}");
+        }
+    }
+
+    #[test]
     fn exact_path_count_equals_brute_force() {
         // Enumerate all C(m+n, n) interleavings for small m, n and count
         // those with D >= d.

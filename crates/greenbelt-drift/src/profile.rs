@@ -183,7 +183,7 @@ impl NumericProfile {
     /// PSI of the window against the reference; `None` for an empty window.
     ///
     /// The fine counts of both are summed into the PSI bins (`psi_edges`),
-    /// turned into shares and passed to [`crate::psi`]: equal to PSI of the
+    /// turned into shares and passed to [`crate::psi()`]: equal to PSI of the
     /// raw values binned at `psi_edges` (see the module doc).
     pub fn psi(&self, window: &NumericWindow) -> Option<f64> {
         let (reference, current) = self.checked(window)?;

@@ -26,12 +26,58 @@ fn profile_values() -> impl Strategy<Value = Vec<f64>> {
         .prop_filter("needs a finite value", |v| v.iter().any(|x| x.is_finite()))
 }
 
+/// Any double at all: NaN, ±∞, subnormals, ±0, extremes.
+fn any_f64s() -> impl Strategy<Value = Vec<f64>> {
+    let value = prop_oneof![
+        prop::num::f64::ANY,
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(f64::MIN_POSITIVE / 4.0),
+        Just(-0.0),
+        Just(f64::MAX),
+    ];
+    prop::collection::vec(value, 0..40)
+}
+
 fn grid() -> impl Strategy<Value = (usize, usize)> {
     (1usize..=10, 1usize..=20).prop_map(|(psi_bins, k)| (psi_bins * k, psi_bins))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_panics_on_any_input(
+        a in any_f64s(),
+        b in any_f64s(),
+        d in prop::num::f64::ANY,
+        (n1, n2) in prop_oneof![(0u64..3000, 0u64..3000), (10_001u64..50_000, 0u64..200)],
+        (resolution, psi_bins) in (0usize..50, 0usize..12),
+        q in prop::num::f64::ANY,
+    ) {
+        let _ = ks_2samp(&a, &b);
+        let _ = greenbelt_drift::ks_2samp_sorted(&a, &b);
+        let (p, _) = greenbelt_drift::ks_pvalue(d, n1, n2);
+        prop_assert!(p.is_nan() || (0.0..=1.0).contains(&p));
+        let _ = wasserstein_distance(&a, &b);
+        let _ = greenbelt_drift::wasserstein_sorted(&a, &b);
+        let n = a.len().min(b.len());
+        let _ = chisquare(&a[..n], &b[..n]);
+        let _ = chisquare(&a, &b);
+        let _ = jensenshannon(&a[..n], &b[..n]);
+        let _ = psi(&a[..n], &b[..n]);
+        let _ = psi(&a, &b);
+        let _ = greenbelt_drift::quantile_edges(&a, psi_bins);
+        if let Ok(p) = NumericProfile::from_values(&a, resolution, psi_bins) {
+            let mut w = p.window();
+            b.iter().for_each(|x| p.observe(&mut w, *x));
+            let _ = (p.psi(&w), p.ks(&w), p.ks_bound(&w), p.quantile(q));
+            let mut other = greenbelt_drift::profile::NumericWindow::default();
+            other.merge(&w);
+            let _ = p.ks(&other);
+        }
+    }
 
     #[test]
     fn ks_is_symmetric_and_in_range(a in sample(120), b in sample(120)) {
