@@ -162,15 +162,20 @@ pub(crate) fn ldexp(x: f64, e: i64) -> f64 {
     let mut x = x;
     let mut e = e.clamp(-4000, 4000);
     while e > 1000 {
-        x *= 2f64.powi(1000);
+        x *= pow2(1000);
         e -= 1000;
     }
     while e < -1000 {
-        x *= 2f64.powi(-1000);
+        x *= pow2(-1000);
         e += 1000;
     }
     // |e| <= 1000: 2^e is a normal f64; one rounding at most (subnormal x·2^e).
-    x * 2f64.powi(e as i32)
+    x * pow2(e)
+}
+
+/// 2^e for -1022 <= e <= 1023, built from its bits.
+fn pow2(e: i64) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@
 //!   Pomeranz, Pelz–Good and twice the one-sided Smirnov tail (Cephes'
 //!   Birnbaum–Tingey sum in double-double arithmetic). Cost: sorting, one
 //!   merge pass, and the p-value, which is O(n) terms in the Smirnov regime
-//!   (0.37 s for n1 = n2 = 1 000 000; scipy takes 0.47 s for the same).
+//!   (0.24 s of the 0.34 s for n1 = n2 = 1 000 000; scipy's Smirnov alone
+//!   takes 0.47 s there, its whole `ks_2samp` 0.93 s).
 //! - **Population stability index** ([`psi()`], [`quantile_edges`],
 //!   [`bin_of`]): bins at the reference's numpy-linear quantiles i/bins
 //!   (equal edges kept once), outer edges open, a value equal to an edge in
