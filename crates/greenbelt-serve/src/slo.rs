@@ -172,7 +172,7 @@ pub fn ratio_series(window: &str) -> String {
 }
 
 /// Every alert `rules` writes, with its runbook file (under docs/runbooks/).
-pub const ALERTS: [(&str, &str); 11] = [
+pub const ALERTS: [(&str, &str); 13] = [
     ("GreenbeltSLOBurnRatePage", "slo-burn-rate.md"),
     ("GreenbeltSLOBurnRateTicket", "slo-burn-rate.md"),
     ("GreenbeltInflightNearLimit", "saturation.md"),

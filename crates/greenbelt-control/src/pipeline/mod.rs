@@ -616,7 +616,6 @@ fn predict(
     cols: usize,
     task: definition::Task,
 ) -> Result<Vec<f64>, PipelineError> {
-    use greenbelt_core::DataType;
     let sig = model.signature();
     let input = sig
         .inputs
