@@ -102,8 +102,8 @@ async fn a_width_mismatch_is_refused_at_load_not_at_request_time() {
     );
     assert_eq!(
         app.tasks(),
-        4,
-        "freshness gauges, canary, the online store's breaker metrics and the autoscaler"
+        5,
+        "freshness gauges, canary, the online store's breaker metrics, the autoscaler and the drift windows"
     );
 
     let running = app.spawn();
