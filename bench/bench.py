@@ -40,7 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "mlserver", "mlserver-tuned", "empty"]
+GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "greenbelt-drift", "mlserver", "mlserver-tuned", "empty"]
 # Only with --baseline: the same Greenbelt groups served by an older binary.
 BASELINE_GROUPS = ["before", "before-nolog"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -550,7 +550,8 @@ class Bench:
 
     # ---- groups
 
-    def greenbelt_server(self, group: str, log_requests: bool, binary, otlp: str | None = None) -> Server:
+    def greenbelt_server(self, group: str, log_requests: bool, binary, otlp: str | None = None,
+                         repo: Path | None = None, extra: str = "") -> Server:
         d = self.out / group_dir(group)
         d.mkdir(parents=True, exist_ok=True)
         cfg = d / "greenbelt.toml"
@@ -560,7 +561,7 @@ class Bench:
             f'http_addr = "127.0.0.1:{self.ports["gb_http"]}"\n'
             f'grpc_addr = "127.0.0.1:{self.ports["gb_grpc"]}"\n'
             "[repository]\n"
-            f'path = "{self.out / "repo"}"\n'
+            f'path = "{repo or self.out / "repo"}"\n'
             "[runtime]\n"
             f'onnxruntime_library = "{self.a.ort_lib}"\n'
             "[telemetry]\n"
@@ -568,6 +569,7 @@ class Bench:
             + ("[tracing]\n"
                f'endpoint = "{otlp}"\n'
                'protocol = "http/protobuf"\n' if otlp else "")
+            + extra
         )
         env = dict(os.environ, ORT_DYLIB_PATH=self.a.ort_lib)
         env.pop("GREENBELT_LOG", None)
@@ -579,7 +581,8 @@ class Bench:
             get_ok(f"http://127.0.0.1:{self.ports['gb_http']}/v2/models/logreg/ready"),
         )
 
-    def group_greenbelt(self, log_requests: bool, baseline: bool = False, telemetry: bool = False) -> None:
+    def group_greenbelt(self, log_requests: bool, baseline: bool = False, telemetry: bool = False,
+                        drift: bool = False) -> None:
         """One Greenbelt server: this checkout's binary, or (`baseline`) the
         `--baseline` binary with the identical config. The load generators
         (wrk, and this checkout's `greenbelt bench` for gRPC) are the same for
@@ -593,8 +596,14 @@ class Bench:
             group = "greenbelt-telemetry"
             label = "Greenbelt (all telemetry on: request log, traces at the default ratio)"
             sink = OtlpSink(self.ports["otlp"])
+        repo, extra = None, ""
+        if drift:
+            group = "greenbelt-drift"
+            label = "Greenbelt (request log on, live drift monitor on: 20-feature profile, 1 s windows)"
+            repo = drift_repo(self.out)
+            extra = '[drift]\nwindow = "1s"\ntick = "100ms"\n'
         binary = self.a.baseline if baseline else self.a.greenbelt
-        srv = self.greenbelt_server(group, log_requests, binary, sink.url if sink else None)
+        srv = self.greenbelt_server(group, log_requests, binary, sink.url if sink else None, repo, extra)
         try:
             srv.start()
             base = f"http://127.0.0.1:{self.ports['gb_http']}"
@@ -611,7 +620,7 @@ class Bench:
             for c in self.conc:
                 self.run_wrk(srv, group, label, f"{base}/v2/models/logreg/infer", c,
                              log_needle="greenbelt::request", metrics_base=base)
-            if telemetry:
+            if telemetry or drift:
                 return
             if log_requests:
                 for c in self.conc:
@@ -681,6 +690,7 @@ class Bench:
             "greenbelt": lambda: self.group_greenbelt(True),
             "greenbelt-nolog": lambda: self.group_greenbelt(False),
             "greenbelt-telemetry": lambda: self.group_greenbelt(True, telemetry=True),
+            "greenbelt-drift": lambda: self.group_greenbelt(True, drift=True),
             "before": lambda: self.group_greenbelt(True, baseline=True),
             "before-nolog": lambda: self.group_greenbelt(False, baseline=True),
             "mlserver": lambda: self.group_mlserver(False),
@@ -776,6 +786,44 @@ class Bench:
                 "mlserver_venv": json.loads(pyv) if pyv.startswith("{") else pyv,
             },
         }
+
+
+def numeric_profile(values, resolution: int = 100, psi_bins: int = 10) -> dict:
+    """greenbelt_drift's numeric column profile, computed with numpy (the
+    same convention: numpy-linear quantile edges, equal edges once, a value
+    equal to an edge in the upper bin)."""
+    import numpy as np
+    s = np.sort(np.asarray(values, dtype=np.float64))
+    edges = np.unique(np.quantile(s, np.arange(1, resolution) / resolution))
+    counts = np.bincount(np.searchsorted(edges, s, side="right"), minlength=len(edges) + 1)
+    psi_edges = np.unique(np.quantile(s, np.arange(1, psi_bins) / psi_bins))
+    return {"kind": "numeric", "edges": edges.tolist(), "counts": counts.tolist(),
+            "psi_edges": psi_edges.tolist(), "missing": 0, "min": float(s[0]),
+            "max": float(s[-1]), "mean": float(s.mean())}
+
+
+def drift_repo(out: Path) -> Path:
+    """The logreg fixture with a reference profile beside it (20 features,
+    standard normal; predictions uniform): what turns the monitor on."""
+    import numpy as np
+    repo = out / "repo-drift"
+    (repo / "logreg" / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "repo" / "logreg" / "1" / "model.onnx", repo / "logreg" / "1" / "model.onnx")
+    for extra in (out / "repo" / "logreg").glob("*.toml"):
+        shutil.copy(extra, repo / "logreg" / extra.name)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5000, 20))
+    names = [f"f{i}" for i in range(20)]
+    profile = {
+        "format": 1, "task": "classification", "inputs": {"input": names},
+        "prediction": "probabilities",
+        "features": {"format": 1, "rows": 5000,
+                     "columns": {n: numeric_profile(x[:, i]) for i, n in enumerate(names)}},
+        "predictions": {"format": 1, "rows": 5000,
+                        "columns": {"score": numeric_profile(rng.uniform(size=5000))}},
+    }
+    (repo / "logreg" / "1" / "model.profile.json").write_text(json.dumps(profile))
+    return repo
 
 
 def group_dir(group: str) -> str:

@@ -81,7 +81,7 @@ impl ModelProfile {
         classes: usize,
     ) -> Result<ModelProfile> {
         let k = names.len();
-        if k == 0 || matrix.len() % k != 0 {
+        if k == 0 || !matrix.len().is_multiple_of(k) {
             return Err(DriftError::Mismatch(format!(
                 "profile: {} feature values do not fill rows of {k} features",
                 matrix.len()
@@ -103,7 +103,7 @@ impl ModelProfile {
             Task::Regression => 1,
             Task::Classification => classes.max(1),
         };
-        if per_row == 0 || predictions.len() % per_row != 0 {
+        if per_row == 0 || !predictions.len().is_multiple_of(per_row) {
             return Err(DriftError::Mismatch(format!(
                 "profile: {} prediction values do not fill rows of {per_row}",
                 predictions.len()

@@ -901,6 +901,29 @@ fn apply_overrides(graph: &Signature, config: &ModelConfig) -> Result<Signature,
     Ok(sig)
 }
 
+/// Where a model file's reference profile lives: `model.onnx` →
+/// `model.profile.json`, `<sha>.onnx` → `<sha>.profile.json`.
+pub fn profile_path(model_file: &Path) -> PathBuf {
+    model_file.with_extension("profile.json")
+}
+
+/// The model file's reference profile, if it has one.
+fn read_profile(model_file: &Path) -> Result<Option<greenbelt_drift::model::ModelProfile>, String> {
+    let path = profile_path(model_file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => greenbelt_drift::model::ModelProfile::from_json(&text)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "{}: {e}; fix the file or remove it to serve without drift monitoring",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -967,28 +990,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not in the model")
         );
-    }
-}
-
-/// Where a model file's reference profile lives: `model.onnx` →
-/// `model.profile.json`, `<sha>.onnx` → `<sha>.profile.json`.
-pub fn profile_path(model_file: &Path) -> PathBuf {
-    model_file.with_extension("profile.json")
-}
-
-/// The model file's reference profile, if it has one.
-fn read_profile(model_file: &Path) -> Result<Option<greenbelt_drift::model::ModelProfile>, String> {
-    let path = profile_path(model_file);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => greenbelt_drift::model::ModelProfile::from_json(&text)
-            .map(Some)
-            .map_err(|e| {
-                format!(
-                    "{}: {e}; fix the file or remove it to serve without drift monitoring",
-                    path.display()
-                )
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

@@ -274,7 +274,7 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
     )
     .unwrap_or(0.0);
     assert!(
-        mirrored >= 120.0 && mirrored < 150.0,
+        (120.0..150.0).contains(&mirrored),
         "mirrored {mirrored}: {text}"
     );
     assert!(in_dist > 90.0, "in distribution {in_dist}: {text}");

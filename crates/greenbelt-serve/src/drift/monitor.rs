@@ -508,10 +508,13 @@ impl DriftMonitor {
     }
 }
 
-/// Per input tensor, per column, the in-distribution range (None: no bound).
+/// One column's in-distribution range (None: no bound, e.g. categorical).
+type Range = Option<(f64, f64)>;
+
+/// Per input tensor, per column, the in-distribution range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OodBounds {
-    inputs: Vec<(String, Vec<Option<(f64, f64)>>)>,
+    inputs: Vec<(String, Vec<Range>)>,
 }
 
 impl OodBounds {
