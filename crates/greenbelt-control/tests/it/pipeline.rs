@@ -86,6 +86,26 @@ async fn builtin_pipeline_promotes_then_refuses_a_worse_candidate() {
     assert_eq!(v1.gate_report["passed"], true);
     assert_eq!(v1.lineage["dataset_sha256"].as_str().unwrap().len(), 64);
     assert!(v1.metrics["roc_auc"].as_f64().unwrap() > 0.65);
+    // The reference profile for drift monitoring: the training features and
+    // the holdout predictions, stored beside the model.
+    let profile = &v1.lineage["profile"];
+    let bytes = p
+        .artifacts
+        .get(
+            profile["uri"].as_str().unwrap(),
+            profile["sha256"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    let profile =
+        greenbelt_drift::model::ModelProfile::from_json(std::str::from_utf8(&bytes).unwrap())
+            .unwrap();
+    let features: Vec<String> = serde_json::from_value(v1.lineage["features"].clone()).unwrap();
+    assert_eq!(profile.inputs["input"], features);
+    assert_eq!(profile.features.columns.len(), features.len());
+    assert_eq!(profile.features.rows as usize, r.split.train_rows);
+    assert_eq!(profile.predictions.rows as usize, r.split.holdout_rows);
+    assert!(profile.predictions.columns.contains_key("score"));
 
     // A deliberately worse candidate: one weak feature. The champion-relative gate refuses it.
     let worse = p.write(
