@@ -181,6 +181,7 @@ pub fn data(state: &AppState) -> Value {
                         "track": track,
                         "window": windows.get(&key).cloned().unwrap_or(Value::Null),
                         "total": v.metrics.live().requests,
+                        "drift": state.drift.summary(&e.name, v.version),
                     })
                 })
                 .collect();

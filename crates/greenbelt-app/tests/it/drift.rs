@@ -259,6 +259,21 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
     )
     .unwrap();
     assert!(psi_metric > 1.0, "{text}");
+    // The built-in dashboard's drift panel reads the same window.
+    let dash: Value = client
+        .get(format!("{base}/dashboard/data"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v1 = dash["models"][0]["versions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["version"] == "1").cloned())
+        .unwrap();
+    assert_eq!(v1["drift"]["drifted"], FEATURES, "{dash}");
+    assert!(v1["drift"]["worst_psi"].as_f64().unwrap() > 1.0, "{dash}");
 
     // Routing: the shifted rows (far outside the 0.1%..99.9% reference
     // range) were mirrored to the challenger; the calm ones, bar a rare

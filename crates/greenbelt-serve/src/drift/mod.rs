@@ -248,6 +248,43 @@ impl DriftHub {
         }
     }
 
+    /// The dashboard's line for one version: drifted features, the worst
+    /// feature's PSI, prediction PSI, mean confidence, label metrics (None
+    /// when the version is neither monitored nor labelled).
+    pub fn summary(&self, model: &str, version: u64) -> Option<serde_json::Value> {
+        let report = self
+            .reports
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&(model.to_string(), version)).cloned());
+        let quality = self
+            .labels
+            .read()
+            .ok()
+            .and_then(|m| m.get(model).cloned())
+            .and_then(|s| s.quality().into_iter().find(|q| q.version == version));
+        if report.is_none() && quality.is_none() {
+            return None;
+        }
+        let worst = report.as_ref().and_then(|r| {
+            r.features
+                .iter()
+                .filter_map(|(n, s)| s.psi.map(|p| (n, p)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+        });
+        Some(serde_json::json!({
+            "drifted": report.as_ref().map(|r| r.drifted.len()),
+            "features": report.as_ref().map(|r| r.features.len()),
+            "worst_feature": worst.map(|w| w.0),
+            "worst_psi": worst.map(|w| w.1),
+            "prediction_psi": report.as_ref().and_then(|r| r.prediction.1.psi),
+            "confidence": report.as_ref().and_then(|r| r.confidence_mean),
+            "accuracy": quality.as_ref().and_then(|q| q.accuracy),
+            "auc": quality.as_ref().and_then(|q| q.auc),
+            "rmse": quality.as_ref().and_then(|q| q.rmse),
+        }))
+    }
+
     /// What `/admin/drift/{model}` shows: per loaded version, whether it is
     /// monitored, its open and last closed windows, its label metrics.
     pub fn view(&self, repository: &Repository, model: &str) -> Option<Vec<VersionView>> {

@@ -95,8 +95,8 @@ async fn dashboard_renders_live_numbers_in_chromium() {
         "the page never loaded its data:\n{dom}"
     );
     for panel in [
-        "traffic", "latency", "errors", "queue", "inflight", "rollout", "shadow", "features",
-        "alerts",
+        "traffic", "latency", "errors", "queue", "inflight", "rollout", "shadow", "drift",
+        "features", "alerts",
     ] {
         assert!(
             dom.contains(&format!("id=\"panel-{panel}\"")),
