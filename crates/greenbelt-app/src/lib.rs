@@ -20,6 +20,7 @@ pub mod error;
 pub mod failover;
 pub mod feature_ops;
 pub mod features;
+pub mod labels;
 pub mod loadgen;
 pub mod pipeline;
 pub mod pipeline_drill;

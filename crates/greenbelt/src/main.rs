@@ -5,6 +5,7 @@ mod autoscale_cmd;
 mod bench;
 mod drill_cmd;
 mod features_cmd;
+mod labels_cmd;
 mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
@@ -61,6 +62,8 @@ enum Command {
     Slo(slo_cmd::Args),
     /// Autoscaling: replay a request-rate trace through the recommender.
     Autoscale(autoscale_cmd::Args),
+    /// Delayed labels: send true labels for answered requests to a server.
+    Labels(labels_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -183,6 +186,7 @@ fn main() -> std::process::ExitCode {
             Command::Drill(args) => drill_cmd::run(args).await,
             Command::Slo(args) => slo_cmd::run(args).await,
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
+            Command::Labels(args) => labels_cmd::run(args).await,
         }
     });
     match result {

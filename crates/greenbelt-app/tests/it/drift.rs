@@ -241,7 +241,7 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
 
     // Drifted: every feature shifted by 3 standard deviations.
     let t1 = now_ms(&client, &base).await;
-    send(&client, &base, &mut rng, 120, 3.0, "shifted").await;
+    let shifted = send(&client, &base, &mut rng, 120, 3.0, "shifted").await;
     let w = closed_window(&client, &base, t1, 100).await;
     let psi1 = w["features"][0][1]["psi"].as_f64().unwrap();
     let ks1 = w["features"][0][1]["ks_statistic"].as_f64().unwrap();
@@ -356,6 +356,27 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
         ),
         Some(120.0)
     );
+    // The same from a file, as `greenbelt labels ingest` sends it.
+    let csv = dir.path().join("labels.csv");
+    let mut text = String::from("id,label\n");
+    for id in &shifted {
+        text.push_str(&format!("{id},1\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let labels = greenbelt_app::labels::read(&csv).unwrap();
+    let got = greenbelt_app::labels::send(&base, "scorer", &labels, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.sent, got.joined, got.unknown),
+        (120, 120, 0),
+        "{got:?}"
+    );
+    assert_eq!(got.quality[0]["labelled"], 240, "{got:?}");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,truth\nx,1\n").unwrap();
+    let e = greenbelt_app::labels::read(&bad).unwrap_err().to_string();
+    assert!(e.contains("no \"label\" column"), "{e}");
     // A malformed body names the fix.
     let r = client
         .post(format!("{base}/v2/models/scorer/labels"))
