@@ -17,17 +17,29 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(n - 1);
-    let (a, b) = (sorted[lo], sorted[hi]);
-    let frac = h - lo as f64;
-    // numpy's _lerp: a + (b - a)·t, and b - (b - a)·(1 - t) when t >= 0.5.
+    let (lo, hi, frac) = quantile_ranks(n, q);
+    lerp(sorted[lo], sorted[hi], frac)
+}
+
+/// Where numpy's linear quantile `q` of `n > 0` sorted values lies: the
+/// ranks (0-based) of the two values it interpolates between and the
+/// fraction of the way from the first to the second. For callers that
+/// stream sorted values instead of holding them (the feature contracts).
+pub fn quantile_ranks(n: usize, q: f64) -> (usize, usize, f64) {
+    let h = n.saturating_sub(1) as f64 * q.clamp(0.0, 1.0);
+    let lo = (h.floor() as usize).min(n.saturating_sub(1));
+    let hi = (lo + 1).min(n.saturating_sub(1));
+    (lo, hi, h - lo as f64)
+}
+
+/// numpy's `_lerp`: a + (b − a)·t, computed as b − (b − a)·(1 − t) when
+/// t ≥ 0.5 (so the result is exact at both ends).
+pub fn lerp(a: f64, b: f64, t: f64) -> f64 {
     let d = b - a;
-    if frac >= 0.5 {
-        b - d * (1.0 - frac)
+    if t >= 0.5 {
+        b - d * (1.0 - t)
     } else {
-        a + d * frac
+        a + d * t
     }
 }
 

@@ -379,7 +379,7 @@ impl Contract {
 
 // ---------- evaluation ----------
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -389,7 +389,6 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 
 /// Failures kept per rule as examples in the report.
 const SAMPLES: usize = 5;
-const EPS: f64 = 1e-4;
 
 /// The outcome of one rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -771,7 +770,7 @@ impl Checker {
                             for i in 0..n {
                                 if v.is_valid(i) && !v.value(i).is_nan() {
                                     st.checked += 1;
-                                    let b = edges.partition_point(|e| *e < v.value(i));
+                                    let b = greenbelt_drift::bin_of(edges, v.value(i));
                                     if let Some(c) = counts.get_mut(b) {
                                         *c += 1;
                                     }
@@ -897,12 +896,10 @@ pub fn run_may_continue(contract: &Contract, report: &ValidationReport) -> bool 
     }
 }
 
+/// PSI of the rule's checked values against its reference, with the one
+/// convention of `greenbelt_drift::psi` (0 when nothing was checked).
 fn psi_value(p: &Psi) -> f64 {
-    let term = |e: f64, a: f64| {
-        let (e, a) = (e.max(EPS), a.max(EPS));
-        (a - e) * (a / e).ln()
-    };
-    match p {
+    let (reference, current): (Vec<f64>, Vec<f64>) = match p {
         Psi::Numeric {
             reference, counts, ..
         } => {
@@ -910,29 +907,28 @@ fn psi_value(p: &Psi) -> f64 {
             if total == 0 {
                 return 0.0;
             }
-            reference
-                .iter()
-                .zip(counts)
-                .map(|(e, c)| term(*e, *c as f64 / total as f64))
-                .sum()
+            let current = counts.iter().map(|c| *c as f64 / total as f64).collect();
+            (reference.clone(), current)
         }
         Psi::Categorical { reference, counts } => {
             let total: u64 = counts.values().sum();
             if total == 0 {
                 return 0.0;
             }
-            let mut keys: HashSet<&String> = reference.keys().collect();
+            let mut keys: BTreeSet<&String> = reference.keys().collect();
             keys.extend(counts.keys());
             keys.into_iter()
                 .map(|k| {
-                    term(
+                    (
                         reference.get(k).copied().unwrap_or(0.0),
                         counts.get(k).copied().unwrap_or(0) as f64 / total as f64,
                     )
                 })
-                .sum()
+                .unzip()
         }
-    }
+    };
+    // Same lengths by construction, so this cannot fail.
+    greenbelt_drift::psi(&reference, &current).unwrap_or(0.0)
 }
 
 /// Read a PSI reference in streaming passes over the one column (memory
@@ -1023,26 +1019,41 @@ async fn load_reference(
     if n == 0 {
         return Err(no_values());
     }
-    // Pass 2: the edges, at ranks i·n/bins of the sorted values.
-    let ranks: Vec<usize> = (1..bins).map(|i| (i * n / bins).min(n - 1)).collect();
-    let mut edges: Vec<f64> = Vec::with_capacity(ranks.len());
+    // Pass 2: the edges, numpy's linear quantiles i/bins of the sorted
+    // values (greenbelt_drift's convention), from the values at the ranks
+    // each quantile interpolates between.
+    let at: Vec<(usize, usize, f64)> = (1..bins)
+        .map(|i| greenbelt_drift::quantile_ranks(n, i as f64 / bins as f64))
+        .collect();
+    let wanted: BTreeSet<usize> = at.iter().flat_map(|(lo, hi, _)| [*lo, *hi]).collect();
+    let mut value_at: BTreeMap<usize, f64> = BTreeMap::new();
     let mut seen = 0usize;
     let mut stream = values(df.clone().sort(vec![col("v").sort(true, false)])?).await?;
     while let Some(a) = stream.next().await {
         for x in a?.iter().flatten().filter(|x| !x.is_nan()) {
-            while edges.len() < ranks.len() && ranks[edges.len()] == seen {
-                edges.push(x);
+            if wanted.contains(&seen) {
+                value_at.insert(seen, x);
             }
             seen += 1;
         }
     }
+    let mut edges: Vec<f64> = at
+        .iter()
+        .filter_map(|(lo, hi, t)| {
+            Some(greenbelt_drift::lerp(
+                *value_at.get(lo)?,
+                *value_at.get(hi)?,
+                *t,
+            ))
+        })
+        .collect();
     edges.dedup();
     // Pass 3: the share of values per bin.
     let mut reference = vec![0u64; edges.len() + 1];
     let mut stream = values(df).await?;
     while let Some(a) = stream.next().await {
         for x in a?.iter().flatten().filter(|x| !x.is_nan()) {
-            let b = edges.partition_point(|e| *e < x);
+            let b = greenbelt_drift::bin_of(&edges, x);
             if let Some(c) = reference.get_mut(b) {
                 *c += 1;
             }

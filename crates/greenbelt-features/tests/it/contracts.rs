@@ -237,6 +237,33 @@ async fn psi_references_are_read_in_passes_numeric_and_categorical() {
         Arc::new(Float64Array::from(amounts)) as ArrayRef,
     )]);
     assert_eq!(psi_of(numeric, same).await, "psi 0.0000 (max 0.2)");
+    // A shifted sample: the contract's PSI is greenbelt_drift's (numpy-linear
+    // decile edges of the reference, upper-bin rule, 1e-4 floor).
+    let shifted: Vec<f64> = (0..500).map(|i| f64::from(i) * 1.5 + 300.0).collect();
+    let mut reference: Vec<f64> = (0..1000)
+        .map(|i| f64::from((i * 7) % 1000) + 0.25)
+        .collect();
+    reference.sort_by(f64::total_cmp);
+    let edges = greenbelt_drift::quantile_edges(&reference, 10);
+    let shares = |xs: &[f64]| {
+        let mut c = vec![0.0; edges.len() + 1];
+        for x in xs {
+            c[greenbelt_drift::bin_of(&edges, *x)] += 1.0 / xs.len() as f64;
+        }
+        c
+    };
+    let want = greenbelt_drift::psi(&shares(&reference), &shares(&shifted)).unwrap();
+    let numeric = spec(r#"{ check = "psi", column = "amount", reference = "ref.csv" }"#);
+    let got = psi_of(
+        numeric,
+        batch(vec![(
+            "amount",
+            Arc::new(Float64Array::from(shifted)) as ArrayRef,
+        )]),
+    )
+    .await;
+    assert_eq!(got, format!("psi {want:.4} (max 0.2)"));
+    assert!(want > 0.2, "{got}");
 
     let kinds = |v: Vec<&str>| {
         batch(vec![(
