@@ -43,7 +43,10 @@ fn write_config(dir: &Path) -> Config {
          [drift]\nwindow = \"60s\"\nwindow_requests = 120\ntick = \"50ms\"\nmin_window_rows = 20\n\
          [[deployments]]\nname = \"scorer\"\nalias = \"champion\"\n\
          [[deployments.shadow]]\nalias = \"challenger\"\nfraction = 0.0\n\
-         [deployments.drift_routing]\nchallenger = \"challenger\"\nlower_quantile = 0.001\nupper_quantile = 0.999\n",
+         [deployments.drift_routing]\nchallenger = \"challenger\"\nlower_quantile = 0.001\nupper_quantile = 0.999\n\
+         [[deployments]]\nname = \"router\"\nmodel = \"scorer\"\nalias = \"champion\"\n\
+         [[deployments.shadow]]\nalias = \"challenger\"\nfraction = 0.0\n\
+         [deployments.drift_routing]\nchallenger = \"challenger\"\naction = \"route\"\nlower_quantile = 0.001\nupper_quantile = 0.999\n",
         d = dir.display()
     );
     let path = dir.join("greenbelt.toml");
@@ -268,7 +271,11 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
         .json()
         .await
         .unwrap();
-    let v1 = dash["models"][0]["versions"]
+    let scorer = dash["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "scorer").cloned())
+        .unwrap();
+    let v1 = scorer["versions"]
         .as_array()
         .and_then(|a| a.iter().find(|v| v["version"] == "1").cloned())
         .unwrap();
@@ -315,6 +322,36 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // `action = "route"`: the challenger answers drifted requests itself.
+    let answered_by = |shift: f64| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let row: Vec<f64> = vec![shift; FEATURES];
+            let body = json!({"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32", "data": row}]});
+            let r: Value = client
+                .post(format!("{base}/v2/models/router/infer"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["model_version"].as_str().unwrap().to_string()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answered_by(0.0).await != "1" || answered_by(5.0).await != "2" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "router never routed by drift"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered_by(0.1).await, "1");
+    assert_eq!(answered_by(-6.0).await, "2");
 
     // Delayed labels: the calm requests, labelled with what the model said
     // for half and the opposite for the other half.
