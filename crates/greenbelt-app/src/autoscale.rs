@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use greenbelt_serve::infer::AppState;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::tasks::Tasks;
 
@@ -19,18 +18,9 @@ pub fn spawn(state: Arc<AppState>, tasks: &mut Tasks) {
         return;
     }
     let every = state.autoscaler.interval();
-    tasks.spawn(move |mut stop| async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.stopped() => return,
-                _ = tick.tick() => {
-                    state
-                        .autoscaler
-                        .evaluate(&state.repository, &state.metrics, Instant::now());
-                }
-            }
-        }
+    tasks.spawn_ticker(every, move |now| {
+        state
+            .autoscaler
+            .evaluate(&state.repository, &state.metrics, now)
     });
 }

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use greenbelt_serve::infer::AppState;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::tasks::Tasks;
 
@@ -17,16 +16,7 @@ pub fn spawn(state: Arc<AppState>, tasks: &mut Tasks) {
         return;
     }
     let every = state.drift.settings().tick;
-    tasks.spawn(move |mut stop| async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.stopped() => return,
-                _ = tick.tick() => {
-                    state.drift.tick(&state.repository, &state.metrics, Instant::now());
-                }
-            }
-        }
+    tasks.spawn_ticker(every, move |now| {
+        state.drift.tick(&state.repository, &state.metrics, now)
     });
 }

@@ -56,6 +56,24 @@ impl Tasks {
         self.cooperative.push(tokio::spawn(task(signal)));
     }
 
+    /// Run `step(now)` every `every` until stop (a missed tick is delayed,
+    /// not bunched up).
+    pub fn spawn_ticker<F>(&mut self, every: Duration, mut step: F)
+    where
+        F: FnMut(tokio::time::Instant) + Send + 'static,
+    {
+        self.spawn(move |mut stop| async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.stopped() => return,
+                    _ = tick.tick() => step(tokio::time::Instant::now()),
+                }
+            }
+        });
+    }
+
     /// Keep tasks that run until aborted.
     pub fn adopt(&mut self, handles: impl IntoIterator<Item = JoinHandle<()>>) {
         self.abort_only.extend(handles);

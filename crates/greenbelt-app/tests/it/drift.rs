@@ -137,14 +137,7 @@ async fn send(
 async fn closed_window(client: &reqwest::Client, base: &str, after_ms: u64, rows: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = client
-            .get(format!("{base}/admin/drift/scorer"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(client, &format!("{base}/admin/drift/scorer")).await;
         let stable = v["versions"].as_array().and_then(|a| {
             a.iter()
                 .find(|x| x["monitored"] == true && x["version"] == 1)
@@ -263,14 +256,7 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
     .unwrap();
     assert!(psi_metric > 1.0, "{text}");
     // The built-in dashboard's drift panel reads the same window.
-    let dash: Value = client
-        .get(format!("{base}/dashboard/data"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dash: Value = get_json(&client, &format!("{base}/dashboard/data")).await;
     let scorer = dash["models"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["name"] == "scorer").cloned())
@@ -303,14 +289,7 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
     assert_eq!(mirrored + in_dist, 240.0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let shadow: Value = client
-            .get(format!("{base}/admin/shadow/scorer"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let shadow: Value = get_json(&client, &format!("{base}/admin/shadow/scorer")).await;
         let compared = shadow[0]["counters"]["compared"].as_f64().unwrap_or(0.0);
         if compared == mirrored {
             assert_eq!(shadow[0]["version"], 2, "{shadow}");
@@ -428,14 +407,7 @@ async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() 
 
 /// The monitor's clock now: the last closed window's close time, or 0.
 async fn now_ms(client: &reqwest::Client, base: &str) -> u64 {
-    let v: Value = client
-        .get(format!("{base}/admin/drift/scorer"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(client, &format!("{base}/admin/drift/scorer")).await;
     v["versions"]
         .as_array()
         .into_iter()
@@ -443,4 +415,8 @@ async fn now_ms(client: &reqwest::Client, base: &str) -> u64 {
         .filter_map(|x| x["last_window"]["closed_ms"].as_u64())
         .max()
         .unwrap_or(0)
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
