@@ -40,7 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "greenbelt-drift", "mlserver", "mlserver-tuned", "empty"]
+GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "greenbelt-drift", "greenbelt-payload", "mlserver", "mlserver-tuned", "empty"]
 # Only with --baseline: the same Greenbelt groups served by an older binary.
 BASELINE_GROUPS = ["before", "before-nolog"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -582,7 +582,7 @@ class Bench:
         )
 
     def group_greenbelt(self, log_requests: bool, baseline: bool = False, telemetry: bool = False,
-                        drift: bool = False) -> None:
+                        drift: bool = False, payload: bool = False) -> None:
         """One Greenbelt server: this checkout's binary, or (`baseline`) the
         `--baseline` binary with the identical config. The load generators
         (wrk, and this checkout's `greenbelt bench` for gRPC) are the same for
@@ -602,6 +602,12 @@ class Bench:
             label = "Greenbelt (request log on, live drift monitor on: 20-feature profile, 1 s windows)"
             repo = drift_repo(self.out)
             extra = '[drift]\nwindow = "1s"\ntick = "100ms"\n'
+        if payload:
+            group = "greenbelt-payload"
+            label = "Greenbelt (request log on, payload log: JSONL, 1% of requests)"
+            d = self.out / group_dir(group)
+            extra = ('[telemetry.payload_log]\nsink = "jsonl"\nfraction = 0.01\n'
+                     f'path = "{d / "payloads"}"\n')
         binary = self.a.baseline if baseline else self.a.greenbelt
         srv = self.greenbelt_server(group, log_requests, binary, sink.url if sink else None, repo, extra)
         try:
@@ -620,7 +626,7 @@ class Bench:
             for c in self.conc:
                 self.run_wrk(srv, group, label, f"{base}/v2/models/logreg/infer", c,
                              log_needle="greenbelt::request", metrics_base=base)
-            if telemetry or drift:
+            if telemetry or drift or payload:
                 return
             if log_requests:
                 for c in self.conc:
@@ -691,6 +697,7 @@ class Bench:
             "greenbelt-nolog": lambda: self.group_greenbelt(False),
             "greenbelt-telemetry": lambda: self.group_greenbelt(True, telemetry=True),
             "greenbelt-drift": lambda: self.group_greenbelt(True, drift=True),
+            "greenbelt-payload": lambda: self.group_greenbelt(True, payload=True),
             "before": lambda: self.group_greenbelt(True, baseline=True),
             "before-nolog": lambda: self.group_greenbelt(False, baseline=True),
             "mlserver": lambda: self.group_mlserver(False),

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# The live drift monitor's cost on the serving path: Greenbelt with the
-# request log on, with and without a reference profile beside the model (so
-# the monitor counts every request into 1 s windows), interleaved in one run.
+# What one optional part of the serving path costs: Greenbelt with the
+# request log on, with and without the part, interleaved in one run.
 #
-#   bash bench/drift-serve.sh     # release build (~20 min clean) + ~4 min of load
+#   bash bench/overhead.sh drift     # the live drift monitor: a reference
+#                                    # profile beside the model, 1 s windows
+#   bash bench/overhead.sh payload   # the payload log: JSONL, 1% of requests
+#
+# Release build (~20 min clean) unless BENCH_BIN, then ~4 min of load.
 #
 # Knobs: BENCH_BIN (a prebuilt greenbelt), BENCH_ROUNDS (default 2),
 # BENCH_DURATION, BENCH_WARMUP, BENCH_CONCURRENCY, BENCH_IDLE_PCT,
 # BENCH_IDLE_MAX_WAIT, BENCH_PORT_BASE, BENCH_BUILD as in bench/run.sh.
-# Writes bench/out/drift-serve/results.json and prints the comparison.
+# Writes bench/out/overhead-<part>/results.json and prints the comparison.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-say() { echo "[drift-serve.sh] $*" >&2; }
-out="$root/bench/out/drift-serve"
+say() { echo "[overhead.sh] $*" >&2; }
+part="${1:-}"
+case "$part" in
+    drift|payload) ;;
+    *) say "usage: bash bench/overhead.sh drift|payload"; exit 2 ;;
+esac
+out="$root/bench/out/overhead-$part"
 mkdir -p "$out"
 
 # shellcheck source=bench/lib.sh
@@ -32,11 +40,11 @@ fi
 rm -rf "$out/repo" "$out/repo-drift"
 mkdir -p "$out/repo/logreg/1"
 cp fixtures/models/logreg/1/model.onnx "$out/repo/logreg/1/model.onnx"
-printf '# written by bench/drift-serve.sh\nbackend = "onnxruntime"\n' >"$out/repo/logreg/config.toml"
+printf '# written by bench/overhead.sh\nbackend = "onnxruntime"\n' >"$out/repo/logreg/config.toml"
 
 groups=""
 for _ in $(seq 1 "${BENCH_ROUNDS:-2}"); do
-    groups+="greenbelt,greenbelt-drift,"
+    groups+="greenbelt,greenbelt-$part,"
 done
 status=0
 rm -f "$out/results.json"
@@ -46,17 +54,18 @@ rm -f "$out/results.json"
     --concurrency "${BENCH_CONCURRENCY:-1 64}" --only "${groups%,}" \
     --idle-pct "${BENCH_IDLE_PCT:-15}" --idle-max-wait "${BENCH_IDLE_MAX_WAIT:-60}" \
     --port-base "${BENCH_PORT_BASE:-18100}" \
-    --command "bash bench/drift-serve.sh" || status=$?
+    --command "bash bench/overhead.sh $part" || status=$?
 
-"$python" - "$out/results.json" <<'PY'
+"$python" - "$out/results.json" "greenbelt-$part" <<'PY'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
+group = sys.argv[2]
 runs = [x for x in r["runs"] if x.get("ok") and x["protocol"] == "rest"]
-print("| concurrency | monitor off req/s | monitor on req/s | change | p99 off ms | p99 on ms | extra µs per request (c=1) |")
+print(f"| concurrency | off req/s | on req/s | change | p99 off ms | p99 on ms | extra µs per request (c=1) |  ({group} vs greenbelt, medians of rounds)")
 print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for c in sorted({x["concurrency"] for x in runs}):
     off = [x for x in runs if x["group"] == "greenbelt" and x["concurrency"] == c]
-    on = [x for x in runs if x["group"] == "greenbelt-drift" and x["concurrency"] == c]
+    on = [x for x in runs if x["group"] == group and x["concurrency"] == c]
     if not off or not on:
         continue
     m = lambda xs, k: statistics.median(x[k] for x in xs if x.get(k) is not None)
