@@ -39,7 +39,7 @@ fn pg_bin() -> PathBuf {
 }
 
 #[test]
-#[ignore = "flaky here: region B's server sometimes opens its hot standby as a primary and starts degraded (cause not found); run with --run-ignored"]
+#[ignore = "runs the whole two-region drill (about 20 processes, 16 s) beside the other tests; .ci/run runs the drill as a step of its own; run with --run-ignored"]
 fn the_failover_runbook_promotes_region_b_in_the_drill() {
     let bin = Path::new(env!("CARGO_BIN_EXE_greenbelt"));
     if let Err(e) = greenbelt_app::failover::procs::preflight(&pg_bin(), "postgres", bin) {
