@@ -127,6 +127,10 @@ async fn promote_then_roll_back_under_load_with_zero_failures() {
         load.push(tokio::spawn(async move {
             let (mut ok, mut failed, mut versions) = (0u64, Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
+                // When the request was sent: one sent after the switch must
+                // be answered by the new version (one sent before may
+                // still be in flight on the old one on a busy machine).
+                let sent = Instant::now();
                 match client.post(&url).json(&request()).send().await {
                     Ok(r) if r.status().is_success() => {
                         ok += 1;
@@ -134,7 +138,7 @@ async fn promote_then_roll_back_under_load_with_zero_failures() {
                             .to_str()
                             .unwrap()
                             .to_string();
-                        versions.push((Instant::now(), v));
+                        versions.push((sent, v));
                     }
                     Ok(r) => failed.push(format!("HTTP {}", r.status())),
                     Err(e) => failed.push(e.to_string()),
