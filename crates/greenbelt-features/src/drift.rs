@@ -19,8 +19,8 @@
 //! This module owns the comparison and its report (text, JSON via serde,
 //! HTML in [`html`]); it does not print or choose exit codes.
 
-pub mod html;
 mod categorical;
+pub mod html;
 mod numeric;
 mod text;
 
@@ -443,10 +443,11 @@ async fn open(ctx: &SessionContext, path: &str, side: &'static str) -> Result<Op
     let loc = Location::from_path(Path::new(path))?;
     let df = read_file(ctx, &loc, format_of(&loc))
         .await
-        .map_err(|e| {
-            FeatureError::Invalid(format!(
-                "reading {label}: {e}; give a Parquet file or a CSV file with a header row (.csv)"
-            ))
+        .map_err(|e| match e {
+            FeatureError::NotFound(m) => FeatureError::NotFound(format!("{label}: {m}")),
+            e => FeatureError::Invalid(format!(
+                "reading {label}: {e}; it must be Parquet, or CSV with a header row and a .csv name"
+            )),
         })?;
     let fields = df
         .schema()

@@ -24,6 +24,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{DataFrame, cast as cast_expr, col, ident};
 use futures::StreamExt;
+use greenbelt_drift::ks::MAX_EXACT_N;
 use greenbelt_drift::{KsResult, ks_pvalue, psi};
 
 use super::{CompareOptions, Counts, Histogram, NumericStats, stat_error};
@@ -117,7 +118,12 @@ pub(super) fn as_f64(a: &ArrayRef) -> Result<Float64Array> {
     c.as_any()
         .downcast_ref::<Float64Array>()
         .cloned()
-        .ok_or_else(|| FeatureError::Data(format!("a {} column did not cast to Float64", a.data_type())))
+        .ok_or_else(|| {
+            FeatureError::Data(format!(
+                "a {} column did not cast to Float64",
+                a.data_type()
+            ))
+        })
 }
 
 /// The count pass: rows of the file and the [`Moments`] of each of
@@ -190,15 +196,19 @@ pub(super) async fn compare(
     )
     .await?;
     let (pvalue, method) = ks_pvalue(m.d, rm.n, cm.n);
+    let d = reported_d(m.d, rm.n, cm.n);
     let shares = |counts: &[u64], n: u64| -> Vec<f64> {
         counts.iter().map(|c| *c as f64 / n as f64).collect()
     };
-    let psi_value = psi(&shares(&m.psi_reference, rm.n), &shares(&m.psi_current, cm.n))
-        .map_err(|e| stat_error("PSI", e))?;
+    let psi_value = psi(
+        &shares(&m.psi_reference, rm.n),
+        &shares(&m.psi_current, cm.n),
+    )
+    .map_err(|e| stat_error("PSI", e))?;
     let reference_std = rm.std();
     Ok(NumericStats {
         ks: KsResult {
-            statistic: m.d,
+            statistic: d,
             pvalue,
             method,
         },
@@ -218,6 +228,22 @@ pub(super) async fn compare(
             current: m.hist_current,
         },
     })
+}
+
+/// D as scipy reports it (and `greenbelt_drift::ks_2samp`): where the exact
+/// p-value is tried (both samples ≤ `MAX_EXACT_N`), D rounded to a multiple
+/// of 1/lcm(n1, n2). `ks_pvalue` rounds the same way for the p-value but
+/// returns only the p-value, so the rounding is mirrored here.
+fn reported_d(d: f64, n1: u64, n2: u64) -> f64 {
+    if n1.max(n2) > MAX_EXACT_N || n1 == 0 || n2 == 0 {
+        return d;
+    }
+    let (mut a, mut b) = (n1, n2);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let lcm = (n1 / a) * n2;
+    (d * lcm as f64).round_ties_even() / lcm as f64
 }
 
 /// Equal-width bins over `[lo, hi]`; the last bin is closed.
