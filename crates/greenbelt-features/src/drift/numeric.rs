@@ -370,14 +370,16 @@ struct Edge {
 /// The inner edges of `bins` bins at the quantiles i/bins of `n` sorted
 /// values: the ranks and weights `greenbelt_drift::quantile` uses.
 fn plan_edges(n: u64, bins: usize) -> Vec<Edge> {
+    // Callers have n ≥ 1; saturate anyway so no input can underflow.
+    let last = n.saturating_sub(1);
     (1..bins)
         .map(|i| {
             let q = i as f64 / bins as f64;
-            let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
+            let h = last as f64 * q.clamp(0.0, 1.0);
             let lo = h.floor() as u64;
             Edge {
                 lo,
-                hi: (lo + 1).min(n - 1),
+                hi: (lo + 1).min(last),
                 frac: h - lo as f64,
                 lo_value: f64::NAN,
                 hi_value: f64::NAN,
