@@ -1,6 +1,6 @@
 //! The report as one self-contained HTML page: inline CSS, an inline SVG
 //! chart per column (histograms on shared bins for numeric columns, bars
-//! per category for categorical ones), no JavaScript and nothing fetched
+//! per category, the 20 largest, for categorical ones), no JavaScript and nothing fetched
 //! from elsewhere. Every string that comes from the user or the data (paths,
 //! column names, categories, messages) goes through [`escape`].
 
@@ -11,7 +11,7 @@ use super::{CategoricalStats, ColumnReport, Histogram, Report};
 
 const REFERENCE_COLOUR: &str = "#4e79a7";
 const CURRENT_COLOUR: &str = "#f28e2b";
-/// Categories drawn before the rest are summed into one bar.
+/// Categories drawn (the largest); the rest are summed in a note.
 const MAX_BARS: usize = 20;
 
 /// Escape text for HTML and SVG, in element content and in quoted
@@ -247,7 +247,7 @@ fn categories_svg(k: &CategoricalStats) -> String {
         cats.iter().map(|c| c.current).sum(),
     );
     let share = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
-    let mut slots: Vec<Slot> = cats
+    let slots: Vec<Slot> = cats
         .iter()
         .take(MAX_BARS)
         .map(|c| Slot {
@@ -264,20 +264,23 @@ fn categories_svg(k: &CategoricalStats) -> String {
             ),
         })
         .collect();
+    let mut svg = String::new();
     if cats.len() > MAX_BARS {
+        // Summed into one bar they would flatten the others: a note instead.
         let rest = &cats[MAX_BARS..];
         let (a, b): (u64, u64) = (
             rest.iter().map(|c| c.reference).sum(),
             rest.iter().map(|c| c.current).sum(),
         );
-        slots.push(Slot {
-            label: Some(format!("({} others)", rest.len())),
-            reference: share(a, nr),
-            current: share(b, nc),
-            tip: format!("{} other categories", rest.len()),
-        });
+        let _ = writeln!(
+            svg,
+            "<p>{} smaller categories not drawn: {:.1}% of the reference, {:.1}% of the current file.</p>",
+            rest.len(),
+            share(a, nr) * 100.0,
+            share(b, nc) * 100.0
+        );
     }
-    chart(&slots, None)
+    chart(&slots, None) + &svg
 }
 
 /// A label cut to `max` characters (on a character boundary).
@@ -293,7 +296,7 @@ fn cut(s: &str, max: usize) -> String {
 /// legend; slot labels under the bars (rotated) or three x ticks.
 fn chart(slots: &[Slot], ticks: Option<[String; 3]>) -> String {
     let labelled = slots.iter().any(|s| s.label.is_some());
-    let (width, left, right, top) = (640.0, 48.0, 8.0, 24.0);
+    let (width, left, right, top) = (640.0, 56.0, 8.0, 24.0);
     let bottom = if labelled { 90.0 } else { 24.0 };
     let height = 180.0 + top + bottom;
     let plot_w = width - left - right;
