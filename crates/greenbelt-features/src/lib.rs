@@ -11,6 +11,7 @@ pub(crate) mod asof;
 pub mod canary;
 pub mod contracts;
 pub mod defs;
+pub mod drift;
 pub mod error;
 pub mod freshness;
 pub mod http;

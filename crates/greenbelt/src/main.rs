@@ -3,6 +3,7 @@
 
 mod autoscale_cmd;
 mod bench;
+mod drift_cmd;
 mod drill_cmd;
 mod features_cmd;
 mod labels_cmd;
@@ -64,6 +65,8 @@ enum Command {
     Autoscale(autoscale_cmd::Args),
     /// Delayed labels: send true labels for answered requests to a server.
     Labels(labels_cmd::Args),
+    /// Data drift: compare a dataset with a reference, column by column.
+    Drift(drift_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -175,6 +178,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            // Its own exit codes: 3 for drift past --fail-share, 2 for errors.
+            Command::Drift(args) => return Ok(drift_cmd::run(args).await),
             Command::Serve(args) => serve(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => bench::run(args).await,
@@ -188,9 +193,10 @@ fn main() -> std::process::ExitCode {
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
             Command::Labels(args) => labels_cmd::run(args).await,
         }
+        .map(|()| std::process::ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -6,6 +6,7 @@ mod child;
 mod common;
 mod contracts;
 mod defs;
+mod drift;
 mod http;
 mod memory;
 mod offline;
