@@ -106,8 +106,10 @@ default flags (memory limit 512 MiB, columns in parallel on every core).
 Peers: {meta['versions']}.
 
 {text}
-"Process wall" is the whole command under `/usr/bin/time -v` (peak RSS from the same);
-the Python rows also time the read and the computation inside the process.
+"Process wall" is the whole command under `/usr/bin/time -v` (peak RSS from the same; the scipy
+process computes both of its rows, so its wall covers both, plus imports), the
+median of {meta['repeat']} runs for greenbelt and scipy (one run for Evidently); the Python rows
+also time the read and the computation inside the process (imports are the rest of their wall).
 greenbelt computes KS, PSI, Wasserstein for every numeric column and chi-square, Jensen–Shannon,
 PSI for every categorical one, sorting each numeric column with DataFusion (spilling past the
 memory limit) and streaming the two sorted columns through one merge pass; the Python tools hold
