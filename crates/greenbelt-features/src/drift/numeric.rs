@@ -390,17 +390,6 @@ fn plan_edges(n: u64, bins: usize) -> Vec<Edge> {
         .collect()
 }
 
-/// `greenbelt_drift::quantile`'s interpolation (numpy's `_lerp`) of the two
-/// neighbours it reads: the same operations, so the same bits.
-fn lerp(a: f64, b: f64, frac: f64) -> f64 {
-    let d = b - a;
-    if frac >= 0.5 {
-        b - d * (1.0 - frac)
-    } else {
-        a + d * frac
-    }
-}
-
 /// Neumaier's compensated sum.
 #[derive(Default)]
 struct Sum {
@@ -499,7 +488,7 @@ pub(super) async fn merge(
             let (Some(a), Some(b)) = (known(e.lo, e.lo_value), known(e.hi, e.hi_value)) else {
                 break;
             };
-            e.value = lerp(a, b, e.frac);
+            e.value = greenbelt_drift::lerp(a, b, e.frac);
             if e.value > v {
                 break;
             }
@@ -529,7 +518,7 @@ pub(super) async fn merge(
         )));
     }
     for e in edges.iter_mut().skip(resolved) {
-        e.value = lerp(e.lo_value, e.hi_value, e.frac);
+        e.value = greenbelt_drift::lerp(e.lo_value, e.hi_value, e.frac);
         e.below = (n1, n2);
     }
     edges.dedup_by(|b, a| a.value == b.value);
