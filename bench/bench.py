@@ -796,38 +796,57 @@ class Bench:
 
 
 def numeric_profile(values, resolution: int = 100, psi_bins: int = 10) -> dict:
-    """greenbelt_drift's numeric column profile, computed with numpy (the
-    same convention: numpy-linear quantile edges, equal edges once, a value
-    equal to an edge in the upper bin)."""
-    import numpy as np
-    s = np.sort(np.asarray(values, dtype=np.float64))
-    edges = np.unique(np.quantile(s, np.arange(1, resolution) / resolution))
-    counts = np.bincount(np.searchsorted(edges, s, side="right"), minlength=len(edges) + 1)
-    psi_edges = np.unique(np.quantile(s, np.arange(1, psi_bins) / psi_bins))
-    return {"kind": "numeric", "edges": edges.tolist(), "counts": counts.tolist(),
-            "psi_edges": psi_edges.tolist(), "missing": 0, "min": float(s[0]),
-            "max": float(s[-1]), "mean": float(s.mean())}
+    """greenbelt_drift's numeric column profile, in plain Python (the same
+    convention: numpy-linear quantile edges, equal edges once, a value equal
+    to an edge in the upper bin)."""
+    import bisect
+    s = sorted(values)
+    n = len(s)
+
+    def quantile(q: float) -> float:
+        h = (n - 1) * q
+        lo = int(h)
+        hi = min(lo + 1, n - 1)
+        t = h - lo
+        d = s[hi] - s[lo]
+        return s[hi] - d * (1 - t) if t >= 0.5 else s[lo] + d * t
+
+    def edges(bins: int) -> list:
+        out = []
+        for i in range(1, bins):
+            e = quantile(i / bins)
+            if not out or out[-1] != e:
+                out.append(e)
+        return out
+
+    grid = edges(resolution)
+    counts = [0] * (len(grid) + 1)
+    for x in s:
+        counts[bisect.bisect_right(grid, x)] += 1
+    return {"kind": "numeric", "edges": grid, "counts": counts, "psi_edges": edges(psi_bins),
+            "missing": 0, "min": s[0], "max": s[-1], "mean": sum(s) / n}
 
 
 def drift_repo(out: Path) -> Path:
     """The logreg fixture with a reference profile beside it (20 features,
     standard normal; predictions uniform): what turns the monitor on."""
-    import numpy as np
+    import random
     repo = out / "repo-drift"
     (repo / "logreg" / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "repo" / "logreg" / "1" / "model.onnx", repo / "logreg" / "1" / "model.onnx")
     for extra in (out / "repo" / "logreg").glob("*.toml"):
         shutil.copy(extra, repo / "logreg" / extra.name)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((5000, 20))
+    rng = random.Random(7)
+    rows = 5000
     names = [f"f{i}" for i in range(20)]
     profile = {
         "format": 1, "task": "classification", "inputs": {"input": names},
         "prediction": "probabilities",
-        "features": {"format": 1, "rows": 5000,
-                     "columns": {n: numeric_profile(x[:, i]) for i, n in enumerate(names)}},
-        "predictions": {"format": 1, "rows": 5000,
-                        "columns": {"score": numeric_profile(rng.uniform(size=5000))}},
+        "features": {"format": 1, "rows": rows,
+                     "columns": {n: numeric_profile([rng.gauss(0, 1) for _ in range(rows)])
+                                 for n in names}},
+        "predictions": {"format": 1, "rows": rows,
+                        "columns": {"score": numeric_profile([rng.random() for _ in range(rows)])}},
     }
     (repo / "logreg" / "1" / "model.profile.json").write_text(json.dumps(profile))
     return repo
