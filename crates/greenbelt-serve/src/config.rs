@@ -535,7 +535,7 @@ mod tests {
     #[test]
     fn overload_settings_are_checked_naming_the_field() {
         let c = parse(
-            "[server]\nqueue_budget_ms = 250\nshutdown_delay_ms = 5000\n[server.concurrency]\nalgorithm = \"off\"\n[[deployments]]\nname = \"d\"\npriority = \"low\"\n",
+            "[server]\nqueue_budget_ms = 250\nshutdown_delay_ms = 5000\n[server.concurrency]\nalgorithm = \"gradient2\"\n[[deployments]]\nname = \"d\"\npriority = \"low\"\n",
             &[],
         )
         .unwrap();
@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(c.server.shutdown_delay_ms, 5000);
         assert_eq!(
             c.server.concurrency.algorithm,
-            crate::stages::limit::Algorithm::Off
+            crate::stages::limit::Algorithm::Gradient2
         );
         assert_eq!(
             c.deployments[0].priority,

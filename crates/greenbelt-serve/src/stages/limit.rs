@@ -134,11 +134,14 @@ pub struct ConcurrencyConfig {
 impl Default for ConcurrencyConfig {
     fn default() -> Self {
         ConcurrencyConfig {
-            // On: in the overload benchmark (docs/benchmarks.md, a
-            // compute-bound model at 1x and 2x capacity) Gradient2 kept
-            // 84-86% of capacity as goodput with p99 ~108 ms, where the
-            // static cap alone collapsed to 15-46% with p99 at the timeout.
-            algorithm: Algorithm::Gradient2,
+            // Off until it is tuned: Gradient2 kept 84-86% goodput under
+            // open-loop overload of a compute-bound model where the static
+            // cap collapsed (docs/benchmarks.md, "Overload"), but on the
+            // serving bench (a 12 us model, 64 closed-loop clients on 2
+            // cores) it settles near 18 in flight and answers most of the
+            // rest 503, where queueing would have served them all within
+            // a few ms (docs/resilience.md).
+            algorithm: Algorithm::Off,
             initial_limit: 100,
             min_limit: 8,
             max_limit: 1000,
