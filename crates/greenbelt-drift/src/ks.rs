@@ -160,6 +160,17 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
+/// The asymptotic two-sided p-value of `d` whatever the sample sizes
+/// (scipy's `method='asymp'`): for a D that is itself approximate (read off
+/// a window sketch), where counting lattice paths exactly would cost
+/// O(n1·n2) for nothing. NaN for a NaN `d` or an empty sample.
+pub fn ks_pvalue_asymptotic(d: f64, n1: u64, n2: u64) -> f64 {
+    if d.is_nan() || n1 == 0 || n2 == 0 {
+        return f64::NAN;
+    }
+    asymptotic(d.clamp(0.0, 1.0), n1, n2)
+}
+
 /// `kstwo.sf(d, round(n1·n2/(n1+n2)))`, clipped to [0, 1].
 fn asymptotic(d: f64, n1: u64, n2: u64) -> f64 {
     let (m, n) = (n1.max(n2) as f64, n1.min(n2) as f64);

@@ -63,7 +63,7 @@ pub mod psi;
 pub mod wasserstein;
 
 pub use categorical::{ChiSquare, chisquare, jensenshannon};
-pub use ks::{KsMethod, KsResult, ks_2samp, ks_2samp_sorted, ks_pvalue};
+pub use ks::{KsMethod, KsResult, ks_2samp, ks_2samp_sorted, ks_pvalue, ks_pvalue_asymptotic};
 pub use psi::{PSI_EPS, bin_of, lerp, psi, quantile, quantile_edges, quantile_ranks};
 pub use wasserstein::{wasserstein_distance, wasserstein_sorted};
 

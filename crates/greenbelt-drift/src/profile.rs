@@ -210,6 +210,29 @@ impl NumericProfile {
     /// share ([`NumericProfile::ks_bound`]). The p-value is
     /// [`ks_pvalue`]`(D_grid, reference count, window count)`.
     pub fn ks(&self, window: &NumericWindow) -> Option<KsResult> {
+        let (statistic, n_ref, n_win) = self.grid_d(window)?;
+        let (pvalue, method) = ks_pvalue(statistic, n_ref, n_win);
+        Some(KsResult {
+            statistic,
+            pvalue,
+            method,
+        })
+    }
+
+    /// [`NumericProfile::ks`] with the asymptotic p-value whatever the
+    /// sizes: what a live monitor wants, since D from the grid is
+    /// approximate anyway and the exact p-value costs O(n_ref·n_window).
+    pub fn ks_asymptotic(&self, window: &NumericWindow) -> Option<KsResult> {
+        let (statistic, n_ref, n_win) = self.grid_d(window)?;
+        Some(KsResult {
+            statistic,
+            pvalue: crate::ks::ks_pvalue_asymptotic(statistic, n_ref, n_win),
+            method: crate::KsMethod::Asymptotic,
+        })
+    }
+
+    /// D read off the grid, with the two sample sizes.
+    fn grid_d(&self, window: &NumericWindow) -> Option<(f64, u64, u64)> {
         let (n_ref, n_win) = self.checked(window)?;
         let (nr, nw) = (n_ref as f64, n_win as f64);
         let (mut cr, mut cw) = (0u64, 0u64);
@@ -222,12 +245,7 @@ impl NumericProfile {
             min_s = min_s.min(diff);
         }
         let statistic = if -min_s > max_s { -min_s } else { max_s };
-        let (pvalue, method) = ks_pvalue(statistic, n_ref, n_win);
-        Some(KsResult {
-            statistic,
-            pvalue,
-            method,
-        })
+        Some((statistic, n_ref, n_win))
     }
 
     /// How far [`NumericProfile::ks`] may under-read the exact D of the raw

@@ -246,3 +246,29 @@ fn profile_serialises_round_trip() {
     assert_eq!(a.edges.len(), b.edges.len());
     assert_eq!(back.columns["country"], profile.columns["country"]);
 }
+
+#[test]
+fn ks_asymptotic_is_ks_where_scipy_would_use_the_asymptotic_method_too() {
+    let reference: Vec<f64> = (0..20_000).map(|i| f64::from(i % 997) / 997.0).collect();
+    let current: Vec<f64> = (0..12_000).map(|i| f64::from(i % 991) / 900.0).collect();
+    let p = NumericProfile::from_values(&reference, 100, 10).unwrap();
+    let mut w = p.window();
+    current.iter().for_each(|x| p.observe(&mut w, *x));
+    let auto = p.ks(&w).unwrap();
+    let asymp = p.ks_asymptotic(&w).unwrap();
+    assert_eq!(auto.method, greenbelt_drift::KsMethod::Asymptotic);
+    assert_eq!(auto, asymp);
+    // Small samples: same D, the asymptotic p-value instead of the exact one.
+    let small = NumericProfile::from_values(&reference[..500], 100, 10).unwrap();
+    let mut w = small.window();
+    current[..300]
+        .iter()
+        .for_each(|x| small.observe(&mut w, *x));
+    let (auto, asymp) = (small.ks(&w).unwrap(), small.ks_asymptotic(&w).unwrap());
+    assert_eq!(auto.method, greenbelt_drift::KsMethod::Exact);
+    assert_eq!(auto.statistic, asymp.statistic);
+    assert_eq!(
+        asymp.pvalue,
+        greenbelt_drift::ks_pvalue_asymptotic(asymp.statistic, 500, 300)
+    );
+}
