@@ -67,4 +67,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+# The binary that build made, wherever CARGO_TARGET_DIR put it.
+export GREENBELT_BIN="${GREENBELT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/greenbelt}"
 .venv/bin/python -m pytest tests/python -q
