@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
-bin=${GREENBELT_BIN:-$root/target/debug/greenbelt}
+bin=${GREENBELT_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/greenbelt}
 [[ -x $bin ]] || cargo build -p greenbelt
 if [[ -z "${ORT_DYLIB_PATH:-}" ]] && ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then
     ORT_DYLIB_PATH="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
