@@ -420,3 +420,198 @@ async fn now_ms(client: &reqwest::Client, base: &str) -> u64 {
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// The fraud demo's features, in the order the model reads them.
+const FRAUD: [&str; 8] = [
+    "amount",
+    "hour",
+    "merchant_risk",
+    "user_tx_count_24h",
+    "user_avg_amount_30d",
+    "distance_km",
+    "is_foreign",
+    "device_age_days",
+];
+
+/// The fraud generator's rows as a row-major feature matrix and the labels.
+fn fraud_rows(rows: usize, seed: u64, drift: f64) -> (Vec<f64>, Vec<f64>) {
+    let text = greenbelt_control::demo::fraud_csv(rows, seed, drift);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at: Vec<usize> = FRAUD
+        .iter()
+        .map(|c| header.iter().position(|h| h == c).unwrap())
+        .collect();
+    let label = header.iter().position(|h| *h == "is_fraud").unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        x.extend(at.iter().map(|i| f[*i].parse::<f64>().unwrap()));
+        y.push(f[label].parse().unwrap());
+    }
+    (x, y)
+}
+
+/// Drift routing with the fraud generator's drift knob: a model trained on
+/// `drift = 0` data, calm traffic (`drift = 0`, another seed) and drifted
+/// traffic (`drift = 1`). Exactly the rows the rule calls drifted (a
+/// feature outside the reference's 0.1%..99.9% range) reach the
+/// challenger; the drifted traffic has many such rows and the calm traffic
+/// almost none; the counters report both slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fraud_drift_knob_sends_drifted_rows_to_the_challenger() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    let text = format!(
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"\"\n\
+         [telemetry]\nlog_requests = false\n\
+         [repository]\npath = \"{d}/models\"\n\
+         [registry]\nurl = \"sqlite://{d}/registry.db\"\nartifacts = \"{d}/artifacts\"\npoll_interval_ms = 50\n\
+         [[deployments]]\nname = \"fraud\"\nalias = \"champion\"\n\
+         [[deployments.shadow]]\nalias = \"challenger\"\nfraction = 0.0\n\
+         [deployments.drift_routing]\nchallenger = \"challenger\"\nlower_quantile = 0.001\nupper_quantile = 0.999\n",
+        d = dir.path().display()
+    );
+    std::fs::write(dir.path().join("greenbelt.toml"), text).unwrap();
+    let config = Config::load(Some(&dir.path().join("greenbelt.toml"))).unwrap();
+
+    // Train on calm data; the profile is the training matrix.
+    let (x, y) = fraud_rows(3000, 3, 0.0);
+    let names: Vec<String> = FRAUD.iter().map(|s| s.to_string()).collect();
+    let m = greenbelt_train::logreg::fit(
+        &greenbelt_train::DenseMatrix::new(&x, y.len(), FRAUD.len()).unwrap(),
+        &y,
+        &greenbelt_train::LogRegParams::default(),
+    )
+    .unwrap();
+    let file = dir.path().join("fraud.onnx");
+    std::fs::write(&file, greenbelt_train::export_logreg(&m, &names).unwrap()).unwrap();
+    let scores: Vec<f64> = y.iter().map(|v| 0.1 + 0.8 * v).collect();
+    let profile = ModelProfile::build(
+        Task::Classification,
+        "input",
+        &names,
+        &x,
+        "probabilities",
+        &scores,
+        1,
+    )
+    .unwrap();
+    std::fs::write(
+        greenbelt_serve::repository::profile_path(&file),
+        serde_json::to_vec(&profile).unwrap(),
+    )
+    .unwrap();
+    let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
+    for alias in ["champion", "challenger"] {
+        let v = greenbelt_app::registry::register_file(
+            &registry,
+            &config,
+            "fraud".into(),
+            &file,
+            json!({}),
+            json!({}),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+        registry
+            .set_alias("fraud", alias, v.version, "test", "release")
+            .await
+            .unwrap();
+    }
+
+    // What the rule says, computed here from the same profile.
+    let bounds: Vec<(f64, f64)> = FRAUD
+        .iter()
+        .map(|c| match &profile.features.columns[*c] {
+            greenbelt_drift::profile::ColumnProfile::Numeric(p) => {
+                greenbelt_serve::drift::monitor::ood_range(p, 0.001, 0.999)
+            }
+            greenbelt_drift::profile::ColumnProfile::Categorical(_) => unreachable!(),
+        })
+        .collect();
+    let drifted = |row: &[f64]| {
+        row.iter()
+            .zip(&bounds)
+            .filter(|(v, (lo, hi))| **v < *lo || **v > *hi)
+            .count()
+            >= 1
+    };
+
+    let running = App::build(config).await.unwrap().spawn();
+    let base = format!("http://{}", running.http_addr().unwrap());
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = get_json(&client, &format!("{base}/admin/drift/fraud")).await;
+        if v["versions"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served both versions: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let routed = |text: &str, slice: &str, action: &str| {
+        sample(
+            text,
+            &format!(
+                "greenbelt_drift_routed_requests_total{{deployment=\"fraud\",slice=\"{slice}\",action=\"{action}\"}}"
+            ),
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let mut expected = 0;
+    let mut shares = Vec::new();
+    for (seed, knob) in [(9u64, 0.0), (10, 1.0)] {
+        let (x, _) = fraud_rows(300, seed, knob);
+        let mut outside = 0;
+        for row in x.chunks(FRAUD.len()) {
+            outside += usize::from(drifted(row));
+            let body = json!({"inputs": [{"name": "input", "shape": [1, FRAUD.len()], "datatype": "FP32", "data": row}]});
+            let r = client
+                .post(format!("{base}/v2/models/fraud/infer"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        expected += outside;
+        shares.push(outside as f64 / 300.0);
+        let text = metrics_text(&client, &base).await;
+        assert_eq!(
+            routed(&text, "drifted", "mirrored"),
+            expected,
+            "drift = {knob}"
+        );
+    }
+    let text = metrics_text(&client, &base).await;
+    assert_eq!(
+        routed(&text, "drifted", "mirrored") + routed(&text, "in_distribution", "none"),
+        600,
+        "both slices are counted"
+    );
+    // The knob moves the slice: few calm rows, many drifted ones.
+    assert!(
+        shares[0] < 0.05 && shares[1] > 0.2,
+        "drifted shares {shares:?}"
+    );
+    // The challenger compared exactly the drifted rows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shadow = get_json(&client, &format!("{base}/admin/shadow/fraud")).await;
+        let compared = shadow[0]["counters"]["compared"].as_u64().unwrap_or(0) as usize;
+        if compared == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "challenger compared {compared} of {expected}: {shadow}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.unwrap();
+}

@@ -500,7 +500,7 @@ impl DriftMonitor {
                 .columns
                 .iter()
                 .map(|&c| match self.features.get(c) {
-                    Some(Column::Numeric(p)) => Some((p.quantile(lower), p.quantile(upper))),
+                    Some(Column::Numeric(p)) => Some(ood_range(p, lower, upper)),
                     _ => None,
                 })
                 .collect();
@@ -550,6 +550,31 @@ impl OodBounds {
         }
         outside
     }
+}
+
+/// The in-distribution range of a numeric feature: its reference
+/// quantiles, widened outward to the profile grid's own edges (the
+/// reference min and max beyond the first and last), so a value tied with
+/// a grid edge (discrete features: flags, counts, hours) is never outside
+/// because interpolation inside a bin put the bound a hair past it. With
+/// the default 100-bin grid, quantiles beyond 1% / 99% become the
+/// reference's min / max.
+pub fn ood_range(p: &NumericProfile, lower: f64, upper: f64) -> (f64, f64) {
+    let (q_lo, q_hi) = (p.quantile(lower), p.quantile(upper));
+    let lo = p
+        .edges
+        .iter()
+        .rev()
+        .find(|e| **e <= q_lo)
+        .copied()
+        .unwrap_or(p.min);
+    let hi = p
+        .edges
+        .iter()
+        .find(|e| **e >= q_hi)
+        .copied()
+        .unwrap_or(p.max);
+    (lo.min(q_lo), hi.max(q_hi))
 }
 
 /// Element `i` as f64 (NaN when absent or not numeric).
