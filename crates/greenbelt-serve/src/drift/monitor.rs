@@ -613,3 +613,91 @@ pub fn confidence_entropy(row: &[f64]) -> (f64, f64) {
     }
     (conf, ent)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use greenbelt_core::{DataType, TensorSpec};
+
+    fn profile(features: usize) -> ModelProfile {
+        let names: Vec<String> = (0..features).map(|i| format!("f{i}")).collect();
+        let x: Vec<f64> = (0..features * 200)
+            .map(|i| f64::from(i as u32 % 97))
+            .collect();
+        let scores: Vec<f64> = (0..200).map(|i| f64::from(i) / 200.0).collect();
+        ModelProfile::build(
+            Task::Classification,
+            "input",
+            &names,
+            &x,
+            "probabilities",
+            &scores,
+            1,
+        )
+        .unwrap()
+    }
+
+    fn signature(width: i64) -> Signature {
+        Signature {
+            inputs: vec![TensorSpec::new("input", DataType::Fp32, vec![-1, width])],
+            outputs: vec![TensorSpec::new(
+                "probabilities",
+                DataType::Fp32,
+                vec![-1, 2],
+            )],
+        }
+    }
+
+    #[test]
+    fn a_profile_that_does_not_fit_the_model_is_refused_naming_why() {
+        let e = DriftMonitor::new(&profile(3), &signature(4), 16, 0).unwrap_err();
+        assert!(e.contains("names 3 features") && e.contains("is 4"), "{e}");
+        let mut p = profile(3);
+        p.prediction = "scores".into();
+        let e = DriftMonitor::new(&p, &signature(3), 16, 0).unwrap_err();
+        assert!(e.contains("output \"scores\""), "{e}");
+        let mut p = profile(3);
+        let cols = p.inputs.remove("input").unwrap();
+        p.inputs.insert("pixels".into(), cols);
+        let e = DriftMonitor::new(&p, &signature(3), 16, 0).unwrap_err();
+        assert!(
+            e.contains("tensor \"pixels\"") && e.contains("input"),
+            "{e}"
+        );
+        assert!(DriftMonitor::new(&profile(3), &signature(3), 16, 0).is_ok());
+    }
+
+    #[test]
+    fn garbage_profile_files_are_errors_not_panics() {
+        for text in [
+            "",
+            "{",
+            "[]",
+            "{\"format\": 1}",
+            "{\"format\": 9, \"task\": \"classification\", \"inputs\": {}, \"prediction\": \"p\", \"features\": {\"format\": 1, \"rows\": 0, \"columns\": {}}, \"predictions\": {\"format\": 1, \"rows\": 0, \"columns\": {}}}",
+        ] {
+            let e = ModelProfile::from_json(text).unwrap_err().to_string();
+            assert!(e.contains("profile"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn requests_that_do_not_match_the_profile_count_nothing_and_do_not_panic() {
+        let m = DriftMonitor::new(&profile(3), &signature(3), 16, 0).unwrap();
+        // Short data, a wrong datatype, a missing tensor: no panic.
+        let short = Tensor::new("input", vec![1, 2], TensorData::Fp32(vec![1.0, 2.0])).unwrap();
+        let bytes = Tensor::new(
+            "input",
+            vec![1, 3],
+            TensorData::Bytes(vec![bytes::Bytes::from_static(b"\xff"); 3]),
+        )
+        .unwrap();
+        m.observe_inputs(&[short], None);
+        m.observe_inputs(&[bytes], None);
+        m.observe_inputs(&[], None);
+        m.observe_outputs(&[]);
+        let r = m.close(1, 0.2, 0.01);
+        assert_eq!(r.requests, 3);
+        assert_eq!(r.features.len(), 3);
+    }
+}

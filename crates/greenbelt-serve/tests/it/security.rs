@@ -320,3 +320,30 @@ async fn dashboard_data_needs_a_viewer_token() {
     assert!(page.text().await.unwrap().contains("/dashboard/data"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn posting_labels_needs_a_feature_writer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = with_tokens(&dir).await;
+    let body = json!({"labels": [{"id": "r1", "label": 1}]});
+    let (status, _) = s.post("/v2/models/logreg/labels", &body).await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .post_with(
+            "/v2/models/logreg/labels",
+            &body,
+            &[("authorization", &bearer("tok-view"))],
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, got) = s
+        .post_with(
+            "/v2/models/logreg/labels",
+            &body,
+            &[("authorization", &bearer("tok-etl"))],
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["unknown"], 1, "{got}");
+    s.stop().await;
+}
