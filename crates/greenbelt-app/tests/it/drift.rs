@@ -163,26 +163,8 @@ async fn closed_window(client: &reqwest::Client, base: &str, after_ms: u64, rows
 async fn drift_moves_the_metrics_routes_drifted_rows_and_labels_give_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
     let file = model_with_profile(dir.path());
-    for alias in ["champion", "challenger"] {
-        let v = greenbelt_app::registry::register_file(
-            &registry,
-            &config,
-            "scorer".into(),
-            &file,
-            json!({}),
-            json!({}),
-            "test".into(),
-        )
-        .await
-        .unwrap();
-        assert!(v.lineage["profile"]["uri"].is_string(), "{:?}", v.lineage);
-        registry
-            .set_alias("scorer", alias, v.version, "test", "release")
-            .await
-            .unwrap();
-    }
+    register_champion_and_challenger(&config, "scorer", &file).await;
     let running = App::build(config).await.unwrap().spawn();
     let base = format!("http://{}", running.http_addr().unwrap());
     let client = reqwest::Client::new();
@@ -421,24 +403,22 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-/// The fraud demo's features, in the order the model reads them.
-const FRAUD: [&str; 8] = [
-    "amount",
-    "hour",
-    "merchant_risk",
-    "user_tx_count_24h",
-    "user_avg_amount_30d",
-    "distance_km",
-    "is_foreign",
-    "device_age_days",
-];
+/// The fraud demo's features, in the order the model reads them: its
+/// columns without the ids, the event time and the label.
+fn fraud_features() -> Vec<&'static str> {
+    greenbelt_control::demo::COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !["tx_id", "user_id", "merchant_id", "event_ts", "is_fraud"].contains(c))
+        .collect()
+}
 
 /// The fraud generator's rows as a row-major feature matrix and the labels.
 fn fraud_rows(rows: usize, seed: u64, drift: f64) -> (Vec<f64>, Vec<f64>) {
     let text = greenbelt_control::demo::fraud_csv(rows, seed, drift);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let at: Vec<usize> = FRAUD
+    let at: Vec<usize> = fraud_features()
         .iter()
         .map(|c| header.iter().position(|h| h == c).unwrap())
         .collect();
@@ -477,9 +457,9 @@ async fn the_fraud_drift_knob_sends_drifted_rows_to_the_challenger() {
 
     // Train on calm data; the profile is the training matrix.
     let (x, y) = fraud_rows(3000, 3, 0.0);
-    let names: Vec<String> = FRAUD.iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = fraud_features().iter().map(|s| s.to_string()).collect();
     let m = greenbelt_train::logreg::fit(
-        &greenbelt_train::DenseMatrix::new(&x, y.len(), FRAUD.len()).unwrap(),
+        &greenbelt_train::DenseMatrix::new(&x, y.len(), fraud_features().len()).unwrap(),
         &y,
         &greenbelt_train::LogRegParams::default(),
     )
@@ -502,27 +482,10 @@ async fn the_fraud_drift_knob_sends_drifted_rows_to_the_challenger() {
         serde_json::to_vec(&profile).unwrap(),
     )
     .unwrap();
-    let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
-    for alias in ["champion", "challenger"] {
-        let v = greenbelt_app::registry::register_file(
-            &registry,
-            &config,
-            "fraud".into(),
-            &file,
-            json!({}),
-            json!({}),
-            "test".into(),
-        )
-        .await
-        .unwrap();
-        registry
-            .set_alias("fraud", alias, v.version, "test", "release")
-            .await
-            .unwrap();
-    }
+    register_champion_and_challenger(&config, "fraud", &file).await;
 
     // What the rule says, computed here from the same profile.
-    let bounds: Vec<(f64, f64)> = FRAUD
+    let bounds: Vec<(f64, f64)> = fraud_features()
         .iter()
         .map(|c| match &profile.features.columns[*c] {
             greenbelt_drift::profile::ColumnProfile::Numeric(p) => {
@@ -568,9 +531,9 @@ async fn the_fraud_drift_knob_sends_drifted_rows_to_the_challenger() {
     for (seed, knob) in [(9u64, 0.0), (10, 1.0)] {
         let (x, _) = fraud_rows(300, seed, knob);
         let mut outside = 0;
-        for row in x.chunks(FRAUD.len()) {
+        for row in x.chunks(fraud_features().len()) {
             outside += usize::from(drifted(row));
-            let body = json!({"inputs": [{"name": "input", "shape": [1, FRAUD.len()], "datatype": "FP32", "data": row}]});
+            let body = json!({"inputs": [{"name": "input", "shape": [1, fraud_features().len()], "datatype": "FP32", "data": row}]});
             let r = client
                 .post(format!("{base}/v2/models/fraud/infer"))
                 .json(&body)
@@ -614,4 +577,28 @@ async fn the_fraud_drift_knob_sends_drifted_rows_to_the_challenger() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running.stop().await.unwrap();
+}
+
+/// Register `file` (its profile beside it) twice under `model`: version 1
+/// as `champion`, version 2 as `challenger`.
+async fn register_champion_and_challenger(config: &Config, model: &str, file: &Path) {
+    let registry = greenbelt_app::registry::open(config, None).await.unwrap();
+    for alias in ["champion", "challenger"] {
+        let v = greenbelt_app::registry::register_file(
+            &registry,
+            config,
+            model.into(),
+            file,
+            json!({}),
+            json!({}),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+        assert!(v.lineage["profile"]["uri"].is_string(), "{:?}", v.lineage);
+        registry
+            .set_alias(model, alias, v.version, "test", "release")
+            .await
+            .unwrap();
+    }
 }
