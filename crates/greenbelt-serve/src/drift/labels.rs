@@ -65,14 +65,16 @@ impl PredictionSpec {
     /// (more classes; stored as its index) or the value (regression).
     pub fn rows(&self, outputs: &[Tensor], max_rows: usize) -> Option<Vec<Prediction>> {
         let t = outputs.iter().find(|t| t.name == self.output)?;
-        let values: Vec<f64> = match &t.data {
-            TensorData::Fp32(v) => v.iter().map(|x| f64::from(*x)).collect(),
-            TensorData::Fp64(v) => v.clone(),
-            _ => return None,
-        };
         let per_row = match (self.task, t.shape.as_slice()) {
             (Task::Classification, [_, k, ..]) if *k > 0 => *k as usize,
             _ => 1,
+        };
+        // Only the rows that are kept are copied.
+        let keep = max_rows.saturating_mul(per_row);
+        let values: Vec<f64> = match &t.data {
+            TensorData::Fp32(v) => v.iter().take(keep).map(|x| f64::from(*x)).collect(),
+            TensorData::Fp64(v) => v.iter().take(keep).copied().collect(),
+            _ => return None,
         };
         Some(
             values
