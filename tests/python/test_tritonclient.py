@@ -293,11 +293,17 @@ def test_http_server_metadata(http):
     assert "model_repository" in md["extensions"]
 
 
+def expected_platform(model):
+    """backend = auto: the native engine runs every fixture graph but
+    multi_io (Greater), which goes to ONNX Runtime."""
+    return "onnxruntime_onnx" if model == "multi_io" else "greenbelt_native_onnx"
+
+
 @pytest.mark.parametrize("model", ALL_MODELS)
 def test_http_model_metadata(http, model):
     md = http.get_model_metadata(model)
     assert md["name"] == model
-    assert md["platform"] == "onnxruntime_onnx", "expected the ONNX Runtime backend (ORT_DYLIB_PATH)"
+    assert md["platform"] == expected_platform(model), "native engine for tabular graphs, else ONNX Runtime (ORT_DYLIB_PATH)"
     assert md["versions"] == (["1", "2"] if model == "logreg" else ["1"])
     inputs, outputs = expected_signature(model)
     assert [(t["name"], t["datatype"], t["shape"]) for t in md["inputs"]] == inputs
@@ -451,7 +457,7 @@ def test_grpc_server_metadata(grpc):
 def test_grpc_model_metadata(grpc, model):
     md = grpc.get_model_metadata(model)
     assert md.name == model
-    assert md.platform == "onnxruntime_onnx"
+    assert md.platform == expected_platform(model)
     assert list(md.versions) == (["1", "2"] if model == "logreg" else ["1"])
     inputs, outputs = expected_signature(model)
     assert [(t.name, t.datatype, list(t.shape)) for t in md.inputs] == inputs

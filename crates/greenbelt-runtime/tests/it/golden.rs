@@ -185,36 +185,142 @@ fn tract_matches_on_linear_mlp_and_plain_graphs() {
 }
 
 #[test]
-fn auto_without_onnxruntime_uses_tract_for_safe_graphs_and_refuses_trees() {
+fn auto_prefers_the_native_engine_then_onnxruntime_then_tract() {
     let rt = tract_only();
+    // Tabular graphs: the native engine, equal to ONNX Runtime's goldens.
+    for (name, version) in [
+        ("logreg", 1),
+        ("logreg", 2),
+        ("forest", 1),
+        ("logreg_zipmap", 1),
+        ("mlp", 1),
+    ] {
+        let g = golden(name, version);
+        let model = rt
+            .load(&model_path(name, version), &opts(Backend::Auto))
+            .unwrap();
+        assert_eq!(model.backend(), Backend::Native, "{name}");
+        assert_eq!(model.backend().platform(), "greenbelt_native_onnx");
+        let out = model.infer(&g.inputs).unwrap();
+        assert_matches(&format!("native {name}/{version}"), &out, &g.outputs);
+    }
+    // A graph with an operator the native engine leaves alone (Greater):
+    // tract, which runs the standard domain.
     let model = rt
-        .load(&model_path("logreg", 1), &opts(Backend::Auto))
+        .load(&model_path("multi_io", 1), &opts(Backend::Auto))
         .unwrap();
     assert_eq!(model.backend(), Backend::Tract);
+    // With ONNX Runtime available, that graph goes to ONNX Runtime instead.
+    if let Some(ort) = ort() {
+        let model = ort
+            .load(&model_path("multi_io", 1), &opts(Backend::Auto))
+            .unwrap();
+        assert_eq!(model.backend(), Backend::Onnxruntime);
+    }
+    // Explicitly asking for the native engine on a graph it does not run
+    // names the operator.
     let err = rt
-        .load(&model_path("forest", 1), &opts(Backend::Auto))
+        .load(&model_path("multi_io", 1), &opts(Backend::Native))
         .err()
         .unwrap();
     match &err {
+        RuntimeError::UnsupportedOperator { operator, .. } => assert_eq!(operator, "Greater"),
+        other => panic!("expected UnsupportedOperator, got {other}"),
+    }
+    // An ONNX-ML operator neither the native engine nor tract runs exactly,
+    // without ONNX Runtime: refused, naming it and the remedy.
+    let dir = std::env::temp_dir().join(format!("gb-svm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svm = dir.join("model.onnx");
+    std::fs::write(&svm, svm_model()).unwrap();
+    match rt.load(&svm, &opts(Backend::Auto)).err().unwrap() {
         RuntimeError::UnsupportedOperator {
             operator, remedy, ..
         } => {
-            assert_eq!(operator, "TreeEnsembleClassifier");
+            assert_eq!(operator, "SVMRegressor");
             assert!(remedy.contains("pip install onnxruntime"), "{remedy}");
         }
         other => panic!("expected UnsupportedOperator, got {other}"),
     }
-    let err = rt
-        .load(&model_path("logreg_zipmap", 1), &opts(Backend::Auto))
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("ZipMap"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
     // Explicitly asking for ONNX Runtime without it is a clear error, not a panic.
     let err = rt
         .load(&model_path("logreg", 1), &opts(Backend::Onnxruntime))
         .err()
         .unwrap();
     assert!(matches!(err, RuntimeError::LibraryUnavailable(_)), "{err}");
+}
+
+/// A one-node `SVMRegressor` (linear kernel) over a float [N, 2] input.
+fn svm_model() -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    let float_tensor =
+        |name: &str, dims: Vec<pb::tensor_shape_proto::Dimension>| pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto { dim: dims }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    let dim = |v: Option<i64>| pb::tensor_shape_proto::Dimension {
+        value: Some(match v {
+            Some(v) => pb::tensor_shape_proto::dimension::Value::DimValue(v),
+            None => pb::tensor_shape_proto::dimension::Value::DimParam("N".into()),
+        }),
+        ..Default::default()
+    };
+    let attr_floats = |name: &str, v: Vec<f32>| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Floats as i32,
+        floats: v,
+        ..Default::default()
+    };
+    let attr_int = |name: &str, v: i64| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    };
+    let node = pb::NodeProto {
+        input: vec!["X".into()],
+        output: vec!["Y".into()],
+        op_type: "SVMRegressor".into(),
+        domain: "ai.onnx.ml".into(),
+        attribute: vec![
+            attr_floats("coefficients", vec![1.0, -1.0]),
+            attr_floats("support_vectors", vec![1.0, 0.0, 0.0, 1.0]),
+            attr_floats("rho", vec![0.5]),
+            attr_int("n_supports", 2),
+        ],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            },
+            pb::OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(pb::GraphProto {
+            node: vec![node],
+            name: "svm".into(),
+            input: vec![float_tensor("X", vec![dim(None), dim(Some(2))])],
+            output: vec![float_tensor("Y", vec![dim(None), dim(Some(1))])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
 }
 
 #[test]

@@ -194,9 +194,10 @@ fn logreg_export_runs_on_tract_and_onnxruntime() {
 
     let tract = load(&tract_only(), &path, Backend::Tract).unwrap();
     check_runs("logreg", tract.as_ref(), &x32, cols, &want);
-    // backend = auto without ONNX Runtime trusts tract with this graph.
+    // backend = auto picks the native engine for this graph.
     let auto = load(&tract_only(), &path, Backend::Auto).unwrap();
-    assert_eq!(auto.backend(), Backend::Tract);
+    assert_eq!(auto.backend(), Backend::Native);
+    check_runs("logreg native", auto.as_ref(), &x32, cols, &want);
     // One row: the batch dimension is dynamic.
     check_runs(
         "logreg 1 row",
@@ -212,7 +213,7 @@ fn logreg_export_runs_on_tract_and_onnxruntime() {
 }
 
 #[test]
-fn gbdt_export_runs_on_onnxruntime_and_is_refused_by_tract() {
+fn gbdt_export_runs_on_the_native_engine_and_onnxruntime() {
     let train = synthetic::disc(3000, 31);
     let params = GbdtParams {
         n_estimators: 60,
@@ -251,15 +252,10 @@ fn gbdt_export_runs_on_onnxruntime_and_is_refused_by_tract() {
         .unwrap();
     let path = save("gbdt", &bytes, &x, cols, &want);
 
-    match load(&tract_only(), &path, Backend::Auto) {
-        Err(RuntimeError::UnsupportedOperator { operator, .. }) => {
-            assert_eq!(operator, "TreeEnsembleRegressor")
-        }
-        other => panic!(
-            "tract must not be trusted with trees: {:?}",
-            other.map(|m| m.backend())
-        ),
-    }
+    // backend = auto runs trees on the native engine, never on tract.
+    let native = load(&tract_only(), &path, Backend::Auto).unwrap();
+    assert_eq!(native.backend(), Backend::Native);
+    check_runs("gbdt native", native.as_ref(), &x32, cols, &want);
 
     let Some(rt) = ort() else { return };
     let ort_model = load(&rt, &path, Backend::Onnxruntime).unwrap();
@@ -280,6 +276,14 @@ fn gbdt_export_runs_on_onnxruntime_and_is_refused_by_tract() {
         .predict_proba(&DenseMatrix::new(&x, 10, cols).unwrap())
         .unwrap();
     let path = save("gbdt_single_leaf", &bytes, &x, cols, &want);
+    let native = load(&tract_only(), &path, Backend::Native).unwrap();
+    check_runs(
+        "gbdt single-leaf native",
+        native.as_ref(),
+        &x32,
+        cols,
+        &want,
+    );
     let ort_model = load(&rt, &path, Backend::Onnxruntime).unwrap();
     check_runs(
         "gbdt single-leaf trees",
@@ -304,8 +308,10 @@ fn linreg_export_runs_on_tract_and_onnxruntime() {
         .unwrap();
     let path = save_regressor("linreg", &bytes, &x, cols, &want);
     let auto = load(&tract_only(), &path, Backend::Auto).unwrap();
-    assert_eq!(auto.backend(), Backend::Tract);
+    assert_eq!(auto.backend(), Backend::Native);
     check_regressor("linreg", auto.as_ref(), &x32, cols, &want);
+    let tract = load(&tract_only(), &path, Backend::Tract).unwrap();
+    check_regressor("linreg tract", tract.as_ref(), &x32, cols, &want);
     check_regressor(
         "linreg 1 row",
         auto.as_ref(),
@@ -338,10 +344,9 @@ fn gbdt_regression_export_runs_on_onnxruntime() {
         .predict(&DenseMatrix::new(&x, 500, cols).unwrap())
         .unwrap();
     let path = save_regressor("gbdt_regression", &bytes, &x, cols, &want);
-    assert!(matches!(
-        load(&tract_only(), &path, Backend::Auto),
-        Err(RuntimeError::UnsupportedOperator { .. })
-    ));
+    let native = load(&tract_only(), &path, Backend::Auto).unwrap();
+    assert_eq!(native.backend(), Backend::Native);
+    check_regressor("gbdt regression native", native.as_ref(), &x32, cols, &want);
     let Some(rt) = ort() else { return };
     let ort_model = load(&rt, &path, Backend::Onnxruntime).unwrap();
     check_regressor("gbdt regression", ort_model.as_ref(), &x32, cols, &want);

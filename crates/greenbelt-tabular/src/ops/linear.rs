@@ -1,0 +1,195 @@
+//! `LinearClassifier` and `LinearRegressor` (ai.onnx.ml): scores = X·Wᵀ + b in
+//! f32 (each dot product summed in f64, then rounded once), with ONNX
+//! Runtime's label and post-transform rules.
+
+use greenbelt_core::TensorData;
+
+use crate::attrs::NodeCtx;
+use crate::error::EngineError;
+use crate::num::{Post, probit, transform_row};
+use crate::ops::tree::Labels;
+use crate::ops::{Kernel, input};
+use crate::value::{Value, ValueRef, numeric_f32};
+
+/// X·Wᵀ + b for every row; `w` is `[k, f]` row-major.
+pub(crate) fn affine(
+    x: &[f32],
+    n: usize,
+    f: usize,
+    w: &[f32],
+    b: Option<&[f32]>,
+    k: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * k);
+    for row in x.chunks_exact(f.max(1)).take(n) {
+        for j in 0..k {
+            let wj = &w[j * f..(j + 1) * f];
+            let mut s = 0f64;
+            for (a, c) in row.iter().zip(wj) {
+                s += f64::from(*a) * f64::from(*c);
+            }
+            let bias = b.map_or(0.0, |b| f64::from(b[j]));
+            out.push((s + bias) as f32);
+        }
+    }
+    if f == 0 {
+        for _ in 0..n {
+            for j in 0..k {
+                out.push(b.map_or(0.0, |b| b[j]));
+            }
+        }
+    }
+    out
+}
+
+fn float_rows(x: ValueRef<'_>) -> Result<(usize, usize, Vec<f32>), String> {
+    let (n, f) = x.rows_cols()?;
+    let v = numeric_f32(x.data)
+        .ok_or_else(|| format!("takes numeric inputs, got {}", x.data.datatype()))?;
+    Ok((n, f, v))
+}
+
+pub struct LinearClassifier {
+    coef: Vec<f32>,
+    intercepts: Vec<f32>,
+    k: usize,
+    labels: Labels,
+    post: Post,
+}
+
+impl LinearClassifier {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<LinearClassifier, EngineError> {
+        let intercepts = ctx.floats("intercepts").to_vec();
+        let coef = ctx.floats("coefficients").to_vec();
+        let k = intercepts.len();
+        if k == 0 || !coef.len().is_multiple_of(k) {
+            return Err(ctx.invalid(format!(
+                "{} coefficients do not split into {k} classes",
+                coef.len()
+            )));
+        }
+        Ok(LinearClassifier {
+            coef,
+            intercepts,
+            k,
+            labels: Labels::from_ctx(ctx, "classlabels_ints")?,
+            post: Post::parse(&ctx.string("post_transform", "NONE"))
+                .ok_or_else(|| ctx.unsupported("post_transform"))?,
+        })
+    }
+}
+
+impl Kernel for LinearClassifier {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let (n, f, x) = float_rows(input(inputs, 0)?)?;
+        if f * self.k != self.coef.len() {
+            return Err(format!(
+                "the input has {f} features, the model has {} coefficients per class",
+                self.coef.len() / self.k
+            ));
+        }
+        let scores = affine(&x, n, f, &self.coef, Some(&self.intercepts), self.k);
+        let two = self.labels.len() == 2;
+        let mut picks = Vec::with_capacity(n);
+        let label = |c: usize| -> i64 {
+            match &self.labels {
+                Labels::Int(v) => v[c],
+                Labels::Str(_) => c as i64,
+            }
+        };
+        if self.k == 1 {
+            for s in &scores {
+                picks.push(match (two, *s > 0.0) {
+                    (true, true) => label(1),
+                    (true, false) => label(0),
+                    (false, true) => 1,
+                    (false, false) => 0,
+                });
+            }
+        } else {
+            for row in scores.chunks_exact(self.k) {
+                let mut best = 0;
+                for (j, s) in row.iter().enumerate().skip(1) {
+                    if *s > row[best] {
+                        best = j;
+                    }
+                }
+                picks.push(label(best.min(self.labels.len().saturating_sub(1))));
+            }
+        }
+        let (cols, z) = if self.k == 1 {
+            if self.post == Post::Probit {
+                (1, scores.iter().map(|s| probit(*s)).collect())
+            } else if two {
+                (2, scores.iter().flat_map(|s| [1.0 - *s, *s]).collect())
+            } else {
+                (1, scores)
+            }
+        } else {
+            let mut z = scores;
+            for row in z.chunks_exact_mut(self.k) {
+                transform_row(self.post, row);
+            }
+            (self.k, z)
+        };
+        Ok(vec![
+            Value::new(vec![n], self.labels.tensor(&picks)),
+            Value::new(vec![n, cols], TensorData::Fp32(z)),
+        ])
+    }
+}
+
+pub struct LinearRegressor {
+    coef: Vec<f32>,
+    intercepts: Option<Vec<f32>>,
+    k: usize,
+    post: Post,
+}
+
+impl LinearRegressor {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<LinearRegressor, EngineError> {
+        let k = ctx.index("targets", ctx.int("targets", 1))?;
+        let coef = ctx.floats("coefficients").to_vec();
+        if k == 0 || !coef.len().is_multiple_of(k) {
+            return Err(ctx.invalid(format!(
+                "{} coefficients do not split into {k} targets",
+                coef.len()
+            )));
+        }
+        let intercepts = ctx.floats("intercepts");
+        Ok(LinearRegressor {
+            coef,
+            intercepts: (intercepts.len() == k).then(|| intercepts.to_vec()),
+            k,
+            post: Post::parse(&ctx.string("post_transform", "NONE"))
+                .ok_or_else(|| ctx.unsupported("post_transform"))?,
+        })
+    }
+}
+
+impl Kernel for LinearRegressor {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        if !matches!(x.data, TensorData::Fp32(_)) {
+            return Err(format!("takes float inputs, got {}", x.data.datatype()));
+        }
+        let (n, f, x) = float_rows(x)?;
+        if f * self.k != self.coef.len() {
+            return Err(format!(
+                "the input has {f} features, the model has {} coefficients per target",
+                self.coef.len() / self.k
+            ));
+        }
+        let mut z = affine(&x, n, f, &self.coef, self.intercepts.as_deref(), self.k);
+        if self.k == 1 {
+            if self.post == Post::Probit {
+                z.iter_mut().for_each(|v| *v = probit(*v));
+            }
+        } else {
+            for row in z.chunks_exact_mut(self.k) {
+                transform_row(self.post, row);
+            }
+        }
+        Ok(vec![Value::new(vec![n, self.k], TensorData::Fp32(z))])
+    }
+}

@@ -1,0 +1,408 @@
+//! Standard-domain math: Gemm, MatMul, element-wise binary ops with numpy
+//! broadcasting, Sigmoid, Relu, Softmax and ArgMax.
+
+use greenbelt_core::TensorData;
+
+use crate::attrs::NodeCtx;
+use crate::error::EngineError;
+use crate::num::logistic;
+use crate::ops::{Kernel, input};
+use crate::value::{Value, ValueRef};
+
+/// The broadcast shape of two shapes, numpy's rules.
+fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(out)
+}
+
+/// Flat index into a broadcast operand for every output position.
+fn offsets(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let n = out.len();
+    let total: usize = out.iter().product();
+    let mut strides = vec![0usize; n];
+    let mut acc = 1;
+    for i in (0..shape.len()).rev() {
+        let oi = i + n - shape.len();
+        strides[oi] = if shape[i] == 1 { 0 } else { acc };
+        acc *= shape[i];
+    }
+    let mut idx = vec![0usize; n];
+    let mut offs = Vec::with_capacity(total);
+    for _ in 0..total {
+        offs.push(idx.iter().zip(&strides).map(|(i, s)| i * s).sum());
+        for d in (0..n).rev() {
+            idx[d] += 1;
+            if idx[d] < out[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    offs
+}
+
+fn zip_broadcast<T: Copy>(
+    a: &[T],
+    sa: &[usize],
+    b: &[T],
+    sb: &[usize],
+    f: impl Fn(T, T) -> T,
+) -> Result<(Vec<usize>, Vec<T>), String> {
+    let out = broadcast(sa, sb)?;
+    if sa == sb {
+        return Ok((out, a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()));
+    }
+    if b.len() == 1 {
+        return Ok((out, a.iter().map(|x| f(*x, b[0])).collect()));
+    }
+    let oa = offsets(sa, &out);
+    let ob = offsets(sb, &out);
+    Ok((
+        out,
+        oa.iter().zip(&ob).map(|(i, j)| f(a[*i], b[*j])).collect(),
+    ))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+pub struct Binary(pub BinaryOp);
+
+impl Kernel for Binary {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        macro_rules! apply {
+            ($x:expr, $y:expr, $variant:ident) => {{
+                let (shape, v) = match self.0 {
+                    BinaryOp::Add => zip_broadcast($x, a.shape, $y, b.shape, |p, q| p + q)?,
+                    BinaryOp::Sub => zip_broadcast($x, a.shape, $y, b.shape, |p, q| p - q)?,
+                    BinaryOp::Mul => zip_broadcast($x, a.shape, $y, b.shape, |p, q| p * q)?,
+                    BinaryOp::Div => zip_broadcast($x, a.shape, $y, b.shape, |p, q| p / q)?,
+                };
+                Value::new(shape, TensorData::$variant(v))
+            }};
+        }
+        let v = match (a.data, b.data) {
+            (TensorData::Fp32(x), TensorData::Fp32(y)) => apply!(x, y, Fp32),
+            (TensorData::Fp64(x), TensorData::Fp64(y)) => apply!(x, y, Fp64),
+            (TensorData::Int64(x), TensorData::Int64(y)) => {
+                if matches!(self.0, BinaryOp::Div) && y.contains(&0) {
+                    return Err("integer division by zero".into());
+                }
+                let (shape, v) = match self.0 {
+                    BinaryOp::Add => zip_broadcast(x, a.shape, y, b.shape, i64::wrapping_add)?,
+                    BinaryOp::Sub => zip_broadcast(x, a.shape, y, b.shape, i64::wrapping_sub)?,
+                    BinaryOp::Mul => zip_broadcast(x, a.shape, y, b.shape, i64::wrapping_mul)?,
+                    BinaryOp::Div => zip_broadcast(x, a.shape, y, b.shape, i64::wrapping_div)?,
+                };
+                Value::new(shape, TensorData::Int64(v))
+            }
+            (x, y) => {
+                return Err(format!(
+                    "takes two float, double or int64 tensors of one type, got {} and {}",
+                    x.datatype(),
+                    y.datatype()
+                ));
+            }
+        };
+        Ok(vec![v])
+    }
+}
+
+pub enum Unary {
+    Sigmoid,
+    Relu,
+}
+
+impl Kernel for Unary {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let data = match (self, x.data) {
+            (Unary::Sigmoid, TensorData::Fp32(v)) => {
+                TensorData::Fp32(v.iter().map(|x| logistic(*x)).collect())
+            }
+            (Unary::Sigmoid, TensorData::Fp64(v)) => {
+                TensorData::Fp64(v.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
+            }
+            (Unary::Relu, TensorData::Fp32(v)) => {
+                TensorData::Fp32(v.iter().map(|x| x.max(0.0)).collect())
+            }
+            (Unary::Relu, TensorData::Fp64(v)) => {
+                TensorData::Fp64(v.iter().map(|x| x.max(0.0)).collect())
+            }
+            (_, other) => return Err(format!("takes float or double, got {}", other.datatype())),
+        };
+        Ok(vec![Value::new(x.shape.to_vec(), data)])
+    }
+}
+
+/// f32 or f64 matrix data as f64, with its kind.
+fn float_data(v: &TensorData) -> Result<(Vec<f64>, bool), String> {
+    match v {
+        TensorData::Fp32(x) => Ok((x.iter().map(|v| f64::from(*v)).collect(), false)),
+        TensorData::Fp64(x) => Ok((x.clone(), true)),
+        other => Err(format!("takes float or double, got {}", other.datatype())),
+    }
+}
+
+fn float_out(v: Vec<f64>, double: bool) -> TensorData {
+    if double {
+        TensorData::Fp64(v)
+    } else {
+        TensorData::Fp32(v.into_iter().map(|x| x as f32).collect())
+    }
+}
+
+pub struct Gemm {
+    alpha: f64,
+    beta: f64,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl Gemm {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<Gemm, EngineError> {
+        Ok(Gemm {
+            alpha: f64::from(ctx.float("alpha", 1.0)),
+            beta: f64::from(ctx.float("beta", 1.0)),
+            trans_a: ctx.int("transA", 0) != 0,
+            trans_b: ctx.int("transB", 0) != 0,
+        })
+    }
+}
+
+impl Kernel for Gemm {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        let c = inputs.get(2).copied().flatten();
+        let ([ar, ac], [br, bc]) = (a.shape, b.shape) else {
+            return Err(format!(
+                "takes 2-D A and B, got {:?} and {:?}",
+                a.shape, b.shape
+            ));
+        };
+        let (m, k) = if self.trans_a { (*ac, *ar) } else { (*ar, *ac) };
+        let (k2, n) = if self.trans_b { (*bc, *br) } else { (*br, *bc) };
+        if k != k2 {
+            return Err(format!("A is {m}×{k} and B is {k2}×{n} after transposes"));
+        }
+        let (av, double) = float_data(a.data)?;
+        let (bv, _) = float_data(b.data)?;
+        let at = |i: usize, p: usize| {
+            if self.trans_a {
+                av[p * m + i]
+            } else {
+                av[i * k + p]
+            }
+        };
+        let bt = |p: usize, j: usize| {
+            if self.trans_b {
+                bv[j * k + p]
+            } else {
+                bv[p * n + j]
+            }
+        };
+        let cb = match c {
+            Some(c) => {
+                let (cv, _) = float_data(c.data)?;
+                let (shape, off) = (c.shape, offsets(c.shape, &[m, n]));
+                broadcast(shape, &[m, n])?;
+                Some((cv, off))
+            }
+            None => None,
+        };
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += at(i, p) * bt(p, j);
+                }
+                let mut v = self.alpha * s;
+                if let Some((cv, off)) = &cb {
+                    v += self.beta * cv[off[i * n + j]];
+                }
+                out.push(v);
+            }
+        }
+        Ok(vec![Value::new(vec![m, n], float_out(out, double))])
+    }
+}
+
+pub struct MatMul;
+
+impl Kernel for MatMul {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        let (av, double) = float_data(a.data)?;
+        let (bv, _) = float_data(b.data)?;
+        let (m, k, a_vec) = match a.shape {
+            [k] => (1, *k, true),
+            [m, k] => (*m, *k, false),
+            s => return Err(format!("takes 1-D or 2-D A, got {s:?}")),
+        };
+        let (k2, n, b_vec) = match b.shape {
+            [k] => (*k, 1, true),
+            [k, n] => (*k, *n, false),
+            s => return Err(format!("takes 1-D or 2-D B, got {s:?}")),
+        };
+        if k != k2 {
+            return Err(format!("A is {m}×{k} and B is {k2}×{n}"));
+        }
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += av[i * k + p] * bv[p * n + j];
+                }
+                out.push(s);
+            }
+        }
+        let shape = match (a_vec, b_vec) {
+            (true, true) => vec![],
+            (true, false) => vec![n],
+            (false, true) => vec![m],
+            (false, false) => vec![m, n],
+        };
+        Ok(vec![Value::new(shape, float_out(out, double))])
+    }
+}
+
+/// Split a shape around `axis` into (outer, axis length, inner).
+fn around(shape: &[usize], axis: i64) -> Result<(usize, usize, usize, usize), String> {
+    let r = shape.len() as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r.max(1) {
+        return Err(format!("axis {axis} is out of range for shape {shape:?}"));
+    }
+    let a = a as usize;
+    let outer = shape[..a].iter().product();
+    let len = shape.get(a).copied().unwrap_or(1);
+    let inner = shape.get(a + 1..).map_or(1, |s| s.iter().product());
+    Ok((a, outer, len, inner))
+}
+
+pub struct Softmax {
+    axis: i64,
+    /// Opset < 13: the input is coerced to 2-D at `axis`.
+    coerce: bool,
+}
+
+impl Softmax {
+    pub fn new(ctx: &NodeCtx<'_>) -> Softmax {
+        let coerce = ctx.opset < 13;
+        Softmax {
+            axis: ctx.int("axis", if coerce { 1 } else { -1 }),
+            coerce,
+        }
+    }
+}
+
+impl Kernel for Softmax {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (_, outer, len, inner) = around(x.shape, self.axis)?;
+        let (outer, len, inner) = if self.coerce {
+            (outer, len * inner, 1)
+        } else {
+            (outer, len, inner)
+        };
+        let (mut v, double) = float_data(x.data)?;
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| o * len * inner + j * inner + i;
+                let mut max = f64::NEG_INFINITY;
+                for j in 0..len {
+                    max = max.max(v[at(j)]);
+                }
+                let mut sum = 0.0;
+                for j in 0..len {
+                    let e = (v[at(j)] - max).exp();
+                    v[at(j)] = e;
+                    sum += e;
+                }
+                for j in 0..len {
+                    v[at(j)] /= sum;
+                }
+            }
+        }
+        Ok(vec![Value::new(x.shape.to_vec(), float_out(v, double))])
+    }
+}
+
+pub struct ArgMax {
+    axis: i64,
+    keepdims: bool,
+    last: bool,
+}
+
+impl ArgMax {
+    pub fn new(ctx: &NodeCtx<'_>) -> ArgMax {
+        ArgMax {
+            axis: ctx.int("axis", 0),
+            keepdims: ctx.int("keepdims", 1) != 0,
+            last: ctx.int("select_last_index", 0) != 0,
+        }
+    }
+}
+
+impl Kernel for ArgMax {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (a, outer, len, inner) = around(x.shape, self.axis)?;
+        let v: Vec<f64> = match x.data {
+            TensorData::Int64(v) => v.iter().map(|x| *x as f64).collect(),
+            TensorData::Int32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+            other => float_data(other)?.0,
+        };
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut best = 0usize;
+                for j in 1..len {
+                    let cur = v[o * len * inner + j * inner + i];
+                    let top = v[o * len * inner + best * inner + i];
+                    if cur > top || (self.last && cur == top) {
+                        best = j;
+                    }
+                }
+                out.push(best as i64);
+            }
+        }
+        let mut shape = x.shape.to_vec();
+        if self.keepdims {
+            shape[a] = 1;
+        } else {
+            shape.remove(a);
+        }
+        Ok(vec![Value::new(shape, TensorData::Int64(out))])
+    }
+}

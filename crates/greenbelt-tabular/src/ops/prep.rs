@@ -1,0 +1,775 @@
+//! Preprocessing and plumbing: Scaler, Normalizer, Imputer, OneHotEncoder,
+//! LabelEncoder, ZipMap, ArrayFeatureExtractor (ai.onnx.ml) and Cast, Concat,
+//! Identity, Reshape, Flatten.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use greenbelt_core::TensorData;
+
+use crate::attrs::NodeCtx;
+use crate::error::EngineError;
+use crate::ops::tree::Labels;
+use crate::ops::{Kernel, input};
+use crate::proto::elem;
+use crate::value::{Value, ValueRef, numeric_f32, numeric_f64};
+
+/// A per-column parameter of length 1 (broadcast) or C.
+fn per_column(v: &[f32], c: usize, what: &str) -> Result<(), String> {
+    if v.len() == 1 || v.len() == c {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} has {} values, the input has {c} columns",
+            v.len()
+        ))
+    }
+}
+
+pub struct Scaler {
+    offset: Vec<f32>,
+    scale: Vec<f32>,
+}
+
+impl Scaler {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<Scaler, EngineError> {
+        Ok(Scaler {
+            offset: ctx.floats("offset").to_vec(),
+            scale: ctx.floats("scale").to_vec(),
+        })
+    }
+}
+
+impl Kernel for Scaler {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (_, c) = x.rows_cols()?;
+        per_column(&self.offset, c, "offset")?;
+        per_column(&self.scale, c, "scale")?;
+        let v = numeric_f32(x.data).ok_or("takes numeric inputs")?;
+        let pick = |p: &[f32], j: usize| if p.len() == 1 { p[0] } else { p[j] };
+        let out = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let j = i % c.max(1);
+                (*x - pick(&self.offset, j)) * pick(&self.scale, j)
+            })
+            .collect();
+        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(out))])
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Norm {
+    Max,
+    L1,
+    L2,
+}
+
+pub struct Normalizer(Norm);
+
+impl Normalizer {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<Normalizer, EngineError> {
+        Ok(Normalizer(match ctx.string("norm", "MAX").as_str() {
+            "MAX" => Norm::Max,
+            "L1" => Norm::L1,
+            "L2" => Norm::L2,
+            other => return Err(ctx.unsupported(format!("norm \"{other}\""))),
+        }))
+    }
+}
+
+impl Kernel for Normalizer {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (_, c) = x.rows_cols()?;
+        let mut v = numeric_f32(x.data).ok_or("takes numeric inputs")?;
+        for row in v.chunks_mut(c.max(1)) {
+            match self.0 {
+                Norm::Max => {
+                    let mut m = f32::MIN;
+                    for x in row.iter() {
+                        if *x > m {
+                            m = *x;
+                        }
+                    }
+                    if m != 0.0 {
+                        row.iter_mut().for_each(|x| *x /= m);
+                    }
+                }
+                Norm::L1 => {
+                    let s: f32 = row.iter().map(|x| x.abs()).sum();
+                    if s != 0.0 {
+                        row.iter_mut().for_each(|x| *x /= s);
+                    }
+                }
+                Norm::L2 => {
+                    let s: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if s != 0.0 {
+                        row.iter_mut().for_each(|x| *x /= s);
+                    }
+                }
+            }
+        }
+        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(v))])
+    }
+}
+
+pub struct Imputer {
+    floats: Vec<f32>,
+    replaced_f: f32,
+    ints: Vec<i64>,
+    replaced_i: i64,
+}
+
+impl Imputer {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<Imputer, EngineError> {
+        let floats = ctx.floats("imputed_value_floats").to_vec();
+        let ints = ctx.ints("imputed_value_int64s").to_vec();
+        if floats.is_empty() && ints.is_empty() {
+            return Err(ctx.invalid("needs imputed_value_floats or imputed_value_int64s"));
+        }
+        Ok(Imputer {
+            floats,
+            replaced_f: ctx.float("replaced_value_float", 0.0),
+            ints,
+            replaced_i: ctx.int("replaced_value_int64", 0),
+        })
+    }
+}
+
+impl Kernel for Imputer {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (_, c) = x.rows_cols()?;
+        let data = match x.data {
+            TensorData::Fp32(v) if !self.floats.is_empty() => {
+                per_column(&self.floats, c, "imputed_value_floats")?;
+                let nan = self.replaced_f.is_nan();
+                TensorData::Fp32(
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            let hit = if nan {
+                                x.is_nan()
+                            } else {
+                                *x == self.replaced_f
+                            };
+                            if hit {
+                                if self.floats.len() == 1 {
+                                    self.floats[0]
+                                } else {
+                                    self.floats[i % c]
+                                }
+                            } else {
+                                *x
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            TensorData::Int64(v) if !self.ints.is_empty() => {
+                if self.ints.len() != 1 && self.ints.len() != c {
+                    return Err(format!(
+                        "imputed_value_int64s has {} values, the input has {c} columns",
+                        self.ints.len()
+                    ));
+                }
+                TensorData::Int64(
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            if *x == self.replaced_i {
+                                if self.ints.len() == 1 {
+                                    self.ints[0]
+                                } else {
+                                    self.ints[i % c]
+                                }
+                            } else {
+                                *x
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "cannot impute {} values with this node's attributes",
+                    other.datatype()
+                ));
+            }
+        };
+        Ok(vec![Value::new(x.shape.to_vec(), data)])
+    }
+}
+
+/// A hashable key for category lookups: strings, integers, or float bits
+/// (NaN normalised so that NaN keys match NaN inputs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    S(Bytes),
+    I(i64),
+    F(u32),
+}
+
+fn float_key(v: f32) -> Key {
+    if v.is_nan() {
+        Key::F(f32::NAN.to_bits())
+    } else if v == 0.0 {
+        Key::F(0)
+    } else {
+        Key::F(v.to_bits())
+    }
+}
+
+pub struct OneHotEncoder {
+    index: HashMap<Key, usize>,
+    n: usize,
+    zeros: bool,
+    strings: bool,
+}
+
+impl OneHotEncoder {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<OneHotEncoder, EngineError> {
+        let strings = ctx.strings("cats_strings");
+        let ints = ctx.ints("cats_int64s");
+        let (index, n, is_str): (HashMap<Key, usize>, usize, bool) = if !strings.is_empty() {
+            let n = strings.len();
+            (
+                strings
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (Key::S(s), i))
+                    .collect(),
+                n,
+                true,
+            )
+        } else if !ints.is_empty() {
+            (
+                ints.iter()
+                    .enumerate()
+                    .map(|(i, v)| (Key::I(*v), i))
+                    .collect(),
+                ints.len(),
+                false,
+            )
+        } else {
+            return Err(ctx.invalid("needs cats_strings or cats_int64s"));
+        };
+        Ok(OneHotEncoder {
+            index,
+            n,
+            zeros: ctx.int("zeros", 1) != 0,
+            strings: is_str,
+        })
+    }
+}
+
+impl Kernel for OneHotEncoder {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let keys: Vec<Key> = match (x.data, self.strings) {
+            (TensorData::Bytes(v), true) => v.iter().cloned().map(Key::S).collect(),
+            (TensorData::Int64(v), false) => v.iter().map(|x| Key::I(*x)).collect(),
+            (TensorData::Int32(v), false) => v.iter().map(|x| Key::I(i64::from(*x))).collect(),
+            (TensorData::Fp32(v), false) => v.iter().map(|x| Key::I(*x as i64)).collect(),
+            (TensorData::Fp64(v), false) => v.iter().map(|x| Key::I(*x as i64)).collect(),
+            (other, _) => {
+                return Err(format!(
+                    "the categories are {}, the input is {}",
+                    if self.strings { "strings" } else { "integers" },
+                    other.datatype()
+                ));
+            }
+        };
+        let mut out = vec![0f32; keys.len() * self.n];
+        for (i, k) in keys.iter().enumerate() {
+            match self.index.get(k) {
+                Some(j) => out[i * self.n + j] = 1.0,
+                None if self.zeros => {}
+                None => return Err(format!("unknown category {k:?} and zeros = 0")),
+            }
+        }
+        let mut shape = x.shape.to_vec();
+        shape.push(self.n);
+        Ok(vec![Value::new(shape, TensorData::Fp32(out))])
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Out {
+    S(Vec<Bytes>, Bytes),
+    I(Vec<i64>, i64),
+    F(Vec<f32>, f32),
+    V1 {
+        classes: Vec<Bytes>,
+        default_int: i64,
+        default_str: Bytes,
+    },
+}
+
+pub struct LabelEncoder {
+    index: HashMap<Key, usize>,
+    values: Out,
+}
+
+impl LabelEncoder {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<LabelEncoder, EngineError> {
+        if ctx.opset <= 1 || ctx.has("classes_strings") {
+            // Opset 1: a string maps to its position in classes_strings, an
+            // integer to the string at that position.
+            let classes = ctx.strings("classes_strings");
+            let index = classes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (Key::S(s.clone()), i))
+                .collect();
+            return Ok(LabelEncoder {
+                index,
+                values: Out::V1 {
+                    classes,
+                    default_int: ctx.int("default_int64", -1),
+                    default_str: Bytes::from(ctx.string("default_string", "_Unused")),
+                },
+            });
+        }
+        let tensor_keys = ctx.tensor("keys_tensor")?;
+        let tensor_values = ctx.tensor("values_tensor")?;
+        let keys: Vec<Key> = match tensor_keys {
+            Some(t) => keys_of(&t.data).ok_or_else(|| ctx.unsupported("keys_tensor type"))?,
+            None => {
+                let s = ctx.strings("keys_strings");
+                if !s.is_empty() {
+                    s.into_iter().map(Key::S).collect()
+                } else if ctx.has("keys_int64s") {
+                    ctx.ints("keys_int64s").iter().map(|v| Key::I(*v)).collect()
+                } else {
+                    ctx.floats("keys_floats")
+                        .iter()
+                        .map(|v| float_key(*v))
+                        .collect()
+                }
+            }
+        };
+        let default = ctx.tensor("default_tensor")?;
+        let values = match tensor_values {
+            Some(t) => match t.data {
+                TensorData::Bytes(v) => Out::S(
+                    v,
+                    match default.map(|d| d.data) {
+                        Some(TensorData::Bytes(d)) => d.first().cloned().unwrap_or_default(),
+                        _ => Bytes::from_static(b"_Unused"),
+                    },
+                ),
+                TensorData::Int64(v) => Out::I(
+                    v,
+                    match default.map(|d| d.data) {
+                        Some(TensorData::Int64(d)) => d.first().copied().unwrap_or(-1),
+                        _ => -1,
+                    },
+                ),
+                TensorData::Fp32(v) => Out::F(
+                    v,
+                    match default.map(|d| d.data) {
+                        Some(TensorData::Fp32(d)) => d.first().copied().unwrap_or(-0.0),
+                        _ => -0.0,
+                    },
+                ),
+                _ => return Err(ctx.unsupported("values_tensor type")),
+            },
+            None => {
+                let s = ctx.strings("values_strings");
+                if !s.is_empty() {
+                    Out::S(s, Bytes::from(ctx.string("default_string", "_Unused")))
+                } else if ctx.has("values_int64s") {
+                    Out::I(
+                        ctx.ints("values_int64s").to_vec(),
+                        ctx.int("default_int64", -1),
+                    )
+                } else {
+                    Out::F(
+                        ctx.floats("values_floats").to_vec(),
+                        ctx.float("default_float", -0.0),
+                    )
+                }
+            }
+        };
+        let n_values = match &values {
+            Out::S(v, _) => v.len(),
+            Out::I(v, _) => v.len(),
+            Out::F(v, _) => v.len(),
+            Out::V1 { classes, .. } => classes.len(),
+        };
+        if n_values != keys.len() {
+            return Err(ctx.invalid(format!("{} keys but {n_values} values", keys.len())));
+        }
+        let mut index = HashMap::with_capacity(keys.len());
+        for (i, k) in keys.into_iter().enumerate() {
+            index.entry(k).or_insert(i);
+        }
+        Ok(LabelEncoder { index, values })
+    }
+}
+
+fn keys_of(data: &TensorData) -> Option<Vec<Key>> {
+    Some(match data {
+        TensorData::Bytes(v) => v.iter().cloned().map(Key::S).collect(),
+        TensorData::Int64(v) => v.iter().map(|x| Key::I(*x)).collect(),
+        TensorData::Fp32(v) => v.iter().map(|x| float_key(*x)).collect(),
+        _ => return None,
+    })
+}
+
+impl Kernel for LabelEncoder {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let keys = keys_of(x.data).ok_or_else(|| {
+            format!(
+                "takes string, int64 or float inputs, got {}",
+                x.data.datatype()
+            )
+        })?;
+        let data = match &self.values {
+            Out::S(v, d) => TensorData::Bytes(
+                keys.iter()
+                    .map(|k| {
+                        self.index
+                            .get(k)
+                            .map_or_else(|| d.clone(), |i| v[*i].clone())
+                    })
+                    .collect(),
+            ),
+            Out::I(v, d) => TensorData::Int64(
+                keys.iter()
+                    .map(|k| self.index.get(k).map_or(*d, |i| v[*i]))
+                    .collect(),
+            ),
+            Out::F(v, d) => TensorData::Fp32(
+                keys.iter()
+                    .map(|k| self.index.get(k).map_or(*d, |i| v[*i]))
+                    .collect(),
+            ),
+            Out::V1 {
+                classes,
+                default_int,
+                default_str,
+            } => match x.data {
+                TensorData::Bytes(_) => TensorData::Int64(
+                    keys.iter()
+                        .map(|k| self.index.get(k).map_or(*default_int, |i| *i as i64))
+                        .collect(),
+                ),
+                _ => TensorData::Bytes(
+                    keys.iter()
+                        .map(|k| match k {
+                            Key::I(i) => usize::try_from(*i)
+                                .ok()
+                                .and_then(|i| classes.get(i))
+                                .cloned()
+                                .unwrap_or_else(|| default_str.clone()),
+                            _ => default_str.clone(),
+                        })
+                        .collect(),
+                ),
+            },
+        };
+        Ok(vec![Value::new(x.shape.to_vec(), data)])
+    }
+}
+
+/// ZipMap, returned dense: `[N, classes]` FP32 with the columns in sorted key
+/// order (the order the ONNX Runtime backend flattens its maps in).
+pub struct ZipMap {
+    order: Vec<usize>,
+}
+
+impl ZipMap {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<ZipMap, EngineError> {
+        let labels = Labels::from_ctx(ctx, "classlabels_int64s")?;
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        match &labels {
+            Labels::Int(v) => order.sort_by_key(|i| v[*i]),
+            Labels::Str(v) => order.sort_by(|a, b| v[*a].cmp(&v[*b])),
+        }
+        Ok(ZipMap { order })
+    }
+}
+
+impl Kernel for ZipMap {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (n, c) = x.rows_cols()?;
+        let TensorData::Fp32(v) = x.data else {
+            return Err(format!("takes float scores, got {}", x.data.datatype()));
+        };
+        if c != self.order.len() {
+            return Err(format!(
+                "{c} score columns for {} class labels",
+                self.order.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(n * c);
+        for row in v.chunks_exact(c.max(1)) {
+            out.extend(self.order.iter().map(|j| row[*j]));
+        }
+        Ok(vec![Value::new(vec![n, c], TensorData::Fp32(out))])
+    }
+}
+
+pub struct ArrayFeatureExtractor;
+
+impl Kernel for ArrayFeatureExtractor {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let idx = input(inputs, 1)?;
+        let TensorData::Int64(ids) = idx.data else {
+            return Err("indices must be int64".into());
+        };
+        let last = *x.shape.last().ok_or("takes a tensor of rank ≥ 1")?;
+        let ids: Vec<usize> = ids
+            .iter()
+            .map(|i| {
+                usize::try_from(*i)
+                    .ok()
+                    .filter(|i| *i < last)
+                    .ok_or_else(|| format!("index {i} is outside the last dimension ({last})"))
+            })
+            .collect::<Result<_, _>>()?;
+        let rows = x.len() / last.max(1);
+        macro_rules! pick {
+            ($v:expr, $variant:ident) => {{
+                let mut out = Vec::with_capacity(rows * ids.len());
+                for r in 0..rows {
+                    for i in &ids {
+                        out.push($v[r * last + i].clone());
+                    }
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        let data = match x.data {
+            TensorData::Fp32(v) => pick!(v, Fp32),
+            TensorData::Fp64(v) => pick!(v, Fp64),
+            TensorData::Int64(v) => pick!(v, Int64),
+            TensorData::Int32(v) => pick!(v, Int32),
+            TensorData::Bytes(v) => pick!(v, Bytes),
+            other => return Err(format!("does not take {}", other.datatype())),
+        };
+        let mut shape = x.shape.to_vec();
+        if shape.len() == 1 {
+            shape = vec![1, ids.len()];
+        } else if let Some(l) = shape.last_mut() {
+            *l = ids.len();
+        }
+        Ok(vec![Value::new(shape, data)])
+    }
+}
+
+pub struct Cast {
+    to: i32,
+}
+
+impl Cast {
+    pub fn new(ctx: &NodeCtx<'_>) -> Result<Cast, EngineError> {
+        let to = ctx.int("to", 0) as i32;
+        match to {
+            elem::FLOAT | elem::DOUBLE | elem::INT64 | elem::INT32 | elem::BOOL => Ok(Cast { to }),
+            other => Err(ctx.unsupported(format!("cast to {}", elem::name(other)))),
+        }
+    }
+}
+
+impl Kernel for Cast {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let exact = |d: &TensorData| -> Option<TensorData> {
+            match (self.to, d) {
+                (elem::FLOAT, TensorData::Fp32(_))
+                | (elem::DOUBLE, TensorData::Fp64(_))
+                | (elem::INT64, TensorData::Int64(_))
+                | (elem::INT32, TensorData::Int32(_))
+                | (elem::BOOL, TensorData::Bool(_)) => Some(d.clone()),
+                _ => None,
+            }
+        };
+        let data = if let Some(d) = exact(x.data) {
+            d
+        } else {
+            match self.to {
+                elem::FLOAT => TensorData::Fp32(numeric_f32(x.data).ok_or("cannot cast strings")?),
+                _ => {
+                    let v = numeric_f64(x.data).ok_or("cannot cast strings")?;
+                    match self.to {
+                        elem::DOUBLE => TensorData::Fp64(v),
+                        elem::INT64 => TensorData::Int64(match x.data {
+                            TensorData::Int32(i) => i.iter().map(|x| i64::from(*x)).collect(),
+                            TensorData::Uint64(i) => i.iter().map(|x| *x as i64).collect(),
+                            _ => v.iter().map(|x| *x as i64).collect(),
+                        }),
+                        elem::INT32 => TensorData::Int32(match x.data {
+                            TensorData::Int64(i) => i.iter().map(|x| *x as i32).collect(),
+                            _ => v.iter().map(|x| *x as i32).collect(),
+                        }),
+                        _ => TensorData::Bool(v.iter().map(|x| *x != 0.0).collect()),
+                    }
+                }
+            }
+        };
+        Ok(vec![Value::new(x.shape.to_vec(), data)])
+    }
+}
+
+pub struct Concat {
+    axis: i64,
+}
+
+impl Concat {
+    pub fn new(ctx: &NodeCtx<'_>) -> Concat {
+        Concat {
+            axis: ctx.int("axis", 1),
+        }
+    }
+}
+
+impl Kernel for Concat {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let parts: Vec<ValueRef<'_>> = inputs.iter().flatten().copied().collect();
+        let first = parts.first().ok_or("no inputs")?;
+        let r = first.shape.len() as i64;
+        let axis = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
+        if axis < 0 || axis >= r {
+            return Err(format!("axis {} is out of range for rank {r}", self.axis));
+        }
+        let axis = axis as usize;
+        let outer: usize = first.shape[..axis].iter().product();
+        let mut shape = first.shape.to_vec();
+        shape[axis] = 0;
+        for p in &parts {
+            if p.shape.len() != first.shape.len()
+                || p.shape
+                    .iter()
+                    .enumerate()
+                    .any(|(i, d)| i != axis && *d != first.shape[i])
+            {
+                return Err(format!(
+                    "shapes {:?} and {:?} do not concatenate on axis {axis}",
+                    first.shape, p.shape
+                ));
+            }
+            shape[axis] += p.shape[axis];
+        }
+        let chunk = |p: &ValueRef<'_>| p.shape[axis..].iter().product::<usize>();
+        macro_rules! cat {
+            ($variant:ident) => {{
+                let mut out = Vec::with_capacity(shape.iter().product());
+                for o in 0..outer {
+                    for p in &parts {
+                        let TensorData::$variant(v) = p.data else {
+                            return Err("inputs of different types".into());
+                        };
+                        let c = chunk(p);
+                        out.extend_from_slice(&v[o * c..(o + 1) * c]);
+                    }
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        let data = match first.data {
+            TensorData::Fp32(_) => cat!(Fp32),
+            TensorData::Fp64(_) => cat!(Fp64),
+            TensorData::Int64(_) => cat!(Int64),
+            TensorData::Int32(_) => cat!(Int32),
+            TensorData::Bytes(_) => cat!(Bytes),
+            other => return Err(format!("does not take {}", other.datatype())),
+        };
+        Ok(vec![Value::new(shape, data)])
+    }
+}
+
+pub struct Identity;
+
+impl Kernel for Identity {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        Ok(vec![input(inputs, 0)?.to_owned()])
+    }
+}
+
+pub struct Reshape {
+    allow_zero: bool,
+}
+
+impl Reshape {
+    pub fn new(ctx: &NodeCtx<'_>) -> Reshape {
+        Reshape {
+            allow_zero: ctx.int("allowzero", 0) != 0,
+        }
+    }
+}
+
+impl Kernel for Reshape {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let s = input(inputs, 1)?;
+        let TensorData::Int64(want) = s.data else {
+            return Err("the shape input must be int64".into());
+        };
+        let mut shape = Vec::with_capacity(want.len());
+        let mut infer = None;
+        for (i, d) in want.iter().enumerate() {
+            shape.push(match *d {
+                -1 if infer.is_none() => {
+                    infer = Some(i);
+                    1
+                }
+                0 if !self.allow_zero => *x.shape.get(i).ok_or("a 0 dim past the input's rank")?,
+                d => usize::try_from(d).map_err(|_| format!("bad dim {d}"))?,
+            });
+        }
+        let known: usize = shape.iter().product();
+        if let Some(i) = infer {
+            if known == 0 || x.len() % known != 0 {
+                return Err(format!("cannot reshape {:?} to {want:?}", x.shape));
+            }
+            shape[i] = x.len() / known;
+        } else if known != x.len() {
+            return Err(format!("cannot reshape {:?} to {want:?}", x.shape));
+        }
+        Ok(vec![Value::new(shape, x.data.clone())])
+    }
+}
+
+pub struct Flatten {
+    axis: i64,
+}
+
+impl Flatten {
+    pub fn new(ctx: &NodeCtx<'_>) -> Flatten {
+        Flatten {
+            axis: ctx.int("axis", 1),
+        }
+    }
+}
+
+impl Kernel for Flatten {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let r = x.shape.len() as i64;
+        let a = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
+        if a < 0 || a > r {
+            return Err(format!("axis {} is out of range for rank {r}", self.axis));
+        }
+        let a = a as usize;
+        let outer: usize = x.shape[..a].iter().product();
+        let inner: usize = x.shape[a..].iter().product();
+        Ok(vec![Value::new(vec![outer, inner], x.data.clone())])
+    }
+}
