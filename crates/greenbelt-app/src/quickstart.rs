@@ -62,7 +62,7 @@ pub fn write_project(
     write(
         model_dir.join("config.toml"),
         "# Per-model settings; every key is optional.\n\
-         backend = \"auto\"            # auto | onnxruntime | tract\n\
+         backend = \"auto\"            # auto | native | onnxruntime | tract\n\
          version_policy = { latest = 1 }\n\
          \n\
          # Dynamic batching (off when this table is absent):\n\

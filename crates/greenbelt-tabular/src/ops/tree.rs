@@ -967,8 +967,10 @@ impl Classifier {
             }
             return (labels, out);
         }
+        let mut p: Vec<(T, bool)> = Vec::with_capacity(k);
         for (row, scores) in acc.chunks(k).enumerate() {
-            let mut p: Vec<(T, bool)> = scores.to_vec();
+            p.clear();
+            p.extend_from_slice(scores);
             let z = &mut out[row * k..(row + 1) * k];
             if k > 2 {
                 for (j, b) in forest.base.iter().enumerate().take(k) {
