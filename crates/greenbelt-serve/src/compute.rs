@@ -1,6 +1,7 @@
 //! The bounded pool that runs inference off the async executor.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -74,14 +75,17 @@ impl Compute {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        self.run_within(None, f).await
+        self.run_within(None, false, f).await
     }
 
     /// [`Compute::run`], shedding with [`ServeError::QueueTimeout`] (and
     /// never running `f`) when no slot frees before the budget's deadline.
+    /// With `inline`, `f` runs on the calling task's thread once it holds a
+    /// slot (for calls of a few microseconds; see [`InlineHint`]).
     pub async fn run_within<R, F>(
         &self,
         budget: Option<QueueBudget>,
+        inline: bool,
         f: F,
     ) -> Result<(R, Timing), ServeError>
     where
@@ -99,6 +103,18 @@ impl Compute {
         }
         .map_err(|_| ServeError::ShuttingDown)?;
         let wait = queued.elapsed();
+        if inline {
+            let start = Instant::now();
+            let r = f();
+            drop(permit);
+            return Ok((
+                r,
+                Timing {
+                    wait,
+                    compute: start.elapsed(),
+                },
+            ));
+        }
         let handle = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let r = f();
@@ -109,6 +125,55 @@ impl Compute {
             .await
             .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))?;
         Ok((r, Timing { wait, compute }))
+    }
+}
+
+/// Whether a version's calls are cheap enough to run on the async worker
+/// that holds the request instead of handing them to a blocking thread: two
+/// cross-thread wake-ups cost more than a tabular model's whole compute. It
+/// keeps a moving average of small calls' compute time; a call runs inline
+/// when it is small (≤ [`InlineHint::MAX_ROWS`] rows) and that average is
+/// under [`InlineHint::MAX_COMPUTE`]. Until a version has been measured its
+/// calls go to the blocking pool.
+#[derive(Debug)]
+pub struct InlineHint {
+    /// Exponential moving average (weight 1/8) of small calls' compute, ns;
+    /// `u64::MAX` until the first measurement.
+    avg_ns: AtomicU64,
+}
+
+impl Default for InlineHint {
+    fn default() -> Self {
+        InlineHint {
+            avg_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl InlineHint {
+    /// Calls of more rows always go to the blocking pool.
+    pub const MAX_ROWS: usize = 16;
+    /// Average compute above which small calls go to the blocking pool.
+    pub const MAX_COMPUTE: Duration = Duration::from_micros(50);
+
+    pub fn inline(&self, rows: usize) -> bool {
+        rows <= Self::MAX_ROWS
+            && self.avg_ns.load(Ordering::Relaxed) <= Self::MAX_COMPUTE.as_nanos() as u64
+    }
+
+    /// Record one call's compute time.
+    pub fn observe(&self, rows: usize, took: Duration) {
+        if rows > Self::MAX_ROWS {
+            return;
+        }
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.avg_ns.load(Ordering::Relaxed);
+        let new = if old == u64::MAX {
+            ns
+        } else {
+            old - old / 8 + ns / 8
+        };
+        self.avg_ns.store(new, Ordering::Relaxed);
     }
 }
 
@@ -216,6 +281,33 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_only_once_small_calls_are_measured_cheap() {
+        let h = InlineHint::default();
+        assert!(!h.inline(1), "unmeasured: blocking pool");
+        h.observe(1, Duration::from_micros(3));
+        assert!(h.inline(1));
+        assert!(!h.inline(InlineHint::MAX_ROWS + 1), "big calls never inline");
+        // Big calls do not move the average; slow small calls do.
+        h.observe(1000, Duration::from_secs(1));
+        assert!(h.inline(1));
+        for _ in 0..40 {
+            h.observe(1, Duration::from_millis(2));
+        }
+        assert!(!h.inline(1), "a model that got slow goes back to the pool");
+    }
+
+    #[tokio::test]
+    async fn an_inline_call_still_holds_a_slot_and_reports_its_timing() {
+        let c = Compute::new(1);
+        let (r, t) = c.run_within(None, true, || 6 * 7).await.unwrap();
+        assert_eq!(r, 42);
+        assert!(t.compute < Duration::from_secs(1));
+        // The slot was released: a second call runs.
+        let (r, _) = c.run_within(None, false, || 1).await.unwrap();
+        assert_eq!(r, 1);
+    }
 
     #[tokio::test]
     async fn idle_pool_runs_work_and_bounds_its_queue() {

@@ -155,6 +155,8 @@ pub struct ServedVersion {
     pub drift: Option<Arc<crate::drift::DriftMonitor>>,
     /// Which output holds the prediction (for delayed labels).
     pub prediction: Option<crate::drift::labels::PredictionSpec>,
+    /// Whether small calls run inline on the request's thread (measured).
+    pub inline: crate::compute::InlineHint,
     stamp: FileStamp,
 }
 
@@ -744,6 +746,7 @@ impl Repository {
             features: config.features.clone(),
             drift,
             prediction,
+            inline: crate::compute::InlineHint::default(),
             stamp: stamp.unwrap_or(FileStamp {
                 len: 0,
                 modified: None,

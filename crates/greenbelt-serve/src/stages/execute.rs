@@ -64,12 +64,14 @@ impl Executor {
             }
             None => {
                 let runtime = served.runtime.clone();
+                let inline = served.inline.inline(rows);
                 let (result, timing) = self
                     .compute
-                    .run_within(budget, move || runtime.infer(&inputs))
+                    .run_within(budget, inline, move || runtime.infer(&inputs))
                     .await?;
                 if result.is_ok() {
                     served.metrics.execution(rows, timing.compute);
+                    served.inline.observe(rows, timing.compute);
                 }
                 Ok(Executed {
                     outputs: result?,
