@@ -10,6 +10,9 @@ Groups (--only picks a subset, comma-separated):
   greenbelt        Greenbelt, [telemetry] log_requests = true (the default):
                    REST via wrk, gRPC via `greenbelt bench`, REST overhead
   greenbelt-nolog  Greenbelt, log_requests = false: REST via wrk, REST overhead
+  greenbelt-ort    Greenbelt, log on, the model pinned to backend = "onnxruntime"
+                   (the default `auto` serves this graph on the native engine):
+                   REST via wrk, REST overhead
   greenbelt-telemetry  Greenbelt with all telemetry on: the request log, and
                    OpenTelemetry traces at the default sample ratio exported
                    over OTLP HTTP/protobuf to a sink in this process: REST via wrk
@@ -40,7 +43,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-telemetry", "greenbelt-drift", "greenbelt-payload", "mlserver", "mlserver-tuned", "empty"]
+GROUPS = ["greenbelt", "greenbelt-nolog", "greenbelt-ort", "greenbelt-telemetry", "greenbelt-drift", "greenbelt-payload", "mlserver", "mlserver-tuned", "empty"]
 # Only with --baseline: the same Greenbelt groups served by an older binary.
 BASELINE_GROUPS = ["before", "before-nolog"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -582,7 +585,7 @@ class Bench:
         )
 
     def group_greenbelt(self, log_requests: bool, baseline: bool = False, telemetry: bool = False,
-                        drift: bool = False, payload: bool = False) -> None:
+                        drift: bool = False, payload: bool = False, ort: bool = False) -> None:
         """One Greenbelt server: this checkout's binary, or (`baseline`) the
         `--baseline` binary with the identical config. The load generators
         (wrk, and this checkout's `greenbelt bench` for gRPC) are the same for
@@ -608,6 +611,10 @@ class Bench:
             d = self.out / group_dir(group)
             extra = ('[telemetry.payload_log]\nsink = "jsonl"\nfraction = 0.01\n'
                      f'path = "{d / "payloads"}"\n')
+        if ort:
+            group = "greenbelt-ort"
+            label = "Greenbelt (request log on, backend = onnxruntime)"
+            repo = self.out / "repo-ort"
         binary = self.a.baseline if baseline else self.a.greenbelt
         srv = self.greenbelt_server(group, log_requests, binary, sink.url if sink else None, repo, extra)
         try:
@@ -628,7 +635,7 @@ class Bench:
                              log_needle="greenbelt::request", metrics_base=base)
             if telemetry or drift or payload:
                 return
-            if log_requests:
+            if log_requests and not ort:
                 for c in self.conc:
                     self.run_gb_bench(srv, group, label, "grpc", c, self.a.duration)
             # Greenbelt's own overhead (server time minus model compute) over REST, c=1
@@ -695,6 +702,7 @@ class Bench:
         steps = {
             "greenbelt": lambda: self.group_greenbelt(True),
             "greenbelt-nolog": lambda: self.group_greenbelt(False),
+            "greenbelt-ort": lambda: self.group_greenbelt(True, ort=True),
             "greenbelt-telemetry": lambda: self.group_greenbelt(True, telemetry=True),
             "greenbelt-drift": lambda: self.group_greenbelt(True, drift=True),
             "greenbelt-payload": lambda: self.group_greenbelt(True, payload=True),

@@ -26,6 +26,10 @@ END = "<!-- bench:serving:end -->"
 # Headline targets from the issue.
 TARGET_RATIO_C64 = 10.0
 TARGET_P99_C1_MS = 1.0
+# Issue 16: per-request overhead at c=1 and the share of the empty handler's
+# throughput at c=64 (REST, default config, request log on).
+TARGET_OVERHEAD_US = 20.0
+TARGET_CEILING_SHARE = 0.5
 # A step counts as contended when the rest of the machine used more than this
 # (percent of one core) while it ran, or the idle wait before it timed out.
 CONTENDED_OTHER_PCT = 15.0
@@ -33,6 +37,7 @@ CONTENDED_OTHER_PCT = 15.0
 ROWS = [  # (group, protocol, label in the tables)
     ("greenbelt", "rest", "Greenbelt REST (request log on, default)"),
     ("greenbelt-nolog", "rest", "Greenbelt REST (request log off)"),
+    ("greenbelt-ort", "rest", "Greenbelt REST (request log on, backend = onnxruntime)"),
     ("greenbelt", "grpc", "Greenbelt gRPC (request log on)"),
     ("mlserver", "rest", "MLServer REST (default settings)"),
     ("mlserver-tuned", "rest", "MLServer REST (tuned: debug off, metrics off)"),
@@ -134,9 +139,11 @@ def render(res: dict) -> str:
       + (" (with uncommitted changes)" if ver.get("git_dirty") else "")
       + f", release build, {ver.get('rustc')}; ONNX Runtime `{Path(ver.get('onnxruntime_library') or '').name}`"
       " (CPU, 1 session, 1 intra-op thread: the model's `config.toml` defaults).")
-    gb_meta = res.get("servers", {}).get("greenbelt", {}).get("model_metadata") or {}
-    if gb_meta:
-        w(f"  Model metadata reports platform `{gb_meta.get('platform')}`, versions {gb_meta.get('versions')}.")
+    for g in ("greenbelt", "greenbelt-ort"):
+        gb_meta = res.get("servers", {}).get(g, {}).get("model_metadata") or {}
+        if gb_meta:
+            w(f"  `{g}`: model metadata reports platform `{gb_meta.get('platform')}`, "
+              f"versions {gb_meta.get('versions')}.")
     if ml:
         w(f"- MLServer {ml.get('mlserver')} with mlserver-sklearn {ml.get('mlserver-sklearn')}, "
           f"scikit-learn {ml.get('scikit-learn')}, numpy {ml.get('numpy')}, uvloop {ml.get('uvloop')}, "
@@ -218,17 +225,21 @@ def render(res: dict) -> str:
                        f"{o1['compute_us_per_request']:.1f} µs = **{o1['overhead_us_per_request']:.1f} µs**")
         if ob:
             txt.append(f"`greenbelt bench --protocol rest` c=1: {ob['overhead_us_per_request']:.1f} µs")
-        w("| Greenbelt per-request overhead (server time − model compute) reported | " + "; ".join(txt)
-          + " (all steps below) | reported |")
+        ok_over = None if not o1 else o1["overhead_us_per_request"] <= TARGET_OVERHEAD_US
+        w(f"| Greenbelt per-request overhead (server time − model compute) ≤ {TARGET_OVERHEAD_US:g} µs at c=1 "
+          "(REST, default config, wrk decides) | " + "; ".join(txt) + f" (all steps below) | {verdict(ok_over)} |")
     else:
         w("| Greenbelt per-request overhead reported | n/a | not measured |")
     if empty_hi and empty_hi.get("ok"):
         share = ratio(gb_hi, empty_hi)
         share_n = ratio(gbn_hi, empty_hi)
-        w(f"| Ceiling: empty axum handler, same wrk script, c={cmax} | **{num(empty_hi['throughput_rps'])} req/s**"
-          + (f"; Greenbelt reaches {100 * share:.0f}% of it (log on)" if share else "")
+        ok_share = None if share is None or cmax != 64 else share >= TARGET_CEILING_SHARE
+        w(f"| Greenbelt (REST, default config, log on) ≥ {100 * TARGET_CEILING_SHARE:.0f}% of the empty axum "
+          f"handler's throughput at c={cmax} (same wrk script) | ceiling **{num(empty_hi['throughput_rps'])} req/s**"
+          + (f"; Greenbelt reaches **{100 * share:.0f}%** of it (log on)" if share else "")
           + (f", {100 * share_n:.0f}% (log off)" if share_n else "")
-          + " | reported |")
+          + (f"; MLServer tuned reaches {100 * ratio(mlt_hi, empty_hi):.1f}%" if ratio(mlt_hi, empty_hi) else "")
+          + f" | {verdict(ok_share)} |")
     w("")
 
     # ---- overhead

@@ -9,7 +9,7 @@
 #   BENCH_DURATION     measured seconds per step (default 10)
 #   BENCH_WARMUP       wrk warm-up seconds before each REST step (default 2)
 #   BENCH_CONCURRENCY  connections per step, space/comma separated (default "1 8 64")
-#   BENCH_ONLY         groups to run (default all): greenbelt,greenbelt-nolog,mlserver,mlserver-tuned,empty
+#   BENCH_ONLY         groups to run (default all): greenbelt,greenbelt-nolog,greenbelt-ort,mlserver,mlserver-tuned,empty
 #   BENCH_IDLE_PCT     machine busy % under which a step may start (default 15)
 #   BENCH_IDLE_MAX_WAIT  seconds to wait for that before measuring anyway (default 60)
 #   BENCH_PORT_BASE    first port (default 18000; uses +0,+1 Greenbelt, +80..82 MLServer, +90 empty)
@@ -58,24 +58,26 @@ fi
 [[ -f "$ort" ]] || { say "no libonnxruntime.so found (set ORT_DYLIB_PATH)"; exit 1; }
 
 # ---- binaries -----------------------------------------------------------
-gb="$root/target/release/greenbelt"
-empty="$root/target/release/examples/empty_server"
-if [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$gb" ]]; then
-    say "cargo build --release -p greenbelt"
-    cargo build --release --quiet -p greenbelt
-fi
-if [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$empty" ]]; then
-    say "cargo build --release -p greenbelt-serve --example empty_server"
-    cargo build --release --quiet -p greenbelt-serve --example empty_server
+target="${CARGO_TARGET_DIR:-$root/target}"
+gb="$target/release/greenbelt"
+empty="$target/release/examples/empty_server"
+# --workspace (not -p): the same feature set as every other build, so the
+# dependencies are not rebuilt.
+if [[ "${BENCH_BUILD:-1}" == 1 || ! -x "$gb" || ! -x "$empty" ]]; then
+    say "cargo build --release --workspace --bins --examples"
+    cargo build --release --quiet --workspace --bins --examples
 fi
 
 # ---- inputs: a repository with logreg/1 only, MLServer's copy of the model
+# repo: the default config (backend = "auto": the native engine runs this
+# graph); repo-ort: the same model pinned to ONNX Runtime (a missing
+# library fails loudly instead of falling back).
 mkdir -p "$out"
-rm -rf "$out/repo"
-mkdir -p "$out/repo/logreg/1"
+rm -rf "$out/repo" "$out/repo-ort"
+mkdir -p "$out/repo/logreg/1" "$out/repo-ort/logreg/1"
 cp fixtures/models/logreg/1/model.onnx "$out/repo/logreg/1/model.onnx"
-# Pin the backend so a missing ONNX Runtime fails loudly instead of falling back to tract.
-printf '# written by bench/run.sh\nbackend = "onnxruntime"\n' >"$out/repo/logreg/config.toml"
+cp fixtures/models/logreg/1/model.onnx "$out/repo-ort/logreg/1/model.onnx"
+printf '# written by bench/run.sh\nbackend = "onnxruntime"\n' >"$out/repo-ort/logreg/config.toml"
 say "training MLServer's copy of logreg/1 (fixtures/datagen.py:train_logreg)"
 "$venv/bin/python" "$bench/mlserver_model.py" "$out/mlserver-model" >&2
 
@@ -92,7 +94,7 @@ rm -f "$out/results.json"
     --greenbelt "$gb" --empty "$empty" --ml-venv "$venv" --ort-lib "$ort" \
     --duration "${BENCH_DURATION:-10}" --warmup "${BENCH_WARMUP:-2}" \
     --concurrency "${BENCH_CONCURRENCY:-1 8 64}" \
-    --only "${BENCH_ONLY:-greenbelt,greenbelt-nolog,mlserver,mlserver-tuned,empty}" \
+    --only "${BENCH_ONLY:-greenbelt,greenbelt-nolog,greenbelt-ort,mlserver,mlserver-tuned,empty}" \
     --idle-pct "${BENCH_IDLE_PCT:-15}" --idle-max-wait "${BENCH_IDLE_MAX_WAIT:-60}" \
     --port-base "${BENCH_PORT_BASE:-18000}" \
     --command "${knobs}bash bench/run.sh" || status=$?

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Quickstart on a fresh machine: build greenbelt, get the ONNX Runtime library
-# if it is missing, lay out a demo project with a bundled model, serve it and
-# send a first request.
+# Quickstart on a fresh machine: build greenbelt, lay out a demo project with
+# a bundled model, serve it and send a first request. The demo's models (a
+# logistic regression and gradient-boosted trees) run on Greenbelt's native
+# engine, so ONNX Runtime is not needed; it is fetched only on request.
 #
 #   bash scripts/quickstart.sh            # demo, then stop
 #   bash scripts/quickstart.sh --serve    # demo, then keep serving (Ctrl-C to stop)
+#   QUICKSTART_ONNXRUNTIME=1 bash scripts/quickstart.sh   # also fetch ONNX Runtime (for neural graphs)
 #
 # Extra arguments go to `greenbelt quickstart` (see --help).
 set -euo pipefail
@@ -17,12 +19,14 @@ say() { printf 'quickstart.sh: %s\n' "$*"; }
 
 command -v cargo >/dev/null || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 
-# 1. ONNX Runtime, the production backend. Without it Greenbelt still serves
-#    models that the pure-Rust tract backend runs correctly (the demo's is one).
+# 1. ONNX Runtime, the backend for graphs the native engine does not run
+#    (neural networks). Tabular models (the demo's) do not need it.
 if [[ -n "${ORT_DYLIB_PATH:-}" ]]; then
     say "using ONNX Runtime from ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 elif compgen -G "$ort_dir/libonnxruntime.so*" >/dev/null; then
     say "using ONNX Runtime from $ort_dir"
+elif [[ "${QUICKSTART_ONNXRUNTIME:-0}" != 1 ]]; then
+    say "not fetching ONNX Runtime: the demo's models run on the native engine (QUICKSTART_ONNXRUNTIME=1 fetches it)"
 elif command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
     say "ONNX Runtime not found: downloading the onnxruntime==$ORT_VERSION wheel from PyPI into $ort_dir"
     mkdir -p .greenbelt/wheels "$ort_dir"
@@ -41,10 +45,10 @@ with zipfile.ZipFile(wheel) as z:
             print(f"quickstart.sh: extracted {base} from {os.path.basename(wheel)}")
 PY
     else
-        say "could not download onnxruntime; continuing with the tract backend"
+        say "could not download onnxruntime; continuing with the native engine and tract"
     fi
 else
-    say "no ONNX Runtime and no pip to fetch it; continuing with the tract backend"
+    say "no ONNX Runtime and no pip to fetch it; continuing with the native engine and tract"
 fi
 
 # 2. Build (release). A clean build takes a while on a small machine; see README.

@@ -89,7 +89,8 @@ pub fn write_project(
     let text = if gbdt {
         PIPELINE_FEATURES.to_string()
     } else {
-        // No ONNX Runtime: tract cannot run trees; train a logistic regression.
+        // Neither the native engine nor ONNX Runtime: tract cannot run
+        // trees; train a logistic regression.
         PIPELINE_FEATURES
             .replace("algorithm = \"gbdt\"", "algorithm = \"logreg\"")
             .lines()

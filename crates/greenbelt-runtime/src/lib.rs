@@ -139,14 +139,29 @@ impl Runtimes {
         }
     }
 
+    /// Whether tree ensembles can be served: the native engine is built in,
+    /// or ONNX Runtime is available (tract does not run them correctly).
+    pub fn runs_trees(&self) -> bool {
+        cfg!(feature = "native") || self.ort_available()
+    }
+
     /// A description of what is available, for start-up logs and metadata.
     pub fn describe(&self) -> String {
+        let native = if cfg!(feature = "native") {
+            "native (tabular graphs), "
+        } else {
+            ""
+        };
         #[cfg(feature = "onnxruntime")]
         if let Some(rt) = &self.onnxruntime {
-            return format!("onnxruntime {} ({})", rt.version(), rt.path().display());
+            return format!(
+                "{native}onnxruntime {} ({}), tract",
+                rt.version(),
+                rt.path().display()
+            );
         }
         format!(
-            "tract only; onnxruntime unavailable: {}",
+            "{native}tract; onnxruntime unavailable: {}",
             self.onnxruntime_missing.as_deref().unwrap_or("unknown")
         )
     }

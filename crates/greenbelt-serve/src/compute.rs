@@ -288,7 +288,10 @@ mod tests {
         assert!(!h.inline(1), "unmeasured: blocking pool");
         h.observe(1, Duration::from_micros(3));
         assert!(h.inline(1));
-        assert!(!h.inline(InlineHint::MAX_ROWS + 1), "big calls never inline");
+        assert!(
+            !h.inline(InlineHint::MAX_ROWS + 1),
+            "big calls never inline"
+        );
         // Big calls do not move the average; slow small calls do.
         h.observe(1000, Duration::from_secs(1));
         assert!(h.inline(1));

@@ -38,7 +38,7 @@ fn pretty(text: &str) -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let runtimes = tokio::task::spawn_blocking(|| greenbelt_runtime::Runtimes::probe(None)).await?;
-    let gbdt = runtimes.onnxruntime.is_some();
+    let gbdt = runtimes.runs_trees();
     println!("quickstart: runtimes: {}", runtimes.describe());
     let (config_path, pipeline) = write_project(&args.dir, &args.http_addr, &args.grpc_addr, gbdt)?;
     println!(
@@ -47,7 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if gbdt {
             "gradient-boosted trees"
         } else {
-            "logistic regression (no ONNX Runtime: tract cannot run trees)"
+            "logistic regression (neither the native engine nor ONNX Runtime: tract cannot run trees)"
         }
     );
     let config = Config::load(Some(&config_path))?;

@@ -137,11 +137,8 @@ async fn builtin_pipeline_promotes_then_refuses_a_worse_candidate() {
     assert_eq!(rejected.tags["status"], "rejected");
     assert_eq!(rejected.gate_report["passed"], false);
 
-    // Gradient-boosted trees need ONNX Runtime (tract cannot run tree ensembles).
-    if greenbelt_runtime::Runtimes::probe(None)
-        .onnxruntime
-        .is_some()
-    {
+    // Gradient-boosted trees: the native engine (or ONNX Runtime) runs them.
+    if greenbelt_runtime::Runtimes::probe(None).runs_trees() {
         let gbdt = p.write(
             "gbdt.toml",
             &format!(
@@ -151,7 +148,7 @@ async fn builtin_pipeline_promotes_then_refuses_a_worse_candidate() {
         let r = p.run(&gbdt).await;
         assert!(r.promoted, "{}", r.text());
     } else {
-        eprintln!("SKIP gbdt pipeline: ONNX Runtime not available (set ORT_DYLIB_PATH)");
+        eprintln!("SKIP gbdt pipeline: no native engine and no ONNX Runtime (set ORT_DYLIB_PATH)");
     }
 }
 
@@ -383,11 +380,8 @@ async fn builtin_regression_trainers_gate_on_rmse_and_mae() {
         Some(1)
     );
 
-    // Boosted trees with the squared error (need ONNX Runtime).
-    if greenbelt_runtime::Runtimes::probe(None)
-        .onnxruntime
-        .is_some()
-    {
+    // Boosted trees with the squared error (the native engine runs them).
+    if greenbelt_runtime::Runtimes::probe(None).runs_trees() {
         let gbdt = p.write(
             "gbdt.toml",
             &regression_pipeline(
@@ -417,7 +411,9 @@ async fn builtin_regression_trainers_gate_on_rmse_and_mae() {
         );
         assert!(rmse < r.champion.as_ref().unwrap().metrics["rmse"] * 1.5);
     } else {
-        eprintln!("SKIP gbdt regression pipeline: ONNX Runtime not available (set ORT_DYLIB_PATH)");
+        eprintln!(
+            "SKIP gbdt regression pipeline: no native engine and no ONNX Runtime (set ORT_DYLIB_PATH)"
+        );
     }
 
     // Trainer and task must agree: named errors.
