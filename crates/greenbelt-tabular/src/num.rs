@@ -23,6 +23,7 @@ pub trait Num:
     fn from_f64(v: f64) -> Self;
     fn from_usize(v: usize) -> Self;
     fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
     fn to_usize(self) -> usize;
     fn is_nan(self) -> bool;
 }
@@ -41,6 +42,9 @@ impl Num for f32 {
     }
     fn to_f32(self) -> f32 {
         self
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
     }
     fn to_usize(self) -> usize {
         self as usize
@@ -64,6 +68,9 @@ impl Num for f64 {
     }
     fn to_f32(self) -> f32 {
         self as f32
+    }
+    fn to_f64(self) -> f64 {
+        self
     }
     fn to_usize(self) -> usize {
         self as usize
@@ -92,18 +99,6 @@ impl Post {
             "SOFTMAX" => Post::Softmax,
             "SOFTMAX_ZERO" => Post::SoftmaxZero,
             "PROBIT" => Post::Probit,
-            _ => return None,
-        })
-    }
-
-    /// From the integer attribute of the opset-5 `TreeEnsemble`.
-    pub fn from_code(c: i64) -> Option<Post> {
-        Some(match c {
-            0 => Post::None,
-            1 => Post::Softmax,
-            2 => Post::Logistic,
-            3 => Post::SoftmaxZero,
-            4 => Post::Probit,
             _ => return None,
         })
     }

@@ -34,6 +34,12 @@ fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// A shape without its leading 1s.
+fn trimmed(s: &[usize]) -> &[usize] {
+    let first = s.iter().position(|d| *d != 1).unwrap_or(s.len());
+    &s[first..]
+}
+
 /// Flat index into a broadcast operand for every output position.
 fn offsets(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let n = out.len();
@@ -73,6 +79,18 @@ fn zip_broadcast<T: Copy>(
     }
     if b.len() == 1 {
         return Ok((out, a.iter().map(|x| f(*x, b[0])).collect()));
+    }
+    // b repeats along a's leading dimensions (a bias row): chunk by chunk.
+    if out.as_slice() == sa
+        && !b.is_empty()
+        && a.len().is_multiple_of(b.len())
+        && sa.ends_with(trimmed(sb))
+    {
+        let mut v = Vec::with_capacity(a.len());
+        for chunk in a.chunks_exact(b.len()) {
+            v.extend(chunk.iter().zip(b).map(|(x, y)| f(*x, *y)));
+        }
+        return Ok((out, v));
     }
     let oa = offsets(sa, &out);
     let ob = offsets(sb, &out);
@@ -149,11 +167,12 @@ impl Kernel for Unary {
             (Unary::Sigmoid, TensorData::Fp64(v)) => {
                 TensorData::Fp64(v.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
             }
+            // NaN stays NaN (f32::max would turn it into 0).
             (Unary::Relu, TensorData::Fp32(v)) => {
-                TensorData::Fp32(v.iter().map(|x| x.max(0.0)).collect())
+                TensorData::Fp32(v.iter().map(|x| if *x < 0.0 { 0.0 } else { *x }).collect())
             }
             (Unary::Relu, TensorData::Fp64(v)) => {
-                TensorData::Fp64(v.iter().map(|x| x.max(0.0)).collect())
+                TensorData::Fp64(v.iter().map(|x| if *x < 0.0 { 0.0 } else { *x }).collect())
             }
             (_, other) => return Err(format!("takes float or double, got {}", other.datatype())),
         };
@@ -196,6 +215,60 @@ impl Gemm {
     }
 }
 
+impl Gemm {
+    /// f32 A (not transposed) and B: dot products over B's rows when B is
+    /// transposed (the linear-model layout), else row-wise accumulation.
+    fn f32_path(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        c: Option<ValueRef<'_>>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<Value>, String> {
+        let cv: Option<(Vec<f64>, Vec<usize>)> = match c {
+            Some(c) => {
+                broadcast(c.shape, &[m, n])?;
+                let (cv, _) = float_data(c.data)?;
+                let (ro, co) = match (c.shape, cv.len()) {
+                    (_, 1) => (0, 0),
+                    ([_, 1], _) => (1, 0),
+                    ([1, _] | [_], l) if l == n => (0, 1),
+                    _ => (n, 1),
+                };
+                Some((cv, vec![ro, co]))
+            }
+            None => None,
+        };
+        let alpha = self.alpha as f32;
+        let beta = self.beta as f32;
+        let c32: Option<(Vec<f32>, [usize; 2])> =
+            cv.map(|(v, s)| (v.into_iter().map(|x| x as f32).collect(), [s[0], s[1]]));
+        let finish = |i: usize, j: usize, acc: f32| -> f32 {
+            let v = if alpha == 1.0 { acc } else { alpha * acc };
+            match &c32 {
+                Some((c, s)) => v + beta * c[i * s[0] + j * s[1]],
+                None => v,
+            }
+        };
+        let mut out = vec![0f32; m * n];
+        if self.trans_b {
+            crate::ops::linear::dot_rows(a, m, k, b, n, |i, j, acc| {
+                out[i * n + j] = finish(i, j, acc)
+            });
+        } else {
+            let prod = matmul_f32(a, b, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    out[i * n + j] = finish(i, j, prod[i * n + j]);
+                }
+            }
+        }
+        Ok(vec![Value::new(vec![m, n], TensorData::Fp32(out))])
+    }
+}
+
 impl Kernel for Gemm {
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let a = input(inputs, 0)?;
@@ -211,6 +284,10 @@ impl Kernel for Gemm {
         let (k2, n) = if self.trans_b { (*bc, *br) } else { (*br, *bc) };
         if k != k2 {
             return Err(format!("A is {m}×{k} and B is {k2}×{n} after transposes"));
+        }
+        if let (TensorData::Fp32(av), TensorData::Fp32(bv), false) = (a.data, b.data, self.trans_a)
+        {
+            return self.f32_path(av, bv, c, m, k, n);
         }
         let (av, double) = float_data(a.data)?;
         let (bv, _) = float_data(b.data)?;
@@ -261,8 +338,6 @@ impl Kernel for MatMul {
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let a = input(inputs, 0)?;
         let b = input(inputs, 1)?;
-        let (av, double) = float_data(a.data)?;
-        let (bv, _) = float_data(b.data)?;
         let (m, k, a_vec) = match a.shape {
             [k] => (1, *k, true),
             [m, k] => (*m, *k, false),
@@ -276,24 +351,53 @@ impl Kernel for MatMul {
         if k != k2 {
             return Err(format!("A is {m}×{k} and B is {k2}×{n}"));
         }
-        let mut out = Vec::with_capacity(m * n);
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0f64;
-                for p in 0..k {
-                    s += av[i * k + p] * bv[p * n + j];
-                }
-                out.push(s);
-            }
-        }
         let shape = match (a_vec, b_vec) {
             (true, true) => vec![],
             (true, false) => vec![n],
             (false, true) => vec![m],
             (false, false) => vec![m, n],
         };
-        Ok(vec![Value::new(shape, float_out(out, double))])
+        let data = match (a.data, b.data) {
+            (TensorData::Fp32(av), TensorData::Fp32(bv)) => {
+                TensorData::Fp32(matmul_f32(av, bv, m, k, n))
+            }
+            _ => {
+                let (av, double) = float_data(a.data)?;
+                let (bv, _) = float_data(b.data)?;
+                let mut out = vec![0f64; m * n];
+                for i in 0..m {
+                    let row = &mut out[i * n..(i + 1) * n];
+                    for p in 0..k {
+                        let x = av[i * k + p];
+                        for (o, w) in row.iter_mut().zip(&bv[p * n..(p + 1) * n]) {
+                            *o += x * w;
+                        }
+                    }
+                }
+                float_out(out, double)
+            }
+        };
+        Ok(vec![Value::new(shape, data)])
     }
+}
+
+/// `[m, k] × [k, n]` in f32, row by row: each output row accumulates the
+/// rows of B scaled by A's entries (contiguous, vectorizable), so every
+/// output element is an FMA chain over k in order, as ONNX Runtime's GEMM
+/// computes it.
+fn matmul_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let row = &mut out[i * n..(i + 1) * n];
+        for p in 0..k {
+            let x = a[i * k + p];
+            let x = f64::from(x);
+            for (o, w) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                *o = crate::ops::linear::fma(x, f64::from(*w), *o);
+            }
+        }
+    }
+    out
 }
 
 /// Split a shape around `axis` into (outer, axis length, inner).

@@ -84,35 +84,65 @@ impl Kernel for Normalizer {
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
         let (_, c) = x.rows_cols()?;
-        let mut v = numeric_f32(x.data).ok_or("takes numeric inputs")?;
-        for row in v.chunks_mut(c.max(1)) {
+        // ONNX Runtime's arithmetic: squares in the input type, sums in f32,
+        // L2 as sign(x)·sqrt(x²/Σx²) (so an overflowing sum gives NaN), and
+        // a zero sum (or max) leaves the row as it is.
+        let wide = numeric_f64(x.data).ok_or("takes numeric inputs")?;
+        let mut out = Vec::with_capacity(wide.len());
+        for row in wide.chunks(c.max(1)) {
             match self.0 {
                 Norm::Max => {
                     let mut m = f32::MIN;
-                    for x in row.iter() {
-                        if *x > m {
-                            m = *x;
+                    for v in row {
+                        let v = *v as f32;
+                        if m < v {
+                            m = v;
                         }
                     }
                     if m != 0.0 {
-                        row.iter_mut().for_each(|x| *x /= m);
+                        out.extend(row.iter().map(|v| *v as f32 / m));
+                    } else {
+                        out.extend(row.iter().map(|v| *v as f32));
                     }
                 }
                 Norm::L1 => {
-                    let s: f32 = row.iter().map(|x| x.abs()).sum();
+                    let mut s = 0f32;
+                    for v in row {
+                        s += v.abs() as f32;
+                    }
                     if s != 0.0 {
-                        row.iter_mut().for_each(|x| *x /= s);
+                        out.extend(row.iter().map(|v| *v as f32 / s));
+                    } else {
+                        out.extend(row.iter().map(|v| *v as f32));
                     }
                 }
                 Norm::L2 => {
-                    let s: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    let sq: Vec<f32> = row
+                        .iter()
+                        .map(|v| match x.data {
+                            TensorData::Fp32(_) => {
+                                let f = *v as f32;
+                                f * f
+                            }
+                            _ => (v * v) as f32,
+                        })
+                        .collect();
+                    let mut s = 0f32;
+                    for q in &sq {
+                        s += q;
+                    }
                     if s != 0.0 {
-                        row.iter_mut().for_each(|x| *x /= s);
+                        out.extend(row.iter().zip(&sq).map(|(v, q)| {
+                            let r = (q / s).sqrt();
+                            if *v < 0.0 { -r } else { r }
+                        }));
+                    } else {
+                        out.extend(row.iter().map(|v| *v as f32));
                     }
                 }
             }
         }
-        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(v))])
+        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(out))])
     }
 }
 
@@ -771,5 +801,85 @@ impl Kernel for Flatten {
         let outer: usize = x.shape[..a].iter().product();
         let inner: usize = x.shape[a..].iter().product();
         Ok(vec![Value::new(vec![outer, inner], x.data.clone())])
+    }
+}
+
+/// Gather along `axis`: `data[..., indices[...], ...]`, negative indices
+/// counting from the end.
+pub struct Gather {
+    axis: i64,
+}
+
+impl Gather {
+    pub fn new(ctx: &NodeCtx<'_>) -> Gather {
+        Gather {
+            axis: ctx.int("axis", 0),
+        }
+    }
+}
+
+impl Kernel for Gather {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let idx = input(inputs, 1)?;
+        let r = x.shape.len() as i64;
+        let a = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
+        if a < 0 || a >= r {
+            return Err(format!("axis {} is out of range for rank {r}", self.axis));
+        }
+        let a = a as usize;
+        let len = x.shape[a] as i64;
+        let raw: Vec<i64> = match idx.data {
+            TensorData::Int64(v) => v.clone(),
+            TensorData::Int32(v) => v.iter().map(|i| i64::from(*i)).collect(),
+            other => {
+                return Err(format!(
+                    "indices must be int64 or int32, got {}",
+                    other.datatype()
+                ));
+            }
+        };
+        let ids: Vec<usize> = raw
+            .iter()
+            .map(|i| {
+                let j = if *i < 0 { i + len } else { *i };
+                usize::try_from(j)
+                    .ok()
+                    .filter(|j| (*j as i64) < len)
+                    .ok_or_else(|| format!("index {i} is outside axis {a} of length {len}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let outer: usize = x.shape[..a].iter().product();
+        let inner: usize = x.shape[a + 1..].iter().product();
+        let dim = x.shape[a];
+        macro_rules! gather {
+            ($v:expr, $variant:ident) => {{
+                let mut out = Vec::with_capacity(outer * ids.len() * inner);
+                for o in 0..outer {
+                    for i in &ids {
+                        let start = (o * dim + i) * inner;
+                        out.extend_from_slice(&$v[start..start + inner]);
+                    }
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        let data = match x.data {
+            TensorData::Fp32(v) => gather!(v, Fp32),
+            TensorData::Fp64(v) => gather!(v, Fp64),
+            TensorData::Int64(v) => gather!(v, Int64),
+            TensorData::Int32(v) => gather!(v, Int32),
+            TensorData::Bytes(v) => gather!(v, Bytes),
+            TensorData::Bool(v) => gather!(v, Bool),
+            other => return Err(format!("does not take {}", other.datatype())),
+        };
+        let mut shape = x.shape[..a].to_vec();
+        shape.extend_from_slice(idx.shape);
+        shape.extend_from_slice(&x.shape[a + 1..]);
+        Ok(vec![Value::new(shape, data)])
     }
 }

@@ -87,7 +87,7 @@ struct Forest<T> {
     nodes: Vec<Node<T>>,
     roots: Vec<u32>,
     weights: Vec<(u32, T)>,
-    members: Vec<Vec<T>>,
+    members: Vec<MemberSet<T>>,
     base: Vec<T>,
     /// The one branch mode every branch uses, if they all use one.
     same_mode: Option<u8>,
@@ -284,8 +284,18 @@ impl Spec {
                 3 => Aggregate::Max,
                 _ => return Err(ctx.unsupported("aggregate_function")),
             },
-            post: Post::from_code(ctx.int("post_transform", 0))
-                .ok_or_else(|| ctx.unsupported("post_transform"))?,
+            // ONNX Runtime 1.32 reads codes 1-3 with its own numbering (1 as
+            // LOGISTIC, 2 as SOFTMAX; the spec says the reverse): a model
+            // using them is left to ONNX Runtime rather than guessed at.
+            post: match ctx.int("post_transform", 0) {
+                0 => Post::None,
+                4 => Post::Probit,
+                other => {
+                    return Err(ctx.unsupported(format!(
+                        "post_transform {other} (ONNX Runtime and the ONNX spec number it differently)"
+                    )));
+                }
+            },
         };
         // Walk each tree from its root so that nodes get tree ids; interior
         // node i keeps id i, leaf j gets id n + j.
@@ -446,7 +456,7 @@ impl Spec {
                 if mode == MEMBER {
                     let set = self.members.get(&i).cloned().unwrap_or_default();
                     node.value = T::from_usize(members.len());
-                    members.push(set.into_iter().map(T::from_f64).collect());
+                    members.push(MemberSet::new(&set));
                 }
             }
             nodes.push(node);
@@ -547,6 +557,42 @@ impl Spec {
     }
 }
 
+/// A BRANCH_MEMBER set. ONNX Runtime tests categories as integers: when
+/// every member is a whole number it truncates the input to an integer
+/// before looking it up (so 0.3 is "in" a set holding 0), and a NaN is never
+/// in a set (only its missing-value track can send it true).
+#[derive(Debug, Clone)]
+enum MemberSet<T> {
+    Ints(Vec<i64>),
+    Exact(Vec<T>),
+}
+
+impl<T: Num> MemberSet<T> {
+    fn new(values: &[f64]) -> MemberSet<T> {
+        let ints = values
+            .iter()
+            .all(|v| v.fract() == 0.0 && *v >= f64::from(i32::MIN) && *v <= f64::from(i32::MAX));
+        if ints {
+            MemberSet::Ints(values.iter().map(|v| *v as i64).collect())
+        } else {
+            MemberSet::Exact(values.iter().map(|v| T::from_f64(*v)).collect())
+        }
+    }
+
+    fn contains(&self, v: T) -> bool {
+        if v.is_nan() {
+            return false;
+        }
+        match self {
+            MemberSet::Ints(set) => {
+                let w = v.to_f64().trunc();
+                w >= f64::from(i32::MIN) && w <= f64::from(i32::MAX) && set.contains(&(w as i64))
+            }
+            MemberSet::Exact(set) => set.contains(&v),
+        }
+    }
+}
+
 #[inline(always)]
 fn goes_true<T: Num>(mode: u8, v: T, th: T) -> bool {
     match mode {
@@ -584,7 +630,7 @@ impl<T: Num> Forest<T> {
             }
             let v = x[n.feature as usize];
             let hit = if mode == MEMBER {
-                self.members[n.value.to_usize()].contains(&v)
+                self.members[n.value.to_usize()].contains(v)
             } else {
                 goes_true(mode, v, n.value)
             };
