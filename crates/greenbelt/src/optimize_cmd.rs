@@ -68,6 +68,11 @@ struct JudgeArgs {
     /// Untimed calls per model first.
     #[arg(long, default_value_t = 200)]
     warmup: usize,
+    /// Rows per call of the latency test, comma-separated; batch 1 is the
+    /// one the gates see (p50_ms, p99_ms), others are reported as
+    /// p50_ms_batch<N>, p99_ms_batch<N>.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch_sizes: Vec<usize>,
 }
 
 impl JudgeArgs {
@@ -84,6 +89,9 @@ impl JudgeArgs {
         if self.requests == 0 {
             bail!("--requests must be at least 1");
         }
+        if self.batch_sizes.contains(&0) {
+            bail!("--batch-sizes: every batch size must be at least 1");
+        }
         Ok(Judge {
             holdout,
             task: self.task.map(|t| match t {
@@ -94,6 +102,7 @@ impl JudgeArgs {
             latency: LatencySpec {
                 requests: self.requests,
                 warmup: self.warmup,
+                batch_sizes: self.batch_sizes.clone(),
             },
         })
     }

@@ -367,14 +367,17 @@ pub fn agreement(parent: &Predictions, derived: &Predictions) -> BTreeMap<String
     m
 }
 
-/// The latency test: single-row calls, alternating between the two models
-/// in blocks so that both see the same machine load.
+/// The latency test: calls of `batch_sizes` rows each (batch 1 is the one
+/// the gates see, as `p50_ms` / `p99_ms`; batch b > 1 is reported as
+/// `p50_ms_batch<b>` / `p99_ms_batch<b>`), alternating between the two
+/// models in blocks so that both see the same machine load.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencySpec {
-    /// Timed calls per model.
+    /// Timed calls per model and batch size.
     pub requests: usize,
-    /// Untimed calls per model first.
+    /// Untimed calls per model and batch size first.
     pub warmup: usize,
+    pub batch_sizes: Vec<usize>,
 }
 
 impl Default for LatencySpec {
@@ -382,6 +385,7 @@ impl Default for LatencySpec {
         LatencySpec {
             requests: 2000,
             warmup: 200,
+            batch_sizes: vec![1],
         }
     }
 }
@@ -389,17 +393,50 @@ impl Default for LatencySpec {
 /// Calls per block before switching to the other model.
 const BLOCK: usize = 100;
 
-/// p50_ms and p99_ms of `models` at batch 1 over `rows` (round-robin).
+/// The metric names of the latency at `batch` rows per call.
+pub fn latency_keys(batch: usize) -> (String, String) {
+    if batch == 1 {
+        ("p50_ms".into(), "p99_ms".into())
+    } else {
+        (
+            format!("p50_ms_batch{batch}"),
+            format!("p99_ms_batch{batch}"),
+        )
+    }
+}
+
+/// Latency quantiles of each of `models` (same order), at every batch size
+/// of `spec`, on inputs from [`latency_inputs`].
 pub fn latency(
     models: &[&dyn Model],
-    rows: &[Tensor],
+    sig: &Signature,
+    holdout: Option<&Holdout>,
     spec: &LatencySpec,
 ) -> Result<Vec<BTreeMap<String, f64>>, PipelineError> {
-    if rows.is_empty() {
+    let mut out = vec![BTreeMap::new(); models.len()];
+    for &batch in &spec.batch_sizes {
+        let inputs = latency_inputs(sig, holdout, batch)?;
+        let (p50, p99) = latency_keys(batch);
+        for (m, samples) in out.iter_mut().zip(time_calls(models, &inputs, spec)?) {
+            m.insert(p50.clone(), quantile(&samples, 0.5));
+            m.insert(p99.clone(), quantile(&samples, 0.99));
+        }
+    }
+    Ok(out)
+}
+
+/// Sorted milliseconds of `spec.requests` calls per model over `inputs`
+/// (round-robin), after `spec.warmup` untimed ones.
+fn time_calls(
+    models: &[&dyn Model],
+    inputs: &[Tensor],
+    spec: &LatencySpec,
+) -> Result<Vec<Vec<f64>>, PipelineError> {
+    if inputs.is_empty() {
         return Err(eval_err("no rows to time"));
     }
     let call = |m: &dyn Model, i: usize| -> Result<(), PipelineError> {
-        let t = rows[i % rows.len()].clone();
+        let t = inputs[i % inputs.len()].clone();
         m.infer(&[t])
             .map(|_| ())
             .map_err(|e| eval_err(format!("latency test: {e}")))
@@ -422,16 +459,10 @@ pub fn latency(
         }
         done += n;
     }
-    Ok(samples
-        .into_iter()
-        .map(|mut s| {
-            s.sort_by(f64::total_cmp);
-            BTreeMap::from([
-                ("p50_ms".to_string(), quantile(&s, 0.5)),
-                ("p99_ms".to_string(), quantile(&s, 0.99)),
-            ])
-        })
-        .collect())
+    for s in &mut samples {
+        s.sort_by(f64::total_cmp);
+    }
+    Ok(samples)
 }
 
 /// The nearest-rank quantile of sorted samples.
@@ -442,11 +473,13 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(i).copied().unwrap_or(0.0)
 }
 
-/// Single-row tensors for the latency test: the first 256 holdout rows, or
-/// one row of zeros shaped by the signature when there is no holdout.
-pub fn latency_rows(
+/// Inputs of `batch` rows for the latency test: up to 64 different slices
+/// of the holdout (its rows taken in a cycle), or one batch of zeros shaped
+/// by the signature when there is no holdout.
+pub fn latency_inputs(
     sig: &Signature,
     holdout: Option<&Holdout>,
+    batch: usize,
 ) -> Result<Vec<Tensor>, PipelineError> {
     let [input] = sig.inputs.as_slice() else {
         return Err(eval_err(format!(
@@ -454,17 +487,24 @@ pub fn latency_rows(
             sig.inputs.len()
         )));
     };
+    if batch == 0 {
+        return Err(eval_err("a batch size must be at least 1"));
+    }
     if let Some(h) = holdout {
-        let cols = h.features.len();
-        return h
-            .x
-            .chunks(cols.max(1))
-            .take(256)
-            .map(|r| {
+        let cols = h.features.len().max(1);
+        let rows = h.rows();
+        return (0..64.min(rows.max(1)))
+            .map(|k| {
+                let x: Vec<f32> = (0..batch)
+                    .flat_map(|i| {
+                        let r = (k * batch + i) % rows;
+                        h.x[r * cols..(r + 1) * cols].iter().copied()
+                    })
+                    .collect();
                 Tensor::new(
                     input.name.clone(),
-                    vec![1, cols as i64],
-                    TensorData::Fp32(r.to_vec()),
+                    vec![batch as i64, cols as i64],
+                    TensorData::Fp32(x),
                 )
                 .map_err(|e| eval_err(e.to_string()))
             })
@@ -475,7 +515,7 @@ pub fn latency_rows(
         .iter()
         .enumerate()
         .map(|(i, d)| match (i, *d) {
-            (0, d) if d < 0 => Ok(1),
+            (0, d) if d < 0 => Ok(batch as i64),
             (_, d) if d >= 0 => Ok(d),
             _ => Err(eval_err(format!(
                 "input \"{}\" has shape {:?} with a dynamic dimension besides the batch; pass --data so rows can be taken from it",

@@ -251,8 +251,12 @@ fn compare_blocking(
         dm.extend(measure::quality(task, &h.y, &dp)?);
         dm.extend(measure::agreement(&pp, &dp));
     }
-    let rows = measure::latency_rows(parent.signature(), holdout.as_ref())?;
-    let lat = measure::latency(&[parent.as_ref(), derived.as_ref()], &rows, &judge.latency)?;
+    let lat = measure::latency(
+        &[parent.as_ref(), derived.as_ref()],
+        parent.signature(),
+        holdout.as_ref(),
+        &judge.latency,
+    )?;
     for (m, l) in [&mut pm, &mut dm].into_iter().zip(lat) {
         m.extend(l);
     }
@@ -272,10 +276,10 @@ fn compare_blocking(
         latency: json!({
             "backend": "onnxruntime",
             "intra_op_threads": 1,
-            "batch": 1,
+            "batch_sizes": judge.latency.batch_sizes,
             "requests": judge.latency.requests,
             "warmup": judge.latency.warmup,
-            "rows": rows.len(),
+            "inputs": if holdout.is_some() { "holdout rows" } else { "zeros" },
         }),
         parent_metrics: pm,
         derived_metrics: dm,
@@ -570,8 +574,8 @@ impl Report {
             }
         }
         out.push_str(&format!(
-            "  latency: {} single-row calls per model after {} warm-up, ONNX Runtime, 1 thread, alternating in blocks\n",
-            c.latency["requests"], c.latency["warmup"]
+            "  latency: {} calls per model and batch size {} after {} warm-up, ONNX Runtime, 1 thread, alternating in blocks\n",
+            c.latency["requests"], c.latency["batch_sizes"], c.latency["warmup"]
         ));
         out.push_str(&format!(
             "  {:<14} {:>14} {:>14} {:>12}\n",
@@ -618,7 +622,7 @@ impl Report {
 fn number(metric: &str, v: f64) -> String {
     match metric {
         "size_bytes" => format!("{v:.0}"),
-        m if m.ends_with("_ms") => format!("{v:.4}"),
+        m if m.contains("_ms") => format!("{v:.4}"),
         _ => format!("{v:.6}"),
     }
 }
@@ -628,7 +632,7 @@ fn change(metric: &str, parent: Option<f64>, derived: Option<f64>) -> String {
     let (Some(p), Some(d)) = (parent, derived) else {
         return String::new();
     };
-    if metric == "size_bytes" || metric.ends_with("_ms") {
+    if metric == "size_bytes" || metric.contains("_ms") {
         if p == 0.0 {
             return String::new();
         }
@@ -672,6 +676,7 @@ mod tests {
     fn changes_are_relative_for_costs_and_absolute_for_quality() {
         assert_eq!(change("size_bytes", Some(200.0), Some(100.0)), "-50.0%");
         assert_eq!(change("p99_ms", Some(1.0), Some(1.1)), "+10.0%");
+        assert_eq!(change("p50_ms_batch64", Some(2.0), Some(1.0)), "-50.0%");
         assert_eq!(change("accuracy", Some(0.9), Some(0.89)), "-0.010000");
         assert_eq!(change("accuracy", None, Some(0.89)), "");
     }

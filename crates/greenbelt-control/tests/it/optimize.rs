@@ -140,6 +140,7 @@ fn judge(holdout: &Path) -> Judge {
         latency: LatencySpec {
             requests: 300,
             warmup: 30,
+            batch_sizes: vec![1, 16],
         },
         ..Judge::default()
     }
@@ -173,7 +174,13 @@ async fn quantized_versions_are_registered_with_lineage_and_gate_reports() {
     assert!((dm["accuracy"] - pm["accuracy"]).abs() <= 0.02, "{dm:?}");
     assert!(dm["agreement"] >= 0.95, "{dm:?}");
     assert!(dm["size_bytes"] < pm["size_bytes"]);
-    for m in ["log_loss", "p50_ms", "p99_ms"] {
+    for m in [
+        "log_loss",
+        "p50_ms",
+        "p99_ms",
+        "p50_ms_batch16",
+        "p99_ms_batch16",
+    ] {
         assert!(pm.contains_key(m) && dm.contains_key(m), "{m}");
     }
     let rules: Vec<(&str, &str)> = r
@@ -261,6 +268,7 @@ async fn models_with_nothing_to_quantize_and_corrupt_artifacts_are_refused() {
         latency: LatencySpec {
             requests: 10,
             warmup: 1,
+            ..LatencySpec::default()
         },
         ..Judge::default()
     };
@@ -307,6 +315,7 @@ async fn plain_files_are_quantized_without_a_registry() {
         latency: LatencySpec {
             requests: 50,
             warmup: 5,
+            ..LatencySpec::default()
         },
         ..Judge::default()
     };
