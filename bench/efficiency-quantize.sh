@@ -64,6 +64,7 @@ say "the same files on Python onnxruntime"
 "$PYTHON" "$ROOT/scripts/efficiency-models.py" time "$OUT"
 
 echo "Measured $(date -u +%Y-%m-%d) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
-echo "greenbelt $BUILD, ONNX Runtime $(basename "$ORT_DYLIB_PATH" | sed 's/libonnxruntime.so.//'), $REQUESTS timed calls per model and batch size."
+echo "greenbelt $BUILD, ONNX Runtime $(basename "$ORT_DYLIB_PATH" | sed 's/libonnxruntime.so.//'), $REQUESTS timed calls per model and batch size;"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 "$PYTHON" "$ROOT/scripts/efficiency-models.py" report "$OUT"
