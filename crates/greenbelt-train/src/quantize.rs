@@ -540,20 +540,21 @@ fn float_values(t: &TensorProto) -> Result<Vec<f32>, String> {
         .ok_or_else(|| format!("\"{name}\" has invalid dims {:?}", t.dims))?;
     let values: Vec<f32> = if t.raw_data.is_empty() {
         t.float_data.clone()
-    } else {
+    } else if t.raw_data.len().is_multiple_of(4) {
         t.raw_data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
-    };
-    let stored = if t.raw_data.is_empty() {
-        values.len()
     } else {
-        t.raw_data.len() / 4 + usize::from(t.raw_data.len() % 4 != 0)
-    };
-    if stored != count {
         return Err(format!(
-            "\"{name}\" holds {stored} values but its dims {:?} need {count}",
+            "\"{name}\" has {} bytes of raw data, not a whole number of FLOAT values",
+            t.raw_data.len()
+        ));
+    };
+    if values.len() != count {
+        return Err(format!(
+            "\"{name}\" holds {} values but its dims {:?} need {count}",
+            values.len(),
             t.dims
         ));
     }
