@@ -12,6 +12,8 @@
 //! - [`onnx`]: byte-deterministic ONNX export of all of them, with the
 //!   repository's classifier signature (`input` -> `label`, `probabilities`)
 //!   or the regressor one (`input` -> `prediction` `[N, 1]`);
+//! - [`distill`]: students (boosted trees, a linear model) fitted to a
+//!   binary teacher's logits, exported as classifiers;
 //! - [`quantize`]: post-training compression of ONNX models by graph
 //!   rewrite (int8 dynamic quantization of MatMul/Gemm weights, float16
 //!   storage of initializers), bytes in, bytes and a report out;
@@ -22,6 +24,7 @@
 //! depend on them. It uses `tract-onnx` only for its ONNX protobuf types.
 
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod gbdt;
 pub mod linreg;

@@ -68,7 +68,7 @@ enum Command {
     Labels(labels_cmd::Args),
     /// Data drift: compare a dataset with a reference, column by column.
     Drift(drift_cmd::Args),
-    /// Cheaper versions of a model (quantization), judged by the promotion gates.
+    /// Cheaper versions of a model (quantization, distillation), judged by the promotion gates.
     Optimize(optimize_cmd::Args),
 }
 

@@ -409,13 +409,16 @@ pub fn latency_keys(batch: usize) -> (String, String) {
 /// of `spec`, on inputs from [`latency_inputs`].
 pub fn latency(
     models: &[&dyn Model],
-    sig: &Signature,
     holdout: Option<&Holdout>,
     spec: &LatencySpec,
 ) -> Result<Vec<BTreeMap<String, f64>>, PipelineError> {
     let mut out = vec![BTreeMap::new(); models.len()];
     for &batch in &spec.batch_sizes {
-        let inputs = latency_inputs(sig, holdout, batch)?;
+        // Each model gets the same rows under its own input name.
+        let inputs = models
+            .iter()
+            .map(|m| latency_inputs(m.signature(), holdout, batch))
+            .collect::<Result<Vec<_>, _>>()?;
         let (p50, p99) = latency_keys(batch);
         for (m, samples) in out.iter_mut().zip(time_calls(models, &inputs, spec)?) {
             m.insert(p50.clone(), quantile(&samples, 0.5));
@@ -425,35 +428,35 @@ pub fn latency(
     Ok(out)
 }
 
-/// Sorted milliseconds of `spec.requests` calls per model over `inputs`
-/// (round-robin), after `spec.warmup` untimed ones.
+/// Sorted milliseconds of `spec.requests` calls per model over its
+/// `inputs` (round-robin), after `spec.warmup` untimed ones.
 fn time_calls(
     models: &[&dyn Model],
-    inputs: &[Tensor],
+    inputs: &[Vec<Tensor>],
     spec: &LatencySpec,
 ) -> Result<Vec<Vec<f64>>, PipelineError> {
-    if inputs.is_empty() {
+    if inputs.iter().any(Vec::is_empty) || inputs.len() != models.len() {
         return Err(eval_err("no rows to time"));
     }
-    let call = |m: &dyn Model, i: usize| -> Result<(), PipelineError> {
+    let call = |m: &dyn Model, inputs: &[Tensor], i: usize| -> Result<(), PipelineError> {
         let t = inputs[i % inputs.len()].clone();
         m.infer(&[t])
             .map(|_| ())
             .map_err(|e| eval_err(format!("latency test: {e}")))
     };
-    for m in models {
+    for (m, inputs) in models.iter().zip(inputs) {
         for i in 0..spec.warmup {
-            call(*m, i)?;
+            call(*m, inputs, i)?;
         }
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(spec.requests); models.len()];
     let mut done = 0;
     while done < spec.requests {
         let n = BLOCK.min(spec.requests - done);
-        for (m, out) in models.iter().zip(samples.iter_mut()) {
+        for ((m, inputs), out) in models.iter().zip(inputs).zip(samples.iter_mut()) {
             for i in done..done + n {
                 let start = Instant::now();
-                call(*m, i)?;
+                call(*m, inputs, i)?;
                 out.push(start.elapsed().as_secs_f64() * 1000.0);
             }
         }

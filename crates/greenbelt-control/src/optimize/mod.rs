@@ -12,6 +12,7 @@
 //! one intra-op thread, one session each; latency calls alternate between
 //! them in blocks of 100 so both see the same machine load.
 
+pub mod distill;
 pub mod measure;
 
 use std::collections::BTreeMap;
@@ -219,7 +220,15 @@ fn compare_blocking(
 ) -> Result<Comparison, PipelineError> {
     let parent = measure::load(runtimes, parent_path)?;
     let derived = measure::load(runtimes, derived_path)?;
-    if parent.signature().inputs != derived.signature().inputs {
+    // Names may differ (a student's input is `input`); types and shapes may not.
+    let shapes = |m: &dyn greenbelt_runtime::Model| -> Vec<(greenbelt_core::DataType, Vec<i64>)> {
+        m.signature()
+            .inputs
+            .iter()
+            .map(|i| (i.datatype, i.shape.clone()))
+            .collect()
+    };
+    if shapes(parent.as_ref()) != shapes(derived.as_ref()) {
         return Err(PipelineError::Evaluate(format!(
             "the derived model takes {:?}, its parent {:?}; they must take the same inputs to be compared",
             derived.signature().inputs,
@@ -253,7 +262,6 @@ fn compare_blocking(
     }
     let lat = measure::latency(
         &[parent.as_ref(), derived.as_ref()],
-        parent.signature(),
         holdout.as_ref(),
         &judge.latency,
     )?;
@@ -289,7 +297,7 @@ fn compare_blocking(
     })
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| PipelineError::Evaluate(format!("{}: {e}", dir.display())))?;
@@ -335,7 +343,10 @@ pub async fn quantize_file(
 }
 
 /// The parent's artifact, fetched (sha256 checked) into the work directory.
-async fn fetch(ctx: &Context, v: &ModelVersion) -> Result<(Vec<u8>, PathBuf), PipelineError> {
+pub(crate) async fn fetch(
+    ctx: &Context,
+    v: &ModelVersion,
+) -> Result<(Vec<u8>, PathBuf), PipelineError> {
     let bytes = ctx
         .artifacts
         .get(&v.artifact_uri, &v.sha256)
@@ -349,7 +360,7 @@ async fn fetch(ctx: &Context, v: &ModelVersion) -> Result<(Vec<u8>, PathBuf), Pi
 }
 
 /// The parent's feature columns (from its lineage) when the holdout names none.
-fn with_parent_features(judge: &Judge, parent: &ModelVersion) -> Judge {
+pub(crate) fn with_parent_features(judge: &Judge, parent: &ModelVersion) -> Judge {
     let mut judge = judge.clone();
     if let Some(h) = judge.holdout.as_mut()
         && h.features.is_none()
@@ -416,6 +427,7 @@ pub async fn quantize_registered(
             optimization: mode.name(),
             relation: "parent",
             params,
+            lineage: json!({}),
         },
         &comparison,
     )
@@ -434,17 +446,19 @@ pub async fn quantize_registered(
 }
 
 /// How a derived version came about.
-struct Derivation {
+pub(crate) struct Derivation {
     /// `int8-dynamic`, `fp16`, `distill-gbdt`, ...
-    optimization: &'static str,
+    pub(crate) optimization: &'static str,
     /// The lineage key naming the source version: `parent` or `teacher`.
-    relation: &'static str,
+    pub(crate) relation: &'static str,
     /// Stored as the version's params.
-    params: Value,
+    pub(crate) params: Value,
+    /// More lineage entries (an object), e.g. the training data of a student.
+    pub(crate) lineage: Value,
 }
 
 /// Register `bytes` as a new version of `source`'s model.
-async fn register_derived(
+pub(crate) async fn register_derived(
     ctx: &Context,
     source: &ModelVersion,
     bytes: Vec<u8>,
@@ -470,6 +484,11 @@ async fn register_derived(
     });
     if !source.lineage["features"].is_null() {
         lineage["features"] = source.lineage["features"].clone();
+    }
+    if let Value::Object(extra) = how.lineage {
+        for (k, v) in extra {
+            lineage[k.as_str()] = v;
+        }
     }
     // Same inputs, (nearly) the same predictions: the source's drift
     // reference stays the one to monitor against.
@@ -559,7 +578,15 @@ impl Report {
             }
         }
         if let Some(t) = &self.training {
-            out.push_str(&format!("  student: {t}\n"));
+            out.push_str(&format!(
+                "  student: {} {}; fitted to the teacher's logits on {} rows: logit RMSE {:.4}, mean |Δp| {:.4}, max |Δp| {:.4}\n",
+                t["student"]["student"].as_str().unwrap_or("?"),
+                t["student"]["params"],
+                t["rows"],
+                t["logit_rmse"].as_f64().unwrap_or(f64::NAN),
+                t["probability_mae"].as_f64().unwrap_or(f64::NAN),
+                t["probability_max_abs"].as_f64().unwrap_or(f64::NAN),
+            ));
         }
         match &c.holdout {
             Some(h) => out.push_str(&format!(

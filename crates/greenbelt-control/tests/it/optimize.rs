@@ -350,3 +350,133 @@ async fn plain_files_are_quantized_without_a_registry() {
         "{text}"
     );
 }
+
+/// A teacher trained here (greenbelt-train's logistic regression on
+/// `synthetic::linear`, 3 features, so its logits stay moderate) and 1,000
+/// fresh rows of the same problem with their labels: `y`, `f0`, `f1`, `f2`.
+fn teacher_and_data(path: &Path) -> Vec<u8> {
+    use greenbelt_train::{logreg, synthetic};
+    let names: Vec<String> = (0..3).map(|i| format!("f{i}")).collect();
+    let train = synthetic::linear(2000, 3, 1);
+    let model = logreg::fit(&train.matrix().unwrap(), &train.y, &Default::default()).unwrap();
+    let data = synthetic::linear(1000, 3, 2);
+    let mut csv = String::from("y,f0,f1,f2\n");
+    for (row, y) in data.x.chunks(3).zip(&data.y) {
+        csv.push_str(&format!("{y},{},{},{}\n", row[0], row[1], row[2]));
+    }
+    std::fs::write(path, csv).unwrap();
+    greenbelt_train::export_logreg(&model, &names).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn students_are_distilled_from_a_registered_teacher() {
+    use greenbelt_control::optimize::distill::{DistillSpec, distill_registered};
+    use greenbelt_train::distill::Student;
+    let Some(rt) = ort() else { return };
+    let p = project(rt.clone()).await;
+    let data = p.dir.path().join("data.csv");
+    let teacher = teacher_and_data(&data);
+    p.register("lr", teacher, json!({})).await;
+    let parent = p.ctx.registry.version("lr", 1).await.unwrap();
+    let spec = |student| DistillSpec {
+        teacher: "lr@champion".parse().unwrap(),
+        student,
+        data: HoldoutSpec {
+            path: data.clone(),
+            label: "y".into(),
+            features: None,
+        },
+        holdout: None,
+        judge: Judge {
+            latency: LatencySpec {
+                requests: 100,
+                warmup: 10,
+                ..LatencySpec::default()
+            },
+            ..Judge::default()
+        },
+    };
+
+    // A linear teacher: the linear student recovers it almost exactly.
+    let r = distill_registered(
+        &p.ctx,
+        &spec(Student::Logreg(greenbelt_train::LinRegParams {
+            alpha: 1e-6,
+            ..Default::default()
+        })),
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", r.text());
+    assert_eq!(r.optimization, "distill-logreg");
+    assert_eq!(r.derived.version, Some(2));
+    let dm = &r.comparison.derived_metrics;
+    assert!(dm["max_abs_diff"] < 1e-3, "{dm:?}");
+    assert_eq!(dm["agreement"], 1.0);
+    assert_eq!(r.training.as_ref().unwrap()["rows"], 800, "80% trains");
+    let h = r.comparison.holdout.as_ref().unwrap();
+    assert_eq!(h["rows"], 200);
+    let v2 = p.ctx.registry.version("lr", 2).await.unwrap();
+    assert_eq!(
+        v2.lineage["teacher"],
+        json!({ "model": "lr", "version": 1, "sha256": parent.sha256 })
+    );
+    assert_eq!(v2.lineage["optimization"], "distill-logreg");
+    assert_eq!(v2.lineage["data"]["train_rows"], 800);
+    assert_eq!(v2.lineage["data"]["holdout"], "split");
+    assert_eq!(v2.gate_report["teacher"]["version"], 1);
+
+    // Trees approximate it: close, not exact.
+    let r = distill_registered(
+        &p.ctx,
+        &spec(Student::Gbdt(greenbelt_train::GbdtParams {
+            n_estimators: 60,
+            ..Default::default()
+        })),
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", r.text());
+    assert_eq!(r.derived.version, Some(3));
+    let (pm, dm) = (&r.comparison.parent_metrics, &r.comparison.derived_metrics);
+    assert!(dm["roc_auc"] > pm["roc_auc"] - 0.1, "{pm:?} {dm:?}");
+    assert!(dm["agreement"] > 0.8, "{dm:?}");
+
+    // A three-class teacher has no logit to match.
+    p.register("mlp", std::fs::read(fixture("mlp")).unwrap(), json!({}))
+        .await;
+    let mut s = spec(Student::Logreg(Default::default()));
+    s.teacher = "mlp:1".parse().unwrap();
+    let err = distill_registered(&p.ctx, &s)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the teacher takes 30 features per row")
+            && err.contains("gives 3 (f0, f1, f2)"),
+        "{err}"
+    );
+    let wide = p.dir.path().join("wide.csv");
+    let mut csv = (0..30)
+        .map(|i| format!("f{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",y\n";
+    for r in 0..50 {
+        csv += &(0..30)
+            .map(|i| ((r * 7 + i) % 11).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        csv += &format!(",{}\n", r % 3);
+    }
+    std::fs::write(&wide, csv).unwrap();
+    s.data.path = wide;
+    let err = distill_registered(&p.ctx, &s)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("distill needs a binary classifier teacher"),
+        "{err}"
+    );
+}
