@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# fp32 vs int8 vs fp16 on two MLPs: size, latency (batch 1 and 64, ONNX
-# Runtime, one thread) and holdout metric delta, through
-# `greenbelt optimize quantize --model-file` (docs/efficiency.md,
-# "Quantization").
+# fp32 vs int8 vs fp16 (and distilled students) on two MLPs: size, latency
+# (batch 1 and 64, ONNX Runtime, one thread) and holdout metric delta,
+# through `greenbelt optimize quantize --model-file` and `greenbelt optimize
+# distill` (docs/efficiency.md, "Quantization").
 #
 #   bash bench/efficiency-quantize.sh            # prints the Markdown table
 #
@@ -59,6 +59,25 @@ for model in mlp mlp256; do
             --batch-sizes 1,64 --requests "$REQUESTS" --json \
             >"$OUT/$model-$mode.json" || [[ -s "$OUT/$model-$mode.json" ]]
     done
+done
+# Distillation needs a registry (the student is registered with lineage to
+# its teacher): one in $OUT. The 3-class fixture has no binary logit to match.
+say "mlp256: distill (gbdt, logreg) into a registry in $OUT"
+(
+    cd "$OUT"
+    GREENBELT_LOG=warn "$GREENBELT" registry register mlp256 --file "$OUT/mlp256/model.onnx" >/dev/null
+    for student in gbdt logreg; do
+        GREENBELT_LOG=warn "$GREENBELT" optimize distill --teacher mlp256:1 --student "$student" \
+            --data "$OUT/mlp256/train.csv" --holdout "$OUT/mlp256/holdout.csv" --label y \
+            --n-estimators "${DISTILL_TREES:-200}" --max-depth "${DISTILL_DEPTH:-4}" \
+            --batch-sizes 1,64 --requests "$REQUESTS" --json \
+            >"$OUT/mlp256-distill-$student.json" || [[ -s "$OUT/mlp256-distill-$student.json" ]]
+    done
+)
+# The students' ONNX files, for the Python timing: from the artifact store.
+for student in gbdt logreg; do
+    sha="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["derived"]["sha256"])' "$OUT/mlp256-distill-$student.json")"
+    cp "$(find "$OUT/.greenbelt/artifacts" -name "$sha.onnx" | head -1)" "$OUT/mlp256/distill-$student.onnx"
 done
 say "the same files on Python onnxruntime"
 "$PYTHON" "$ROOT/scripts/efficiency-models.py" time "$OUT"

@@ -3,7 +3,7 @@
 (bench/efficiency-quantize.sh, docs/efficiency.md "Quantization").
 
     efficiency-models.py models OUT       write OUT/<model>/{model.onnx,holdout.csv}
-    efficiency-models.py time OUT         time every OUT/<model>/{model,int8,fp16}.onnx
+    efficiency-models.py time OUT         time every OUT/<model>/{model,int8,fp16,distill-*}.onnx
                                           with Python onnxruntime -> OUT/ort-times.json
     efficiency-models.py report OUT       the Markdown section from OUT/*.json
 
@@ -16,7 +16,9 @@ Models (nothing is committed; everything is made here, deterministically):
   trained on 10,000 rows of ``make_classification(n_features=200,
   n_informative=40, random_state=0)`` (binary), exported with skl2onnx
   (``zipmap=False``, input ``input`` FP32 [N, 200]); its holdout is the other
-  2,000 rows. The export is checked against ``predict_proba`` (1e-4).
+  2,000 rows, and ``train.csv`` the 10,000 training rows (the distilled
+  students learn the teacher's probabilities on them). The export is checked
+  against ``predict_proba`` (1e-4).
 
 Needs numpy, scikit-learn, skl2onnx and onnxruntime (the repository's
 ``.venv`` has them).
@@ -33,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("model", "int8", "fp16")
+VARIANTS = ("model", "int8", "fp16", "distill-gbdt", "distill-logreg")
+MODES = VARIANTS[1:]
 
 
 def write_csv(path: Path, X: np.ndarray, y: np.ndarray, width: int) -> None:
@@ -90,6 +93,8 @@ def models(out: Path) -> None:
     if err > 1e-4:
         raise SystemExit(f"mlp256: ONNX export differs from predict_proba by {err}")
     write_csv(d / "holdout.csv", Xho, yho, 3)
+    # The student's training rows (distillation): the teacher's own training set.
+    write_csv(d / "train.csv", Xtr, ytr, 3)
     print(
         f"mlp256: trained in {time.time() - started:.0f} s, holdout accuracy "
         f"{model.score(Xho, yho):.4f}, export max |diff| {err:.1e}",
@@ -146,7 +151,7 @@ def report(out: Path) -> None:
     lines.append("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for d in sorted(p for p in out.iterdir() if (p / "holdout.csv").exists()):
         reports = {}
-        for mode in ("int8", "fp16"):
+        for mode in MODES:
             f = out / f"{d.name}-{mode}.json"
             if f.exists() and f.stat().st_size > 0:
                 reports[mode] = json.loads(f.read_text())
