@@ -1,6 +1,7 @@
 //! `greenbelt optimize quantize` end to end: a registry model quantized from
 //! the command line becomes a new version with lineage; plain files in and
-//! out; wrong arguments and unquantizable models get errors that say why.
+//! out; wrong arguments (of `distill` too) and unquantizable models get
+//! errors that say why. (`distill` itself is tested in greenbelt-control.)
 //! The runs that need ONNX Runtime print SKIP without it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -152,6 +153,38 @@ fn plain_files_and_the_errors_people_meet() {
         (
             vec!["optimize", "quantize", "mlp:zero", "--mode", "int8"],
             "write NAME, NAME@ALIAS",
+        ),
+        (
+            vec![
+                "optimize",
+                "distill",
+                "--teacher",
+                "@x",
+                "--student",
+                "gbdt",
+                "--data",
+                "d.csv",
+                "--label",
+                "y",
+            ],
+            "write NAME, NAME@ALIAS",
+        ),
+        (
+            vec![
+                "optimize",
+                "distill",
+                "--teacher",
+                "t",
+                "--student",
+                "gbdt",
+                "--data",
+                "d.csv",
+                "--label",
+                "y",
+                "--batch-sizes",
+                "0",
+            ],
+            "every batch size must be at least 1",
         ),
     ] {
         let out = greenbelt(d, &args);
