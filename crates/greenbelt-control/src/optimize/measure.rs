@@ -279,7 +279,7 @@ pub fn predict(
         }
     }
     if task == Task::Classification && out.classes.is_none() {
-        out.classes = Some(out.values.chunks(out.width).map(argmax).collect());
+        out.classes = Some(out.values.chunks(out.width.max(1)).map(argmax).collect());
     }
     Ok(out)
 }

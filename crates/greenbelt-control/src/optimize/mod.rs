@@ -247,7 +247,11 @@ fn compare_blocking(
     let mut dm = BTreeMap::from([("size_bytes".to_string(), file_size(derived_path)?)]);
     if let Some(h) = &holdout {
         let cols = h.features.len();
-        let width = parent.signature().inputs[0].shape.last().copied();
+        let width = parent
+            .signature()
+            .inputs
+            .first()
+            .and_then(|i| i.shape.last().copied());
         if let Some(w) = width.filter(|w| *w >= 0 && *w as usize != cols) {
             return Err(PipelineError::Data(format!(
                 "the model takes {w} features per row, the holdout gives {cols} ({}); name them with --features or the parent's lineage",
