@@ -7,7 +7,7 @@
 //! drill), the bad-deployment, pipeline-outage and multi-region failover
 //! drills and their pure judges, the quickstart's
 //! demo project, pipelines with the feature store, registry and
-//! feature-store operations. The binary parses arguments, calls these and
+//! feature-store operations, quantization and distillation (`optimize`). The binary parses arguments, calls these and
 //! prints.
 
 pub mod app;
@@ -22,6 +22,7 @@ pub mod feature_ops;
 pub mod features;
 pub mod labels;
 pub mod loadgen;
+pub mod optimize;
 pub mod pipeline;
 pub mod pipeline_drill;
 pub mod quickstart;

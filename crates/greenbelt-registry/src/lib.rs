@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod feature_defs;
 pub mod http;
 pub mod notify;
+pub mod reference;
 pub mod rollouts;
 mod schema;
 pub mod store;
@@ -19,6 +20,7 @@ pub mod store;
 pub use artifacts::ArtifactStore;
 pub use feature_defs::FeatureDefinition;
 pub use notify::{AliasChange, AliasListener, Notice};
+pub use reference::ModelRef;
 pub use rollouts::{RolloutEvent, StoredRollout};
 pub use store::{AliasEvent, ModelVersion, NewVersion, Registry};
 

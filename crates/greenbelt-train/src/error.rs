@@ -69,4 +69,20 @@ pub enum TrainError {
         value: String,
         reason: &'static str,
     },
+
+    /// Bytes that are not an ONNX model, or one a rewrite cannot keep whole.
+    #[error("not a usable ONNX model: {reason}")]
+    Onnx { reason: String },
+
+    /// A node a rewrite cannot handle as it stands.
+    #[error("node \"{node}\" ({op_type}): {reason}")]
+    Node {
+        node: String,
+        op_type: String,
+        reason: String,
+    },
+
+    /// A compression found nothing it applies to.
+    #[error("nothing to quantize: {reason}")]
+    NothingToQuantize { reason: String },
 }

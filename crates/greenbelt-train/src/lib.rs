@@ -12,6 +12,11 @@
 //! - [`onnx`]: byte-deterministic ONNX export of all of them, with the
 //!   repository's classifier signature (`input` -> `label`, `probabilities`)
 //!   or the regressor one (`input` -> `prediction` `[N, 1]`);
+//! - [`distill`]: students (boosted trees, a linear model) fitted to a
+//!   binary teacher's logits, exported as classifiers;
+//! - [`quantize`]: post-training compression of ONNX models by graph
+//!   rewrite (int8 dynamic quantization of MatMul/Gemm weights, float16
+//!   storage of initializers), bytes in, bytes and a report out;
 //! - [`synthetic`]: reproducible data sets for tests and demos.
 //!
 //! It must not read files or tables (callers pass a [`DenseMatrix`]), load
@@ -19,12 +24,14 @@
 //! depend on them. It uses `tract-onnx` only for its ONNX protobuf types.
 
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod gbdt;
 pub mod linreg;
 pub mod logreg;
 pub mod metrics;
 pub mod onnx;
+pub mod quantize;
 pub mod rng;
 pub mod synthetic;
 
@@ -34,3 +41,4 @@ pub use gbdt::{GbdtModel, GbdtParams, Objective};
 pub use linreg::{LinRegModel, LinRegParams};
 pub use logreg::{LogRegModel, LogRegParams};
 pub use onnx::{export_gbdt, export_linreg, export_logreg};
+pub use quantize::{CompressReport, quantize_int8, to_fp16};

@@ -14,6 +14,8 @@
 //! | [`log_loss`] | `log_loss(labels=[0, 1])`, clipping to `[eps, 1 - eps]`, eps = `f64::EPSILON` |
 //! | [`accuracy`], [`precision`], [`recall`], [`f1`] | the `*_score` functions on `p > 0.5`, `zero_division=0` |
 //! | [`rmse`], [`mae`] | `root_mean_squared_error`, `mean_absolute_error` |
+//! | [`multiclass_accuracy`] | `accuracy_score` on class indices |
+//! | [`multiclass_log_loss`] | `log_loss(labels=range(k))` on an `[N, k]` probability matrix, clipping to `[eps, 1 - eps]` (no check that rows sum to 1) |
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +122,56 @@ pub fn rmse(y_true: &[f64], y_pred: &[f64]) -> Result<f64, TrainError> {
 /// Mean absolute error.
 pub fn mae(y_true: &[f64], y_pred: &[f64]) -> Result<f64, TrainError> {
     regression_mean("mae", y_true, y_pred, f64::abs)
+}
+
+/// Fraction of rows whose predicted class index equals the label (multiclass
+/// or binary; both are class indices 0, 1, 2, ...).
+pub fn multiclass_accuracy(y_true: &[f64], y_pred: &[f64]) -> Result<f64, TrainError> {
+    const WHAT: &str = "accuracy";
+    check_pair(WHAT, "y_true", y_true.len(), "y_pred", y_pred.len())?;
+    check_finite(WHAT, y_true)?;
+    check_finite(WHAT, y_pred)?;
+    let same = y_true.iter().zip(y_pred).filter(|(t, p)| t == p).count();
+    Ok(same as f64 / y_true.len() as f64)
+}
+
+/// Mean cross-entropy of `k`-class probabilities (`y_prob` row-major `[N,
+/// k]`) against class indices `0..k`: `-ln p[y]` with `p` clipped to `[eps,
+/// 1 - eps]`, eps = `f64::EPSILON`, as scikit-learn's `log_loss` with
+/// `labels=range(k)`.
+pub fn multiclass_log_loss(y_true: &[f64], y_prob: &[f64], k: usize) -> Result<f64, TrainError> {
+    const WHAT: &str = "log_loss";
+    if k < 2 {
+        return Err(TrainError::InvalidParam {
+            name: "n_classes",
+            value: k.to_string(),
+            reason: "a classifier has at least 2 classes",
+        });
+    }
+    check_pair(
+        WHAT,
+        "y_true",
+        y_true.len().saturating_mul(k),
+        "y_prob",
+        y_prob.len(),
+    )?;
+    check_probabilities(WHAT, y_prob)?;
+    let eps = f64::EPSILON;
+    let mut sum = 0.0;
+    for (i, (y, row)) in y_true.iter().zip(y_prob.chunks_exact(k)).enumerate() {
+        let class = class_index(*y, k).ok_or_else(|| TrainError::InvalidParam {
+            name: "y_true",
+            value: format!("{y} (row {i})"),
+            reason: "labels must be class indices 0 .. n_classes - 1",
+        })?;
+        sum -= row[class].clamp(eps, 1.0 - eps).ln();
+    }
+    Ok(sum / y_true.len() as f64)
+}
+
+/// `y` as a class index below `k`, when it is one.
+fn class_index(y: f64, k: usize) -> Option<usize> {
+    (y >= 0.0 && y.fract() == 0.0 && y < k as f64).then_some(y as usize)
 }
 
 /// Counts of a binary prediction against the labels.
@@ -313,6 +365,23 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12
+    }
+
+    #[test]
+    fn multiclass_metrics_match_scikit_learn() {
+        // sklearn 1.9: log_loss([0, 2, 1, 2], p, labels=[0, 1, 2]) and
+        // accuracy_score([0, 2, 1, 2], [0, 2, 1, 0]).
+        let p = [0.7, 0.2, 0.1, 0.1, 0.1, 0.8, 0.3, 0.4, 0.3, 0.5, 0.5, 0.0];
+        let y = [0.0, 2.0, 1.0, 2.0];
+        let got = multiclass_log_loss(&y, &p, 3).unwrap();
+        assert!((got - 9.384940654061063).abs() <= 1e-12, "{got}");
+        assert_eq!(
+            multiclass_accuracy(&y, &[0.0, 2.0, 1.0, 0.0]).unwrap(),
+            0.75
+        );
+        assert!(multiclass_log_loss(&[3.0], &[0.2, 0.3, 0.5], 3).is_err());
+        assert!(multiclass_log_loss(&[0.5], &[0.2, 0.3, 0.5], 3).is_err());
+        assert!(multiclass_log_loss(&[0.0], &[0.2, 0.3], 3).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod drift_cmd;
 mod drill_cmd;
 mod features_cmd;
 mod labels_cmd;
+mod optimize_cmd;
 mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
@@ -67,6 +68,8 @@ enum Command {
     Labels(labels_cmd::Args),
     /// Data drift: compare a dataset with a reference, column by column.
     Drift(drift_cmd::Args),
+    /// Cheaper versions of a model (quantization, distillation), judged by the promotion gates.
+    Optimize(optimize_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -192,6 +195,7 @@ fn main() -> std::process::ExitCode {
             Command::Slo(args) => slo_cmd::run(args).await,
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
             Command::Labels(args) => labels_cmd::run(args).await,
+            Command::Optimize(args) => optimize_cmd::run(args).await,
         }
         .map(|()| std::process::ExitCode::SUCCESS)
     });

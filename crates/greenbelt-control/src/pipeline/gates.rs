@@ -1,7 +1,11 @@
 //! Gate rules: `<metric> <op> <rhs>` where `rhs` is a number, or
 //! `champion.<metric>` optionally followed by `+ x`, `- x` or `* x`.
-//! Metrics: roc_auc (alias auc), pr_auc, log_loss, accuracy, precision,
-//! recall, f1 (classification), rmse, mae (regression), p50_ms, p99_ms.
+//! `parent.<metric>` means the same: a derived version (`greenbelt optimize`)
+//! is compared with the version it came from as a candidate is with the
+//! champion. Metrics: roc_auc (alias auc), pr_auc, log_loss, accuracy,
+//! precision, recall, f1 (classification), rmse, mae (regression), p50_ms,
+//! p99_ms; size_bytes (the artifact) and agreement (share of rows whose
+//! predicted class equals the parent's) are measured by `optimize` only.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +25,8 @@ pub const METRICS: &[&str] = &[
     "mae",
     "p50_ms",
     "p99_ms",
+    "size_bytes",
+    "agreement",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -102,9 +108,14 @@ impl Rule {
         };
         let metric = canonical(metric)?;
         let rhs = match rest {
-            [v] if !v.starts_with("champion.") => Rhs::Value(number(text, v)?),
+            [v] if !v.starts_with("champion.") && !v.starts_with("parent.") => {
+                Rhs::Value(number(text, v)?)
+            }
             [c, tail @ ..] => {
-                let Some(m) = c.strip_prefix("champion.") else {
+                let Some(m) = c
+                    .strip_prefix("champion.")
+                    .or_else(|| c.strip_prefix("parent."))
+                else {
                     return Err(bad());
                 };
                 let adjust = match tail {
@@ -235,6 +246,13 @@ mod tests {
             }
         );
         assert_eq!(Rule::parse("p99_ms <= 5").unwrap().rhs, Rhs::Value(5.0));
+        assert_eq!(
+            Rule::parse("size_bytes < parent.size_bytes").unwrap().rhs,
+            Rhs::Champion {
+                metric: "size_bytes".into(),
+                adjust: None
+            }
+        );
         for bad in [
             "auc",
             "auc >= ",

@@ -37,6 +37,9 @@ pub enum PipelineError {
     Evaluate(String),
     #[error("registry: {0}")]
     Registry(#[from] greenbelt_registry::RegistryError),
+    /// A model rewrite (`optimize quantize`) refused the model.
+    #[error("model rewrite: {0}")]
+    Rewrite(greenbelt_train::TrainError),
 }
 
 /// Where a run keeps its files and how it reports progress.

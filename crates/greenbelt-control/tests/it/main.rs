@@ -5,6 +5,7 @@
 
 mod cuttable;
 mod notify;
+mod optimize;
 mod parquet_data;
 mod pipeline;
 mod releases;

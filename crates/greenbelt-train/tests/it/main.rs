@@ -2,13 +2,15 @@
 //! scikit-learn golden values (tests/golden/golden.json, made by
 //! tests/golden/make_golden.py), and exported models run by the project's
 //! runtimes (tract always; ONNX Runtime when `ORT_DYLIB_PATH` or another
-//! usual place provides it, else a SKIP line).
+//! usual place provides it, else a SKIP line), and compressed (int8, fp16)
+//! models against the FP32 ones they came from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
 mod export;
 mod golden;
 mod models;
+mod quantize;
 
 use std::path::{Path, PathBuf};
 
