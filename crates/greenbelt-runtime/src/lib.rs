@@ -41,6 +41,13 @@ pub trait Model: Send + Sync {
     /// Run one (possibly batched) request. `inputs` were validated against the
     /// signature. Returns every output, in signature order.
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+
+    /// Whether a call is pure, bounded computation (no locks held across
+    /// calls, no sleeps, no I/O), so that a few-microsecond call may run on
+    /// the request's own thread. Only the native engine says yes.
+    fn inline_safe(&self) -> bool {
+        false
+    }
 }
 
 /// The backend a model runs on.

@@ -41,6 +41,10 @@ impl Model for NativeModel {
         Backend::Native
     }
 
+    fn inline_safe(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
         self.0.infer(inputs).map_err(|e| match e {
             EngineError::Input(m) => RuntimeError::Input(m),

@@ -130,7 +130,9 @@ impl Compute {
 
 /// Whether a version's calls are cheap enough to run on the async worker
 /// that holds the request instead of handing them to a blocking thread: two
-/// cross-thread wake-ups cost more than a tabular model's whole compute. It
+/// cross-thread wake-ups cost more than a tabular model's whole compute.
+/// Only models that say they are pure computation
+/// ([`greenbelt_runtime::Model::inline_safe`]: the native engine) qualify. It
 /// keeps a moving average of small calls' compute time; a call runs inline
 /// when it is small (≤ [`InlineHint::MAX_ROWS`] rows) and that average is
 /// under [`InlineHint::MAX_COMPUTE`]. Until a version has been measured its

@@ -64,7 +64,7 @@ impl Executor {
             }
             None => {
                 let runtime = served.runtime.clone();
-                let inline = served.inline.inline(rows);
+                let inline = runtime.inline_safe() && served.inline.inline(rows);
                 let (result, timing) = self
                     .compute
                     .run_within(budget, inline, move || runtime.infer(&inputs))
