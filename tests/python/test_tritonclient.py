@@ -294,9 +294,9 @@ def test_http_server_metadata(http):
 
 
 def expected_platform(model):
-    """backend = auto: the native engine runs every fixture graph but
-    multi_io (Greater), which goes to ONNX Runtime."""
-    return "onnxruntime_onnx" if model == "multi_io" else "greenbelt_native_onnx"
+    """backend = auto: the native engine runs the tabular fixture graphs;
+    multi_io (Greater) and the MLP (MatMul layers) go to ONNX Runtime."""
+    return "onnxruntime_onnx" if model in ("multi_io", "mlp") else "greenbelt_native_onnx"
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)

@@ -188,8 +188,16 @@ impl Runtimes {
             Backend::Auto => {
                 // The native engine refuses any graph it does not run whole
                 // (naming the operator); then the general runtimes take it.
+                // Neural graphs (MatMul layers) go to ONNX Runtime when it is
+                // there: its GEMM beats the native engine's from batch ~64
+                // (docs/efficiency.md); trees and linear models stay native.
                 #[cfg(feature = "native")]
                 match native::NativeModel::load(path) {
+                    Ok(m)
+                        if self.ort_available() && m.operators().iter().any(|o| o == ":MatMul") =>
+                    {
+                        tracing::debug!(path = %path.display(), "a MatMul graph: ONNX Runtime rather than the native engine");
+                    }
                     Ok(m) => return Ok(Arc::new(m)),
                     Err(why) => tracing::debug!(
                         path = %path.display(),

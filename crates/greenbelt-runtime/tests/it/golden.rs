@@ -210,12 +210,21 @@ fn auto_prefers_the_native_engine_then_onnxruntime_then_tract() {
         .load(&model_path("multi_io", 1), &opts(Backend::Auto))
         .unwrap();
     assert_eq!(model.backend(), Backend::Tract);
-    // With ONNX Runtime available, that graph goes to ONNX Runtime instead.
+    // With ONNX Runtime available, that graph goes to ONNX Runtime instead,
+    // and so does the MLP (MatMul layers: ONNX Runtime's GEMM wins at batch
+    // sizes a batcher builds); trees stay native.
     if let Some(ort) = ort() {
-        let model = ort
-            .load(&model_path("multi_io", 1), &opts(Backend::Auto))
-            .unwrap();
-        assert_eq!(model.backend(), Backend::Onnxruntime);
+        for (name, want) in [
+            ("multi_io", Backend::Onnxruntime),
+            ("mlp", Backend::Onnxruntime),
+            ("forest", Backend::Native),
+            ("logreg", Backend::Native),
+        ] {
+            let model = ort
+                .load(&model_path(name, 1), &opts(Backend::Auto))
+                .unwrap();
+            assert_eq!(model.backend(), want, "{name}");
+        }
     }
     // Explicitly asking for the native engine on a graph it does not run
     // names the operator.
