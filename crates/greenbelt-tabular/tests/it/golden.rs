@@ -217,66 +217,46 @@ struct Case {
     outputs: Vec<Tensor>,
 }
 
-fn serving_cases() -> Vec<Case> {
-    let dir = fixtures().join("golden");
+/// Every golden file of `dir`: `model(stem, json)` names its model file;
+/// `exact` parses the numbers exactly (see [`quote_numbers`]).
+fn cases(dir: &str, exact: bool, model: impl Fn(&str, &Value) -> PathBuf) -> Vec<Case> {
+    let Ok(rd) = std::fs::read_dir(fixtures().join(dir)) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+    for e in rd.flatten() {
         let p = e.path();
-        let stem = p.file_stem().unwrap().to_string_lossy().to_string();
-        let (name, version) = stem.rsplit_once("_v").unwrap();
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let text = if exact { quote_numbers(&text) } else { text };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        let list = |key: &str| -> Vec<Tensor> {
+            v[key].as_array().unwrap().iter().filter_map(tensor).collect()
+        };
         out.push(Case {
-            name: stem.clone(),
-            model: fixtures().join(format!("models/{name}/{version}/model.onnx")),
-            inputs: v["inputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(tensor)
-                .collect(),
-            outputs: v["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(tensor)
-                .collect(),
+            model: model(&name, &v),
+            inputs: list("inputs"),
+            outputs: list("outputs"),
+            name,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
+fn serving_cases() -> Vec<Case> {
+    cases("golden", false, |stem, _| {
+        let (name, version) = stem.rsplit_once("_v").unwrap();
+        fixtures().join(format!("models/{name}/{version}/model.onnx"))
+    })
+}
+
 fn tabular_cases() -> Vec<Case> {
-    let dir = fixtures().join("tabular/golden");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let p = e.path();
-        let v: Value =
-            serde_json::from_str(&quote_numbers(&std::fs::read_to_string(&p).unwrap())).unwrap();
-        out.push(Case {
-            name: p.file_stem().unwrap().to_string_lossy().to_string(),
-            model: fixtures()
-                .join("tabular/models")
-                .join(v["model"].as_str().unwrap()),
-            inputs: v["inputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(tensor)
-                .collect(),
-            outputs: v["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(tensor)
-                .collect(),
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    cases("tabular/golden", true, |_, v| {
+        fixtures()
+            .join("tabular/models")
+            .join(v["model"].as_str().unwrap())
+    })
 }
 
 /// Run every case; models the engine refuses are listed, not failed, unless
