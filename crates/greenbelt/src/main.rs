@@ -11,6 +11,7 @@ mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
 mod rollout_cmd;
+mod score_cmd;
 mod slo_cmd;
 
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ enum Command {
     Labels(labels_cmd::Args),
     /// Data drift: compare a dataset with a reference, column by column.
     Drift(drift_cmd::Args),
+    /// Batch scoring: run a model over a Parquet or CSV file (or partitions of them).
+    Score(score_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -180,6 +183,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             // Its own exit codes: 3 for drift past --fail-share, 2 for errors.
             Command::Drift(args) => return Ok(drift_cmd::run(args).await),
+            // Exit 2 on errors, like drift.
+            Command::Score(args) => return Ok(score_cmd::run(args).await),
             Command::Serve(args) => serve(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => bench::run(args).await,
