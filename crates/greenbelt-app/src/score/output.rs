@@ -31,7 +31,7 @@ pub const MODEL_VERSION: &str = "model_version";
 
 /// A Parquet row group is flushed once its encoded size passes this, so
 /// the writer's buffer stays bounded whatever the row count.
-const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// What goes beside the model's outputs.
 #[derive(Debug, Clone)]
@@ -308,7 +308,7 @@ impl Sink {
         match self.open(batch.schema())? {
             Writer::Parquet(w) => {
                 w.write(batch).map_err(|x| e(&x))?;
-                if w.in_progress_size() > ROW_GROUP_BYTES {
+                if w.memory_size() > ROW_GROUP_BYTES {
                     w.flush().map_err(|x| e(&x))?;
                 }
             }
@@ -422,7 +422,7 @@ mod tests {
     fn an_output_named_like_an_input_column_is_refused_with_the_fix() {
         let id = Tensor::new("id", vec![2], TensorData::Int64(vec![0, 1])).unwrap();
         let e = spec()
-            .batch(&input(), &[id.clone()], "in.parquet")
+            .batch(&input(), std::slice::from_ref(&id), "in.parquet")
             .unwrap_err()
             .to_string();
         assert!(

@@ -161,7 +161,10 @@ fn glob(pattern: &Path) -> Result<Vec<PathBuf>> {
         )));
     }
     let dir = dir.unwrap_or(Path::new("."));
-    let files = files_in(dir, |n| !n.ends_with(".tmp") && wildcard(name, n))?;
+    let hidden = |n: &str| n.starts_with('.') && !name.starts_with('.');
+    let files = files_in(dir, |n| {
+        !n.ends_with(".tmp") && !hidden(n) && wildcard(name, n)
+    })?;
     if files.is_empty() {
         return Err(AppError::Invalid(format!(
             "--input {}: no file matches",
