@@ -211,7 +211,8 @@ async fn score_cmd(args: &Args) -> anyhow::Result<Summary> {
     Ok(result?)
 }
 
-/// One line on stderr, rewritten four times a second: rows, rows/s, partitions.
+/// One line on stderr, rewritten four times a second: a bar when the row
+/// count is known (Parquet), rows, rows/s, partitions.
 async fn show_progress(progress: Arc<Progress>, model: String) {
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -219,15 +220,31 @@ async fn show_progress(progress: Arc<Progress>, model: String) {
         tick.tick().await;
         let rows = progress.rows();
         let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = rows as f64 / secs;
         let (done, all) = progress.partitions();
         let parts = if all > 1 {
             format!("  partition {}/{all}", (done + 1).min(all))
         } else {
             String::new()
         };
-        eprint!(
-            "\r\x1b[2K{model}: {rows} rows  {:.0} rows/s  {secs:.0} s{parts}",
-            rows as f64 / secs
-        );
+        let bar = match progress.total_rows() {
+            Some(total) => {
+                let share = (rows as f64 / total as f64).clamp(0.0, 1.0);
+                let filled = (share * 30.0).round() as usize;
+                let eta = if rate > 0.0 {
+                    format!("  eta {:.0} s", (total.saturating_sub(rows)) as f64 / rate)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "[{}{}] {:>3.0}%  {rows}/{total} rows{eta}",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled),
+                    share * 100.0
+                )
+            }
+            None => format!("{rows} rows"),
+        };
+        eprint!("\r\x1b[2K{model}: {bar}  {rate:.0} rows/s  {secs:.0} s{parts}");
     }
 }

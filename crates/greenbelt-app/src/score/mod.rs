@@ -131,6 +131,8 @@ pub struct FeatureInput {
 #[derive(Debug, Default)]
 pub struct Progress {
     rows: AtomicU64,
+    /// Rows of the partitions to score, when their Parquet footers say (0: unknown).
+    total_rows: AtomicU64,
     partitions: AtomicUsize,
     partitions_done: AtomicUsize,
     in_flight: AtomicUsize,
@@ -141,6 +143,12 @@ impl Progress {
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Rows the run will score, when known before it starts (local
+    /// Parquet inputs); `None` for CSV, `s3://` and features.
+    pub fn total_rows(&self) -> Option<u64> {
+        Some(self.total_rows.load(Ordering::Relaxed)).filter(|n| *n > 0)
     }
 
     /// (done or skipped, all) partitions.
@@ -226,6 +234,13 @@ pub async fn score(
             progress
                 .partitions
                 .store(layout.parts().len(), Ordering::Relaxed);
+            let todo = layout
+                .parts()
+                .iter()
+                .filter(|p| !(partitioned && p.output.exists()));
+            if let Some(total) = todo.map(parquet_rows).sum::<Option<u64>>() {
+                progress.total_rows.store(total, Ordering::Relaxed);
+            }
             for part in layout.parts() {
                 if partitioned && part.output.exists() {
                     skipped += 1;
@@ -268,6 +283,19 @@ pub async fn score(
     })
 }
 
+/// The rows of a local Parquet input, from its footer.
+fn parquet_rows(part: &Part) -> Option<u64> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let Location::Local(path) = &part.input else {
+        return None;
+    };
+    if part.format != SourceFormat::Parquet {
+        return None;
+    }
+    let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
+    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+}
+
 /// The engine that reads: one partition (rows keep the file's order),
 /// `batch_rows` rows per batch.
 fn engine(opts: &ScoreOptions, partitions: usize) -> EngineOptions {
@@ -295,7 +323,11 @@ async fn read(part: &Part, label: &str, opts: &ScoreOptions) -> Result<SendableR
 
 /// Stream the point-in-time features of `f` (entity order).
 async fn features(f: &FeatureInput, opts: &ScoreOptions) -> Result<SendableRecordBatchStream> {
-    let defs = Definitions::load(&f.definitions)?;
+    let defs = Definitions::load(&f.definitions).map_err(|e| {
+        AppError::Invalid(format!(
+            "--features needs the feature definitions (--definitions, default features.toml): {e}"
+        ))
+    })?;
     let refs = defs.service(&f.service)?.features.clone();
     let hopts = HistoricalOptions {
         entity_timestamp: f.entity_timestamp.clone(),
