@@ -66,7 +66,7 @@ run() {
     rm -f "$out/out-$model.parquet"
     json="$( { /usr/bin/time -f 'RSS_KIB %M' "$bin" score --model-file "fixtures/models/$model/1/model.onnx" \
         --input "$out/in-$rows.$ext" --output "$out/out-$model.parquet" --columns "$columns" \
-        --backend "$backend" --threads "$threads" $pass --json; } 2>"$out/stderr.txt")"
+        --backend "$backend" --threads "$threads" ${pass:+"$pass"} --json; } 2>"$out/stderr.txt")"
     rss="$(sed -n 's/^RSS_KIB //p' "$out/stderr.txt")"
     python3 - "$model" "$backend" "$ext" "$rss" "$json" "$pass" <<'PY'
 import json, sys
