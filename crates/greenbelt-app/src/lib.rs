@@ -7,7 +7,8 @@
 //! drill), the bad-deployment, pipeline-outage and multi-region failover
 //! drills and their pure judges, the quickstart's
 //! demo project, pipelines with the feature store, registry and
-//! feature-store operations, quantization and distillation (`optimize`). The binary parses arguments, calls these and
+//! feature-store operations, quantization and distillation (`optimize`),
+//! batch scoring (`score`). The binary parses arguments, calls these and
 //! prints.
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod pipeline;
 pub mod pipeline_drill;
 pub mod quickstart;
 pub mod registry;
+pub mod score;
 pub mod shadow;
 pub mod tasks;
 

@@ -12,6 +12,7 @@ mod pipeline_cmd;
 mod quickstart;
 mod registry_cmd;
 mod rollout_cmd;
+mod score_cmd;
 mod slo_cmd;
 
 use std::path::PathBuf;
@@ -70,6 +71,8 @@ enum Command {
     Drift(drift_cmd::Args),
     /// Cheaper versions of a model (quantization, distillation), judged by the promotion gates.
     Optimize(optimize_cmd::Args),
+    /// Batch scoring: run a model over a Parquet or CSV file (or partitions of them).
+    Score(score_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -183,6 +186,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             // Its own exit codes: 3 for drift past --fail-share, 2 for errors.
             Command::Drift(args) => return Ok(drift_cmd::run(args).await),
+            // Exit 2 on errors, like drift.
+            Command::Score(args) => return Ok(score_cmd::run(args).await),
             Command::Serve(args) => serve(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -231,7 +231,12 @@ fn cases(dir: &str, exact: bool, model: impl Fn(&str, &Value) -> PathBuf) -> Vec
         let v: Value = serde_json::from_str(&text).unwrap();
         let name = p.file_stem().unwrap().to_string_lossy().to_string();
         let list = |key: &str| -> Vec<Tensor> {
-            v[key].as_array().unwrap().iter().filter_map(tensor).collect()
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(tensor)
+                .collect()
         };
         out.push(Case {
             model: model(&name, &v),
