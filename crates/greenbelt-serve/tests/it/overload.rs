@@ -15,16 +15,20 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Serve `name` from the logreg fixture, slowed by `slow` when given.
+/// Serve `name` from the logreg fixture, slowed by `slow` when given. Always
+/// through the fault wrapper (a zero delay when fast), so every call runs on
+/// the compute pool: the native engine alone would run these microsecond
+/// calls inline on the request's thread, where no more requests are in
+/// flight than there are worker threads and the limit, app-limited, has no
+/// reason to grow.
 fn install(s: &TestServer, name: &str, slow: Option<Duration>) {
     let file = fixtures().join("models/logreg/1/model.onnx");
     let config = ModelConfig::default();
     let repo = &s.state.repository;
-    let v = match slow {
-        Some(d) => repo.load_file_with_fault(name, 1, &file, &config, Fault::Slow(d)),
-        None => repo.load_file(name, 1, &file, &config),
-    }
-    .unwrap();
+    let d = slow.unwrap_or(Duration::ZERO);
+    let v = repo
+        .load_file_with_fault(name, 1, &file, &config, Fault::Slow(d))
+        .unwrap();
     v.warm().unwrap();
     repo.install(name, config, BTreeMap::from([(1, Arc::new(v))]), None);
 }
