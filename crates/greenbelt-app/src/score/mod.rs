@@ -39,7 +39,8 @@ use greenbelt_runtime::Model;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
-pub use model::{ModelRef, ScoringModel};
+pub use greenbelt_registry::ModelRef;
+pub use model::ScoringModel;
 
 use crate::error::{AppError, Result};
 use columns::InputPlan;

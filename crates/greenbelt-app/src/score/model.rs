@@ -6,64 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use greenbelt_drift::model::ModelProfile;
-use greenbelt_registry::{ArtifactStore, ModelVersion, Registry};
+use greenbelt_registry::{ArtifactStore, ModelRef, ModelVersion, Registry};
 use greenbelt_runtime::{Backend, LoadOptions, Model, Runtimes};
 use greenbelt_serve::Config;
 
 use crate::error::{AppError, Result};
-
-/// A model as the command line names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelRef {
-    /// `NAME`: the newest version.
-    Latest(String),
-    /// `NAME@ALIAS`: the version the alias points to.
-    Alias(String, String),
-    /// `NAME:VERSION`.
-    Version(String, i64),
-}
-
-impl ModelRef {
-    pub fn name(&self) -> &str {
-        match self {
-            ModelRef::Latest(n) | ModelRef::Alias(n, _) | ModelRef::Version(n, _) => n,
-        }
-    }
-}
-
-impl FromStr for ModelRef {
-    type Err = AppError;
-    fn from_str(s: &str) -> Result<ModelRef> {
-        let bad = |why: &str| {
-            AppError::Invalid(format!(
-                "model \"{s}\": {why}; write NAME, NAME@ALIAS (e.g. fraud@champion) or NAME:VERSION (e.g. fraud:3)"
-            ))
-        };
-        let (name, r) = if let Some((name, alias)) = s.split_once('@') {
-            if alias.is_empty() || alias.contains([':', '@']) {
-                return Err(bad("the alias is empty or has ':' or '@' in it"));
-            }
-            (name, ModelRef::Alias(name.into(), alias.into()))
-        } else if let Some((name, version)) = s.split_once(':') {
-            let v: i64 = version
-                .parse()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| bad("the version is not a whole number above 0"))?;
-            (name, ModelRef::Version(name.into(), v))
-        } else {
-            (s, ModelRef::Latest(s.into()))
-        };
-        if name.is_empty() {
-            return Err(bad("no model name"));
-        }
-        Ok(r)
-    }
-}
 
 /// A loaded model and what the output says about it.
 pub struct ScoringModel {
@@ -135,7 +85,7 @@ impl ScoringModel {
         backend: Backend,
         threads: usize,
     ) -> Result<ScoringModel> {
-        let record = resolve(registry, reference).await?;
+        let record = registry.resolve(reference).await?;
         let label = format!("{}:{}", record.model, record.version);
         let store = ArtifactStore::open(&config.registry.artifacts)?;
         let bytes = store
@@ -160,31 +110,6 @@ impl ScoringModel {
             features,
         })
     }
-}
-
-/// The version `reference` names.
-pub async fn resolve(registry: &Registry, reference: &ModelRef) -> Result<ModelVersion> {
-    let name = reference.name();
-    let version = match reference {
-        ModelRef::Version(_, v) => *v,
-        ModelRef::Alias(_, alias) => registry.alias(name, alias).await?.ok_or_else(|| {
-            AppError::Invalid(format!(
-                "model \"{name}\" has no alias \"{alias}\"; set it with `greenbelt registry alias set {name} {alias} VERSION` or name a version ({name}:VERSION)"
-            ))
-        })?,
-        ModelRef::Latest(_) => registry
-            .versions(name)
-            .await?
-            .iter()
-            .map(|v| v.version)
-            .max()
-            .ok_or_else(|| {
-                AppError::Invalid(format!(
-                    "model \"{name}\" has no versions in the registry; register one with `greenbelt registry register {name} --file model.onnx`"
-                ))
-            })?,
-    };
-    Ok(registry.version(name, version).await?)
 }
 
 /// The version's reference profile (JSON text), when its lineage has one.
