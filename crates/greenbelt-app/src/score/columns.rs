@@ -339,8 +339,9 @@ impl Feed {
     }
 }
 
-/// The Arrow type a column is cast to for an input of `datatype`.
-fn arrow_type(datatype: DataType) -> ArrowType {
+/// The Arrow type of a column for tensors of `datatype`: what an input
+/// column is cast to, and what an output column is written as (FP16 widened).
+pub(super) fn arrow_type(datatype: DataType) -> ArrowType {
     match datatype {
         DataType::Bool => ArrowType::Boolean,
         DataType::Uint8 => ArrowType::UInt8,

@@ -19,7 +19,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
-use greenbelt_core::{DataType, Signature, Tensor, TensorData};
+use greenbelt_core::{Signature, Tensor, TensorData};
 use greenbelt_features::defs::SourceFormat;
 
 use crate::error::{AppError, Result};
@@ -83,7 +83,11 @@ impl OutputSpec {
         for o in &signature.outputs {
             let width = crate::score::columns::width(o).unwrap_or(1);
             for name in self.names(&o.name, width) {
-                fields.push(Field::new(name, arrow_type(o.datatype), false));
+                fields.push(Field::new(
+                    name,
+                    super::columns::arrow_type(o.datatype),
+                    false,
+                ));
             }
         }
         fields.extend(self.model_columns(0).0);
@@ -172,24 +176,6 @@ fn strided(data: &TensorData, k: usize, width: usize) -> ArrayRef {
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .collect::<Vec<_>>(),
         )),
-    }
-}
-
-/// The Arrow type of an output column of `datatype` (FP16 is widened).
-fn arrow_type(datatype: DataType) -> ArrowType {
-    match datatype {
-        DataType::Bool => ArrowType::Boolean,
-        DataType::Uint8 => ArrowType::UInt8,
-        DataType::Uint16 => ArrowType::UInt16,
-        DataType::Uint32 => ArrowType::UInt32,
-        DataType::Uint64 => ArrowType::UInt64,
-        DataType::Int8 => ArrowType::Int8,
-        DataType::Int16 => ArrowType::Int16,
-        DataType::Int32 => ArrowType::Int32,
-        DataType::Int64 => ArrowType::Int64,
-        DataType::Fp16 | DataType::Fp32 => ArrowType::Float32,
-        DataType::Fp64 => ArrowType::Float64,
-        DataType::Bytes => ArrowType::Utf8,
     }
 }
 
