@@ -337,6 +337,7 @@ mod tests {
 
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+    use greenbelt_core::DataType;
 
     use super::*;
 
