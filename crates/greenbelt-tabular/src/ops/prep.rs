@@ -760,7 +760,10 @@ impl Kernel for Reshape {
                 d => usize::try_from(d).map_err(|_| format!("bad dim {d}"))?,
             });
         }
-        let known: usize = shape.iter().product();
+        let known = shape
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .ok_or_else(|| format!("cannot reshape {:?} to {want:?}: too large", x.shape))?;
         if let Some(i) = infer {
             if known == 0 || x.len() % known != 0 {
                 return Err(format!("cannot reshape {:?} to {want:?}", x.shape));

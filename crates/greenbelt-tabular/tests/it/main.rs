@@ -5,4 +5,5 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
+mod garbage;
 mod golden;
