@@ -1,5 +1,5 @@
 //! `LinearClassifier` and `LinearRegressor` (ai.onnx.ml): scores = X·Wᵀ + b in
-//! f32 (each dot product summed in f64, then rounded once), with ONNX
+//! f32 (each dot product the fused multiply-add chain of `gemm`), with ONNX
 //! Runtime's label and post-transform rules.
 
 use std::borrow::Cow;
@@ -9,62 +9,10 @@ use greenbelt_core::TensorData;
 use crate::attrs::NodeCtx;
 use crate::error::EngineError;
 use crate::num::{Post, probit, transform_row};
+use crate::ops::gemm::{Layout, matmul};
 use crate::ops::tree::Labels;
 use crate::ops::{Kernel, input};
 use crate::value::{Value, ValueRef, numeric_f32};
-
-/// One step of a fused multiply-add chain in f32: `a·b + acc` rounded once.
-/// The product of two f32 is exact in f64, so only the sum rounds (twice:
-/// to f64, then to f32, which differs from a true FMA in vanishingly rare
-/// ties). ONNX Runtime's GEMM kernels accumulate exactly this chain, in k
-/// order, so results match it bit for bit.
-#[inline(always)]
-pub(crate) fn fma(a: f64, b: f64, acc: f32) -> f32 {
-    (a * b + f64::from(acc)) as f32
-}
-
-/// Rows scored together: their chains are independent, so they pipeline.
-const ROWS: usize = 8;
-
-/// `X·Wᵀ` for every row as f32 FMA chains (`w` is `[k, f]` row-major);
-/// `emit(row, j, acc)` receives each dot product.
-pub(crate) fn dot_rows(
-    x: &[f32],
-    n: usize,
-    f: usize,
-    w: &[f32],
-    k: usize,
-    mut emit: impl FnMut(usize, usize, f32),
-) {
-    // Rows of the block transposed to [f][ROWS] in f64, so the inner loop
-    // runs over contiguous rows.
-    let mut xt = vec![0f64; f * ROWS];
-    let mut start = 0;
-    while start < n {
-        let rows = (n - start).min(ROWS);
-        for r in 0..rows {
-            let row = &x[(start + r) * f..(start + r + 1) * f];
-            for (p, v) in row.iter().enumerate() {
-                xt[p * ROWS + r] = f64::from(*v);
-            }
-        }
-        for j in 0..k {
-            let wj = &w[j * f..(j + 1) * f];
-            let mut acc = [0f32; ROWS];
-            for (p, wp) in wj.iter().enumerate() {
-                let wp = f64::from(*wp);
-                let xp = &xt[p * ROWS..(p + 1) * ROWS];
-                for r in 0..ROWS {
-                    acc[r] = fma(xp[r], wp, acc[r]);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                emit(start + r, j, *a);
-            }
-        }
-        start += rows;
-    }
-}
 
 /// X·Wᵀ + b for every row; `w` is `[k, f]` row-major. The bias is added to
 /// the finished chain in f32, as ONNX Runtime adds C to the GEMM result.
@@ -76,10 +24,14 @@ pub(crate) fn affine(
     b: Option<&[f32]>,
     k: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; n * k];
-    dot_rows(x, n, f, w, k, |r, j, acc| {
-        out[r * k + j] = acc + b.map_or(0.0, |b| b[j]);
-    });
+    let mut out = matmul(x, n, f, w, Layout::NK, k);
+    if let Some(b) = b {
+        for row in out.chunks_exact_mut(k) {
+            for (o, b) in row.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+    }
     out
 }
 

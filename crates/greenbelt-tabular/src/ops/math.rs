@@ -6,6 +6,7 @@ use greenbelt_core::TensorData;
 use crate::attrs::NodeCtx;
 use crate::error::EngineError;
 use crate::num::logistic;
+use crate::ops::gemm::{Layout, matmul};
 use crate::ops::{Kernel, input};
 use crate::value::{Value, ValueRef};
 
@@ -252,17 +253,11 @@ impl Gemm {
                 None => v,
             }
         };
-        let mut out = vec![0f32; m * n];
-        if self.trans_b {
-            crate::ops::linear::dot_rows(a, m, k, b, n, |i, j, acc| {
-                out[i * n + j] = finish(i, j, acc)
-            });
-        } else {
-            let prod = matmul_f32(a, b, m, k, n);
-            for i in 0..m {
-                for j in 0..n {
-                    out[i * n + j] = finish(i, j, prod[i * n + j]);
-                }
+        let layout = if self.trans_b { Layout::NK } else { Layout::KN };
+        let mut out = matmul(a, m, k, b, layout, n);
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = finish(i, j, out[i * n + j]);
             }
         }
         Ok(vec![Value::new(vec![m, n], TensorData::Fp32(out))])
@@ -359,7 +354,7 @@ impl Kernel for MatMul {
         };
         let data = match (a.data, b.data) {
             (TensorData::Fp32(av), TensorData::Fp32(bv)) => {
-                TensorData::Fp32(matmul_f32(av, bv, m, k, n))
+                TensorData::Fp32(matmul(av, m, k, bv, Layout::KN, n))
             }
             _ => {
                 let (av, double) = float_data(a.data)?;
@@ -379,25 +374,6 @@ impl Kernel for MatMul {
         };
         Ok(vec![Value::new(shape, data)])
     }
-}
-
-/// `[m, k] × [k, n]` in f32, row by row: each output row accumulates the
-/// rows of B scaled by A's entries (contiguous, vectorizable), so every
-/// output element is an FMA chain over k in order, as ONNX Runtime's GEMM
-/// computes it.
-fn matmul_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    for i in 0..m {
-        let row = &mut out[i * n..(i + 1) * n];
-        for p in 0..k {
-            let x = a[i * k + p];
-            let x = f64::from(x);
-            for (o, w) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                *o = crate::ops::linear::fma(x, f64::from(*w), *o);
-            }
-        }
-    }
-    out
 }
 
 /// Split a shape around `axis` into (outer, axis length, inner).

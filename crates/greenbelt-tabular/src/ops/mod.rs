@@ -4,6 +4,7 @@ use crate::attrs::NodeCtx;
 use crate::error::EngineError;
 use crate::value::{Value, ValueRef};
 
+pub(crate) mod gemm;
 pub mod linear;
 pub mod math;
 pub mod prep;

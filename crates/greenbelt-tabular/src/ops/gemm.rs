@@ -1,0 +1,250 @@
+//! `A·B` in f32 as ONNX Runtime's GEMM computes it: every output element is
+//! a chain of fused multiply-adds over k, in k order, starting from zero, so
+//! results are bit-identical to ONNX Runtime's. The chains are independent,
+//! so they run side by side in SIMD lanes (pulp picks AVX-512, AVX2+FMA or a
+//! scalar fused fallback at run time; this crate stays free of `unsafe`).
+//!
+//! Two kernels, chosen by the width of the output:
+//! - wide (`n > NARROW`, hidden layers): lanes run across output columns;
+//!   B is packed per call into column vectors, each row of A broadcast;
+//! - narrow (linear models, output layers): lanes run across rows; a block
+//!   of A's rows is transposed so that each step loads one vector of rows.
+
+use pulp::bytemuck;
+use pulp::{Arch, Simd, WithSimd};
+
+/// How B is stored, row-major.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Layout {
+    /// `[k, n]`: MatMul, Gemm without transB.
+    KN,
+    /// `[n, k]`: linear models' coefficients, Gemm with transB.
+    NK,
+}
+
+/// Outputs at most this wide take the narrow kernel.
+const NARROW: usize = 8;
+/// Rows of A that share one load of B in the wide kernel.
+const ROWS: usize = 4;
+
+/// `a` is `[m, k]` row-major; returns `[m, n]` row-major.
+pub(crate) fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], layout: Layout, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    Arch::new().dispatch(Product {
+        a,
+        m,
+        k,
+        b,
+        layout,
+        n,
+        out: &mut out,
+    });
+    out
+}
+
+struct Product<'a> {
+    a: &'a [f32],
+    m: usize,
+    k: usize,
+    b: &'a [f32],
+    layout: Layout,
+    n: usize,
+    out: &'a mut [f32],
+}
+
+impl Product<'_> {
+    /// B's element at (p, j) whatever the layout.
+    #[inline(always)]
+    fn b_at(&self, p: usize, j: usize) -> f32 {
+        match self.layout {
+            Layout::KN => self.b[p * self.n + j],
+            Layout::NK => self.b[j * self.k + p],
+        }
+    }
+}
+
+impl WithSimd for Product<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        if self.n <= NARROW {
+            narrow(simd, self)
+        } else {
+            wide(simd, self)
+        }
+    }
+}
+
+/// Lanes across output columns: B packed as `[column vector][k]`.
+#[inline(always)]
+fn wide<S: Simd>(simd: S, p: Product<'_>) {
+    let lanes = S::F32_LANES;
+    let (m, k, n) = (p.m, p.k, p.n);
+    let vectors = n.div_ceil(lanes);
+    let mut packed = vec![simd.splat_f32s(0.0); vectors * k];
+    {
+        let flat: &mut [f32] = bytemuck::cast_slice_mut(&mut packed);
+        for v in 0..vectors {
+            for q in 0..k {
+                let dst = &mut flat[(v * k + q) * lanes..(v * k + q + 1) * lanes];
+                for (l, d) in dst.iter_mut().enumerate() {
+                    let j = v * lanes + l;
+                    if j < n {
+                        *d = p.b_at(q, j);
+                    }
+                }
+            }
+        }
+    }
+    let a = p.a;
+    let out = p.out;
+    let mut i = 0;
+    while i + ROWS <= m {
+        for v in 0..vectors {
+            let col = &packed[v * k..(v + 1) * k];
+            let mut acc = [simd.splat_f32s(0.0); ROWS];
+            for (q, bv) in col.iter().enumerate() {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = simd.splat_f32s(a[(i + r) * k + q]);
+                    *acc = simd.mul_add_f32s(x, *bv, *acc);
+                }
+            }
+            let (c0, c1) = (v * lanes, ((v + 1) * lanes).min(n));
+            for (r, acc) in acc.iter().enumerate() {
+                simd.partial_store_f32s(&mut out[(i + r) * n + c0..(i + r) * n + c1], *acc);
+            }
+        }
+        i += ROWS;
+    }
+    for i in i..m {
+        let row = &a[i * k..(i + 1) * k];
+        for v in 0..vectors {
+            let col = &packed[v * k..(v + 1) * k];
+            let mut acc = simd.splat_f32s(0.0);
+            for (x, bv) in row.iter().zip(col) {
+                acc = simd.mul_add_f32s(simd.splat_f32s(*x), *bv, acc);
+            }
+            let (c0, c1) = (v * lanes, ((v + 1) * lanes).min(n));
+            simd.partial_store_f32s(&mut out[i * n + c0..i * n + c1], acc);
+        }
+    }
+}
+
+/// Lanes across rows: each block of rows transposed to `[k][lanes]`, one
+/// accumulator per output column (at most `NARROW`).
+#[inline(always)]
+fn narrow<S: Simd>(simd: S, p: Product<'_>) {
+    let lanes = S::F32_LANES;
+    let (m, k, n) = (p.m, p.k, p.n);
+    let mut block = vec![simd.splat_f32s(0.0); k];
+    let mut lane_out = [0f32; 64];
+    let mut start = 0;
+    while start < m {
+        let rows = (m - start).min(lanes);
+        {
+            let flat: &mut [f32] = bytemuck::cast_slice_mut(&mut block);
+            for r in 0..lanes {
+                for q in 0..k {
+                    flat[q * lanes + r] = if r < rows { p.a[(start + r) * k + q] } else { 0.0 };
+                }
+            }
+        }
+        let mut acc = [simd.splat_f32s(0.0); NARROW];
+        for (q, xv) in block.iter().enumerate() {
+            for (j, acc) in acc.iter_mut().enumerate().take(n) {
+                *acc = simd.mul_add_f32s(*xv, simd.splat_f32s(p.b_at(q, j)), *acc);
+            }
+        }
+        for (j, acc) in acc.iter().enumerate().take(n) {
+            let lane_out = &mut lane_out[..lanes.min(64)];
+            simd.partial_store_f32s(lane_out, *acc);
+            for (r, v) in lane_out.iter().enumerate().take(rows) {
+                p.out[(start + r) * n + j] = *v;
+            }
+        }
+        start += rows;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chain the kernels must reproduce, one element at a time.
+    fn reference(a: &[f32], m: usize, k: usize, b: &[f32], layout: Layout, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for q in 0..k {
+                    let w = match layout {
+                        Layout::KN => b[q * n + j],
+                        Layout::NK => b[j * k + q],
+                    };
+                    acc = a[i * k + q].mul_add(w, acc);
+                }
+                out[i * n + j] = acc;
+            }
+        }
+        out
+    }
+
+    /// Values whose products and sums round (so an unfused or reordered
+    /// chain would show), with a few special values.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                match i % 97 {
+                    13 => f32::NAN,
+                    41 => -0.0,
+                    71 => 1e30,
+                    _ => (s as f32 / u32::MAX as f32 - 0.5) * 7.3,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_shape_is_the_fused_chain_bit_for_bit() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 20, 1),
+            (3, 7, 2),
+            (17, 20, 3),
+            (64, 30, 16),
+            (65, 30, 16),
+            (33, 16, 9),
+            (5, 3, 40),
+            (1024, 20, 8),
+            (7, 0, 4),
+        ] {
+            let a = values(m * k, 1 + m as u32);
+            for layout in [Layout::KN, Layout::NK] {
+                let b = values(k * n, 7 + n as u32);
+                let want = reference(&a, m, k, &b, layout, n);
+                let got = matmul(&a, m, k, &b, layout, n);
+                assert_eq!(got.len(), want.len());
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{m}x{k}x{n} {layout:?} at {idx}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_products_are_empty_or_zero() {
+        assert!(matmul(&[], 0, 3, &[1.0; 6], Layout::KN, 2).is_empty());
+        assert_eq!(matmul(&[], 2, 0, &[], Layout::NK, 3), vec![0.0; 6]);
+    }
+}
