@@ -16,7 +16,8 @@ if [[ ! -x .venv/bin/python ]] || ! cmp -s "$req" .venv/.requirements.txt; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
     cp "$req" .venv/.requirements.txt
 fi
-ORT_DYLIB_PATH="$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
+# Absolute: test binaries run in their crate's directory.
+ORT_DYLIB_PATH="$PWD/$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
 echo "test.sh: ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 
