@@ -144,6 +144,9 @@ pub struct ServedVersion {
     /// The graph's signature with config overrides applied.
     pub signature: Signature,
     pub batcher: Option<Batcher>,
+    /// Its model instances and the batcher's concurrency, resized by
+    /// in-process scaling (`instances.rs`).
+    pub instances: Arc<crate::instances::InstancePool>,
     pub metrics: VersionMetrics,
     pub platform: &'static str,
     /// The feature service this version reads (from its config).
@@ -693,6 +696,11 @@ impl Repository {
         }
         let label = version.to_string();
         let metrics = self.metrics.version(name, &label);
+        let instances = Arc::new(crate::instances::InstancePool::new(
+            runtime.clone(),
+            config.instances,
+            config.batching.is_some(),
+        ));
         let batcher = match &config.batching {
             Some(b) => {
                 if !signature.batchable() {
@@ -704,7 +712,7 @@ impl Repository {
                 Some(Batcher::spawn(
                     b.clone(),
                     runtime.clone(),
-                    config.instances,
+                    instances.width().clone(),
                     self.compute.clone(),
                     metrics.clone(),
                 ))
@@ -737,6 +745,7 @@ impl Repository {
             runtime,
             signature,
             batcher,
+            instances,
             schema: crate::schema::SchemaTracker::new(
                 Arc::from(name),
                 Arc::from(label.as_str()),
