@@ -32,7 +32,17 @@ use crate::metrics::{AutoscalerGauges, Metrics};
 use crate::repository::Repository;
 
 /// Fewest answers in an interval for its p99 to count.
-pub(crate) const MIN_P99_SAMPLES: u64 = 10;
+const MIN_P99_SAMPLES: u64 = 10;
+
+/// What an interval of `secs` whose counts are `delta` says of load: the
+/// average requests in flight (Little's law on the time they spent in the
+/// server) and the p99 in seconds (`None` under [`MIN_P99_SAMPLES`]
+/// answers).
+pub(crate) fn interval_load(delta: &LiveSnapshot, secs: f64) -> (f64, Option<f64>) {
+    let concurrency = delta.busy_us as f64 / 1e6 / secs;
+    let p99_s = (delta.requests >= MIN_P99_SAMPLES).then(|| delta.quantile_ms(0.99) / 1000.0);
+    (concurrency, p99_s)
+}
 
 /// `[autoscale]`: the autoscaler of every served model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -385,10 +395,8 @@ impl Autoscaler {
                 arrivals += c.arrivals.saturating_sub(before.arrivals);
             }
             let secs = elapsed.as_secs_f64();
-            let concurrency = delta.busy_us as f64 / 1e6 / secs;
+            let (concurrency, p99_s) = interval_load(&delta, secs);
             let rps = arrivals as f64 / secs;
-            let p99_s =
-                (delta.requests >= MIN_P99_SAMPLES).then(|| delta.quantile_ms(0.99) / 1000.0);
             let replicas = self.config.replicas.max(1);
             let total = f64::from(replicas);
             let at = now.saturating_duration_since(self.started);

@@ -480,9 +480,7 @@ impl VersionScaler {
         }
         let delta = live.minus(&self.last);
         let secs = elapsed.as_secs_f64();
-        let concurrency = delta.busy_us as f64 / 1e6 / secs;
-        let p99_s = (delta.requests >= crate::autoscale::MIN_P99_SAMPLES)
-            .then(|| delta.quantile_ms(0.99) / 1000.0);
+        let (concurrency, p99_s) = crate::autoscale::interval_load(&delta, secs);
         let at = now.saturating_duration_since(self.started);
         self.recommender.observe(
             at,
