@@ -11,11 +11,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use greenbelt_app::App;
-use greenbelt_app::loadgen::{self, LoadOptions, Protocol, Stop, Target};
+use greenbelt_app::loadgen::{self, LoadOptions, Stop, Target};
 use greenbelt_serve::Config;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+
+use crate::autoscale::{Scorer, start_scorer};
 
 fn write_config(dir: &Path, backend: &str) -> Config {
     std::fs::create_dir_all(dir.join("models")).unwrap();
@@ -101,51 +102,13 @@ async fn a_concurrency_step_raises_instances_and_throughput() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), if ort { "onnxruntime" } else { "native" });
-    let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/logreg/1/model.onnx");
-    let v = greenbelt_app::registry::register_file(
-        &registry,
-        &config,
-        "scorer".into(),
-        &fixture,
-        json!({}),
-        json!({"fault": "slow:20ms"}),
-        "test".into(),
-    )
-    .await
-    .unwrap();
-    registry
-        .set_alias("scorer", "champion", v.version, "test", "release")
-        .await
-        .unwrap();
-    let running = App::build(config).await.unwrap().spawn();
-    let base = format!("http://{}", running.http_addr().unwrap());
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/v2/health/ready"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let target = Target {
-        rest_url: base.clone(),
-        grpc_url: String::new(),
-        protocol: Protocol::Rest,
-        model: "scorer".into(),
-        timeout: Duration::from_secs(5),
-    };
-    let specs = loadgen::model_inputs(&client, &base, "scorer")
-        .await
-        .unwrap();
-    let inputs: Vec<_> = specs
-        .iter()
-        .map(|s| loadgen::make_input(s, 1).unwrap())
-        .collect();
+    let Scorer {
+        running,
+        base,
+        client,
+        target,
+        inputs,
+    } = start_scorer(config, json!({"fault": "slow:20ms"})).await;
 
     // One client: about one request in flight, one instance.
     let one = closed_loop(
