@@ -2,7 +2,10 @@
 //! every `[autoscale] interval` it asks the serving state's
 //! [`greenbelt_serve::autoscale::Autoscaler`] to evaluate every served
 //! model (live counters → recommender → `/metrics` and
-//! `/admin/autoscaler`). It stops with the app's other tasks. The replay of
+//! `/admin/autoscaler`) and to scale, in this process, the instances and
+//! batch concurrency of deployments with `[deployments.instances]`
+//! (`greenbelt_serve::instances`; loads run on blocking threads, never in
+//! this loop). It stops with the app's other tasks. The replay of
 //! a request-rate trace through the same recommender is in
 //! [`crate::autoscale_sim`].
 

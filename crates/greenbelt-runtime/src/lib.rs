@@ -48,7 +48,30 @@ pub trait Model: Send + Sync {
     fn inline_safe(&self) -> bool {
         false
     }
+
+    /// The copies of the model loaded now, when the backend keeps a pool
+    /// of them (ONNX Runtime: one session each, each runs one call at a
+    /// time). `None`: one thread-safe object whose calls run side by side
+    /// (native, tract), so the number of instances is only a concurrency
+    /// width that the caller keeps.
+    fn instances(&self) -> Option<usize> {
+        None
+    }
+
+    /// Grow or shrink the pool to `n` copies (clamped to
+    /// `1..=`[`MAX_INSTANCES`]). Growing loads new copies: slow, so call it
+    /// off the request path. Shrinking takes copies out of service first and
+    /// then waits for the call each may be running. Returns the count loaded
+    /// afterwards (`None` without a pool); an error leaves what was loaded
+    /// serving.
+    fn set_instances(&self, n: usize) -> Result<Option<usize>, RuntimeError> {
+        let _ = n;
+        Ok(None)
+    }
 }
+
+/// Most copies one model may keep in its pool (ONNX Runtime sessions).
+pub const MAX_INSTANCES: usize = 64;
 
 /// The backend a model runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -7,6 +7,9 @@
 //! an [`Observation`] and asks that model's [`Recommender`]
 //! (`greenbelt_core::autoscale`, pure). The result goes to
 //! `greenbelt_autoscaler_*` on `/metrics` and `GET /admin/autoscaler`.
+//! The same evaluation scales what one process can: for deployments with
+//! `[deployments.instances]`, each version's model instances and batch
+//! concurrency, from a recommender of its own (`instances.rs`).
 //!
 //! What it reads costs the request path nothing new but one atomic add
 //! (`busy_us`). The loop that calls [`Autoscaler::evaluate`] is a
@@ -14,7 +17,7 @@
 //! and reads no clock (`now` is an argument).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenbelt_core::autoscale::{
@@ -23,6 +26,7 @@ use greenbelt_core::autoscale::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::instances::{InstanceSettings, VersionScaler};
 use crate::live::LiveSnapshot;
 use crate::metrics::{AutoscalerGauges, Metrics};
 use crate::repository::Repository;
@@ -30,12 +34,22 @@ use crate::repository::Repository;
 /// Fewest answers in an interval for its p99 to count.
 const MIN_P99_SAMPLES: u64 = 10;
 
+/// What an interval of `secs` whose counts are `delta` says of load: the
+/// average requests in flight (Little's law on the time they spent in the
+/// server) and the p99 in seconds (`None` under [`MIN_P99_SAMPLES`]
+/// answers).
+pub(crate) fn interval_load(delta: &LiveSnapshot, secs: f64) -> (f64, Option<f64>) {
+    let concurrency = delta.busy_us as f64 / 1e6 / secs;
+    let p99_s = (delta.requests >= MIN_P99_SAMPLES).then(|| delta.quantile_ms(0.99) / 1000.0);
+    (concurrency, p99_s)
+}
+
 /// `[autoscale]`: the autoscaler of every served model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscaleConfig {
-    /// Evaluate at all (the recommendation is exported; nothing is scaled
-    /// by the server itself).
+    /// Evaluate at all (the replica recommendation is exported; in process
+    /// only `[deployments.instances]` is acted on).
     pub enabled: bool,
     /// Time between evaluations (humantime; Knative's tick is 2s).
     pub interval: String,
@@ -244,6 +258,11 @@ pub struct Autoscaler {
     slo_ms: BTreeMap<String, f64>,
     started: Instant,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// `[deployments.instances]` by deployment name: those whose versions
+    /// are scaled in process (`instances.rs`).
+    instances: BTreeMap<String, InstanceSettings>,
+    /// Their scalers, by deployment and version label.
+    scalers: Mutex<BTreeMap<String, BTreeMap<String, VersionScaler>>>,
 }
 
 impl Autoscaler {
@@ -254,7 +273,7 @@ impl Autoscaler {
         let default_policy = AutoscaleSpec::default()
             .policy(threads, None)
             .unwrap_or_default();
-        let policies = config
+        let policies: BTreeMap<String, Policy> = config
             .deployments
             .iter()
             .map(|d| {
@@ -271,6 +290,21 @@ impl Autoscaler {
             .filter(|s| s.kind == crate::slo::SloKind::Latency)
             .filter_map(|s| s.threshold_ms.map(|t| (s.deployment.clone(), t)))
             .collect();
+        let instances = config
+            .deployments
+            .iter()
+            .filter_map(|d| {
+                let spec = d.instances.as_ref()?;
+                let replicas = policies.get(&d.name).unwrap_or(&default_policy);
+                match spec.settings(replicas, threads) {
+                    Ok(s) => Some((d.name.clone(), s)),
+                    Err(e) => {
+                        tracing::warn!(deployment = %d.name, error = %e, "[deployments.instances] ignored");
+                        None
+                    }
+                }
+            })
+            .collect();
         Autoscaler {
             config: config.autoscale.clone(),
             policies,
@@ -278,6 +312,8 @@ impl Autoscaler {
             slo_ms,
             started: Instant::now(),
             entries: Mutex::new(BTreeMap::new()),
+            instances,
+            scalers: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -312,6 +348,7 @@ impl Autoscaler {
         };
         let loaded = repository.loaded();
         let names: Vec<String> = loaded.iter().map(|e| e.name.clone()).collect();
+        self.scale_instances(&loaded, metrics, now);
         entries.retain(|name, _| {
             let keep = names.contains(name);
             if !keep {
@@ -358,10 +395,8 @@ impl Autoscaler {
                 arrivals += c.arrivals.saturating_sub(before.arrivals);
             }
             let secs = elapsed.as_secs_f64();
-            let concurrency = delta.busy_us as f64 / 1e6 / secs;
+            let (concurrency, p99_s) = interval_load(&delta, secs);
             let rps = arrivals as f64 / secs;
-            let p99_s =
-                (delta.requests >= MIN_P99_SAMPLES).then(|| delta.quantile_ms(0.99) / 1000.0);
             let replicas = self.config.replicas.max(1);
             let total = f64::from(replicas);
             let at = now.saturating_duration_since(self.started);
@@ -407,6 +442,37 @@ impl Autoscaler {
         }
     }
 
+    /// In-process scaling: every version of the deployments with
+    /// `[deployments.instances]` (see `instances.rs`).
+    fn scale_instances(
+        &self,
+        loaded: &[Arc<crate::repository::ModelEntry>],
+        metrics: &Metrics,
+        now: Instant,
+    ) {
+        if self.instances.is_empty() {
+            return;
+        }
+        let Ok(mut scalers) = self.scalers.lock() else {
+            return;
+        };
+        scalers.retain(|name, versions| {
+            let keep = loaded.iter().any(|m| &m.name == name);
+            if !keep {
+                for label in versions.keys() {
+                    metrics.forget_instances(name, label);
+                }
+            }
+            keep
+        });
+        for model in loaded {
+            if let Some(settings) = self.instances.get(&model.name) {
+                let versions = scalers.entry(model.name.clone()).or_default();
+                crate::instances::evaluate_deployment(versions, settings, model, metrics, now);
+            }
+        }
+    }
+
     /// The latest recommendation of one deployment.
     pub fn latest(&self, deployment: &str) -> Option<Report> {
         self.entries
@@ -426,11 +492,30 @@ impl Autoscaler {
                     .collect()
             })
             .unwrap_or_default();
+        let instances: BTreeMap<
+            String,
+            BTreeMap<String, Option<crate::instances::InstanceReport>>,
+        > = self
+            .scalers
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(d, versions)| {
+                        let v = versions
+                            .iter()
+                            .map(|(label, scaler)| (label.clone(), scaler.latest().cloned()))
+                            .collect();
+                        (d.clone(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         serde_json::json!({
             "enabled": self.config.enabled,
             "interval_s": self.interval().as_secs_f64(),
             "replicas": self.config.replicas,
             "deployments": deployments,
+            "instances": instances,
         })
     }
 }

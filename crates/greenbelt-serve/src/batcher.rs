@@ -14,11 +14,12 @@ use std::time::Duration;
 use greenbelt_core::Tensor;
 use greenbelt_runtime::Model;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::compute::{Compute, QueueBudget};
 use crate::error::ServeError;
+use crate::instances::Width;
 use crate::metrics::VersionMetrics;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,10 +111,13 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// Start the actor. `width` is its concurrency: a batch runs only
+    /// while it holds one of its permits (one per model instance; resized
+    /// by in-process scaling, `instances.rs`).
     pub fn spawn(
         config: BatchingConfig,
         model: Arc<dyn Model>,
-        instances: usize,
+        width: Arc<Width>,
         compute: Compute,
         metrics: VersionMetrics,
     ) -> Batcher {
@@ -125,7 +129,7 @@ impl Batcher {
             model,
             compute,
             metrics,
-            slots: Arc::new(Semaphore::new(instances.max(1))),
+            slots: width,
             pending: VecDeque::new(),
         };
         tokio::spawn(actor.run(rx));
@@ -195,7 +199,7 @@ struct Actor {
     compute: Compute,
     metrics: VersionMetrics,
     /// One permit per model instance: batches in flight at once.
-    slots: Arc<Semaphore>,
+    slots: Arc<Width>,
     /// Items received but left out of the last batch (did not fit or had another shape).
     pending: VecDeque<Item>,
 }
@@ -217,7 +221,7 @@ impl Actor {
             if batch.is_empty() {
                 continue;
             }
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            let Ok(slot) = self.slots.acquire().await else {
                 return;
             };
             let model = self.model.clone();
@@ -401,12 +405,16 @@ mod tests {
     use greenbelt_core::{DataType, Signature, TensorData, TensorSpec};
     use greenbelt_runtime::{Backend, RuntimeError};
     use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
 
     /// Doubles its input; records every batch size it saw.
     struct Doubler {
         sig: Signature,
         calls: Mutex<Vec<usize>>,
         delay: Duration,
+        /// Calls running now, and the most seen at once.
+        running: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
     }
 
     impl Model for Doubler {
@@ -419,10 +427,13 @@ mod tests {
         fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
             let t = &inputs[0];
             self.calls.lock().unwrap().push(t.rows());
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
             if !self.delay.is_zero() {
                 #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(self.delay);
             }
+            self.running.fetch_sub(1, Ordering::SeqCst);
             let TensorData::Fp32(v) = &t.data else {
                 return Err(RuntimeError::Inference("want fp32".into()));
             };
@@ -445,6 +456,8 @@ mod tests {
             },
             calls: Mutex::new(Vec::new()),
             delay,
+            running: Default::default(),
+            peak: Default::default(),
         })
     }
 
@@ -461,7 +474,7 @@ mod tests {
 
     fn batcher(model: Arc<Doubler>, cfg: BatchingConfig) -> Batcher {
         let metrics = crate::metrics::Metrics::new().version("m", "1");
-        Batcher::spawn(cfg, model, 1, Compute::new(1), metrics)
+        Batcher::spawn(cfg, model, Width::new(1), Compute::new(1), metrics)
     }
 
     #[tokio::test]
@@ -602,5 +615,39 @@ mod tests {
         assert!(first.await.unwrap().is_ok());
         let calls = model.calls.lock().unwrap().len();
         assert_eq!(calls, 2, "the request past its budget was not computed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_in_flight_follow_the_width_as_it_is_resized() {
+        let model = doubler(Duration::from_millis(40));
+        let width = Width::new(1);
+        let metrics = crate::metrics::Metrics::new().version("m", "1");
+        let b = Batcher::spawn(
+            BatchingConfig {
+                max_batch_size: 1,
+                max_queue_delay_us: 0,
+                ..Default::default()
+            },
+            model.clone(),
+            width.clone(),
+            Compute::new(8),
+            metrics,
+        );
+        let burst = |b: Batcher| async move {
+            let futs: Vec<_> = (0..8).map(|i| b.infer(input(1, i as f32))).collect();
+            for r in futures::future::join_all(futs).await {
+                assert!(r.is_ok());
+            }
+        };
+        burst(b.clone()).await;
+        assert_eq!(model.peak.swap(0, Ordering::SeqCst), 1, "one instance");
+        width.resize(4);
+        burst(b.clone()).await;
+        let peak = model.peak.swap(0, Ordering::SeqCst);
+        assert!((3..=4).contains(&peak), "four instances: {peak} at once");
+        width.resize(2);
+        burst(b.clone()).await;
+        let peak = model.peak.swap(0, Ordering::SeqCst);
+        assert!((1..=2).contains(&peak), "two instances: {peak} at once");
     }
 }

@@ -620,6 +620,61 @@ mod tests {
     }
 
     #[test]
+    fn instance_bounds_parse_and_bad_values_name_the_field() {
+        let c = parse(
+            "[[deployments]]\nname = \"d\"\n[deployments.config]\ninstances = 2\n[deployments.instances]\nmin = 1\nmax = 4\ntarget = 2.5\nload_timeout = \"10s\"\n",
+            &[],
+        )
+        .unwrap();
+        let i = c.deployments[0].instances.as_ref().unwrap();
+        assert_eq!((i.min, i.max, i.target), (1, Some(4), 2.5));
+        assert!(
+            parse("[[deployments]]\nname = \"d\"\n", &[])
+                .unwrap()
+                .deployments[0]
+                .instances
+                .is_none()
+        );
+        for (text, want) in [
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\nmin = 0\n",
+                "\"d\": instances.min",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\nmin = 3\nmax = 2\n",
+                "instances.max = 2 is below min = 3",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\nmax = 1000\n",
+                "instances.max = 1000 must be at most 64",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\ntarget = -1\n",
+                "instances.target",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\nload_timeout = \"eventually\"\n",
+                "instances.load_timeout",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.instances]\nmaximum = 4\n",
+                "maximum",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.config]\ninstances = 8\n[deployments.instances]\nmax = 4\n",
+                "config.instances = 8 is above instances.max = 4",
+            ),
+            (
+                "[[deployments]]\nname = \"d\"\n[deployments.config]\ninstances = 0\n",
+                "config.instances = 0",
+            ),
+        ] {
+            let e = parse(text, &[]).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = parse("", &[]).unwrap();
         assert_eq!(c.server.http_addr, "127.0.0.1:8000");

@@ -44,6 +44,11 @@ pub struct DeploymentConfig {
     /// absent: the defaults, see `autoscale.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
+    /// In-process scaling of each version's instances and batch
+    /// concurrency (`[deployments.instances]`; absent: each version keeps
+    /// `config.instances`, see `instances.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<crate::instances::InstancesSpec>,
     /// Requests outside the stable version's reference go to a challenger
     /// (`[deployments.drift_routing]`, see `drift/config.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,11 +81,29 @@ impl DeploymentConfig {
         if let Some(r) = &self.drift_routing {
             r.validate(&self.shadow).map_err(|e| format!("{at}: {e}"))?;
         }
-        if let Some(a) = &self.autoscale {
+        let replicas = match &self.autoscale {
             // The defaults that depend on the server (target, SLO) are
             // filled in later; what is written is checked here.
-            a.policy(1, None)
-                .map_err(|e| format!("{at}: autoscale.{e}"))?;
+            Some(a) => a
+                .policy(1, None)
+                .map_err(|e| format!("{at}: autoscale.{e}"))?,
+            None => greenbelt_core::autoscale::Policy::default(),
+        };
+        let n = self.config.instances;
+        if !(1..=greenbelt_runtime::MAX_INSTANCES).contains(&n) {
+            return Err(format!(
+                "{at}: config.instances = {n} must be between 1 and {}",
+                greenbelt_runtime::MAX_INSTANCES
+            ));
+        }
+        if let Some(i) = &self.instances {
+            i.settings(&replicas, 1)
+                .map_err(|e| format!("{at}: instances.{e}"))?;
+            if let Some(max) = i.max.filter(|m| n > *m) {
+                return Err(format!(
+                    "{at}: config.instances = {n} is above instances.max = {max}; lower it or raise the bound"
+                ));
+            }
         }
         self.rollout
             .validate()

@@ -94,6 +94,14 @@ impl Model for FaultyModel {
         self.inner.backend()
     }
 
+    fn instances(&self) -> Option<usize> {
+        self.inner.instances()
+    }
+
+    fn set_instances(&self, n: usize) -> Result<Option<usize>, RuntimeError> {
+        self.inner.set_instances(n)
+    }
+
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
         if !self.armed.swap(true, Ordering::Relaxed) {
             return self.inner.infer(inputs);

@@ -23,6 +23,7 @@ pub mod grafana;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod instances;
 pub mod limits;
 pub mod listen;
 pub mod live;

@@ -44,6 +44,10 @@
 //! | `greenbelt_autoscaler_panic_value` | gauge | deployment |
 //! | `greenbelt_autoscaler_panic_mode` | gauge | deployment |
 //! | `greenbelt_autoscaler_latency_ratio` | gauge | deployment |
+//! | `greenbelt_model_instances` | gauge | deployment, version |
+//! | `greenbelt_model_instances_desired` | gauge | deployment, version |
+//! | `greenbelt_model_sessions` | gauge | deployment, version |
+//! | `greenbelt_batcher_concurrency` | gauge | deployment, version |
 //!
 //! Requests for a model that is not loaded are counted under `model="_unknown"`.
 
@@ -223,6 +227,8 @@ pub struct Metrics {
     rollout_events: Family<EventLabels, Counter>,
     /// `greenbelt_autoscaler_*`, in [`AUTOSCALER_GAUGES`] order.
     autoscaler: [Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>; 9],
+    /// In-process scaling (`crate::instances`), in [`INSTANCE_GAUGES`] order.
+    instances: [Family<DeploymentVersionLabels, Gauge>; 4],
     api_requests: Family<ApiLabels, Counter>,
     wire_request_bytes: Family<VersionLabels, Histogram, Buckets>,
     wire_response_bytes: Family<VersionLabels, Histogram, Buckets>,
@@ -273,6 +279,7 @@ impl Metrics {
             external: Default::default(),
             rollout_events: Family::default(),
             autoscaler: Default::default(),
+            instances: Default::default(),
             request_log: Default::default(),
             payload_log: Default::default(),
             api_requests: Family::default(),
@@ -390,6 +397,9 @@ impl Metrics {
             m.rollout_events.clone(),
         );
         for ((name, help), family) in AUTOSCALER_GAUGES.iter().zip(&m.autoscaler) {
+            registry.register(*name, *help, family.clone());
+        }
+        for ((name, help), family) in INSTANCE_GAUGES.iter().zip(&m.instances) {
             registry.register(*name, *help, family.clone());
         }
         registry.register(
@@ -728,6 +738,44 @@ impl Metrics {
         }
     }
 
+    /// Publish one version's in-process scaling state (a `None` value
+    /// has no series).
+    pub fn set_instances(&self, deployment: &str, version: &str, values: &InstanceGauges) {
+        let labels = DeploymentVersionLabels {
+            deployment: deployment.to_string(),
+            version: version.to_string(),
+        };
+        let all = [
+            Some(values.instances),
+            Some(values.desired as usize),
+            values.sessions,
+            values.batch_concurrency,
+        ];
+        for (family, value) in self.instances.iter().zip(all) {
+            match value {
+                Some(v) => {
+                    family
+                        .get_or_create(&labels)
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Drop a version's in-process scaling series (no longer served).
+    pub fn forget_instances(&self, deployment: &str, version: &str) {
+        let labels = DeploymentVersionLabels {
+            deployment: deployment.to_string(),
+            version: version.to_string(),
+        };
+        for family in &self.instances {
+            family.remove(&labels);
+        }
+    }
+
     pub fn rollout_event(&self, deployment: &str, event: &str) {
         self.rollout_events
             .get_or_create(&EventLabels {
@@ -806,6 +854,38 @@ pub const AUTOSCALER_GAUGES: [(&str, &str); 9] = [
         "p99 over the deployment's latency SLO (NaN: no SLO or too few answers)",
     ),
 ];
+
+/// Name and help of each in-process scaling gauge (values in
+/// [`InstanceGauges`]).
+pub const INSTANCE_GAUGES: [(&str, &str); 4] = [
+    (
+        "greenbelt_model_instances",
+        "Model instances in service for the version (in-process scaling, [deployments.instances])",
+    ),
+    (
+        "greenbelt_model_instances_desired",
+        "Instances the recommender asks for the version (KPA or HPA on requests in flight per instance)",
+    ),
+    (
+        "greenbelt_model_sessions",
+        "ONNX Runtime sessions loaded for the version",
+    ),
+    (
+        "greenbelt_batcher_concurrency",
+        "Batches of the version that may run at once (one per instance)",
+    ),
+];
+
+/// One evaluation's values for the in-process scaling gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceGauges {
+    pub instances: usize,
+    pub desired: u32,
+    /// `None`: the model is one thread-safe instance (no sessions).
+    pub sessions: Option<usize>,
+    /// `None`: the version has no batcher.
+    pub batch_concurrency: Option<usize>,
+}
 
 /// One evaluation's values for the `greenbelt_autoscaler_*` gauges.
 #[derive(Debug, Clone, Default, PartialEq)]

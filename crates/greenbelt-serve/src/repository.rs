@@ -111,8 +111,13 @@ impl ModelConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModelConfig::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        if config.instances == 0 {
-            return Err(format!("{}: instances must be >= 1", path.display()));
+        if !(1..=greenbelt_runtime::MAX_INSTANCES).contains(&config.instances) {
+            return Err(format!(
+                "{}: instances = {} must be between 1 and {}",
+                path.display(),
+                config.instances,
+                greenbelt_runtime::MAX_INSTANCES
+            ));
         }
         if let VersionPolicy::Latest(0) = config.version_policy {
             return Err(format!(
@@ -144,6 +149,9 @@ pub struct ServedVersion {
     /// The graph's signature with config overrides applied.
     pub signature: Signature,
     pub batcher: Option<Batcher>,
+    /// Its model instances and the batcher's concurrency, resized by
+    /// in-process scaling (`instances.rs`).
+    pub instances: Arc<crate::instances::InstancePool>,
     pub metrics: VersionMetrics,
     pub platform: &'static str,
     /// The feature service this version reads (from its config).
@@ -693,6 +701,11 @@ impl Repository {
         }
         let label = version.to_string();
         let metrics = self.metrics.version(name, &label);
+        let instances = Arc::new(crate::instances::InstancePool::new(
+            runtime.clone(),
+            config.instances,
+            config.batching.is_some(),
+        ));
         let batcher = match &config.batching {
             Some(b) => {
                 if !signature.batchable() {
@@ -704,7 +717,7 @@ impl Repository {
                 Some(Batcher::spawn(
                     b.clone(),
                     runtime.clone(),
-                    config.instances,
+                    instances.width().clone(),
                     self.compute.clone(),
                     metrics.clone(),
                 ))
@@ -737,6 +750,7 @@ impl Repository {
             runtime,
             signature,
             batcher,
+            instances,
             schema: crate::schema::SchemaTracker::new(
                 Arc::from(name),
                 Arc::from(label.as_str()),
@@ -955,6 +969,25 @@ mod tests {
         assert_eq!(c.batching.map(|b| b.max_batch_size), Some(8));
         assert!(toml::from_str::<ModelConfig>("backend = \"tensorflow\"").is_err());
         assert!(toml::from_str::<ModelConfig>("instance = 2").is_err());
+    }
+
+    #[test]
+    fn instances_outside_the_pool_bounds_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, ok) in [
+            ("instances = 64", true),
+            ("instances = 0", false),
+            ("instances = 65", false),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            match ModelConfig::read(dir.path()) {
+                Ok(c) => assert!(ok, "{text} accepted: {c:?}"),
+                Err(e) => {
+                    assert!(!ok, "{text}: {e}");
+                    assert!(e.contains("must be between 1 and 64"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -54,10 +54,18 @@ async fn desired_on_metrics(client: &reqwest::Client, base: &str) -> Option<f64>
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_load_makes_desired_replicas_rise() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+/// A server running `config`, whose deployment `scorer` serves the logreg
+/// fixture registered with `tags` and aliased `champion`; ready, with a
+/// REST load target and one row of its inputs.
+pub(crate) struct Scorer {
+    pub running: greenbelt_app::Running,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub target: Target,
+    pub inputs: Vec<greenbelt_core::Tensor>,
+}
+
+pub(crate) async fn start_scorer(config: Config, tags: Value) -> Scorer {
     let registry = greenbelt_app::registry::open(&config, None).await.unwrap();
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/logreg/1/model.onnx");
@@ -67,7 +75,7 @@ async fn real_load_makes_desired_replicas_rise() {
         "scorer".into(),
         &fixture,
         json!({}),
-        json!({}),
+        tags,
         "test".into(),
     )
     .await
@@ -89,6 +97,40 @@ async fn real_load_makes_desired_replicas_rise() {
         assert!(tokio::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let target = Target {
+        rest_url: base.clone(),
+        grpc_url: String::new(),
+        protocol: Protocol::Rest,
+        model: "scorer".into(),
+        timeout: Duration::from_secs(5),
+    };
+    let specs = loadgen::model_inputs(&client, &base, "scorer")
+        .await
+        .unwrap();
+    let inputs = specs
+        .iter()
+        .map(|s| loadgen::make_input(s, 1).unwrap())
+        .collect();
+    Scorer {
+        running,
+        base,
+        client,
+        target,
+        inputs,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_load_makes_desired_replicas_rise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let Scorer {
+        running,
+        base,
+        client,
+        target,
+        inputs,
+    } = start_scorer(config, json!({})).await;
     // Idle: the recommender asks for the minimum.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let idle = get_json(&client, &format!("{base}/admin/autoscaler")).await;
@@ -100,20 +142,6 @@ async fn real_load_makes_desired_replicas_rise() {
     assert_eq!(idle["interval_s"], 0.1, "{idle}");
     assert_eq!(desired_on_metrics(&client, &base).await, Some(1.0));
 
-    let target = Target {
-        rest_url: base.clone(),
-        grpc_url: String::new(),
-        protocol: Protocol::Rest,
-        model: "scorer".into(),
-        timeout: Duration::from_secs(5),
-    };
-    let specs = loadgen::model_inputs(&client, &base, "scorer")
-        .await
-        .unwrap();
-    let inputs: Vec<_> = specs
-        .iter()
-        .map(|s| loadgen::make_input(s, 1).unwrap())
-        .collect();
     let load = tokio::spawn(async move {
         loadgen::run_open(
             &target,

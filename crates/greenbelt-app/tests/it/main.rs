@@ -11,6 +11,7 @@ mod child;
 #[path = "../../../greenbelt-control/tests/it/cuttable.rs"]
 mod cuttable;
 mod drift;
+mod instances;
 mod lifecycle;
 mod outage;
 mod registry_down;

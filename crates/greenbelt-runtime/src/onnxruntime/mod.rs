@@ -20,7 +20,7 @@ use ort::value::{
 };
 
 use crate::error::RuntimeError;
-use crate::{Backend, LoadOptions, Model};
+use crate::{Backend, LoadOptions, MAX_INSTANCES, Model};
 
 /// Oldest ONNX Runtime this build talks to (`ort` is built with `api-31`).
 pub const MIN_VERSION: &str = "1.31";
@@ -87,28 +87,10 @@ impl OrtRuntime {
         &self.version
     }
 
-    /// Load a model into `opts.instances` sessions.
+    /// Load a model into `opts.instances` sessions (more can be added and
+    /// removed later, see [`Model::set_instances`]).
     pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<OrtModel, RuntimeError> {
-        let load_err = |e: ort::Error| RuntimeError::Load {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let mut sessions = Vec::with_capacity(opts.instances.max(1));
-        for _ in 0..opts.instances.max(1) {
-            let mut builder = Session::builder(&self.env).map_err(load_err)?;
-            if opts.intra_op_threads > 0 {
-                builder = builder
-                    .with_intra_threads(opts.intra_op_threads)
-                    .map_err(|e| load_err(e.into()))?;
-            }
-            let session = builder.commit_from_file(path).map_err(load_err)?;
-            sessions.push(Mutex::new(session));
-        }
-        let first = sessions
-            .first()
-            .ok_or_else(|| RuntimeError::Inference("no session".into()))?
-            .lock()
-            .map_err(|_| RuntimeError::Inference("session lock poisoned".into()))?;
+        let first = new_session(&self.env, path, opts.intra_op_threads)?;
         let mut signature = Signature::default();
         let mut outputs = Vec::new();
         for input in first.inputs() {
@@ -147,14 +129,47 @@ impl OrtRuntime {
                 .push(TensorSpec::new(output.name(), datatype, shape));
             outputs.push(kind);
         }
-        drop(first);
-        Ok(OrtModel {
+        let sessions: Box<[Mutex<Option<Session>>]> =
+            (0..MAX_INSTANCES).map(|_| Mutex::new(None)).collect();
+        if let Some(slot) = sessions.first() {
+            *slot
+                .lock()
+                .map_err(|_| RuntimeError::Inference("session lock poisoned".into()))? =
+                Some(first);
+        }
+        let model = OrtModel {
             sessions,
+            active: AtomicUsize::new(1),
             next: AtomicUsize::new(0),
+            resize: Mutex::new(()),
+            env: self.env.clone(),
+            path: path.to_path_buf(),
+            intra_op_threads: opts.intra_op_threads,
             signature,
             outputs,
-        })
+        };
+        model.set_instances(opts.instances)?;
+        Ok(model)
     }
+}
+
+/// One ONNX Runtime session of the model at `path`.
+fn new_session(
+    env: &Environment,
+    path: &Path,
+    intra_op_threads: usize,
+) -> Result<Session, RuntimeError> {
+    let load_err = |e: ort::Error| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut builder = Session::builder(env).map_err(load_err)?;
+    if intra_op_threads > 0 {
+        builder = builder
+            .with_intra_threads(intra_op_threads)
+            .map_err(|e| load_err(e.into()))?;
+    }
+    builder.commit_from_file(path).map_err(load_err)
 }
 
 fn version_of(path: &Path) -> String {
@@ -293,10 +308,20 @@ enum OutputKind {
     ZipMap,
 }
 
-/// A model loaded into one or more ONNX Runtime sessions.
+/// A model loaded into a pool of ONNX Runtime sessions, each running one
+/// call at a time. The pool has [`MAX_INSTANCES`] slots, so resizing never
+/// reallocates what calls read: the first `active` slots hold a session;
+/// a slot past `active` may still hold one that is finishing its last call.
 pub struct OrtModel {
-    sessions: Vec<Mutex<Session>>,
+    sessions: Box<[Mutex<Option<Session>>]>,
+    /// Sessions in service (slots `0..active`).
+    active: AtomicUsize,
     next: AtomicUsize,
+    /// One resize at a time (never taken by a call).
+    resize: Mutex<()>,
+    env: Environment,
+    path: PathBuf,
+    intra_op_threads: usize,
     signature: Signature,
     outputs: Vec<OutputKind>,
 }
@@ -311,28 +336,67 @@ impl Model for OrtModel {
     }
 
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-        // Prefer a free session; otherwise wait on the round-robin choice.
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Some(s) = self.sessions.get((start + i) % n) {
-                match s.try_lock() {
-                    Ok(mut session) => return self.run(&mut session, inputs),
-                    Err(TryLockError::WouldBlock) => continue,
-                    Err(TryLockError::Poisoned(_)) => {
-                        return Err(RuntimeError::Inference("session lock poisoned".into()));
+        let poisoned = || RuntimeError::Inference("session lock poisoned".into());
+        // A slot emptied by a shrink while this call waited on it sends the
+        // call round again; sessions in service are never empty, so the
+        // next round finds one. The bound only guards against a bug.
+        for _ in 0..MAX_INSTANCES {
+            // Prefer a free session; otherwise wait on the round-robin choice.
+            let n = self.active.load(Ordering::Acquire).max(1);
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            for i in 0..n {
+                if let Some(s) = self.sessions.get((start + i) % n) {
+                    match s.try_lock() {
+                        Ok(mut slot) => match slot.as_mut() {
+                            Some(session) => return self.run(session, inputs),
+                            None => continue,
+                        },
+                        Err(TryLockError::WouldBlock) => continue,
+                        Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
                     }
                 }
             }
+            let s = self
+                .sessions
+                .get(start % n)
+                .ok_or_else(|| RuntimeError::Inference("no session".into()))?;
+            let mut slot = s.lock().map_err(|_| poisoned())?;
+            if let Some(session) = slot.as_mut() {
+                return self.run(session, inputs);
+            }
         }
-        let s = self
-            .sessions
-            .get(start % n.max(1))
-            .ok_or_else(|| RuntimeError::Inference("no session".into()))?;
-        let mut session = s
-            .lock()
-            .map_err(|_| RuntimeError::Inference("session lock poisoned".into()))?;
-        self.run(&mut session, inputs)
+        Err(RuntimeError::Inference(
+            "no session in service (the pool is being resized)".into(),
+        ))
+    }
+
+    fn instances(&self) -> Option<usize> {
+        Some(self.active.load(Ordering::Acquire))
+    }
+
+    fn set_instances(&self, n: usize) -> Result<Option<usize>, RuntimeError> {
+        let poisoned = || RuntimeError::Inference("session lock poisoned".into());
+        let n = n.clamp(1, MAX_INSTANCES);
+        let _one = self.resize.lock().map_err(|_| poisoned())?;
+        let mut active = self.active.load(Ordering::Acquire);
+        while active < n {
+            // Loaded before it is published: calls never wait for a load.
+            let session = new_session(&self.env, &self.path, self.intra_op_threads)?;
+            let slot = self.sessions.get(active).ok_or_else(poisoned)?;
+            *slot.lock().map_err(|_| poisoned())? = Some(session);
+            active += 1;
+            self.active.store(active, Ordering::Release);
+        }
+        while active > n {
+            // Out of service first, so no new call picks it; then wait for
+            // the call it may be running (the slot's lock) and drop it.
+            active -= 1;
+            self.active.store(active, Ordering::Release);
+            let slot = self.sessions.get(active).ok_or_else(poisoned)?;
+            let retired = slot.lock().map_err(|_| poisoned())?.take();
+            drop(retired);
+        }
+        Ok(Some(active))
     }
 }
 

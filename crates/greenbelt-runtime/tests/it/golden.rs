@@ -162,6 +162,73 @@ fn onnxruntime_runs_several_instances_concurrently() {
 }
 
 #[test]
+fn onnxruntime_session_pool_grows_and_shrinks_while_calls_run() {
+    let Some(rt) = ort() else { return };
+    let g = golden("logreg", 1);
+    let model = rt
+        .load(
+            &model_path("logreg", 1),
+            &LoadOptions {
+                backend: Backend::Onnxruntime,
+                intra_op_threads: 1,
+                instances: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(model.instances(), Some(1));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = AtomicBool::new(false);
+    let calls = AtomicUsize::new(0);
+    // Let the callers make `n` more calls, waiting at most ~10 s (plain
+    // threads, no async runtime here: counted 1 ms naps, not a clock).
+    let wait_for_calls = |n: usize| {
+        let want = calls.load(Ordering::SeqCst) + n;
+        for _ in 0..10_000 {
+            if calls.load(Ordering::SeqCst) >= want {
+                return;
+            }
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("callers stalled");
+    };
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_matches("resizing", &model.infer(&g.inputs).unwrap(), &g.outputs);
+                    calls.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        // Up to 4, down to 1 (waiting for the retired sessions' calls),
+        // up to 3 again, all under load; every answer stays exact.
+        wait_for_calls(20);
+        for n in [4, 1, 3, 2] {
+            assert_eq!(model.set_instances(n).unwrap(), Some(n));
+            assert_eq!(model.instances(), Some(n));
+            wait_for_calls(20);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Clamped to the pool's bounds.
+    assert_eq!(model.set_instances(0).unwrap(), Some(1));
+    assert_eq!(
+        model
+            .set_instances(greenbelt_runtime::MAX_INSTANCES + 5)
+            .unwrap(),
+        Some(greenbelt_runtime::MAX_INSTANCES)
+    );
+    assert_eq!(model.set_instances(1).unwrap(), Some(1));
+    // Backends without a pool say so.
+    let tract = Runtimes::default()
+        .load(&model_path("logreg", 1), &opts(Backend::Tract))
+        .unwrap();
+    assert_eq!(tract.instances(), None);
+    assert_eq!(tract.set_instances(3).unwrap(), None);
+}
+
+#[test]
 fn tract_matches_on_linear_mlp_and_plain_graphs() {
     let rt = tract_only();
     for (name, version) in [("logreg", 1), ("logreg", 2), ("mlp", 1), ("multi_io", 1)] {

@@ -263,7 +263,8 @@ fn config_json(entry: &crate::repository::ModelEntry, served: &ServedVersion) ->
             "preferred_batch_size": b.preferred_batch_sizes,
             "max_queue_size": b.max_queue_size,
         })),
-        "instance_group": [{ "count": entry.config.instances, "kind": "KIND_CPU" }],
+        // In service now (in-process scaling may have moved it from config).
+        "instance_group": [{ "count": served.instances.instances(), "kind": "KIND_CPU" }],
         "version_policy": entry.config.version_policy,
         "default_version": entry.default().map(|v| v.version_label.to_string()),
         "deployment": entry.routing.is_some(),
