@@ -36,6 +36,12 @@ pub struct Config {
     pub autoscale: crate::autoscale::AutoscaleConfig,
     /// The live drift monitor and delayed labels (`[drift]`, see `drift/`).
     pub drift: crate::drift::DriftConfig,
+    /// Cost accounting: the price table, egress class, provisioning
+    /// (`[cost]`, see `cost/`).
+    pub cost: crate::cost::CostConfig,
+    /// Budgets per deployment or model (`[[budget]]`), with burn-rate
+    /// alerts (`cost/budget.rs`).
+    pub budget: Vec<crate::cost::budget::BudgetConfig>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -413,6 +419,17 @@ impl Config {
             }
         }
         self.alerts.validate().map_err(ConfigError::Invalid)?;
+        self.cost.validate().map_err(ConfigError::Invalid)?;
+        for (i, b) in self.budget.iter().enumerate() {
+            b.validate(i).map_err(ConfigError::Invalid)?;
+            if self.budget[..i].iter().any(|o| o.name() == b.name()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[budget]] #{}: the name \"{}\" is used twice; give one of them a `name`",
+                    i + 1,
+                    b.name()
+                )));
+            }
+        }
         let t = &self.telemetry;
         if !(t.log_sample > 0.0 && t.log_sample <= 1.0) {
             return Err(ConfigError::Invalid(format!(
