@@ -683,6 +683,23 @@ mod tests {
                 "[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.9\n[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.99\n",
                 "used twice",
             ),
+            ("[cost]\ninterval = \"often\"\n", "[cost] interval"),
+            ("[cost]\negress_class = \"moon\"\n", "moon"),
+            ("[cost.prices]\ncpu_core_hour = -1\n", "cpu_core_hour"),
+            ("[cost.prices]\ncpu_per_hour = 1\n", "cpu_per_hour"),
+            ("[[budget]]\ndeployment = \"m\"\n", "amount"),
+            (
+                "[[budget]]\ndeployment = \"m\"\namount = 10\nperiod = \"1m\"\n",
+                "shorter than an hour",
+            ),
+            (
+                "[[budget]]\ndeployment = \"m\"\namount = 10\n[[budget]]\ndeployment = \"m\"\namount = 20\n",
+                "used twice",
+            ),
+            (
+                "[[budget]]\namount = 10\n",
+                "exactly one of deployment or model",
+            ),
         ] {
             let e = parse(text, &[]).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

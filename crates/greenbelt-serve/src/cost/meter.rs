@@ -72,7 +72,7 @@ impl RequestCpu {
             n
         });
         RequestCpu {
-            sampled: n % SAMPLE == 0,
+            sampled: n.is_multiple_of(SAMPLE),
             ns: 0,
         }
     }
@@ -187,6 +187,11 @@ impl VersionMeter {
             h.fold(now);
             h.since = None;
         }
+    }
+
+    /// Whether the version is loaded now.
+    pub fn loaded(&self) -> bool {
+        self.held.lock().is_ok_and(|h| h.since.is_some())
     }
 
     /// Bytes of memory held now (0 when not loaded).

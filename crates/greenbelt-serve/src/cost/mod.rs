@@ -168,6 +168,19 @@ impl Ledger {
         }
     }
 
+    /// (served name, version) of the versions loaded now.
+    pub fn loaded(&self) -> std::collections::HashSet<(String, String)> {
+        self.meters
+            .read()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, meter)| meter.loaded())
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Everything so far, priced.
     pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
@@ -254,69 +267,86 @@ struct PredictionLabels {
 
 /// `greenbelt_cost_dollars_total` and `greenbelt_predictions_total`, read
 /// from the ledger at scrape time (names and help in `crate::metrics`).
+/// Like every per-version series, a version's go when it is unloaded
+/// (Prometheus keeps their history; the ledger's reports keep its dollars,
+/// and the overhead is computed with them).
 #[derive(Debug)]
 pub struct CostCollector(pub Arc<Ledger>);
 
 impl Collector for CostCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.snapshot();
-        let (name, help) = crate::metrics::COST_DOLLARS;
-        let mut family = encoder.encode_descriptor(
-            name,
-            help,
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for r in &s.rows {
-            for (resource, v) in &r.dollars.0 {
-                let labels = CostLabels {
-                    model: r.model.clone(),
-                    version: r.version.clone(),
-                    deployment: r.deployment.clone(),
-                    resource: resource.as_str().to_string(),
-                };
-                ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let u = &s.unattributed;
-        let p = &s.prices;
-        for (model, resource, v) in [
-            ("_overhead", "cpu", p.cpu(u.overhead_cpu_seconds)),
-            ("_overhead", "memory", p.ram(u.overhead_memory_gib_hours)),
-            ("_idle", "cpu", p.cpu(u.idle_cpu_seconds)),
-            ("_idle", "memory", p.ram(u.idle_memory_gib_hours)),
-        ] {
-            let provisioned = s.process.provisioned_cpu_seconds > 0.0
-                || s.process.provisioned_memory_gib_hours > 0.0;
-            if model == "_idle" && !provisioned {
-                continue;
-            }
+        let mut s = self.0.snapshot();
+        let loaded = self.0.loaded();
+        s.rows
+            .retain(|r| loaded.contains(&(r.deployment.clone(), r.version.clone())));
+        encode_dollars(&s, &mut encoder)?;
+        encode_predictions(&s, &mut encoder)
+    }
+}
+
+fn encode_dollars(s: &Snapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let (name, help) = crate::metrics::COST_DOLLARS;
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for r in &s.rows {
+        for (resource, v) in &r.dollars.0 {
             let labels = CostLabels {
-                model: model.into(),
-                version: String::new(),
-                deployment: String::new(),
-                resource: resource.into(),
-            };
-            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
-        }
-        drop(family);
-        let (name, help) = crate::metrics::PREDICTIONS;
-        let mut family = encoder.encode_descriptor(
-            name,
-            help,
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for r in &s.rows {
-            let labels = PredictionLabels {
                 model: r.model.clone(),
                 version: r.version.clone(),
                 deployment: r.deployment.clone(),
+                resource: resource.as_str().to_string(),
             };
-            ConstCounter::new(r.usage.predictions).encode(family.encode_family(&labels)?)?;
+            ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
         }
-        Ok(())
     }
+    let u = &s.unattributed;
+    let p = &s.prices;
+    let provisioned =
+        s.process.provisioned_cpu_seconds > 0.0 || s.process.provisioned_memory_gib_hours > 0.0;
+    for (model, resource, v) in [
+        ("_overhead", "cpu", p.cpu(u.overhead_cpu_seconds)),
+        ("_overhead", "memory", p.ram(u.overhead_memory_gib_hours)),
+        ("_idle", "cpu", p.cpu(u.idle_cpu_seconds)),
+        ("_idle", "memory", p.ram(u.idle_memory_gib_hours)),
+    ] {
+        if model == "_idle" && !provisioned {
+            continue;
+        }
+        let labels = CostLabels {
+            model: model.into(),
+            version: String::new(),
+            deployment: String::new(),
+            resource: resource.into(),
+        };
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn encode_predictions(
+    s: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let (name, help) = crate::metrics::PREDICTIONS;
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for r in &s.rows {
+        let labels = PredictionLabels {
+            model: r.model.clone(),
+            version: r.version.clone(),
+            deployment: r.deployment.clone(),
+        };
+        ConstCounter::new(r.usage.predictions).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The cost meter on a live server: predictions and wire bytes are counted
 //! exactly (the client's own byte counts), a batched version is charged
 //! its batches' CPU, a gRPC request is metered like a REST one, an
-//! unloaded version stops accruing memory but keeps its dollars, and
+//! unloaded version stops accruing memory and leaves `/metrics` but keeps
+//! its dollars in the ledger's report, and
 //! `/admin/cost` refuses a bad query with a JSON error.
 
 use std::time::Duration;
@@ -145,9 +146,20 @@ async fn requests_are_metered_exactly_and_batches_charge_their_version() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (_, b) = s.get("/admin/cost").await;
     assert_eq!(held(&a), held(&b), "an unloaded version accrued memory");
-    assert!(s.metrics_text().await.contains(
-        "greenbelt_predictions_total{model=\"plain\",version=\"1\",deployment=\"plain\"} 122"
+    // its series leave /metrics with the version's others; the report keeps it
+    let text = s.metrics_text().await;
+    assert!(!text.contains("deployment=\"plain\""), "{text}");
+    assert!(text.contains(
+        "greenbelt_predictions_total{model=\"batched\",version=\"1\",deployment=\"batched\"} 96"
     ));
+    let row = b["snapshot"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["deployment"] == "plain")
+        .unwrap()
+        .clone();
+    assert_eq!(row["usage"]["predictions"], 122);
 
     for bad in [
         "/admin/cost?since=soon",
