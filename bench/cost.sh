@@ -22,6 +22,7 @@
 #   BENCH_BIN          a prebuilt greenbelt (default target/release/greenbelt, built unless BENCH_BUILD=0)
 #   ORT_DYLIB_PATH     libonnxruntime.so (default: the one in .venv or bench/.venv-mlserver)
 #   BENCH_DOCS=0       leave docs/cost.md alone
+#   BENCH_NOTE         a sentence written under the table (e.g. what else ran on the machine)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -112,9 +113,9 @@ curl -fsS "$base/admin/cost" >"$out/ledger.json"
 [[ "${BENCH_DOCS:-1}" == 1 ]] || exit 0
 profile=release
 case "$gb" in */debug/*) profile="debug (unoptimised Rust; ONNX Runtime is its release library)" ;; esac
-python3 - "$out" "$root/docs/cost.md" "$duration" "$conc" "$(git rev-parse --short=12 HEAD)" "$profile" <<'PY'
+python3 - "$out" "$root/docs/cost.md" "$duration" "$conc" "$(git rev-parse --short=12 HEAD)" "$profile" "${BENCH_NOTE:-}" <<'PY'
 import json, pathlib, platform, subprocess, sys
-out, doc, duration, conc, rev, profile = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+out, doc, duration, conc, rev, profile, note = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 pairs = [
     ("native", "native engine vs ONNX Runtime", "forest (trees), 1 row a request, %s connections" % conc),
     ("batching", "dynamic batching off → on", "logreg on the native engine, 1 row a request, 32 connections"),
@@ -145,10 +146,11 @@ section = [
     "Prices: %s: $%s per vCPU-hour, $%s per GiB-hour of RAM, $%s per GiB-month of storage, $%s per GiB of egress within the zone (the class the script configures: its load generator is on the same machine)." % (
         prices["source"], prices["cpu_core_hour"], prices["ram_gib_hour"], prices["storage_gib_month"], prices["egress_gib"]["zone"]),
     "",
-    "| optimisation | workload | predictions/s A → B | $ per 1M predictions A → B | saving | of it CPU (compute + request + overhead) $/1M A → B | where the saving came from |",
+    "| optimisation | workload | predictions/s A → B | $ per 1M predictions A → B | saving | of it CPU (compute + request + overhead) $/1M A → B | where the saving (or the extra cost) came from |",
     "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     *rows,
     "",
+    *([note, ""] if note else []),
     *detail,
     "<!-- cost:savings:end -->",
 ]
