@@ -732,13 +732,10 @@ impl BudgetWatch {
         }
     }
 
-    /// Spend rate ($ per second) over the last `w` seconds, over the time
-    /// the points cover (for forecasts: a server up for ten minutes
-    /// forecasts from those ten minutes).
-    pub fn spend_rate(&self, now: f64, w: f64) -> f64 {
-        let Some(last) = self.points.back() else {
-            return 0.0;
-        };
+    /// The window's first and last points: the newest point at or before
+    /// `now - w` (or the oldest, when there is less history), and the newest.
+    fn window(&self, now: f64, w: f64) -> Option<((f64, f64), (f64, f64))> {
+        let last = *self.points.back()?;
         let from = self
             .points
             .iter()
@@ -746,30 +743,25 @@ impl BudgetWatch {
             .find(|p| now - p.0 >= w)
             .or_else(|| self.points.front())
             .copied()
-            .unwrap_or(*last);
-        let span = last.0 - from.0;
-        if span > 0.0 {
-            (last.1 - from.1).max(0.0) / span
-        } else {
-            0.0
+            .unwrap_or(last);
+        Some((from, last))
+    }
+
+    /// Spend rate ($ per second) over the last `w` seconds, over the time
+    /// the points cover (for forecasts: a server up for ten minutes
+    /// forecasts from those ten minutes).
+    pub fn spend_rate(&self, now: f64, w: f64) -> f64 {
+        match self.window(now, w) {
+            Some((from, last)) if last.0 > from.0 => (last.1 - from.1).max(0.0) / (last.0 - from.0),
+            _ => 0.0,
         }
     }
 
     /// Spend in the last `w` seconds (since the first point, when there
     /// is less history: nothing was spent before it).
     pub fn spend_in(&self, now: f64, w: f64) -> f64 {
-        let Some(last) = self.points.back() else {
-            return 0.0;
-        };
-        let from = self
-            .points
-            .iter()
-            .rev()
-            .find(|p| now - p.0 >= w)
-            .or_else(|| self.points.front())
-            .copied()
-            .unwrap_or(*last);
-        (last.1 - from.1).max(0.0)
+        self.window(now, w)
+            .map_or(0.0, |(from, last)| (last.1 - from.1).max(0.0))
     }
 
     /// Burn rate over the last `w` seconds: the spend in the window over
