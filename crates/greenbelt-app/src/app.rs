@@ -53,6 +53,7 @@ impl App {
         }
         crate::autoscale::spawn(server.state.clone(), &mut tasks);
         crate::drift::spawn(server.state.clone(), &mut tasks);
+        crate::cost::spawn(server.state.clone(), &mut tasks);
         Ok(App {
             server,
             tasks,

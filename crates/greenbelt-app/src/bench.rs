@@ -25,6 +25,8 @@ pub struct BenchOptions {
     /// Open loop: requests per second regardless of answers, with at most
     /// `connections` outstanding. None: closed loop.
     pub rate: Option<f64>,
+    /// What the run is (for `greenbelt cost compare`), e.g. "onnxruntime".
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -60,6 +62,13 @@ pub struct BenchReport {
     pub compute_us_per_request: Option<f64>,
     pub overhead_us_per_request: Option<f64>,
     pub first_error: Option<String>,
+    /// What the run is, as given with `--label`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// What the measured part cost on a Greenbelt server: its cost ledger
+    /// before and after, for the benchmarked model and the whole process
+    /// (read by `greenbelt cost compare`).
+    pub cost: Option<greenbelt_core::cost::RunCost>,
 }
 
 impl BenchReport {
@@ -93,6 +102,20 @@ impl BenchReport {
         ) {
             out.push_str(&format!(
                 "server: {r:.1} µs/request, of which model compute {c:.1} µs, overhead {o:.1} µs\n"
+            ));
+        }
+        if let Some(c) = &self.cost
+            && c.usage.predictions > 0
+        {
+            let per = |d: f64| d / c.usage.predictions as f64 * 1e6;
+            let lines = c.lines(&c.prices);
+            let total: f64 = lines.iter().map(|l| l.1).sum();
+            out.push_str(&format!(
+                "cost: ${} per 1M predictions (process CPU {:.2} s, of it compute {:.2} s; prices: {})\n",
+                crate::cost::money(per(total)),
+                c.process.cpu_seconds,
+                c.usage.compute_cpu_seconds,
+                c.prices.source
             ));
         }
         if let Some(e) = &self.first_error {
@@ -143,13 +166,23 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         }
     };
     tokio::time::sleep(opts.warmup).await;
-    let before = if greenbelt {
-        loadgen::scrape(&http, &base).await
+    let (before, cost_before) = if greenbelt {
+        (
+            loadgen::scrape(&http, &base).await,
+            crate::cost::snapshot(&http, &base).await,
+        )
     } else {
-        None
+        (None, None)
     };
     let result = load.await??;
     let after = loadgen::scrape(&http, &base).await;
+    let cost = match (cost_before, crate::cost::snapshot(&http, &base).await) {
+        (Some(b), Some(a)) => Some(greenbelt_core::cost::RunCost::of(
+            &a.minus(&b),
+            &opts.target.model,
+        )),
+        _ => None,
+    };
     let per_request = match (&before, &after) {
         (Some(b), Some(a)) => loadgen::server_time_per_request(b, a, &opts.target.model),
         _ => None,
@@ -178,5 +211,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         compute_us_per_request: per_request.map(|(_, c)| c),
         overhead_us_per_request: per_request.map(|(r, c)| r - c),
         first_error: result.first_error,
+        label: opts.label.clone(),
+        cost,
     })
 }

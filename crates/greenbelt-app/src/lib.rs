@@ -15,6 +15,7 @@ pub mod app;
 pub mod autoscale;
 pub mod autoscale_sim;
 pub mod bench;
+pub mod cost;
 pub mod drift;
 pub mod drill;
 pub mod error;

@@ -152,6 +152,7 @@ mod tests {
             (Method::GET, "/dashboard", Need::Public),
             (Method::GET, "/admin/deployments/m", Need::Public),
             (Method::GET, "/admin/autoscaler", Need::Public),
+            (Method::GET, "/admin/cost", Need::Public),
             (Method::GET, "/admin/drift/m", Need::Public),
             (
                 Method::POST,

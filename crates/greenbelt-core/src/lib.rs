@@ -7,6 +7,7 @@
 
 pub mod autoscale;
 pub mod breaker;
+pub mod cost;
 pub mod datatype;
 pub mod error;
 pub mod infer;

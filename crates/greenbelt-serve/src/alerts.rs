@@ -284,13 +284,19 @@ impl Alerts {
 
     /// Log a transition and POST it to the webhook (in the background,
     /// bounded by `webhook_timeout_ms`).
-    fn notify(&self, t: Transition) {
+    pub fn notify(&self, t: Transition) {
         let alert = t.labels.get("alertname").cloned().unwrap_or_default();
-        let slo = t.labels.get("slo").cloned().unwrap_or_default();
-        if t.status == "firing" {
-            tracing::warn!(alert = %alert, slo = %slo, "SLO alert firing");
-        } else {
-            tracing::info!(alert = %alert, slo = %slo, "SLO alert resolved");
+        let slo = t.labels.get("slo").cloned();
+        let budget = t.labels.get("budget").cloned().unwrap_or_default();
+        match (slo, t.status == "firing") {
+            (Some(slo), true) => tracing::warn!(alert = %alert, slo = %slo, "SLO alert firing"),
+            (Some(slo), false) => tracing::info!(alert = %alert, slo = %slo, "SLO alert resolved"),
+            (None, true) => {
+                tracing::warn!(alert = %alert, budget = %budget, "budget alert firing")
+            }
+            (None, false) => {
+                tracing::info!(alert = %alert, budget = %budget, "budget alert resolved")
+            }
         }
         let Some(url) = self.config.webhook_url.clone() else {
             return;

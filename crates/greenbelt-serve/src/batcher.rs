@@ -77,7 +77,19 @@ pub struct BatchReply {
     pub outputs: Vec<Tensor>,
     pub queue: Duration,
     pub compute: Duration,
+    /// This request's share of the batch's CPU, by rows.
+    pub cpu: Duration,
     pub batch_rows: usize,
+}
+
+/// The part of a batch's `cpu` that `rows` of its `total` rows account for.
+fn share(cpu: Duration, rows: usize, total: usize) -> Duration {
+    if total == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(
+        u64::try_from(cpu.as_nanos() * rows as u128 / total as u128).unwrap_or(u64::MAX),
+    )
 }
 
 struct Item {
@@ -347,6 +359,7 @@ async fn run_batch(
     match result {
         Ok((outputs, timing)) => {
             metrics.execution(total_rows, timing.compute);
+            metrics.cost().compute_cpu(timing.cpu);
             let mut per_item: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::new()).collect();
             for out in &outputs {
                 match out.split(&rows) {
@@ -372,6 +385,7 @@ async fn run_batch(
                     outputs,
                     queue,
                     compute: timing.compute,
+                    cpu: share(timing.cpu, item.rows, total_rows),
                     batch_rows: total_rows,
                 }));
             }
@@ -557,6 +571,7 @@ mod tests {
                         outputs: vec![],
                         queue: Duration::ZERO,
                         compute: Duration::ZERO,
+                        cpu: Duration::ZERO,
                         batch_rows: 0,
                     }))
             {

@@ -22,6 +22,20 @@ pub struct Timing {
     pub wait: Duration,
     /// Time inside the closure.
     pub compute: Duration,
+    /// CPU time of the thread that ran the closure, while it ran
+    /// (`crate::cost::meter::thread_cpu`): the model call's CPU when the
+    /// runtime computes on the calling thread (ONNX Runtime with
+    /// `intra_op_threads = 1`, the native engine, tract).
+    pub cpu: Duration,
+}
+
+/// Run `f`, measuring its wall and thread CPU time.
+fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration, Duration) {
+    let start = Instant::now();
+    let cpu = crate::cost::meter::thread_cpu();
+    let r = f();
+    let cpu = crate::cost::meter::thread_cpu().saturating_sub(cpu);
+    (r, start.elapsed(), cpu)
 }
 
 /// How long a request may wait for compute before it is shed
@@ -104,27 +118,19 @@ impl Compute {
         .map_err(|_| ServeError::ShuttingDown)?;
         let wait = queued.elapsed();
         if inline {
-            let start = Instant::now();
-            let r = f();
+            let (r, compute, cpu) = timed(f);
             drop(permit);
-            return Ok((
-                r,
-                Timing {
-                    wait,
-                    compute: start.elapsed(),
-                },
-            ));
+            return Ok((r, Timing { wait, compute, cpu }));
         }
         let handle = tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
-            let r = f();
+            let done = timed(f);
             drop(permit);
-            (r, start.elapsed())
+            done
         });
-        let (r, compute) = handle
+        let (r, compute, cpu) = handle
             .await
             .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))?;
-        Ok((r, Timing { wait, compute }))
+        Ok((r, Timing { wait, compute, cpu }))
     }
 }
 
@@ -241,15 +247,8 @@ impl IdlePool {
                 let _ = done.send(Err(Skipped::Starved));
                 return;
             }
-            let start = Instant::now();
-            let r = f();
-            let _ = done.send(Ok((
-                r,
-                Timing {
-                    wait,
-                    compute: start.elapsed(),
-                },
-            )));
+            let (r, compute, cpu) = timed(f);
+            let _ = done.send(Ok((r, Timing { wait, compute, cpu })));
         });
         self.tx.try_send(job).map_err(|_| Skipped::QueueFull)?;
         // The job answers once a thread reaches it; if the CPU stays busy

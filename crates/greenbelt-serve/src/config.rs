@@ -36,6 +36,12 @@ pub struct Config {
     pub autoscale: crate::autoscale::AutoscaleConfig,
     /// The live drift monitor and delayed labels (`[drift]`, see `drift/`).
     pub drift: crate::drift::DriftConfig,
+    /// Cost accounting: the price table, egress class, provisioning
+    /// (`[cost]`, see `cost/`).
+    pub cost: crate::cost::CostConfig,
+    /// Budgets per deployment or model (`[[budget]]`), with burn-rate
+    /// alerts (`cost/budget.rs`).
+    pub budget: Vec<crate::cost::budget::BudgetConfig>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -413,6 +419,17 @@ impl Config {
             }
         }
         self.alerts.validate().map_err(ConfigError::Invalid)?;
+        self.cost.validate().map_err(ConfigError::Invalid)?;
+        for (i, b) in self.budget.iter().enumerate() {
+            b.validate(i).map_err(ConfigError::Invalid)?;
+            if self.budget[..i].iter().any(|o| o.name() == b.name()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[budget]] #{}: the name \"{}\" is used twice; give one of them a `name`",
+                    i + 1,
+                    b.name()
+                )));
+            }
+        }
         let t = &self.telemetry;
         if !(t.log_sample > 0.0 && t.log_sample <= 1.0) {
             return Err(ConfigError::Invalid(format!(
@@ -720,6 +737,23 @@ mod tests {
             (
                 "[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.9\n[[slo]]\ndeployment = \"m\"\nkind = \"availability\"\nobjective = 0.99\n",
                 "used twice",
+            ),
+            ("[cost]\ninterval = \"often\"\n", "[cost] interval"),
+            ("[cost]\negress_class = \"moon\"\n", "moon"),
+            ("[cost.prices]\ncpu_core_hour = -1\n", "cpu_core_hour"),
+            ("[cost.prices]\ncpu_per_hour = 1\n", "cpu_per_hour"),
+            ("[[budget]]\ndeployment = \"m\"\n", "amount"),
+            (
+                "[[budget]]\ndeployment = \"m\"\namount = 10\nperiod = \"1m\"\n",
+                "shorter than an hour",
+            ),
+            (
+                "[[budget]]\ndeployment = \"m\"\namount = 10\n[[budget]]\ndeployment = \"m\"\namount = 20\n",
+                "used twice",
+            ),
+            (
+                "[[budget]]\namount = 10\n",
+                "exactly one of deployment or model",
             ),
         ] {
             let e = parse(text, &[]).unwrap_err().to_string();

@@ -232,6 +232,36 @@ pub fn data(state: &AppState) -> Value {
         "models": models,
         "features": freshness(&state.metrics.external_text()),
         "alerts": state.alerts.report(),
+        "cost": cost(state),
+    })
+}
+
+/// Dollars per model since start (overhead apart), $ per hour and per 1M
+/// predictions, and the budgets.
+fn cost(state: &AppState) -> Value {
+    let (report, now) = state
+        .metrics
+        .cost
+        .report(None, greenbelt_core::cost::GroupBy::Model);
+    let hours = now.at_seconds / 3600.0;
+    let groups: Vec<Value> = report
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "key": g.key,
+                "dollars": g.dollars,
+                "per_hour": if hours > 0.0 { g.dollars / hours } else { 0.0 },
+                "per_million": g.dollars_per_million,
+                "share": g.share,
+            })
+        })
+        .collect();
+    json!({
+        "total": report.total_dollars,
+        "per_million": report.dollars_per_million,
+        "groups": groups,
+        "budgets": state.budgets.report(),
     })
 }
 

@@ -53,6 +53,9 @@ pub struct AppState {
     pub payload_log: crate::payloadlog::PayloadLog,
     /// In-process SLO burn-rate alerts (`[[slo]]`, `[alerts]`).
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// In-process budget burn-rate alerts and forecasts (`[[budget]]`;
+    /// evaluated every `[cost] interval` by a background task of the app).
+    pub budgets: Arc<crate::cost::budget::Budgets>,
     /// The built-in dashboard's minute of samples.
     pub dashboard: Arc<crate::dashboard::Sampler>,
     /// Each deployment's rollout as its controller last published it.
@@ -82,6 +85,7 @@ impl AppState {
         traces: Arc<crate::traces::Tracer>,
     ) -> Self {
         let timeout = std::time::Duration::from_millis(config.server.request_timeout_ms);
+        metrics.cost.configure(&config);
         AppState {
             autoscaler: Arc::new(crate::autoscale::Autoscaler::new(&config)),
             // Config::load validated it; a hand-built config that did not
@@ -117,6 +121,10 @@ impl AppState {
             alerts: Arc::new(crate::alerts::Alerts::new(
                 &config.slo,
                 config.alerts.clone(),
+            )),
+            budgets: Arc::new(crate::cost::budget::Budgets::new(
+                &config.budget,
+                &config.alerts.runbook_url_base,
             )),
             auth,
             config,
@@ -413,6 +421,7 @@ async fn answer(
         .await?;
     stats.queue = done.queue;
     stats.compute = done.compute;
+    stats.compute_cpu = done.cpu;
     stats.batch_rows = done.batch_rows;
     let id = valid
         .id

@@ -12,6 +12,7 @@ pub mod autoscale;
 pub mod batcher;
 pub mod compute;
 pub mod config;
+pub mod cost;
 pub mod dashboard;
 pub mod deployment;
 pub mod drift;

@@ -48,6 +48,8 @@
 //! | `greenbelt_model_instances_desired` | gauge | deployment, version |
 //! | `greenbelt_model_sessions` | gauge | deployment, version |
 //! | `greenbelt_batcher_concurrency` | gauge | deployment, version |
+//! | `greenbelt_cost_dollars_total` | counter | model, version, deployment, resource (compute_cpu, request_cpu, gpu, memory, storage, egress; model `_overhead`/`_idle`: cpu, memory) |
+//! | `greenbelt_predictions_total` | counter | model, version, deployment |
 //!
 //! Requests for a model that is not loaded are counted under `model="_unknown"`.
 
@@ -78,6 +80,18 @@ pub const BYTES_BUCKETS: [f64; 11] = [
 pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 pub const UNKNOWN_MODEL: &str = "_unknown";
+
+/// Name and help of the cost counter (values from the cost ledger at
+/// scrape time, `crate::cost::CostCollector`).
+pub const COST_DOLLARS: (&str, &str) = (
+    "greenbelt_cost_dollars",
+    "Dollars spent by model version and resource under the [cost.prices] table (docs/cost.md); model _overhead is process CPU and memory no request was charged for, _idle what was provisioned and not used",
+);
+/// Name and help of the predictions counter (rows answered).
+pub const PREDICTIONS: (&str, &str) = (
+    "greenbelt_predictions",
+    "Predictions (rows) answered by successful requests, by model version: the denominator of $ per 1M predictions",
+);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
@@ -240,6 +254,8 @@ pub struct Metrics {
     pub request_log: crate::reqlog::LogCounters,
     /// Payload-log events written, dropped and failed (`crate::payloadlog`).
     pub payload_log: crate::payloadlog::PayloadCounters,
+    /// The cost ledger: per-version meters, process usage, history.
+    pub cost: Arc<crate::cost::Ledger>,
     /// Text blocks other subsystems keep current (the feature store's
     /// freshness gauges), appended to the exposition by name.
     external: std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>,
@@ -289,8 +305,10 @@ impl Metrics {
             api_duration: Family::new_with_constructor(Buckets(&LATENCY_BUCKETS)),
             registry: Registry::default(),
             drift: DriftMetrics::default(),
+            cost: Arc::default(),
         };
         m.drift.register(&mut registry);
+        registry.register_collector(Box::new(crate::cost::CostCollector(m.cost.clone())));
         registry.register(
             "greenbelt_requests",
             "Inference requests by model version, protocol and outcome",
@@ -541,6 +559,7 @@ impl Metrics {
                 wire_request,
                 wire_response,
                 schema_changes,
+                cost: self.cost.meter(model, version),
                 batch_queue_shed: self
                     .shed
                     .get_or_create(&ReasonLabels {
@@ -592,6 +611,7 @@ impl Metrics {
             family.remove(&labels);
         }
         self.schema_changes.remove(&labels);
+        self.cost.release(model, version);
         self.model_ready.remove(&labels);
         self.load_duration.remove(&labels);
         for track in crate::routing::Track::ALL {
@@ -923,6 +943,8 @@ struct VersionMetricsInner {
     wire_request: Histogram,
     wire_response: Histogram,
     schema_changes: Counter,
+    /// The version's cost meter (shared with the ledger).
+    cost: Arc<crate::cost::VersionMeter>,
 }
 
 /// Pre-resolved metric handles of one model version; cheap to clone.
@@ -956,6 +978,12 @@ impl VersionMetrics {
         );
         self.inner.live.record(outcome, took);
         self.inner.stats.request(outcome == Outcome::Success, took);
+        self.inner.cost.wall(took);
+    }
+
+    /// The version's cost meter.
+    pub fn cost(&self) -> &crate::cost::VersionMeter {
+        &self.inner.cost
     }
 
     /// Count a request its deployment routed here, on `track`. Allocates
@@ -1020,6 +1048,7 @@ impl VersionMetrics {
     pub fn wire(&self, request_bytes: usize, response_bytes: usize) {
         self.inner.wire_request.observe(request_bytes as f64);
         self.inner.wire_response.observe(response_bytes as f64);
+        self.inner.cost.wire(request_bytes, response_bytes);
     }
 
     /// The counter of this version's schema-change events.

@@ -734,6 +734,14 @@ impl Repository {
         let prediction = crate::drift::labels::PredictionSpec::of(&signature, profile.as_ref());
         let took = started.elapsed();
         self.metrics.set_load_duration(name, &label, took);
+        // The cost of holding it: each instance keeps its own copy of the
+        // weights, the store keeps one artifact (docs/cost.md).
+        let artifact = std::fs::metadata(file).map_or(0, |m| m.len());
+        metrics.cost().hold(
+            artifact.saturating_mul(config.instances.max(1) as u64),
+            artifact,
+            tokio::time::Instant::now(),
+        );
         tracing::info!(
             model = name,
             version,

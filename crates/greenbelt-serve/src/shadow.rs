@@ -640,10 +640,12 @@ impl Worker {
             .pool
             .run(self.executor.timeout, move || runtime.infer(&inputs))
             .await?;
+        job.shadow.metrics.cost().compute_cpu(timing.cpu);
         Ok(result.map_err(Into::into).map(|outputs| Executed {
             outputs,
             queue: timing.wait,
             compute: timing.compute,
+            cpu: timing.cpu,
             batch_rows: rows,
         }))
     }

@@ -192,6 +192,7 @@ pub const ALERTS: [(&str, &str); 13] = [
 pub fn runbook(base: &str, alert: &str) -> String {
     let file = ALERTS
         .iter()
+        .chain(crate::cost::budget::ALERTS.iter())
         .find(|(a, _)| *a == alert)
         .map_or("README.md", |(_, f)| f);
     format!("{}/{file}", base.trim_end_matches('/'))

@@ -42,6 +42,10 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// What this run is (e.g. "onnxruntime"), kept in the report for
+    /// `greenbelt cost compare`.
+    #[arg(long)]
+    label: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs(1),
         rows: args.rows,
+        label: args.label,
     })
     .await?;
     if args.json {

@@ -3,6 +3,7 @@
 
 mod autoscale_cmd;
 mod bench;
+mod cost_cmd;
 mod drift_cmd;
 mod drill_cmd;
 mod features_cmd;
@@ -63,6 +64,8 @@ enum Command {
     Drill(drill_cmd::Args),
     /// Service-level objectives: generate Prometheus rules and alerts.
     Slo(slo_cmd::Args),
+    /// Cost: a server's report by model and resource, and savings between two bench runs.
+    Cost(cost_cmd::Args),
     /// Autoscaling: replay a request-rate trace through the recommender.
     Autoscale(autoscale_cmd::Args),
     /// Delayed labels: send true labels for answered requests to a server.
@@ -198,6 +201,7 @@ fn main() -> std::process::ExitCode {
             Command::Shadow(args) => rollout_cmd::shadow(args).await,
             Command::Drill(args) => drill_cmd::run(args).await,
             Command::Slo(args) => slo_cmd::run(args).await,
+            Command::Cost(args) => cost_cmd::run(args).await,
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
             Command::Labels(args) => labels_cmd::run(args).await,
             Command::Optimize(args) => optimize_cmd::run(args).await,

@@ -18,7 +18,8 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Print (or write) Prometheus recording rules and burn-rate, saturation,
-    /// freshness, canary and model-load alerts for the `[[slo]]`s of the config.
+    /// freshness, canary and model-load alerts for the `[[slo]]`s of the
+    /// config, and the budget burn-rate alerts of its `[[budget]]`s.
     Rules {
         /// Project config file (default: ./greenbelt.toml when it exists).
         #[arg(long, short)]
@@ -50,15 +51,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             runbook_url_base,
         } => {
             let config = greenbelt_app::registry::load_config(config.as_deref())?;
-            let rules = greenbelt_serve::slo::prometheus_rules(&config.slo, &runbook_url_base);
+            let rules = greenbelt_serve::slo::prometheus_rules(&config.slo, &runbook_url_base)
+                + &greenbelt_serve::cost::budget::prometheus_rules(
+                    &config.budget,
+                    &runbook_url_base,
+                );
             match out {
                 Some(path) => {
                     std::fs::write(&path, rules)
                         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
                     eprintln!(
-                        "wrote {} ({} SLOs); check it with `promtool check rules {}`",
+                        "wrote {} ({} SLOs, {} budgets); check it with `promtool check rules {}`",
                         path.display(),
                         config.slo.len(),
+                        config.budget.len(),
                         path.display()
                     );
                 }

@@ -102,8 +102,8 @@ async fn a_width_mismatch_is_refused_at_load_not_at_request_time() {
     );
     assert_eq!(
         app.tasks(),
-        5,
-        "freshness gauges, canary, the online store's breaker metrics, the autoscaler and the drift windows"
+        6,
+        "freshness gauges, canary, the online store's breaker metrics, the autoscaler, the drift windows and the cost ledger"
     );
 
     let running = app.spawn();

@@ -398,7 +398,8 @@ impl GrpcInferenceService for GrpcService {
         let wire_len = prost::Message::encoded_len(&r);
         let admitted = self.state.admission.admit(wire_len).and_then(|permit| {
             ctx.admitted = Some(Instant::now());
-            let decoded = decode_request(r, &self.state.config.limits.decode())?;
+            let limits = self.state.config.limits.decode();
+            let decoded = ctx.cpu.measure(|| decode_request(r, &limits))?;
             ctx.decoded = Some(Instant::now());
             Ok((permit, decoded))
         });
@@ -420,10 +421,11 @@ impl GrpcInferenceService for GrpcService {
                     return Err(s);
                 }
             };
-        let encoded = encode_response(out);
+        let encoded = ctx.cpu.measure(|| encode_response(out));
         served
             .metrics
             .wire(wire_len, prost::Message::encoded_len(&encoded));
+        served.metrics.cost().request_cpu(ctx.cpu.estimate_ns());
         let mut resp = Response::new(encoded);
         resp.metadata_mut().insert(
             crate::routing::TRACK_HEADER,

@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/deployments/{model}", get(deployment_status))
         .route("/admin/shadow/{model}", get(shadow_report))
         .route("/admin/alerts", get(alerts_report))
+        .route("/admin/cost", get(cost_report))
         .route("/admin/breakers", get(breakers_report))
         .route("/admin/autoscaler", get(autoscaler_report))
         .route("/dashboard", get(dashboard_page))
@@ -405,7 +406,10 @@ async fn admit_and_decode(
             ))
         })?),
     };
-    let req = codec::decode_request(&body, header_len, &state.config.limits.decode())?;
+    let limits = state.config.limits.decode();
+    let req = ctx
+        .cpu
+        .measure(|| codec::decode_request(&body, header_len, &limits))?;
     ctx.decoded = Some(Instant::now());
     Ok((permit, req, body.len()))
 }
@@ -437,7 +441,9 @@ async fn handle_infer(
             match infer(&state, permit, &model, version.as_deref(), req, &ctx).await {
                 Err(e) => ApiError(e).into_response(),
                 Ok((out, meta, served)) => {
-                    let mut resp = encode(&out, &requested, binary_output, meta.track);
+                    let mut resp = ctx
+                        .cpu
+                        .measure(|| encode(&out, &requested, binary_output, meta.track));
                     if meta.degraded {
                         resp.headers_mut().insert(
                             HeaderName::from_static(crate::features::DEGRADED_HEADER),
@@ -446,6 +452,7 @@ async fn handle_infer(
                     }
                     let sent = axum::body::HttpBody::size_hint(resp.body()).exact();
                     served.metrics.wire(wire_len, sent.unwrap_or(0) as usize);
+                    served.metrics.cost().request_cpu(ctx.cpu.estimate_ns());
                     resp
                 }
             }
@@ -715,7 +722,46 @@ async fn autoscaler_report(State(state): State<Arc<AppState>>) -> impl IntoRespo
 }
 
 async fn alerts_report(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(state.alerts.report())
+    let mut report = state.alerts.report();
+    if let Some(o) = report.as_object_mut() {
+        o.insert("budgets".into(), state.budgets.report());
+    }
+    axum::Json(report)
+}
+
+/// `GET /admin/cost?since=1h&by=model`: the cost report over the window
+/// (`greenbelt cost report`), the ledger's cumulative snapshot (what
+/// `greenbelt bench` diffs), and the budgets. Aggregates only, no request
+/// data: public like `/metrics`.
+async fn cost_report(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut since = None;
+    let mut by = greenbelt_core::cost::GroupBy::default();
+    for (k, v) in &query {
+        match k.as_str() {
+            "since" => {
+                since = Some(humantime::parse_duration(v).map_err(|e| {
+                    ServeError::InvalidInput(format!("since \"{v}\": {e} (e.g. \"1h\")"))
+                })?);
+            }
+            "by" => by = v.parse().map_err(ServeError::InvalidInput)?,
+            _ => {
+                return Err(ServeError::InvalidInput(format!(
+                    "unknown parameter \"{k}\"; /admin/cost takes since (e.g. 1h) and by (model, version, deployment, resource)"
+                ))
+                .into());
+            }
+        }
+    }
+    let (report, snapshot) = state.metrics.cost.report(since, by);
+    Ok(axum::Json(json!({
+        "report": report,
+        "snapshot": snapshot,
+        "budgets": state.budgets.report(),
+    }))
+    .into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {

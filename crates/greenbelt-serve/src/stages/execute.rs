@@ -18,6 +18,8 @@ pub struct Executed {
     pub outputs: Vec<Tensor>,
     pub queue: Duration,
     pub compute: Duration,
+    /// The request's CPU in the model call (its rows' share of a batch).
+    pub cpu: Duration,
     pub batch_rows: usize,
 }
 
@@ -59,6 +61,7 @@ impl Executor {
                     outputs: reply.outputs,
                     queue: reply.queue,
                     compute: reply.compute,
+                    cpu: reply.cpu,
                     batch_rows: reply.batch_rows,
                 })
             }
@@ -69,6 +72,7 @@ impl Executor {
                     .compute
                     .run_within(budget, inline, move || runtime.infer(&inputs))
                     .await?;
+                served.metrics.cost().compute_cpu(timing.cpu);
                 if result.is_ok() {
                     served.metrics.execution(rows, timing.compute);
                     served.inline.observe(rows, timing.compute);
@@ -77,6 +81,7 @@ impl Executor {
                     outputs: result?,
                     queue: timing.wait,
                     compute: timing.compute,
+                    cpu: timing.cpu,
                     batch_rows: rows,
                 })
             }

@@ -39,6 +39,9 @@ pub struct RequestContext {
     pub headers: axum::http::HeaderMap,
     /// Who is calling, when the request carried a valid token.
     pub principal: Option<crate::auth::Principal>,
+    /// The CPU of decoding and encoding, when the request is in the
+    /// cost sample (`crate::cost::meter`).
+    pub cpu: crate::cost::RequestCpu,
 }
 
 impl RequestContext {
@@ -62,6 +65,7 @@ impl RequestContext {
             decoded: None,
             headers,
             principal,
+            cpu: crate::cost::RequestCpu::sample(),
         }
     }
 }
@@ -71,6 +75,8 @@ impl RequestContext {
 pub struct Stats {
     pub queue: Duration,
     pub compute: Duration,
+    /// The request's CPU in the model call (its share of a batch's).
+    pub compute_cpu: Duration,
     pub rows: usize,
     pub batch_rows: usize,
     pub request_bytes: usize,
@@ -125,6 +131,10 @@ impl Observer<'_> {
                     served.metrics.queue(stats.queue);
                     served.metrics.compute(stats.compute);
                     served.metrics.rows(stats.rows);
+                    served
+                        .metrics
+                        .cost()
+                        .answered(stats.rows, stats.features.is_some());
                     served
                         .metrics
                         .payload(stats.request_bytes, stats.response_bytes);
@@ -185,7 +195,13 @@ impl Observer<'_> {
                     "compute",
                     at + stats.queue,
                     at + stats.queue + stats.compute,
-                    vec![KeyValue::new("greenbelt.rows", stats.rows as i64)],
+                    vec![
+                        KeyValue::new("greenbelt.rows", stats.rows as i64),
+                        KeyValue::new(
+                            "greenbelt.cpu_us",
+                            i64::try_from(stats.compute_cpu.as_micros()).unwrap_or(i64::MAX),
+                        ),
+                    ],
                 );
             }
         }

@@ -96,7 +96,7 @@ async fn dashboard_renders_live_numbers_in_chromium() {
     );
     for panel in [
         "traffic", "latency", "errors", "queue", "inflight", "rollout", "shadow", "drift",
-        "features", "alerts",
+        "features", "cost", "alerts",
     ] {
         assert!(
             dom.contains(&format!("id=\"panel-{panel}\"")),
@@ -112,6 +112,12 @@ async fn dashboard_renders_live_numbers_in_chromium() {
     assert!(p99.iter().any(|p| *p > 0.0), "p99 not positive: {p99:?}");
     assert!(values(&dom, "compute_ms").iter().any(|c| *c > 0.0));
     assert_eq!(values(&dom, "inflight_limit"), vec![4096.0]);
+    let dollars = values(&dom, "cost_dollars");
+    assert!(
+        dollars.iter().any(|d| *d > 0.0),
+        "the cost panel has no positive dollars: {dollars:?}"
+    );
+    assert!(values(&dom, "cost_per_million").iter().any(|c| *c > 0.0));
     assert!(
         dom.contains("logreg-availability"),
         "the SLO row is missing"

@@ -6,6 +6,7 @@
 mod support;
 
 mod alerts;
+mod cost;
 mod dashboard;
 mod errors;
 mod grpc;
