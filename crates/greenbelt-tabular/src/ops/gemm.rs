@@ -28,7 +28,14 @@ const NARROW: usize = 8;
 const ROWS: usize = 4;
 
 /// `a` is `[m, k]` row-major; returns `[m, n]` row-major.
-pub(crate) fn matmul(a: &[f32], m: usize, k: usize, b: &[f32], layout: Layout, n: usize) -> Vec<f32> {
+pub(crate) fn matmul(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    layout: Layout,
+    n: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
         return out;
@@ -149,7 +156,11 @@ fn narrow<S: Simd>(simd: S, p: Product<'_>) {
             let flat: &mut [f32] = bytemuck::cast_slice_mut(&mut block);
             for r in 0..lanes {
                 for q in 0..k {
-                    flat[q * lanes + r] = if r < rows { p.a[(start + r) * k + q] } else { 0.0 };
+                    flat[q * lanes + r] = if r < rows {
+                        p.a[(start + r) * k + q]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
