@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
         backend,
         intra_op_threads: 1,
         instances: 1,
+        ..LoadOptions::default()
     };
     for (name, path) in models() {
         let native: Arc<dyn Model> = match rt.load(&path, &opts(Backend::Native)) {

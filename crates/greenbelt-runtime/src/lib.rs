@@ -107,6 +107,67 @@ impl Backend {
     }
 }
 
+/// Where a model runs. Only ONNX Runtime runs models on a GPU, through its
+/// CUDA execution provider (cargo feature `cuda`, on by default: it needs no
+/// GPU to build, only the onnxruntime-gpu library to use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(i32),
+}
+
+impl Device {
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(0) => f.write_str("cuda"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device, String> {
+        let bad =
+            || format!("device \"{s}\" is not one of cpu, cuda, cuda:N (N a CUDA device ordinal)");
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<u16>()
+                    .map(|n| Device::Cuda(i32::from(n)))
+                    .map_err(|_| bad()),
+                None => Err(bad()),
+            },
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Device, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// How to load one model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -116,6 +177,8 @@ pub struct LoadOptions {
     /// Parallel instances of the model (ONNX Runtime sessions); each runs one
     /// inference at a time.
     pub instances: usize,
+    /// Where it runs; anything but the CPU needs ONNX Runtime.
+    pub device: Device,
 }
 
 impl Default for LoadOptions {
@@ -124,6 +187,7 @@ impl Default for LoadOptions {
             backend: Backend::Auto,
             intra_op_threads: 1,
             instances: 1,
+            device: Device::Cpu,
         }
     }
 }
@@ -203,6 +267,19 @@ impl Runtimes {
                 path: path.to_path_buf(),
                 reason: "file not found".into(),
             });
+        }
+        if opts.device.is_gpu() {
+            return match opts.backend {
+                Backend::Auto | Backend::Onnxruntime => self.load_ort(path, opts),
+                other => Err(RuntimeError::Load {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "backend \"{}\" runs on the CPU only; device = \"{}\" needs backend = \"onnxruntime\" (or \"auto\")",
+                        other.as_str(),
+                        opts.device
+                    ),
+                }),
+            };
         }
         match opts.backend {
             Backend::Native => self.load_native(path),

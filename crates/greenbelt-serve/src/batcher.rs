@@ -359,7 +359,7 @@ async fn run_batch(
     match result {
         Ok((outputs, timing)) => {
             metrics.execution(total_rows, timing.compute);
-            metrics.cost().compute_cpu(timing.cpu);
+            metrics.cost().compute_call(timing.cpu, timing.compute);
             let mut per_item: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::new()).collect();
             for out in &outputs {
                 match out.split(&rows) {

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use greenbelt_core::{Signature, TensorSpec};
-use greenbelt_runtime::{Backend, LoadOptions, Model, Runtimes};
+use greenbelt_runtime::{Backend, Device, LoadOptions, Model, Runtimes};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -38,6 +38,9 @@ pub struct ModelConfig {
     pub instances: usize,
     /// Threads one inference may use inside the runtime (0 = runtime default).
     pub intra_op_threads: usize,
+    /// `cpu` (default), `cuda` or `cuda:N`: a GPU needs ONNX Runtime's CUDA
+    /// execution provider (Triton's `instance_group { kind: KIND_GPU }`).
+    pub device: Device,
     pub version_policy: VersionPolicy,
     /// Dynamic batching; off when absent.
     pub batching: Option<BatchingConfig>,
@@ -57,6 +60,7 @@ impl Default for ModelConfig {
             filename: "model.onnx".into(),
             instances: 1,
             intra_op_threads: 1,
+            device: Device::Cpu,
             version_policy: VersionPolicy::default(),
             batching: None,
             inputs: Vec::new(),
@@ -690,6 +694,7 @@ impl Repository {
             backend: config.backend,
             intra_op_threads: config.intra_op_threads,
             instances: config.instances,
+            device: config.device,
         };
         let mut runtime = self.runtimes.load(file, &opts).map_err(|e| e.to_string())?;
         if let Some(f) = fault {
@@ -737,6 +742,7 @@ impl Repository {
         // The cost of holding it: each instance keeps its own copy of the
         // weights, the store keeps one artifact (docs/cost.md).
         let artifact = std::fs::metadata(file).map_or(0, |m| m.len());
+        metrics.cost().on_gpu(config.device.is_gpu());
         metrics.cost().hold(
             artifact.saturating_mul(config.instances.max(1) as u64),
             artifact,

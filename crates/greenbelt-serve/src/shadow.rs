@@ -640,7 +640,10 @@ impl Worker {
             .pool
             .run(self.executor.timeout, move || runtime.infer(&inputs))
             .await?;
-        job.shadow.metrics.cost().compute_cpu(timing.cpu);
+        job.shadow
+            .metrics
+            .cost()
+            .compute_call(timing.cpu, timing.compute);
         Ok(result.map_err(Into::into).map(|outputs| Executed {
             outputs,
             queue: timing.wait,

@@ -172,6 +172,7 @@ async fn load(
         backend,
         intra_op_threads: 1,
         instances: threads.max(1),
+        ..LoadOptions::default()
     };
     tokio::task::spawn_blocking(move || Runtimes::probe(ort.as_deref()).load(&path, &opts))
         .await?

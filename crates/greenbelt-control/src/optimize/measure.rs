@@ -169,6 +169,7 @@ pub fn load(runtimes: &Runtimes, file: &Path) -> Result<Arc<dyn Model>, Pipeline
                 backend: Backend::Onnxruntime,
                 intra_op_threads: 1,
                 instances: 1,
+                ..LoadOptions::default()
             },
         )
         .map_err(|e| eval_err(format!("{}: {e}", file.display())))

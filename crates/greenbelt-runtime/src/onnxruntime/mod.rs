@@ -20,7 +20,7 @@ use ort::value::{
 };
 
 use crate::error::RuntimeError;
-use crate::{Backend, LoadOptions, MAX_INSTANCES, Model};
+use crate::{Backend, Device, LoadOptions, MAX_INSTANCES, Model};
 
 /// Oldest ONNX Runtime this build talks to (`ort` is built with `api-31`).
 pub const MIN_VERSION: &str = "1.31";
@@ -83,6 +83,13 @@ impl OrtRuntime {
         &self.path
     }
 
+    /// The execution providers this library was built with, e.g.
+    /// `["CPUExecutionProvider"]` for the `onnxruntime` wheel's library and
+    /// `CUDAExecutionProvider` besides for `onnxruntime-gpu`'s.
+    pub fn execution_providers(&self) -> Vec<&'static str> {
+        execution_providers()
+    }
+
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -90,7 +97,12 @@ impl OrtRuntime {
     /// Load a model into `opts.instances` sessions (more can be added and
     /// removed later, see [`Model::set_instances`]).
     pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<OrtModel, RuntimeError> {
-        let first = new_session(&self.env, path, opts.intra_op_threads)?;
+        let session = SessionSpec {
+            intra_op_threads: opts.intra_op_threads,
+            device: opts.device,
+            library: self.path.clone(),
+        };
+        let first = new_session(&self.env, path, &session)?;
         let mut signature = Signature::default();
         let mut outputs = Vec::new();
         for input in first.inputs() {
@@ -144,7 +156,7 @@ impl OrtRuntime {
             resize: Mutex::new(()),
             env: self.env.clone(),
             path: path.to_path_buf(),
-            intra_op_threads: opts.intra_op_threads,
+            session,
             signature,
             outputs,
         };
@@ -153,23 +165,90 @@ impl OrtRuntime {
     }
 }
 
+/// How each session of a model is made.
+struct SessionSpec {
+    intra_op_threads: usize,
+    device: Device,
+    /// The library's path, for errors.
+    library: PathBuf,
+}
+
 /// One ONNX Runtime session of the model at `path`.
 fn new_session(
     env: &Environment,
     path: &Path,
-    intra_op_threads: usize,
+    spec: &SessionSpec,
 ) -> Result<Session, RuntimeError> {
     let load_err = |e: ort::Error| RuntimeError::Load {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     let mut builder = Session::builder(env).map_err(load_err)?;
-    if intra_op_threads > 0 {
+    if spec.intra_op_threads > 0 {
         builder = builder
-            .with_intra_threads(intra_op_threads)
+            .with_intra_threads(spec.intra_op_threads)
             .map_err(|e| load_err(e.into()))?;
     }
+    if let Device::Cuda(id) = spec.device {
+        builder = on_cuda(builder, id, path, &spec.library)?;
+    }
     builder.commit_from_file(path).map_err(load_err)
+}
+
+/// The execution providers the loaded library was built with.
+fn execution_providers() -> Vec<&'static str> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    let mut out = vec!["CPUExecutionProvider"];
+    #[cfg(feature = "cuda")]
+    {
+        use ort::ep::ExecutionProvider;
+        if matches!(ort::ep::CUDA::is_available(), Ok(true)) {
+            out.push(ort::ep::CUDA::NAME);
+        }
+    }
+    out
+}
+
+/// Put the session on CUDA device `id`, failing (not falling back to the
+/// CPU) when the library or the machine cannot.
+fn on_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    id: i32,
+    path: &Path,
+    library: &Path,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+    let refuse = |reason: String| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    #[cfg(feature = "cuda")]
+    {
+        use ort::ep::ExecutionProvider;
+        if !matches!(ort::ep::CUDA::is_available(), Ok(true)) {
+            return Err(refuse(format!(
+                "device = \"cuda\": the ONNX Runtime library at {} has no CUDA execution provider (it has {}); point [runtime] onnxruntime_library at the library of onnxruntime-gpu",
+                library.display(),
+                execution_providers().join(", ")
+            )));
+        }
+        builder
+            .with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| {
+                refuse(format!(
+                    "device = \"cuda:{id}\": ONNX Runtime's CUDA execution provider did not start: {e}"
+                ))
+            })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (builder, id, library);
+        Err(refuse(
+            "device = \"cuda\": this greenbelt was built without the cargo feature \"cuda\" (greenbelt-runtime/cuda)".into(),
+        ))
+    }
 }
 
 fn version_of(path: &Path) -> String {
@@ -321,7 +400,7 @@ pub struct OrtModel {
     resize: Mutex<()>,
     env: Environment,
     path: PathBuf,
-    intra_op_threads: usize,
+    session: SessionSpec,
     signature: Signature,
     outputs: Vec<OutputKind>,
 }
@@ -381,7 +460,7 @@ impl Model for OrtModel {
         let mut active = self.active.load(Ordering::Acquire);
         while active < n {
             // Loaded before it is published: calls never wait for a load.
-            let session = new_session(&self.env, &self.path, self.intra_op_threads)?;
+            let session = new_session(&self.env, &self.path, &self.session)?;
             let slot = self.sessions.get(active).ok_or_else(poisoned)?;
             *slot.lock().map_err(|_| poisoned())? = Some(session);
             active += 1;

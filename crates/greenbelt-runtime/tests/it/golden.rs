@@ -147,6 +147,7 @@ fn onnxruntime_runs_several_instances_concurrently() {
                 backend: Backend::Onnxruntime,
                 intra_op_threads: 1,
                 instances: 2,
+                ..LoadOptions::default()
             },
         )
         .unwrap();
@@ -172,6 +173,7 @@ fn onnxruntime_session_pool_grows_and_shrinks_while_calls_run() {
                 backend: Backend::Onnxruntime,
                 intra_op_threads: 1,
                 instances: 1,
+                ..LoadOptions::default()
             },
         )
         .unwrap();

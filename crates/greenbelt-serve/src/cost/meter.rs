@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use greenbelt_core::cost::{GIB, Usage};
@@ -125,6 +125,9 @@ impl Held {
 #[derive(Debug, Default)]
 pub struct VersionMeter {
     compute_cpu_ns: AtomicU64,
+    /// Set at load for a version on a GPU (`device = "cuda"`).
+    gpu: AtomicBool,
+    gpu_ns: AtomicU64,
     request_cpu_ns: AtomicU64,
     wall_ns: AtomicU64,
     requests: AtomicU64,
@@ -137,9 +140,19 @@ pub struct VersionMeter {
 }
 
 impl VersionMeter {
-    /// CPU of one runtime call (a whole batch).
-    pub fn compute_cpu(&self, cpu: Duration) {
+    /// One runtime call (a whole batch): its thread CPU, and on a GPU its
+    /// wall time as GPU time (the device is held for the call; ONNX
+    /// Runtime's CUDA provider runs one call's kernels at a time per session).
+    pub fn compute_call(&self, cpu: Duration, wall: Duration) {
         self.compute_cpu_ns.fetch_add(nanos(cpu), Ordering::Relaxed);
+        if self.gpu.load(Ordering::Relaxed) {
+            self.gpu_ns.fetch_add(nanos(wall), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the version runs on a GPU (set when it is loaded).
+    pub fn on_gpu(&self, gpu: bool) {
+        self.gpu.store(gpu, Ordering::Relaxed);
     }
 
     /// A request's estimated CPU outside compute.
@@ -213,7 +226,7 @@ impl VersionMeter {
             predictions: self.predictions.load(Ordering::Relaxed),
             compute_cpu_seconds: secs(&self.compute_cpu_ns),
             request_cpu_seconds: secs(&self.request_cpu_ns),
-            gpu_seconds: 0.0,
+            gpu_seconds: secs(&self.gpu_ns),
             wall_seconds: secs(&self.wall_ns),
             memory_gib_hours: memory / GIB / 3600.0,
             storage_gib_hours: storage / GIB / 3600.0,
@@ -240,6 +253,22 @@ mod tests {
         assert!(thread_cpu() > t0);
         assert!(process_cpu() >= p0 + (thread_cpu() - t0) / 2);
         assert!(rss_bytes() > 0);
+    }
+
+    #[test]
+    fn a_gpu_version_is_charged_its_calls_wall_time_as_gpu_time() {
+        let cpu_only = VersionMeter::default();
+        cpu_only.compute_call(Duration::from_millis(2), Duration::from_millis(5));
+        let gpu = VersionMeter::default();
+        gpu.on_gpu(true);
+        gpu.compute_call(Duration::from_millis(2), Duration::from_millis(5));
+        gpu.compute_call(Duration::from_millis(1), Duration::from_millis(3));
+        let now = Instant::now();
+        let (c, g) = (cpu_only.usage(now), gpu.usage(now));
+        assert_eq!(c.gpu_seconds, 0.0);
+        assert!((c.compute_cpu_seconds - 0.002).abs() < 1e-12);
+        assert!((g.gpu_seconds - 0.008).abs() < 1e-12, "{}", g.gpu_seconds);
+        assert!((g.compute_cpu_seconds - 0.003).abs() < 1e-12);
     }
 
     #[test]

@@ -376,7 +376,7 @@ mod tests {
         let l = Ledger::default();
         let m = l.meter("fraud", "1");
         assert!(Arc::ptr_eq(&m, &l.meter("fraud", "1")));
-        m.compute_cpu(Duration::from_secs(3600));
+        m.compute_call(Duration::from_secs(3600), Duration::from_secs(3600));
         m.answered(4, false);
         m.wire(100, GIB as usize);
         m.hold(1 << 20, 1 << 20, Instant::now());

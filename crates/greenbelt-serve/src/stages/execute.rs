@@ -72,7 +72,10 @@ impl Executor {
                     .compute
                     .run_within(budget, inline, move || runtime.infer(&inputs))
                     .await?;
-                served.metrics.cost().compute_cpu(timing.cpu);
+                served
+                    .metrics
+                    .cost()
+                    .compute_call(timing.cpu, timing.compute);
                 if result.is_ok() {
                     served.metrics.execution(rows, timing.compute);
                     served.inline.observe(rows, timing.compute);
