@@ -15,6 +15,7 @@ pub mod app;
 pub mod autoscale;
 pub mod autoscale_sim;
 pub mod bench;
+pub mod bench_devices;
 pub mod cost;
 pub mod drift;
 pub mod drill;

@@ -13,7 +13,10 @@ pub enum Proto {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    sub: Option<Sub>,
     /// REST base URL of the server (also used for metadata and /metrics).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
@@ -22,8 +25,8 @@ pub struct Args {
     grpc_url: String,
     #[arg(long, value_enum, default_value_t = Proto::Rest)]
     protocol: Proto,
-    #[arg(long)]
-    model: String,
+    #[arg(long, required = true)]
+    model: Option<String>,
     /// Closed loop: connections, each with one request in flight. Open
     /// loop (--rate): requests outstanding at most (default 1000 then);
     /// one due beyond it is not sent and reported as dropped by the client.
@@ -48,7 +51,70 @@ pub struct Args {
     label: Option<String>,
 }
 
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// One model on the CPU and on a GPU across batch sizes, in process
+    /// (perf_analyzer's stability rule: three windows within 10%), and the
+    /// batch size from which the GPU is faster.
+    Devices(DevicesArgs),
+}
+
+#[derive(clap::Args)]
+struct DevicesArgs {
+    /// The ONNX model file.
+    #[arg(long)]
+    model_file: std::path::PathBuf,
+    /// Devices: cpu, cuda, cuda:N.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,cuda")]
+    devices: Vec<greenbelt_runtime::Device>,
+    /// Rows per call.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256,1024")]
+    batch_sizes: Vec<usize>,
+    /// The backend (a GPU always runs on ONNX Runtime).
+    #[arg(long, value_enum, default_value_t = crate::score_cmd::BackendArg::Auto)]
+    backend: crate::score_cmd::BackendArg,
+    /// Milliseconds per measurement window.
+    #[arg(long, default_value_t = 500)]
+    window_ms: u64,
+    /// Windows per batch size at most, when three never agree.
+    #[arg(long, default_value_t = 10)]
+    max_windows: usize,
+    /// libonnxruntime.so to load (else ORT_DYLIB_PATH and the usual places).
+    #[arg(long)]
+    onnxruntime_library: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn devices(a: DevicesArgs) -> anyhow::Result<()> {
+    if a.window_ms == 0 || a.max_windows == 0 {
+        bail!("--window-ms and --max-windows must be positive");
+    }
+    let mut o = greenbelt_app::bench_devices::DevicesOptions::new(a.model_file);
+    o.devices = a.devices;
+    o.batch_sizes = a.batch_sizes;
+    o.backend = a.backend.into();
+    o.window = Duration::from_millis(a.window_ms);
+    o.max_windows = a.max_windows;
+    o.onnxruntime_library = a.onnxruntime_library;
+    let report =
+        tokio::task::spawn_blocking(move || greenbelt_app::bench_devices::run(&o)).await??;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Sub::Devices(a)) = args.sub {
+        return devices(a).await;
+    }
+    let Some(model) = args.model else {
+        bail!("--model is required");
+    };
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--concurrency, --rows and --duration must be positive");
     }
@@ -72,7 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Proto::Rest => Protocol::Rest,
                 Proto::Grpc => Protocol::Grpc,
             },
-            model: args.model,
+            model,
             timeout: Duration::from_secs(30),
         },
         connections: concurrency,

@@ -108,7 +108,7 @@ enum Format {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum BackendArg {
+pub(crate) enum BackendArg {
     Auto,
     Native,
     Onnxruntime,
