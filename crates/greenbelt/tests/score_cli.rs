@@ -3,7 +3,8 @@
 //! partitioned input that resumes after an output is lost, and errors
 //! (missing and mistyped columns, an unreadable file, an operator the
 //! native engine does not run, a null in an integer input) that name the
-//! thing at fault and exit 2.
+//! thing at fault and exit 2. Also `greenbelt bench devices`, the in-process
+//! CPU/GPU comparison beside it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -431,5 +432,180 @@ fn errors_name_the_column_file_or_operator_and_exit_2() {
             "--output-prefix",
             "pred_",
         ],
+    );
+}
+
+/// `greenbelt bench devices`: the CPU is measured across batch sizes and a
+/// GPU this machine lacks is reported with its reason, not a failure.
+#[test]
+fn bench_devices_measures_the_cpu_and_says_why_the_gpu_was_not() {
+    let model = fixture("logreg", 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_greenbelt"))
+        .env("GREENBELT_LOG", "warn")
+        .args(["bench", "devices", "--model-file"])
+        .arg(&model)
+        .args([
+            "--batch-sizes",
+            "1,16",
+            "--window-ms",
+            "20",
+            "--max-windows",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["device"], "cpu");
+    let points = runs[0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[1]["batch"], 16);
+    assert!(
+        points
+            .iter()
+            .all(|p| p["rows_per_s"].as_f64().unwrap() > 0.0)
+    );
+    assert_eq!(runs[1]["device"], "cuda");
+    if !runs[1]["error"].is_null() {
+        assert!(runs[1]["points"].as_array().unwrap().is_empty());
+        assert!(r["gpu_faster_from_batch"].is_null());
+    }
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_greenbelt"))
+        .args(["bench", "devices", "--model-file"])
+        .arg(&model)
+        .args(["--devices", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("cpu, cuda, cuda:N"), "{err}");
+}
+
+/// `greenbelt score ARGS` with the AWS environment for `endpoint`.
+fn score_s3(dir: &Path, endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenbelt"))
+        .current_dir(dir)
+        .env("GREENBELT_LOG", "warn")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "greenbelt-test")
+        .env("AWS_SECRET_ACCESS_KEY", "greenbelt-test")
+        .args([&["score"][..], args, &["--json"]].concat())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "greenbelt score {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Outputs on S3 (moto's server, started by scripts/test.sh): one file, read
+/// back through `s3://` as the next run's input, and partitions that a rerun
+/// skips because their objects exist.
+#[test]
+fn score_writes_s3_outputs_and_resumes_partitions_there() {
+    let Ok(endpoint) = std::env::var("GREENBELT_TEST_S3_ENDPOINT") else {
+        eprintln!(
+            "SKIP score_writes_s3_outputs_and_resumes_partitions_there: GREENBELT_TEST_S3_ENDPOINT is not set"
+        );
+        return;
+    };
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    let bucket = format!("score-{}", std::process::id());
+    let host = endpoint.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_parquet(&d.join("in.parquet"), &batch(300, 0));
+    let logreg = fixture("logreg", 1);
+    let model = logreg.to_str().unwrap();
+    let cols = feature_list();
+    let remote = format!("s3://{bucket}/scores/out.parquet");
+    let first = score_s3(
+        d,
+        &endpoint,
+        &[
+            "--model-file",
+            model,
+            "--input",
+            "in.parquet",
+            "--output",
+            &remote,
+            "--columns",
+            &cols,
+        ],
+    );
+    assert_eq!(first["rows"], 300, "{first}");
+    // The uploaded file is a whole Parquet file: score it again, from S3.
+    let again = score_s3(
+        d,
+        &endpoint,
+        &[
+            "--model-file",
+            model,
+            "--input",
+            &remote,
+            "--output",
+            "back.parquet",
+            "--columns",
+            &cols,
+            "--no-passthrough",
+        ],
+    );
+    assert_eq!(again["rows"], 300, "{again}");
+    let back = read_parquet(&d.join("back.parquet"));
+    assert_eq!(back.num_rows(), 300);
+    assert!(
+        back.column_by_name("label").is_some(),
+        "{:?}",
+        back.schema()
+    );
+
+    // Partitions: two objects; the rerun finds both and scores nothing.
+    std::fs::create_dir(d.join("parts")).unwrap();
+    write_parquet(&d.join("parts/a.parquet"), &batch(10, 0));
+    write_parquet(&d.join("parts/b.parquet"), &batch(20, 10));
+    let parts = format!("s3://{bucket}/parts");
+    let args = [
+        "--model-file",
+        model,
+        "--input",
+        "parts",
+        "--output",
+        &parts,
+        "--columns",
+        &cols,
+    ];
+    let one = score_s3(d, &endpoint, &args);
+    assert_eq!(
+        (&one["partitions_scored"], &one["rows"]),
+        (&2.into(), &30.into()),
+        "{one}"
+    );
+    let two = score_s3(d, &endpoint, &args);
+    assert_eq!(
+        (&two["partitions_scored"], &two["partitions_skipped"]),
+        (&0.into(), &2.into()),
+        "{two}"
     );
 }

@@ -23,6 +23,7 @@ pub mod columns;
 pub mod model;
 pub mod output;
 pub mod partitions;
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -235,15 +236,16 @@ pub async fn score(
             progress
                 .partitions
                 .store(layout.parts().len(), Ordering::Relaxed);
-            let todo = layout
-                .parts()
-                .iter()
-                .filter(|p| !(partitioned && p.output.exists()));
-            if let Some(total) = todo.map(parquet_rows).sum::<Option<u64>>() {
+            let mut done = Vec::with_capacity(layout.parts().len());
+            for p in layout.parts() {
+                done.push(partitioned && remote::exists(&p.output).await?);
+            }
+            let todo = layout.parts().iter().zip(&done).filter(|(_, d)| !**d);
+            if let Some(total) = todo.map(|(p, _)| parquet_rows(p)).sum::<Option<u64>>() {
                 progress.total_rows.store(total, Ordering::Relaxed);
             }
-            for part in layout.parts() {
-                if partitioned && part.output.exists() {
+            for (part, done) in layout.parts().iter().zip(done) {
+                if done {
                     skipped += 1;
                 } else {
                     let label = part.input.to_string();
@@ -402,7 +404,12 @@ async fn score_stream(
         spec,
         label: label.to_string(),
     });
-    let sink = Sink::new(output, metadata(model));
+    // An s3:// output is written to a local file, then uploaded.
+    let upload = remote::Upload::for_output(output)?;
+    let sink = Sink::new(
+        upload.as_ref().map_or(output, |u| u.local()),
+        metadata(model),
+    );
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let writer = {
         let progress = progress.clone();
@@ -412,6 +419,9 @@ async fn score_stream(
     match (sent, writer.await?) {
         (Ok(()), Ok((sink, rows))) => {
             tokio::task::spawn_blocking(move || sink.finish(empty)).await??;
+            if let Some(u) = upload {
+                u.send().await?;
+            }
             Ok(rows)
         }
         (Err(e), Ok((sink, _))) => {
