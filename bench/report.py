@@ -345,9 +345,24 @@ BA_ROWS = [  # (after group, before group, protocol, label)
 def mean_of(runs, group, protocol, c, key):
     """Mean of `key` over every successful round of one step (a group may run
     more than once, interleaved with the other binary, to spread drift)."""
-    xs = [r[key] for r in runs if r["group"] == group and r["protocol"] == protocol
-          and r["concurrency"] == c and r.get("ok") and r.get(key) is not None]
+    xs = values_of(runs, group, protocol, c, key)
     return (sum(xs) / len(xs), len(xs)) if xs else (None, 0)
+
+
+def values_of(runs, group, protocol, c, key) -> list:
+    return [r[key] for r in runs if r["group"] == group and r["protocol"] == protocol
+            and r["concurrency"] == c and r.get("ok") and r.get(key) is not None]
+
+
+def median_of(runs, group, protocol, c, key):
+    """Median of `key` over the rounds of one step: a p99 over 10 s on two
+    shared cores swings by tens of percent from round to round, and one bad
+    round should not decide a comparison."""
+    xs = sorted(values_of(runs, group, protocol, c, key))
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def pct(after, before) -> str:
@@ -438,7 +453,8 @@ def render_telemetry(res: dict) -> str:
       + (" with uncommitted changes" if ver.get("git_dirty") else "")
       + f"), the model and body of the serving section (logreg, one row, {st['body_bytes']} bytes of V2 JSON), "
       f"REST via wrk, {st['duration_s']} s per step after {st['warmup_s']} s of warm-up; the groups ran in the "
-      f"order {st['groups']} (interleaved) and each cell is the mean over its rounds. "
+      f"order {st['groups']} (interleaved); throughput is the mean over the rounds, p99 the median "
+      "(and every round's p99 is listed below the table). "
       f"Machine: {mach.get('cpu_model')}, `nproc` = {mach.get('nproc')}; server and load generator share the cores.")
     w("")
     w("- **all off**: `[telemetry] log_requests = false`, no `[tracing]` endpoint (metrics are always on).")
@@ -450,17 +466,26 @@ def render_telemetry(res: dict) -> str:
     if n_cont:
         w(f"- ⚠ {n_cont} step(s) ran while something else used more than {CONTENDED_OTHER_PCT:.0f}% of a core.")
         w("")
-    w("| c | req/s all off | req/s log on | Δ | req/s all on | Δ | p99 ms all off | p99 ms log on | p99 ms all on | rounds |")
-    w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    w("| c | req/s all off | req/s log on | Δ | req/s all on | Δ | p99 ms all off | p99 ms log on | p99 ms all on | Δ p99 all on | rounds |")
+    w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in conc:
         off, n_off = mean_of(runs, "greenbelt-nolog", "rest", c, "throughput_rps")
         log_, n_log = mean_of(runs, "greenbelt", "rest", c, "throughput_rps")
         on, n_on = mean_of(runs, "greenbelt-telemetry", "rest", c, "throughput_rps")
-        p_off, _ = mean_of(runs, "greenbelt-nolog", "rest", c, "p99_ms")
-        p_log, _ = mean_of(runs, "greenbelt", "rest", c, "p99_ms")
-        p_on, _ = mean_of(runs, "greenbelt-telemetry", "rest", c, "p99_ms")
+        p_off = median_of(runs, "greenbelt-nolog", "rest", c, "p99_ms")
+        p_log = median_of(runs, "greenbelt", "rest", c, "p99_ms")
+        p_on = median_of(runs, "greenbelt-telemetry", "rest", c, "p99_ms")
         w(f"| {c} | {num(off)} | {num(log_)} | {pct(log_, off)} | {num(on)} | {pct(on, off)} | "
-          f"{ms(p_off)} | {ms(p_log)} | {ms(p_on)} | {n_off} / {n_log} / {n_on} |")
+          f"{ms(p_off)} | {ms(p_log)} | {ms(p_on)} | {pct(p_on, p_off)} | {n_off} / {n_log} / {n_on} |")
+    w("")
+    w("p99 (ms) of every round, in run order:")
+    w("")
+    for c in conc:
+        parts = []
+        for group, name in (("greenbelt-nolog", "all off"), ("greenbelt", "log on"), ("greenbelt-telemetry", "all on")):
+            xs = values_of(runs, group, "rest", c, "p99_ms")
+            parts.append(f"{name} " + ", ".join(f"{x:.3f}" for x in xs))
+        w(f"- c={c}: " + "; ".join(parts))
     w("")
     sink = (res.get("servers", {}).get("greenbelt-telemetry") or {}).get("otlp_sink")
     if sink:
