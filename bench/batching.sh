@@ -16,6 +16,7 @@
 #   BENCH_MODELS       fixtures (default "logreg,mlp")
 #   BENCH_ROWS         rows of the batch job (default 500000)
 #   BENCH_PORT_BASE    first of two ports (default 18100)
+#   BENCH_IDLE_MAX_WAIT  seconds to wait for an idle machine before each step (default 20)
 #   BENCH_DOCS         1 (default): rewrite the docs; 0: only bench/out/batching
 #   ORT_DYLIB_PATH     libonnxruntime.so (default: the one in .venv; `auto` serves
 #                      the mlp's MatMul graph on ONNX Runtime when there is one)
