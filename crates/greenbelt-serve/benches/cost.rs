@@ -31,7 +31,10 @@ fn metering(c: &mut Criterion) {
             meter.wall(black_box(Duration::from_micros(40)));
             meter.answered(black_box(1), false);
             meter.wire(black_box(200), black_box(120));
-            meter.compute_cpu(black_box(Duration::from_micros(5)));
+            meter.compute_call(
+                black_box(Duration::from_micros(5)),
+                Duration::from_micros(3),
+            );
             meter.request_cpu(black_box(0));
         })
     });
