@@ -289,7 +289,7 @@ impl Runtimes {
                 // The native engine refuses any graph it does not run whole
                 // (naming the operator); then the general runtimes take it.
                 // Neural graphs (MatMul layers) go to ONNX Runtime when it is
-                // there: its GEMM beats the native engine's from batch ~64
+                // there: its GEMM beats the native engine's at large batches
                 // (docs/efficiency.md); trees and linear models stay native.
                 #[cfg(feature = "native")]
                 match native::NativeModel::load(path) {
