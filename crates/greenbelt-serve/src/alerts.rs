@@ -128,6 +128,42 @@ pub struct Transition {
     pub ends_at: Option<SystemTime>,
 }
 
+impl Transition {
+    /// An alert that started at `since` and, with `ended`, has resolved;
+    /// `labels` beyond `alertname` and `severity`, and the two annotations
+    /// every Greenbelt alert carries.
+    pub fn new(
+        alert: &str,
+        severity: &str,
+        extra: [(&str, serde_json::Value); 2],
+        summary: String,
+        runbook_url: String,
+        since: SystemTime,
+        ended: Option<SystemTime>,
+    ) -> Transition {
+        let mut labels = serde_json::Map::new();
+        labels.insert("alertname".into(), alert.into());
+        labels.insert("severity".into(), severity.into());
+        for (k, v) in extra {
+            labels.insert(k.into(), v);
+        }
+        let mut annotations = serde_json::Map::new();
+        annotations.insert("summary".into(), summary.into());
+        annotations.insert("runbook_url".into(), runbook_url.into());
+        Transition {
+            status: if ended.is_some() {
+                "resolved"
+            } else {
+                "firing"
+            },
+            labels,
+            annotations,
+            starts_at: since,
+            ends_at: ended,
+        }
+    }
+}
+
 /// The server's SLO evaluator.
 pub struct Alerts {
     config: AlertsConfig,
@@ -258,28 +294,18 @@ impl Alerts {
         since: SystemTime,
         ended: Option<SystemTime>,
     ) -> Transition {
-        let mut labels = serde_json::Map::new();
-        labels.insert("alertname".into(), alert.into());
-        labels.insert("severity".into(), severity.into());
-        labels.insert("slo".into(), slo.name().into());
-        labels.insert("deployment".into(), slo.deployment.clone().into());
-        let mut annotations = serde_json::Map::new();
-        annotations.insert("summary".into(), slo.burn_summary().into());
-        annotations.insert(
-            "runbook_url".into(),
-            crate::slo::runbook(&self.config.runbook_url_base, alert).into(),
-        );
-        Transition {
-            status: if ended.is_some() {
-                "resolved"
-            } else {
-                "firing"
-            },
-            labels,
-            annotations,
-            starts_at: since,
-            ends_at: ended,
-        }
+        Transition::new(
+            alert,
+            severity,
+            [
+                ("slo", slo.name().into()),
+                ("deployment", slo.deployment.clone().into()),
+            ],
+            slo.burn_summary(),
+            crate::slo::runbook(&self.config.runbook_url_base, alert),
+            since,
+            ended,
+        )
     }
 
     /// Log a transition and POST it to the webhook (in the background,

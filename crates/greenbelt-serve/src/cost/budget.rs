@@ -355,28 +355,15 @@ impl Budgets {
         ended: Option<SystemTime>,
     ) -> Transition {
         let (label, value) = b.selector();
-        let mut labels = serde_json::Map::new();
-        labels.insert("alertname".into(), alert.into());
-        labels.insert("severity".into(), severity.into());
-        labels.insert("budget".into(), b.name().into());
-        labels.insert(label.into(), value.into());
-        let mut annotations = serde_json::Map::new();
-        annotations.insert("summary".into(), b.summary().into());
-        annotations.insert(
-            "runbook_url".into(),
-            runbook(&self.runbook_base, alert).into(),
-        );
-        Transition {
-            status: if ended.is_some() {
-                "resolved"
-            } else {
-                "firing"
-            },
-            labels,
-            annotations,
-            starts_at: since,
-            ends_at: ended,
-        }
+        Transition::new(
+            alert,
+            severity,
+            [("budget", b.name().into()), (label, value.into())],
+            b.summary(),
+            runbook(&self.runbook_base, alert),
+            since,
+            ended,
+        )
     }
 
     /// Every budget as last evaluated: spend in the period, burn rates,
