@@ -50,6 +50,7 @@ impl App {
             breakers.insert_retry_budget("online_store", retry);
             server.merge(f.router());
             f.spawn_tasks(server.state.metrics.clone(), &mut tasks);
+            f.spawn_cost_scans(&server.state, &mut tasks)?;
         }
         crate::autoscale::spawn(server.state.clone(), &mut tasks);
         crate::drift::spawn(server.state.clone(), &mut tasks);

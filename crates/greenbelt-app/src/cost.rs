@@ -10,11 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use greenbelt_core::cost::{Comparison, GroupBy, Prices, Report, RunCost, Snapshot, compare};
+use greenbelt_core::cost::{
+    Comparison, FEATURES, GIB, GroupBy, HOURS_PER_MONTH, Prices, Report, RunCost, Snapshot, Store,
+    compare,
+};
+use greenbelt_serve::cost::Holding;
 use greenbelt_serve::infer::AppState;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, Result};
+use crate::table::columns;
 use crate::tasks::Tasks;
 
 /// Start the ledger's loop (history and budgets).
@@ -31,6 +36,128 @@ pub fn spawn(state: Arc<AppState>, tasks: &mut Tasks) {
             state.alerts.notify(t);
         }
     });
+}
+
+/// The longest one scan of a store may take; a scan cut here keeps the
+/// previous measurement.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Measure a store every `[cost] storage_interval` (the first time at
+/// once) with `scan` and give the ledger what it holds. A failed or cut
+/// scan is logged and keeps the previous measurement.
+pub fn spawn_store_scan<F, Fut>(
+    state: &Arc<AppState>,
+    tasks: &mut Tasks,
+    store: Store,
+    in_memory: bool,
+    scan: F,
+) where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::result::Result<Vec<Holding>, String>> + Send,
+{
+    let Ok(every) = state.config.cost.storage_interval() else {
+        return; // validated with the config
+    };
+    let ledger = state.metrics.cost.clone();
+    tasks.spawn(move |mut stop| async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.stopped() => return,
+                _ = tick.tick() => {}
+            }
+            let measured = tokio::select! {
+                _ = stop.stopped() => return,
+                m = tokio::time::timeout(SCAN_TIMEOUT.min(every.max(Duration::from_secs(1))), scan()) => m,
+            };
+            match measured {
+                Ok(Ok(held)) => ledger.held(store, in_memory, held),
+                Ok(Err(e)) => {
+                    tracing::warn!(store = store.as_str(), error = %e, "measuring what the store holds failed; the cost ledger keeps the last measurement");
+                }
+                Err(_) => {
+                    tracing::warn!(store = store.as_str(), "measuring what the store holds took too long; the cost ledger keeps the last measurement");
+                }
+            }
+        }
+    });
+}
+
+/// The registry's artifacts by model version; an artifact several
+/// versions share counts for the first of them. Sizes are asked once per
+/// artifact (content-addressed: they never change) and kept in `sizes`.
+pub async fn registry_holdings(
+    registry: &greenbelt_registry::Registry,
+    artifacts: &greenbelt_registry::artifacts::ArtifactStore,
+    sizes: &tokio::sync::Mutex<std::collections::HashMap<String, u64>>,
+) -> std::result::Result<Vec<Holding>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for model in registry.models().await.map_err(|e| e.to_string())? {
+        for v in registry.versions(&model).await.map_err(|e| e.to_string())? {
+            if !seen.insert(v.sha256.clone()) {
+                continue;
+            }
+            let known = sizes.lock().await.get(&v.sha256).copied();
+            let bytes = match known {
+                Some(b) => b,
+                None => match artifacts.size(&v.artifact_uri).await {
+                    Ok(b) => {
+                        sizes.lock().await.insert(v.sha256.clone(), b);
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %model, version = v.version, error = %e, "the cost ledger cannot size this artifact; it is left out");
+                        continue;
+                    }
+                },
+            };
+            out.push(Holding {
+                model: model.clone(),
+                version: v.version.to_string(),
+                bytes,
+                items: 1,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The offline store's files by feature view.
+pub async fn offline_holdings(
+    store: &greenbelt_features::offline::OfflineStore,
+    views: &[String],
+) -> std::result::Result<Vec<Holding>, String> {
+    let mut out = Vec::new();
+    for view in views {
+        let (bytes, files) = store.view_usage(view).await.map_err(|e| e.to_string())?;
+        if files > 0 {
+            out.push(Holding {
+                model: FEATURES.into(),
+                version: view.clone(),
+                bytes,
+                items: files,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The online store's keys by feature view.
+pub async fn online_holdings(
+    store: &greenbelt_features::online::OnlineStore,
+) -> std::result::Result<Vec<Holding>, String> {
+    let usage = store.usage().await.map_err(|e| e.to_string())?;
+    Ok(usage
+        .into_iter()
+        .map(|(view, (keys, bytes))| Holding {
+            model: FEATURES.into(),
+            version: view,
+            bytes,
+            items: keys,
+        })
+        .collect())
 }
 
 /// What `GET /admin/cost` answers.
@@ -97,37 +224,28 @@ pub fn money(x: f64) -> String {
     }
 }
 
+/// Bytes in binary units (B, KiB, MiB, GiB, TiB).
+fn bytes(b: f64) -> String {
+    let mut v = b;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return if unit == "B" {
+                format!("{v:.0} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
 fn duration(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
-}
-
-/// Left-aligned columns, two spaces apart, with a header row.
-fn columns(head: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<String>, out: &mut String| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(text.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(head.iter().map(|h| h.to_string()).collect(), &mut out);
-    for r in rows {
-        line(r.clone(), &mut out);
-    }
-    out
 }
 
 /// `greenbelt cost report` as text.
@@ -198,6 +316,46 @@ pub fn report_text(v: &CostView) -> String {
         &["MODEL", "RESOURCE", "$", "SHARE", "TREND"],
         &rows,
     ));
+    let held: Vec<Vec<String>> = v
+        .snapshot
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let h = row.held.filter(|h| h.bytes > 0.0)?;
+            let gib = h.bytes / GIB;
+            let monthly = if h.in_memory {
+                r.prices.ram(gib * HOURS_PER_MONTH)
+            } else {
+                gib * r.prices.storage_gib_month
+            };
+            Some(vec![
+                h.store.as_str().to_string(),
+                row.model.clone(),
+                row.version.clone(),
+                bytes(h.bytes),
+                h.items.to_string(),
+                money(monthly),
+            ])
+        })
+        .collect();
+    if !held.is_empty() {
+        out.push_str(
+            "
+held by the stores (last scan)
+",
+        );
+        out.push_str(&columns(
+            &[
+                "STORE",
+                "MODEL",
+                "VERSION/VIEW",
+                "BYTES",
+                "ITEMS",
+                "$ A MONTH",
+            ],
+            &held,
+        ));
+    }
     if let Some(budgets) = v.budgets.as_array().filter(|b| !b.is_empty()) {
         out.push_str("\nbudgets\n");
         let rows: Vec<Vec<String>> = budgets
@@ -370,7 +528,18 @@ mod tests {
                 uptime_seconds: 3600.0,
                 ..Process::default()
             },
-        );
+        )
+        .with_held(vec![(
+            FEATURES.into(),
+            "user_profile".into(),
+            greenbelt_core::cost::Held {
+                store: Store::Online,
+                bytes: 3.0 * 1024.0 * 1024.0,
+                items: 1200,
+                in_memory: false,
+            },
+            Usage::default(),
+        )]);
         let v = CostView {
             report: report(&s, GroupBy::Model, None),
             snapshot: s,
@@ -387,6 +556,16 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("1h"), "{t}");
+        // What the stores hold, with what it costs a month at that size.
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("online"))
+            .unwrap_or_else(|| panic!("{t}"));
+        for cell in ["_features", "user_profile", "3.0 MiB", "1200"] {
+            assert!(line.contains(cell), "{line}");
+        }
+        assert_eq!(bytes(512.0), "512 B");
+        assert_eq!(bytes(1.5 * GIB), "1.5 GiB");
     }
 
     #[test]

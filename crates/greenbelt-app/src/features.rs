@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenbelt_core::cost::Store;
 use greenbelt_features::contracts::{Cell, RowRule};
 use greenbelt_features::online::OnlineStore;
 use greenbelt_features::online::service::{CacheOptions, OnlineService};
 use greenbelt_features::{Definitions, FeatureError};
 use greenbelt_serve::Config;
 use greenbelt_serve::features::{FeatureRows, FeatureSource, LookupError, LookupFuture};
+use greenbelt_serve::infer::AppState;
 use greenbelt_serve::metrics::Metrics;
 
 use crate::error::{AppError, Result};
@@ -305,6 +307,36 @@ impl FeatureStore {
             let svc = self.svc.clone();
             tasks.spawn(move |stop| canary_task(svc, metrics, every, stop));
         }
+    }
+}
+
+impl FeatureStore {
+    /// Measure what the offline store (files by view) and the online store
+    /// (keys by view) hold, every `[cost] storage_interval`, for the cost
+    /// ledger.
+    pub fn spawn_cost_scans(&self, state: &Arc<AppState>, tasks: &mut Tasks) -> Result<()> {
+        let defs = self.svc.definitions().clone();
+        let offline = Arc::new(
+            greenbelt_features::offline::OfflineStore::open_location(&defs.offline).map_err(
+                |e| {
+                    AppError::Invalid(format!(
+                        "opening the offline store for the cost ledger: {e}"
+                    ))
+                },
+            )?,
+        );
+        let views: Arc<Vec<String>> = Arc::new(defs.views.keys().cloned().collect());
+        crate::cost::spawn_store_scan(state, tasks, Store::Offline, false, move || {
+            let (offline, views) = (offline.clone(), views.clone());
+            async move { crate::cost::offline_holdings(&offline, &views).await }
+        });
+        let online = self.svc.store().clone();
+        let in_memory = online.in_memory();
+        crate::cost::spawn_store_scan(state, tasks, Store::Online, in_memory, move || {
+            let online = online.clone();
+            async move { crate::cost::online_holdings(&online).await }
+        });
+        Ok(())
     }
 }
 

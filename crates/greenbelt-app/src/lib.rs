@@ -32,6 +32,7 @@ pub mod quickstart;
 pub mod registry;
 pub mod score;
 pub mod shadow;
+pub mod table;
 pub mod tasks;
 
 pub use app::{App, Running};

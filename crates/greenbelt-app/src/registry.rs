@@ -166,6 +166,21 @@ impl LateApis {
             )),
         );
         let _ = self.routes.set(routes);
+        {
+            let (registry, artifacts) = (registry.clone(), artifacts.clone());
+            let sizes = Arc::new(tokio::sync::Mutex::new(std::collections::HashMap::new()));
+            crate::cost::spawn_store_scan(
+                &state,
+                tasks,
+                greenbelt_core::cost::Store::Registry,
+                false,
+                move || {
+                    let (registry, artifacts, sizes) =
+                        (registry.clone(), artifacts.clone(), sizes.clone());
+                    async move { crate::cost::registry_holdings(&registry, &artifacts, &sizes).await }
+                },
+            );
+        }
         let controller = Arc::new(greenbelt_control::rollout::Controller::new(
             registry,
             artifacts,

@@ -34,7 +34,8 @@ pub enum Resource {
     Gpu,
     /// Memory a loaded version holds, for as long as it is loaded.
     Memory,
-    /// The version's artifact in the store, for as long as it is loaded.
+    /// Storage held: a loaded version's local copy of its artifact (for
+    /// as long as it is loaded), and what the stores hold ([`Held`]).
     Storage,
     /// Bytes of answers sent.
     Egress,
@@ -278,16 +279,76 @@ impl Dollars {
     }
 }
 
-/// One model version's cumulative usage and its cost.
+/// A store whose holdings are measured by a periodic scan (not by
+/// requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Store {
+    /// The registry's artifact store: every registered version's
+    /// artifact, served or not (content-addressed: one artifact that
+    /// several versions share counts once, for the first of them).
+    Registry,
+    /// The feature store's offline store: a view's files.
+    Offline,
+    /// The feature store's online store: a view's keys.
+    Online,
+}
+
+impl Store {
+    pub const ALL: [Store; 3] = [Store::Registry, Store::Offline, Store::Online];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Registry => "registry",
+            Store::Offline => "offline",
+            Store::Online => "online",
+        }
+    }
+
+    /// The `deployment` a holding's row carries: a holding is nobody's
+    /// deployment, so `by deployment` reports list the stores by name.
+    pub fn deployment(self) -> &'static str {
+        match self {
+            Store::Registry => "_registry",
+            Store::Offline => "_offline_store",
+            Store::Online => "_online_store",
+        }
+    }
+}
+
+/// The model a feature store holding is charged to (its `version` is the
+/// feature view).
+pub const FEATURES: &str = "_features";
+
+/// What a store held at its last scan (a gauge: a window's row carries
+/// the later value).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub store: Store,
+    pub bytes: f64,
+    /// Artifacts (registry), files (offline) or keys (online).
+    pub items: u64,
+    /// Held in memory (Redis): priced as RAM, not storage.
+    #[serde(default)]
+    pub in_memory: bool,
+}
+
+/// One model version's cumulative usage and its cost; or, with `held`, a
+/// store's holding for a model version (registry) or a feature view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    /// The registry model (a deployment's `model`; else the served name).
+    /// The registry model (a deployment's `model`; else the served name);
+    /// [`FEATURES`] for a feature store holding.
     pub model: String,
+    /// The version; for a feature store holding, the feature view.
     pub version: String,
-    /// The name clients call (`/v2/models/{deployment}`).
+    /// The name clients call (`/v2/models/{deployment}`); for a holding,
+    /// [`Store::deployment`].
     pub deployment: String,
     pub usage: Usage,
     pub dollars: Dollars,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 impl Row {
@@ -331,8 +392,10 @@ pub struct Unattributed {
 impl Unattributed {
     /// What the process used beyond the versions' attributed usage.
     pub fn of(process: &Process, rows: &[Row]) -> Unattributed {
-        let cpu: f64 = rows.iter().map(|r| r.usage.cpu_seconds()).sum();
-        let mem: f64 = rows.iter().map(|r| r.usage.memory_gib_hours).sum();
+        // A store's holding is not the process's memory.
+        let rows = || rows.iter().filter(|r| r.held.is_none());
+        let cpu: f64 = rows().map(|r| r.usage.cpu_seconds()).sum();
+        let mem: f64 = rows().map(|r| r.usage.memory_gib_hours).sum();
         Unattributed {
             overhead_cpu_seconds: (process.cpu_seconds - cpu).max(0.0),
             overhead_memory_gib_hours: (process.memory_gib_hours - mem).max(0.0),
@@ -382,6 +445,7 @@ impl Snapshot {
                 version,
                 deployment,
                 usage,
+                held: None,
             })
             .collect();
         let unattributed = Unattributed::of(&process, &rows);
@@ -395,20 +459,47 @@ impl Snapshot {
         }
     }
 
+    /// Add the stores' holdings: (model, version, what is held, usage —
+    /// the GiB-hours held), priced like the rest.
+    pub fn with_held(mut self, held: Vec<(String, String, Held, Usage)>) -> Snapshot {
+        for (model, version, h, usage) in held {
+            self.rows.push(Row {
+                dollars: usage.dollars(&self.prices, self.egress_class),
+                deployment: h.store.deployment().to_string(),
+                model,
+                version,
+                usage,
+                held: Some(h),
+            });
+        }
+        self
+    }
+
     /// What happened between `earlier` and `self`, priced with `self`'s
     /// prices. Versions new since `earlier` count whole.
     pub fn minus(&self, earlier: &Snapshot) -> Snapshot {
+        let usage_since = |r: &Row| {
+            let before = earlier.rows.iter().find(|e| e.key() == r.key());
+            before.map_or(r.usage, |b| r.usage.minus(&b.usage))
+        };
+        let held = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let h = r.held?;
+                Some((r.model.clone(), r.version.clone(), h, usage_since(r)))
+            })
+            .collect();
         let rows = self
             .rows
             .iter()
+            .filter(|r| r.held.is_none())
             .map(|r| {
-                let before = earlier.rows.iter().find(|e| e.key() == r.key());
-                let usage = before.map_or(r.usage, |b| r.usage.minus(&b.usage));
                 (
                     r.model.clone(),
                     r.version.clone(),
                     r.deployment.clone(),
-                    usage,
+                    usage_since(r),
                 )
             })
             .collect();
@@ -432,6 +523,7 @@ impl Snapshot {
             rows,
             process,
         )
+        .with_held(held)
     }
 
     /// Attributed dollars of the rows `keep` selects.
@@ -927,6 +1019,7 @@ impl RunCost {
             deployment: String::new(),
             usage: self.usage,
             dollars: d,
+            held: None,
         }];
         let u = Unattributed::of(&self.process, &rows);
         lines.push(("overhead_cpu".into(), prices.cpu(u.overhead_cpu_seconds)));
@@ -1088,6 +1181,79 @@ mod tests {
                 ..Process::default()
             },
         )
+    }
+
+    #[test]
+    fn holdings_are_priced_grouped_and_kept_out_of_the_overhead() {
+        let held = |store, bytes: f64, in_memory| Held {
+            store,
+            bytes,
+            items: 3,
+            in_memory,
+        };
+        let gib_hours = |storage: f64, memory: f64| Usage {
+            storage_gib_hours: storage,
+            memory_gib_hours: memory,
+            ..Usage::default()
+        };
+        let at = |t: f64, scale: f64| {
+            snap(t, vec![("fraud", "2", usage(30.0, 10))], 50.0).with_held(vec![
+                (
+                    "fraud".into(),
+                    "1".into(),
+                    held(Store::Registry, GIB, false),
+                    gib_hours(730.0 * scale, 0.0),
+                ),
+                (
+                    FEATURES.into(),
+                    "user_profile".into(),
+                    held(Store::Online, 2.0 * GIB, true),
+                    gib_hours(0.0, 10.0 * scale),
+                ),
+            ])
+        };
+        let s = at(100.0, 1.0);
+        // Redis's bytes cost RAM; the registry's cost storage.
+        let by_version = report(&s, GroupBy::Version, None);
+        let dollars = |key: &str| {
+            by_version
+                .groups
+                .iter()
+                .find(|g| g.key == key)
+                .map(|g| g.dollars)
+        };
+        assert!((dollars("fraud/1").unwrap() - 0.04).abs() < 1e-12);
+        assert!((dollars("_features/user_profile").unwrap() - 0.04237).abs() < 1e-12);
+        // The process's memory overhead is not lowered by Redis's memory,
+        // nor its CPU overhead by anything.
+        assert!((s.unattributed.overhead_cpu_seconds - 20.0).abs() < 1e-12);
+        let by_deployment = report(&s, GroupBy::Deployment, None);
+        let keys: Vec<&str> = by_deployment
+            .groups
+            .iter()
+            .map(|g| g.key.as_str())
+            .collect();
+        assert!(
+            keys.contains(&"_registry") && keys.contains(&"_online_store"),
+            "{keys:?}"
+        );
+        // By model, a model's registry artifacts are its own cost.
+        let by_model = report(&s, GroupBy::Model, None);
+        let fraud = by_model.groups.iter().find(|g| g.key == "fraud").unwrap();
+        assert!(fraud.dollars > Prices::default().cpu(30.0) + 0.039);
+        // A window keeps the later gauge and the GiB-hours in between.
+        let w = at(200.0, 3.0).minus(&s);
+        let row = w
+            .rows
+            .iter()
+            .find(|r| r.held.is_some_and(|h| h.store == Store::Registry));
+        let row = row.unwrap();
+        assert_eq!(row.held.unwrap().bytes, GIB);
+        assert!((row.usage.storage_gib_hours - 1460.0).abs() < 1e-9);
+        // Serialized rows of versions carry no `held`; holdings do.
+        let json = serde_json::to_value(&w).unwrap();
+        assert!(json["rows"][0].get("held").is_none());
+        assert_eq!(json["rows"][2]["held"]["store"], "online");
     }
 
     #[test]

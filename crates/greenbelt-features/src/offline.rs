@@ -211,6 +211,24 @@ impl OfflineStore {
         Ok(())
     }
 
+    /// What `view` takes in the store: (bytes, files), every object under
+    /// its directory counted (partitions, watermark, quarantined rows).
+    pub async fn view_usage(&self, view: &str) -> Result<(u64, u64)> {
+        let (mut bytes, mut files) = (0u64, 0u64);
+        let mut listing = self.store.list(Some(&StorePath::from(view)));
+        while let Some(meta) = listing.next().await {
+            match meta {
+                Ok(m) => {
+                    bytes += m.size;
+                    files += 1;
+                }
+                Err(datafusion::object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((bytes, files))
+    }
+
     /// The dates (`YYYY-MM-DD`) that have a partition for `view`.
     pub async fn partitions(&self, view: &str) -> Result<Vec<String>> {
         let mut out = BTreeSet::new();

@@ -80,17 +80,33 @@ impl ArtifactStore {
         Ok((format!("{}/{key}", self.base), sha))
     }
 
-    /// Read `uri` and check it hashes to `sha256`.
-    pub async fn get(&self, uri: &str, sha256: &str) -> Result<Bytes, RegistryError> {
-        let key = uri
-            .strip_prefix(&self.base)
+    /// The size in bytes of the object at `uri` (a HEAD: nothing is read).
+    pub async fn size(&self, uri: &str) -> Result<u64, RegistryError> {
+        let key = self.key(uri)?;
+        let meta = self
+            .store
+            .head(&ObjectPath::from(key))
+            .await
+            .map_err(|e| RegistryError::Artifact(format!("reading {uri}: {e}")))?;
+        Ok(meta.size)
+    }
+
+    /// The store key of `uri`; an error names the store a foreign URI is
+    /// not in.
+    fn key<'a>(&self, uri: &'a str) -> Result<&'a str, RegistryError> {
+        uri.strip_prefix(&self.base)
             .and_then(|k| k.strip_prefix('/'))
             .ok_or_else(|| {
                 RegistryError::Corrupt(format!(
                     "artifact {uri} is not in this store ({}); point [registry] artifacts at the store that holds it",
                     self.base
                 ))
-            })?;
+            })
+    }
+
+    /// Read `uri` and check it hashes to `sha256`.
+    pub async fn get(&self, uri: &str, sha256: &str) -> Result<Bytes, RegistryError> {
+        let key = self.key(uri)?;
         let bytes = self
             .store
             .get(&ObjectPath::from(key))

@@ -3,7 +3,8 @@
 //! it; `deploy/grafana/greenbelt.json` is the committed copy, kept equal by
 //! a test). Panels: request rate, p50/p99, error ratio, queue vs compute,
 //! in flight vs limit, sheds, canary weight, shadow agreement, feature
-//! freshness, SLO error ratios, process CPU and memory. `$model` selects
+//! freshness, SLO error ratios, cost per hour and per 1M predictions, what
+//! the stores hold, process CPU and memory. `$model` selects
 //! models or deployments; `$__rate_interval` is Grafana's.
 
 use serde_json::{Value, json};
@@ -111,6 +112,30 @@ pub const PANELS: &[Panel] = &[
         "SLO error ratio, 1h (recording rules of `greenbelt slo rules`)",
         "percentunit",
         &[("{{slo}}", "max by (slo) (greenbelt:slo_error_ratio:rate1h)")],
+    ),
+    (
+        "Cost per hour by model and resource",
+        "currencyUSD",
+        &[(
+            "{{model}} {{resource}}",
+            "sum by (model, resource) (rate(greenbelt_cost_dollars_total{model=~\"$model|_.*\"}[$__rate_interval])) * 3600",
+        )],
+    ),
+    (
+        "Cost per 1M predictions",
+        "currencyUSD",
+        &[(
+            "{{model}}",
+            "sum by (model) (rate(greenbelt_cost_dollars_total{model=~\"$model\"}[$__rate_interval])) / sum by (model) (rate(greenbelt_predictions_total{model=~\"$model\"}[$__rate_interval])) * 1e6",
+        )],
+    ),
+    (
+        "Held by the stores",
+        "bytes",
+        &[(
+            "{{store}} {{model}} {{version}}",
+            "sum by (store, model, version) (greenbelt_store_bytes)",
+        )],
     ),
     (
         "Process CPU and memory",

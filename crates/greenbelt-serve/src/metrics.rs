@@ -48,7 +48,9 @@
 //! | `greenbelt_model_instances_desired` | gauge | deployment, version |
 //! | `greenbelt_model_sessions` | gauge | deployment, version |
 //! | `greenbelt_batcher_concurrency` | gauge | deployment, version |
-//! | `greenbelt_cost_dollars_total` | counter | model, version, deployment, resource (compute_cpu, request_cpu, gpu, memory, storage, egress; model `_overhead`/`_idle`: cpu, memory) |
+//! | `greenbelt_cost_dollars_total` | counter | model, version, deployment, resource (compute_cpu, request_cpu, gpu, memory, storage, egress; model `_overhead`/`_idle`: cpu, memory; deployment `_registry`/`_offline_store`/`_online_store`: what the stores hold, feature views under model `_features`) |
+//! | `greenbelt_store_bytes` | gauge | store (registry, offline, online), model, version (a feature view for offline and online) |
+//! | `greenbelt_store_items` | gauge | store, model, version (artifacts, files, keys) |
 //! | `greenbelt_predictions_total` | counter | model, version, deployment |
 //!
 //! Requests for a model that is not loaded are counted under `model="_unknown"`.
@@ -86,6 +88,16 @@ pub const UNKNOWN_MODEL: &str = "_unknown";
 pub const COST_DOLLARS: (&str, &str) = (
     "greenbelt_cost_dollars",
     "Dollars spent by model version and resource under the [cost.prices] table (docs/cost.md); model _overhead is process CPU and memory no request was charged for, _idle what was provisioned and not used",
+);
+/// Name and help of the stores' bytes gauge (from the cost ledger).
+pub const STORE_BYTES: (&str, &str) = (
+    "greenbelt_store_bytes",
+    "Bytes a store held at its last scan ([cost] storage_interval): store registry by model version, offline and online by feature view (model _features, version the view)",
+);
+/// Name and help of the stores' items gauge.
+pub const STORE_ITEMS: (&str, &str) = (
+    "greenbelt_store_items",
+    "What a store held at its last scan, counted: registry artifacts, offline files, online keys",
 );
 /// Name and help of the predictions counter (rows answered).
 pub const PREDICTIONS: (&str, &str) = (

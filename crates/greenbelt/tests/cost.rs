@@ -12,7 +12,10 @@
 //! - `greenbelt cost report` (text and `--json`, `--since`, `--by`);
 //! - a `[[budget]]` that the load overspends pages on `/admin/alerts`
 //!   with a forecast past its amount, one that it does not stays quiet;
-//! - `greenbelt cost compare` over the two bench runs' JSON.
+//! - `greenbelt cost compare` over the two bench runs' JSON;
+//! - what the stores hold (registry artifacts by version, offline files
+//!   and online keys by feature view) equals what is on disk and what
+//!   materialize wrote, and is priced on `/metrics` and in the report.
 //!
 //! And, without a server, the budget rules `greenbelt slo rules` writes
 //! pass `promtool check rules` and `promtool test rules` (skips, saying so,
@@ -498,4 +501,228 @@ fn budget_rules_pass_promtool_check_and_unit_tests() {
     std::fs::write(d.join("rules_test.yml"), &t).unwrap();
     let tested = run(&["test", "rules", "rules_test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}\n{t}");
+}
+
+/// What the stores hold, end to end: the fraud demo's feature store
+/// materialized (offline files and online keys by view), three registered
+/// versions of which two share an artifact, and a server that scans them
+/// every 200 ms. The ledger's holdings equal what is on disk (bytes, files)
+/// and what materialize wrote (keys), are priced as storage on `/metrics`
+/// and in `greenbelt cost report`, and a model's registry artifacts are
+/// part of its cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_stores_hold_is_measured_and_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(
+        root.join("examples/fraud/features.toml"),
+        d.join("features.toml"),
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::create_dir_all(d.join("models/fraud/1")).unwrap();
+    let logreg = root.join("fixtures/models/logreg/1/model.onnx");
+    let forest = root.join("fixtures/models/forest/1/model.onnx");
+    std::fs::copy(&logreg, d.join("models/fraud/1/model.onnx")).unwrap();
+    std::fs::write(
+        d.join("greenbelt.toml"),
+        format!(
+            "[server]\nhttp_addr = \"127.0.0.1:{port}\"\ngrpc_addr = \"\"\n[telemetry]\nlog_requests = false\n\
+             [repository]\npath = \"models\"\n[registry]\nurl = \"sqlite://registry.db\"\nartifacts = \"artifacts\"\n\
+             [features]\ndefinitions = \"features.toml\"\n[cost]\nstorage_interval = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = greenbelt(d, args);
+        assert!(ok, "greenbelt {args:?}: {err}");
+        out
+    };
+    run(&[
+        "features",
+        "-f",
+        "features.toml",
+        "demo-data",
+        "--rows",
+        "3000",
+    ]);
+    let materialized: Value = serde_json::from_str(&run(&[
+        "features",
+        "-f",
+        "features.toml",
+        "--json",
+        "materialize",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--end",
+        "2026-03-15T00:00:00Z",
+    ]))
+    .unwrap();
+    for f in [&logreg, &forest, &logreg] {
+        run(&[
+            "registry",
+            "register",
+            "fraud",
+            "--file",
+            f.to_str().unwrap(),
+        ]);
+    }
+
+    let child = Command::new(GB)
+        .current_dir(d)
+        .env("GREENBELT_LOG", "warn")
+        .args(["serve", "--config", "greenbelt.toml"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serving = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&c, &base).await;
+
+    // Wait for a scan of every store to have landed.
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let v: Value = c
+            .get(format!("{base}/admin/cost"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows = v["snapshot"]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let stores: std::collections::BTreeSet<&str> = rows
+            .iter()
+            .filter_map(|r| r["held"]["store"].as_str())
+            .collect();
+        if stores.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = |store: &str, model: &str, version: &str| -> Value {
+        rows.iter()
+            .find(|r| r["held"]["store"] == store && r["model"] == model && r["version"] == version)
+            .map(|r| r["held"].clone())
+            .unwrap_or_else(|| panic!("no {store} holding {model}/{version} in {rows:?}"))
+    };
+
+    // Registry: v1 and v2 by their artifact's size; v3 shares v1's bytes,
+    // which count once.
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    assert_eq!(held("registry", "fraud", "1")["bytes"], size(&logreg));
+    assert_eq!(held("registry", "fraud", "2")["bytes"], size(&forest));
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["held"]["store"] == "registry" && r["version"] == "3"),
+        "{rows:?}"
+    );
+    // Offline: every file under the view's directory.
+    for view in materialized.as_array().unwrap() {
+        let name = view["view"].as_str().unwrap();
+        let (mut bytes, mut files) = (0.0, 0u64);
+        let mut stack = vec![d.join("data/offline").join(name)];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    bytes += e.metadata().unwrap().len() as f64;
+                    files += 1;
+                }
+            }
+        }
+        let h = held("offline", "_features", name);
+        assert_eq!(
+            (h["bytes"].as_f64(), h["items"].as_u64()),
+            (Some(bytes), Some(files)),
+            "{name}"
+        );
+        // Online: a key per entity; materialize counts the keys it wrote
+        // (a key written once from an older row and once from a newer one
+        // is one key), so the store holds at least as many.
+        let keys = view["online_keys_written"].as_u64().unwrap();
+        if keys > 0 {
+            let h = held("online", "_features", name);
+            let items = h["items"].as_u64().unwrap();
+            assert!(
+                items >= keys && items <= view["rows"].as_u64().unwrap(),
+                "{name}: {h}"
+            );
+            assert!(h["bytes"].as_f64().unwrap() > keys as f64, "{name}: {h}");
+            assert_eq!(h["in_memory"], false, "redb is on disk");
+        }
+    }
+
+    // On /metrics: the gauges, and dollars of storage by store.
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "greenbelt_store_bytes{store=\"registry\",model=\"fraud\",version=\"2\"}"
+        ),
+        Some(size(&forest)),
+        "{metrics}"
+    );
+    for deployment in ["_registry", "_offline_store", "_online_store"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("greenbelt_cost_dollars_total{")
+                    && l.contains(&format!("deployment=\"{deployment}\""))
+                    && l.contains("resource=\"storage\"")),
+            "{deployment} storage dollars missing:\n{metrics}"
+        );
+    }
+
+    // The report: by deployment the stores are lines of their own; the
+    // text lists what they hold.
+    let (ok, json, err) = greenbelt(
+        d,
+        &[
+            "cost",
+            "report",
+            "--url",
+            &base,
+            "--by",
+            "deployment",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&json).unwrap();
+    let keys: Vec<&str> = r["report"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["key"].as_str())
+        .collect();
+    for k in ["_registry", "_offline_store", "_online_store", "fraud"] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+    let (ok, text, err) = greenbelt(d, &["cost", "report", "--url", &base]);
+    assert!(ok, "{err}");
+    assert!(text.contains("held by the stores"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("offline") && l.contains("user_profile")),
+        "{text}"
+    );
 }

@@ -279,6 +279,20 @@ fn every_grafana_panel_query_returns_data() {
             "greenbelt:slo_error_ratio:rate1h{slo=\"m-availability\"}".into(),
             "0.01x30",
         ),
+        (
+            format!(
+                "greenbelt_cost_dollars_total{{{v},deployment=\"m\",resource=\"compute_cpu\"}}"
+            ),
+            "0+0.01x30",
+        ),
+        (
+            format!("greenbelt_predictions_total{{{v},deployment=\"m\"}}"),
+            "0+100x30",
+        ),
+        (
+            "greenbelt_store_bytes{store=\"registry\",model=\"m\",version=\"1\"}".into(),
+            "2048x30",
+        ),
         ("process_cpu_seconds_total".into(), "0+30x30"),
         ("process_resident_memory_bytes".into(), "100000000x30"),
     ];

@@ -102,8 +102,8 @@ async fn a_width_mismatch_is_refused_at_load_not_at_request_time() {
     );
     assert_eq!(
         app.tasks(),
-        6,
-        "freshness gauges, canary, the online store's breaker metrics, the autoscaler, the drift windows and the cost ledger"
+        8,
+        "freshness gauges, canary, the online store's breaker metrics, the autoscaler, the drift windows, the cost ledger and its scans of the offline and online stores"
     );
 
     let running = app.spawn();

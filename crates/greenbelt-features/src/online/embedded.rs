@@ -38,6 +38,26 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Keys and key + value bytes per view (one read transaction).
+    pub async fn usage(&self) -> Result<super::Usage> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<super::Usage> {
+            let tx = db.begin_read().map_err(err)?;
+            let t = tx.open_table(TABLE).map_err(err)?;
+            let mut usage = super::Usage::new();
+            for entry in t.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                let key = k.value();
+                super::count_key(&mut usage, key, (key.len() + v.value().len()) as u64);
+            }
+            Ok(usage)
+        })
+        .await
+        .map_err(err)?
+    }
+}
+
 impl OnlineBackend for EmbeddedStore {
     async fn write(&self, items: Vec<(String, Vec<u8>)>) -> Result<u64> {
         let db = self.db.clone();

@@ -125,6 +125,38 @@ impl OnlineStore {
     }
 }
 
+/// What the online store holds, by view: (keys, bytes).
+pub type Usage = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// Count one stored key (`storage_key` form, any backend prefix already
+/// stripped) of `bytes` toward its view.
+fn count_key(usage: &mut Usage, key: &str, bytes: u64) {
+    let view = key.split('\u{1f}').next().unwrap_or(key);
+    let e = usage.entry(view.to_string()).or_default();
+    e.0 += 1;
+    e.1 += bytes;
+}
+
+impl OnlineStore {
+    /// Keys and bytes held per view: a full pass over the store (redb: the
+    /// table on a blocking thread, key and value bytes; Redis: `SCAN` over
+    /// the store's prefix with `MEMORY USAGE` per key, `STRLEN` + key
+    /// length where `MEMORY USAGE` is refused). Meant for a periodic scan
+    /// (the cost ledger's), not the request path.
+    pub async fn usage(&self) -> Result<Usage> {
+        match self {
+            OnlineStore::Embedded(s) => s.usage().await,
+            OnlineStore::Redis(s) => s.usage().await,
+        }
+    }
+
+    /// Whether the store keeps its data in memory (Redis) rather than on
+    /// disk (redb): its bytes cost RAM, not storage.
+    pub fn in_memory(&self) -> bool {
+        matches!(self, OnlineStore::Redis(_))
+    }
+}
+
 impl OnlineBackend for OnlineStore {
     async fn write(&self, items: Vec<(String, Vec<u8>)>) -> Result<u64> {
         match self {

@@ -216,6 +216,96 @@ async fn load_script(conn: &mut ConnectionManager) -> Result<String> {
         .map_err(err)
 }
 
+/// Keys a `SCAN` step asks for.
+const SCAN_COUNT: usize = 1000;
+
+impl RedisStore {
+    /// Keys and bytes per view under this store's prefix (see
+    /// [`super::OnlineStore::usage`]); every round trip has [`TIMEOUT`].
+    pub async fn usage(&self) -> Result<super::Usage> {
+        let mut conn = self.connection().await?;
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut usage = super::Usage::new();
+        let mut cursor: u64 = 0;
+        let mut memory_usage = true;
+        loop {
+            let step = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .clone();
+            let (next, keys): (u64, Vec<String>) =
+                tokio::time::timeout(TIMEOUT, step.query_async(&mut conn))
+                    .await
+                    .map_err(|_| FeatureError::Online("redis: SCAN timed out".into()))?
+                    .map_err(err)?;
+            if !keys.is_empty() {
+                let measured = if memory_usage {
+                    sizes(&mut conn, &keys, true).await
+                } else {
+                    sizes(&mut conn, &keys, false).await
+                };
+                let measured = match measured {
+                    Ok(m) => m,
+                    // MEMORY USAGE is refused on some managed Redis.
+                    Err(_) if memory_usage => {
+                        memory_usage = false;
+                        sizes(&mut conn, &keys, false).await?
+                    }
+                    Err(e) => return Err(e),
+                };
+                for (k, n) in keys.iter().zip(measured) {
+                    let key = k.strip_prefix(&self.prefix).unwrap_or(k);
+                    super::count_key(&mut usage, key, n);
+                }
+            }
+            if next == 0 {
+                return Ok(usage);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Bytes of each key: `MEMORY USAGE` (what Redis holds for it, overhead
+/// included), or the value's `STRLEN` plus the key's length.
+async fn sizes(conn: &mut ConnectionManager, keys: &[String], memory: bool) -> Result<Vec<u64>> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        if memory {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+        } else {
+            pipe.cmd("STRLEN").arg(k);
+        }
+    }
+    let got: Vec<Option<u64>> = tokio::time::timeout(TIMEOUT, pipe.query_async(conn))
+        .await
+        .map_err(|_| FeatureError::Online("redis: size query timed out".into()))?
+        .map_err(err)?;
+    Ok(got
+        .into_iter()
+        .zip(keys)
+        .map(|(n, k)| {
+            let n = n.unwrap_or(0);
+            if memory { n } else { n + k.len() as u64 }
+        })
+        .collect())
+}
+
+/// `s` as a literal in a Redis glob pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl OnlineBackend for RedisStore {
     /// Writes without expiry (see [`RedisStore::write_expiring`]).
     async fn write(&self, items: Vec<(String, Vec<u8>)>) -> Result<u64> {

@@ -530,6 +530,12 @@ impl OnlineService {
         &self.defs
     }
 
+    /// The backend itself, without the breaker or the cache (for scans
+    /// such as the cost ledger's, not for reads).
+    pub fn store(&self) -> &OnlineStore {
+        &self.store
+    }
+
     fn entry_ttl(&self, view: &FeatureView) -> Duration {
         match view.ttl_us {
             Some(t) => self.cache_ttl.min(Duration::from_micros(t.max(1) as u64)),

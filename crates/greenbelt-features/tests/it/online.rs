@@ -269,6 +269,69 @@ async fn service_behaviour(store: OnlineStore) {
     assert!(e.contains("entities.merchant_id[0]"), "{e}");
 }
 
+/// Keys and bytes by view: 3 keys of one view, 2 of another (one of them
+/// written twice: still one key).
+async fn usage_by_view(store: &OnlineStore) {
+    let mut items = Vec::new();
+    for u in ["u1", "u2", "u3"] {
+        items.push((storage_key("user_stats", &[u.into()]), rec(10, None, 1.0)));
+    }
+    for m in ["7", "8"] {
+        items.push((
+            storage_key("merchant_stats", &[m.into()]),
+            rec(10, None, 2.0),
+        ));
+    }
+    store.write(items.clone()).await.unwrap();
+    store
+        .write(vec![(
+            storage_key("merchant_stats", &["7".into()]),
+            rec(11, None, 3.0),
+        )])
+        .await
+        .unwrap();
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    let (keys, bytes) = usage["user_stats"];
+    assert_eq!(keys, 3);
+    // At least the keys and values themselves (Redis adds its overhead).
+    let raw: u64 = items[..3]
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    assert!(bytes >= raw, "{bytes} < {raw}");
+    assert_eq!(usage["merchant_stats"].0, 2);
+}
+
+#[tokio::test]
+async fn embedded_store_counts_keys_and_bytes_by_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path().join("online.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(!store.in_memory());
+    usage_by_view(&store).await;
+    // redb: exactly key + value bytes.
+    let usage = store.usage().await.unwrap();
+    let k = storage_key("user_stats", &["u1".into()]);
+    assert_eq!(
+        usage["user_stats"].1,
+        3 * (k.len() + rec(10, None, 1.0).len()) as u64
+    );
+}
+
+#[tokio::test]
+async fn redis_store_counts_keys_and_bytes_by_view() {
+    let Some(url) = redis_url() else { return };
+    let store = OnlineStore::Redis(
+        RedisStore::connect(&url, &unique_prefix("usage"))
+            .await
+            .unwrap(),
+    );
+    assert!(store.in_memory());
+    usage_by_view(&store).await;
+}
+
 #[tokio::test]
 async fn embedded_store_keeps_the_newest_value_and_persists() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use greenbelt_core::cost::{
-    EgressClass, GIB, GroupBy, History, Prices, Process, Report, Snapshot, Usage, report,
+    EgressClass, GIB, GroupBy, Held, History, Prices, Process, Report, Snapshot, Store, Usage,
+    report,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -41,6 +42,10 @@ pub struct CostConfig {
     /// How often the server records a snapshot (for reports over a past
     /// window) and evaluates its `[[budget]]`s (humantime).
     pub interval: String,
+    /// How often what the stores hold is measured: the registry's
+    /// artifacts, the feature store's offline files and online keys
+    /// (humantime; each pass lists them, so not too often).
+    pub storage_interval: String,
 }
 
 impl Default for CostConfig {
@@ -51,6 +56,7 @@ impl Default for CostConfig {
             provisioned_cores: None,
             provisioned_memory_gib: None,
             interval: "15s".into(),
+            storage_interval: "5m".into(),
         }
     }
 }
@@ -65,9 +71,23 @@ impl CostConfig {
         Ok(d)
     }
 
+    pub fn storage_interval(&self) -> Result<Duration, String> {
+        let d = humantime::parse_duration(&self.storage_interval).map_err(|e| {
+            format!(
+                "[cost] storage_interval \"{}\": {e} (e.g. \"5m\")",
+                self.storage_interval
+            )
+        })?;
+        if d < Duration::from_millis(10) {
+            return Err("[cost] storage_interval must be at least 10ms".into());
+        }
+        Ok(d)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.prices.validate()?;
         self.interval()?;
+        self.storage_interval()?;
         for (name, v) in [
             ("provisioned_cores", self.provisioned_cores),
             ("provisioned_memory_gib", self.provisioned_memory_gib),
@@ -100,12 +120,41 @@ struct Resident {
     byte_seconds: f64,
 }
 
+/// One holding of a store, as a scan measured it: `model`/`version` (a
+/// registry version), or [`greenbelt_core::cost::FEATURES`]/view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holding {
+    pub model: String,
+    pub version: String,
+    pub bytes: u64,
+    /// Artifacts, files or keys.
+    pub items: u64,
+}
+
+/// A holding between scans: its bytes are taken as constant from one scan
+/// to the next, and integrated.
+#[derive(Debug)]
+struct HeldMeter {
+    held: Held,
+    since: Instant,
+    gib_hours: f64,
+}
+
+impl HeldMeter {
+    fn gib_hours(&self, now: Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.since).as_secs_f64();
+        self.gib_hours + self.held.bytes / GIB * dt / 3600.0
+    }
+}
+
 /// Every version's meter, the process's usage, and the history of
 /// snapshots. One per server (in [`crate::metrics::Metrics`]).
 #[derive(Debug)]
 pub struct Ledger {
     started: Instant,
     meters: RwLock<BTreeMap<(String, String), Arc<VersionMeter>>>,
+    /// (store, model, version) → what the store held at its last scan.
+    held: Mutex<BTreeMap<(Store, String, String), HeldMeter>>,
     settings: RwLock<Settings>,
     resident: Mutex<Resident>,
     history: Mutex<History>,
@@ -117,6 +166,7 @@ impl Default for Ledger {
         Ledger {
             started: now,
             meters: Default::default(),
+            held: Default::default(),
             settings: Default::default(),
             resident: Mutex::new(Resident {
                 last: now,
@@ -168,6 +218,65 @@ impl Ledger {
         }
     }
 
+    /// A scan of `store` measured `now_held` (everything the store holds
+    /// now: a holding missing from it holds nothing from now on, and keeps
+    /// what it cost so far). `in_memory`: the store keeps it in RAM.
+    pub fn held(&self, store: Store, in_memory: bool, now_held: Vec<Holding>) {
+        let now = Instant::now();
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        for ((s, _, _), m) in held.iter_mut() {
+            if *s == store {
+                m.gib_hours = m.gib_hours(now);
+                m.since = now;
+                m.held.bytes = 0.0;
+                m.held.items = 0;
+            }
+        }
+        for h in now_held {
+            let m = held
+                .entry((store, h.model, h.version))
+                .or_insert_with(|| HeldMeter {
+                    held: Held {
+                        store,
+                        bytes: 0.0,
+                        items: 0,
+                        in_memory,
+                    },
+                    since: now,
+                    gib_hours: 0.0,
+                });
+            m.held.bytes = h.bytes as f64;
+            m.held.items = h.items;
+            m.held.in_memory = in_memory;
+        }
+    }
+
+    /// What the stores hold now, with the GiB-hours held so far.
+    fn holdings(&self, now: Instant) -> Vec<(String, String, Held, Usage)> {
+        let Ok(held) = self.held.lock() else {
+            return Vec::new();
+        };
+        held.iter()
+            .map(|((_, model, version), m)| {
+                let gib_hours = m.gib_hours(now);
+                let usage = if m.held.in_memory {
+                    Usage {
+                        memory_gib_hours: gib_hours,
+                        ..Usage::default()
+                    }
+                } else {
+                    Usage {
+                        storage_gib_hours: gib_hours,
+                        ..Usage::default()
+                    }
+                };
+                (model.clone(), version.clone(), m.held, usage)
+            })
+            .collect()
+    }
+
     /// (served name, version) of the versions loaded now.
     pub fn loaded(&self) -> std::collections::HashSet<(String, String)> {
         self.meters
@@ -214,6 +323,7 @@ impl Ledger {
             provisioned_memory_gib_hours: settings.provisioned_memory_gib * at / 3600.0,
         };
         Snapshot::new(at, settings.prices, settings.egress_class, rows, process)
+            .with_held(self.holdings(now))
     }
 
     /// Take a snapshot and keep it in the history.
@@ -277,9 +387,14 @@ impl Collector for CostCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut s = self.0.snapshot();
         let loaded = self.0.loaded();
-        s.rows
-            .retain(|r| loaded.contains(&(r.deployment.clone(), r.version.clone())));
+        // Loaded versions, and what the stores hold now.
+        s.rows.retain(|r| match r.held {
+            Some(h) => h.bytes > 0.0,
+            None => loaded.contains(&(r.deployment.clone(), r.version.clone())),
+        });
         encode_dollars(&s, &mut encoder)?;
+        encode_held(&s, &mut encoder)?;
+        s.rows.retain(|r| r.held.is_none());
         encode_predictions(&s, &mut encoder)
     }
 }
@@ -323,6 +438,43 @@ fn encode_dollars(s: &Snapshot, encoder: &mut DescriptorEncoder) -> Result<(), s
             resource: resource.into(),
         };
         ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    store: String,
+    model: String,
+    version: String,
+}
+
+/// `greenbelt_store_bytes` and `greenbelt_store_items`: what each store
+/// held at its last scan.
+fn encode_held(s: &Snapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for ((name, help), value) in [
+        (
+            crate::metrics::STORE_BYTES,
+            (|h: &Held| h.bytes) as fn(&Held) -> f64,
+        ),
+        (crate::metrics::STORE_ITEMS, |h: &Held| h.items as f64),
+    ] {
+        let mut family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for r in &s.rows {
+            let Some(h) = &r.held else { continue };
+            let labels = HeldLabels {
+                store: h.store.as_str().to_string(),
+                model: r.model.clone(),
+                version: r.version.clone(),
+            };
+            prometheus_client::metrics::gauge::ConstGauge::new(value(h))
+                .encode(family.encode_family(&labels)?)?;
+        }
     }
     Ok(())
 }
