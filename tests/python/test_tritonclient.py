@@ -1091,3 +1091,39 @@ def test_model_config_endpoint(make_repo, start_server):
     assert c["greenbelt"]["filename"] == "model.onnx" and c["greenbelt"]["batching"]["max_batch_size"] == 16
     status, _, body = http_request(srv.base_url, "GET", "/v2/models/nope/config")
     assert status == 404 and b"nope" in body
+
+
+def test_a_triton_repository_with_config_pbtxt_serves(make_repo, start_server):
+    """A Triton model repository as it is: config.pbtxt's batching,
+    instance group and version policy honoured, and what Greenbelt does not
+    have named in a warning at load."""
+    repo = make_repo(models=["logreg"])
+    (repo / "logreg" / "config.pbtxt").write_text(
+        'name: "logreg"\n'
+        'platform: "onnxruntime_onnx"\n'
+        "max_batch_size: 8\n"
+        'input [ { name: "input", data_type: TYPE_FP32, dims: [ 20 ] } ]\n'
+        'output [ { name: "probabilities", data_type: TYPE_FP32, dims: [ 2 ] } ]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 300 preferred_batch_size: [ 4 ] }\n"
+        "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+        "version_policy: { all: {} }\n"
+        'model_warmup [ { name: "zeros", batch_size: 1 } ]\n'
+    )
+    srv = start_server(repo)
+    h = httpclient.InferenceServerClient(srv.http_url)
+    try:
+        c = h.get_model_config("logreg")
+        assert h.is_model_ready("logreg", "1") and h.is_model_ready("logreg", "2")
+        g = golden("logreg", "1")
+        r = h.infer("logreg", http_inputs(g.inputs), model_version="1", outputs=http_outputs(g))
+        assert_outputs(r, g)
+    finally:
+        h.close()
+    assert c["max_batch_size"] == 8
+    assert c["dynamic_batching"]["max_queue_delay_microseconds"] == 300
+    assert c["dynamic_batching"]["preferred_batch_size"] == [4]
+    assert c["instance_group"][0]["count"] == 2
+    assert c["version_policy"] == "all"
+    assert c["input"][0]["dims"] == [-1, 20]
+    warned = [r for r in srv.log_records() if "Triton settings" in r.get("message", "")]
+    assert warned and "model_warmup" in str(warned[0]), srv.log_tail()

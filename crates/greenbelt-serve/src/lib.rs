@@ -42,6 +42,7 @@ pub mod stages;
 pub mod stats;
 pub mod telemetry;
 pub mod traces;
+pub mod triton;
 
 pub use greenbelt_auth as auth;
 

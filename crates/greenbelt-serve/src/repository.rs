@@ -107,13 +107,43 @@ impl VersionPolicy {
 }
 
 impl ModelConfig {
+    /// The model's `config.toml`, or Triton's `config.pbtxt` (see
+    /// `crate::triton`; the settings it ignores are named in a warning),
+    /// or the defaults when it has neither.
     pub fn read(model_dir: &Path) -> Result<ModelConfig, String> {
-        let path = model_dir.join("config.toml");
-        let config = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<ModelConfig>(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModelConfig::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+        let toml_path = model_dir.join("config.toml");
+        let pbtxt = model_dir.join("config.pbtxt");
+        let (config, path) = if pbtxt.is_file() {
+            if toml_path.is_file() {
+                return Err(format!(
+                    "{} has both config.toml and config.pbtxt; keep one",
+                    model_dir.display()
+                ));
+            }
+            let text =
+                std::fs::read_to_string(&pbtxt).map_err(|e| format!("{}: {e}", pbtxt.display()))?;
+            let dir_name = model_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (config, ignored) = crate::triton::model_config(&text, &dir_name)
+                .map_err(|e| format!("{}: {e}", pbtxt.display()))?;
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    file = %pbtxt.display(),
+                    ignored = ?ignored,
+                    "Triton settings Greenbelt does not have are ignored"
+                );
+            }
+            (config, pbtxt)
+        } else {
+            let config = match std::fs::read_to_string(&toml_path) {
+                Ok(text) => toml::from_str::<ModelConfig>(&text)
+                    .map_err(|e| format!("{}: {e}", toml_path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModelConfig::default(),
+                Err(e) => return Err(format!("{}: {e}", toml_path.display())),
+            };
+            (config, toml_path)
         };
         if !(1..=greenbelt_runtime::MAX_INSTANCES).contains(&config.instances) {
             return Err(format!(

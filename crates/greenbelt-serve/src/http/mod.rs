@@ -265,7 +265,10 @@ fn config_json(entry: &crate::repository::ModelEntry, served: &ServedVersion) ->
             "max_queue_size": b.max_queue_size,
         })),
         // In service now (in-process scaling may have moved it from config).
-        "instance_group": [{ "count": served.instances.instances(), "kind": "KIND_CPU" }],
+        "instance_group": [{
+            "count": served.instances.instances(),
+            "kind": if entry.config.device.is_gpu() { "KIND_GPU" } else { "KIND_CPU" },
+        }],
         "version_policy": entry.config.version_policy,
         "default_version": entry.default().map(|v| v.version_label.to_string()),
         "deployment": entry.routing.is_some(),
