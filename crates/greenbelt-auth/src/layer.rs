@@ -58,8 +58,9 @@ pub fn policy(method: &Method, path: &str) -> Need {
     let infer = path.starts_with("/v2/models/") && path.ends_with("/infer");
     match path {
         _ if infer => Need::Public,
-        "/v2/repository/index" | "/features/online" => Need::Public,
-        "/features/push" => Need::Role(Role::FeatureWriter),
+        // Feast's feature-server routes are the same reads and pushes.
+        "/v2/repository/index" | "/features/online" | "/get-online-features" => Need::Public,
+        "/features/push" | "/push" => Need::Role(Role::FeatureWriter),
         // Delayed labels are data, written by the same pipelines as features.
         _ if path.starts_with("/v2/models/") && path.ends_with("/labels") => {
             Need::Role(Role::FeatureWriter)
@@ -165,6 +166,8 @@ mod tests {
                 Need::Role(Role::FeatureWriter),
             ),
             (Method::POST, "/features/online", Need::Public),
+            (Method::POST, "/get-online-features", Need::Public),
+            (Method::POST, "/push", Need::Role(Role::FeatureWriter)),
             (
                 Method::POST,
                 "/registry/models/m/versions",

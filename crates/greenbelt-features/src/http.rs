@@ -2,7 +2,8 @@
 //! `POST /features/online` (Feast-shaped feature values for entity rows) and
 //! `POST /features/push` (validated writes to the online store) and
 //! `GET /features/online/status` (the online store's circuit breakers and
-//! degraded-read counters, JSON). A read answered from fallbacks carries
+//! degraded-read counters, JSON); Feast's `POST /get-online-features` and
+//! `POST /push` (`push_source_name`, `df`, `to`) beside them. A read answered from fallbacks carries
 //! `"degraded"` in its body and the `x-greenbelt-degraded: features`
 //! header. Errors are
 //! `{"error": "..."}` with 400 for a bad body or value (naming the field),
@@ -80,10 +81,88 @@ async fn push(State(svc): State<OnlineService>, body: Bytes) -> Response {
     }
 }
 
-/// The `/features/*` routes over `svc`.
+/// Feast's feature server `POST /push` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeastPush {
+    push_source_name: String,
+    df: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    /// `online` (the default), `offline` or `online_and_offline`.
+    #[serde(default)]
+    to: Option<String>,
+    /// Feast clients send it; nothing to cache here.
+    #[serde(default, rename = "allow_registry_cache")]
+    _allow_registry_cache: Option<bool>,
+}
+
+/// Feast's `POST /push`: the rows go to every view fed by the push source
+/// named (a view of that name, or the views whose `source` it is), as
+/// Feast writes a push to all the views of a push source.
+async fn feast_push(State(svc): State<OnlineService>, body: Bytes) -> Response {
+    let req: FeastPush = match decode(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match req.to.as_deref() {
+        None | Some("online") => {}
+        Some("offline") | Some("online_and_offline") => {
+            return error(
+                400,
+                &format!(
+                    "to \"{}\": Greenbelt pushes to the online store only; the offline store is written by `greenbelt features materialize` from the view's source (send \"to\": \"online\")",
+                    req.to.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        Some(other) => {
+            return error(
+                400,
+                &format!("to \"{other}\": expected online, offline or online_and_offline"),
+            );
+        }
+    }
+    let defs = svc.definitions();
+    let views: Vec<String> = if defs.views.contains_key(&req.push_source_name) {
+        vec![req.push_source_name.clone()]
+    } else {
+        defs.views
+            .values()
+            .filter(|v| v.source == req.push_source_name)
+            .map(|v| v.name.clone())
+            .collect()
+    };
+    if views.is_empty() {
+        let known: Vec<&String> = defs.views.keys().collect();
+        return error(
+            404,
+            &format!(
+                "push_source_name \"{}\" is neither a feature view nor the source of one; views: {known:?}",
+                req.push_source_name
+            ),
+        );
+    }
+    let mut pushed = Vec::new();
+    for view in views {
+        let one = PushRequest {
+            feature_view: view,
+            df: req.df.clone(),
+        };
+        match svc.push(&one).await {
+            Ok(r) => pushed.push(r),
+            Err(e) => return fail(&e),
+        }
+    }
+    axum::Json(serde_json::json!({ "pushed": pushed })).into_response()
+}
+
+/// The `/features/*` routes over `svc`, and Feast's feature-server routes
+/// (`POST /get-online-features`, `POST /push`) so a Feast client works by
+/// changing its URL.
 pub fn router(svc: OnlineService) -> Router {
     Router::new()
         .route("/features/online", post(online))
+        .route("/get-online-features", post(online))
+        .route("/push", post(feast_push))
         .route("/features/push", post(push))
         .route("/features/online/status", get(online_status))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

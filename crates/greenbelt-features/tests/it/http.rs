@@ -308,3 +308,72 @@ async fn a_push_that_breaks_the_contract_names_row_feature_value_and_rule() {
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
+
+/// Feast's feature-server routes: the body a Feast client sends to `/push`
+/// and `/get-online-features`, answered in Feast's shape.
+#[tokio::test]
+async fn feast_clients_work_by_changing_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path().join("o.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    let svc = OnlineService::new(crate::online::defs(), store, CacheOptions::default());
+    let app = router(svc);
+    let now = greenbelt_features::time::format_ts(greenbelt_features::time::now_us());
+    // push_source_name: the view itself, as Feast's PushSource of one view.
+    let (s, b) = call(
+        &app,
+        "/push",
+        &json!({
+            "push_source_name": "user_stats",
+            "df": {"user_id": ["u1"], "event_timestamp": [now], "amount": [7.25], "country": ["SE"]},
+            "to": "online",
+            "allow_registry_cache": true,
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["pushed"][0]["feature_view"], "user_stats");
+    assert_eq!(b["pushed"][0]["written"], 1);
+    let (s, b) = call(
+        &app,
+        "/get-online-features",
+        r#"{"features": ["user_stats:amount", "user_stats:country"], "entities": {"user_id": ["u1"]}, "full_feature_names": true}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["metadata"]["feature_names"],
+        json!(["user_id", "user_stats__amount", "user_stats__country"])
+    );
+    assert_eq!(b["results"][1]["values"], json!([7.25]));
+    assert_eq!(b["results"][2]["statuses"], json!(["PRESENT"]));
+
+    for (body, status, needle) in [
+        (
+            json!({"push_source_name": "nope", "df": {}}),
+            StatusCode::NOT_FOUND,
+            "push_source_name \"nope\"",
+        ),
+        (
+            json!({"push_source_name": "user_stats", "df": {}, "to": "offline"}),
+            StatusCode::BAD_REQUEST,
+            "online store only",
+        ),
+        (
+            json!({"push_source_name": "user_stats", "df": {}, "to": "lake"}),
+            StatusCode::BAD_REQUEST,
+            "expected online",
+        ),
+        (
+            json!({"push_sorce_name": "user_stats", "df": {}}),
+            StatusCode::BAD_REQUEST,
+            "push_sorce_name",
+        ),
+    ] {
+        let (s, b) = call(&app, "/push", &body.to_string()).await;
+        assert_eq!(s, status, "{body}: {b}");
+        assert!(b["error"].as_str().unwrap().contains(needle), "{b}");
+    }
+}
