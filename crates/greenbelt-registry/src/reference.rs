@@ -42,9 +42,30 @@ impl FromStr for ModelRef {
     fn from_str(s: &str) -> Result<ModelRef, RegistryError> {
         let bad = |why: &str| {
             RegistryError::Invalid(format!(
-                "model \"{s}\": {why}; write NAME, NAME@ALIAS (e.g. fraud@champion) or NAME:VERSION (e.g. fraud:3)"
+                "model \"{s}\": {why}; write NAME, NAME@ALIAS (e.g. fraud@champion) or NAME:VERSION (e.g. fraud:3), or MLflow's models:/NAME@ALIAS, models:/NAME/VERSION, models:/NAME/latest"
             ))
         };
+        // MLflow's model URIs: models:/NAME@ALIAS, models:/NAME/VERSION,
+        // models:/NAME/latest (MLflow's other stages are not aliases here).
+        if let Some(rest) = s.strip_prefix("models:/") {
+            let r = match rest.split_once('/') {
+                Some((name, "latest")) => ModelRef::Latest(name.into()),
+                Some((name, version)) => {
+                    let v: i64 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                        bad("after models:/NAME/ comes a version (a whole number above 0) or latest")
+                    })?;
+                    ModelRef::Version(name.into(), v)
+                }
+                None if rest.contains(':') => return Err(bad("':' is not part of a model URI")),
+                None => rest
+                    .parse::<ModelRef>()
+                    .map_err(|_| bad("not a model URI"))?,
+            };
+            if r.name().is_empty() || r.name().contains(['/', ':']) {
+                return Err(bad("no model name, or one with '/' or ':' in it"));
+            }
+            return Ok(r);
+        }
         let (name, r) = if let Some((name, alias)) = s.split_once('@') {
             if alias.is_empty() || alias.contains([':', '@']) {
                 return Err(bad("the alias is empty or has ':' or '@' in it"));
@@ -123,6 +144,32 @@ mod tests {
         ] {
             let e = bad.parse::<ModelRef>().unwrap_err().to_string();
             assert!(e.contains("NAME@ALIAS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn mlflow_model_uris_parse() {
+        for (text, want) in [
+            (
+                "models:/fraud@champion",
+                ModelRef::Alias("fraud".into(), "champion".into()),
+            ),
+            ("models:/fraud/3", ModelRef::Version("fraud".into(), 3)),
+            ("models:/fraud/latest", ModelRef::Latest("fraud".into())),
+            ("models:/fraud", ModelRef::Latest("fraud".into())),
+        ] {
+            assert_eq!(text.parse::<ModelRef>().unwrap(), want, "{text}");
+        }
+        for bad in [
+            "models:/fraud/Production",
+            "models:/fraud/0",
+            "models:/",
+            "models:/@champion",
+            "models:/a:1",
+            "models:/fraud@",
+        ] {
+            let e = bad.parse::<ModelRef>().unwrap_err().to_string();
+            assert!(e.contains("models:/NAME@ALIAS"), "{bad}: {e}");
         }
     }
 }

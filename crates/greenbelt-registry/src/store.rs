@@ -607,6 +607,61 @@ impl Registry {
         })
     }
 
+    /// Set (`value` Some) or delete (None) one tag of a version, as
+    /// MLflow's `set_model_version_tag` / `delete_model_version_tag`;
+    /// returns the version's tags after. Deleting a tag it does not have
+    /// is an error naming the tags it has.
+    pub async fn set_tag(
+        &self,
+        model: &str,
+        version: i64,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Value, RegistryError> {
+        if key.is_empty() || key.len() > 250 {
+            return Err(RegistryError::Invalid(
+                "a tag key is 1 to 250 characters".into(),
+            ));
+        }
+        let mut tx = self
+            .begin_locked(&format!("tags:{model}:{version}"))
+            .await?;
+        let row = sqlx::query("SELECT tags FROM gb_versions WHERE model = $1 AND version = $2")
+            .bind(model)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("model \"{model}\" has no version {version}"))
+            })?;
+        let mut tags = match json_col(&row, "tags")? {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        match value {
+            Some(v) => {
+                tags.insert(key.to_string(), Value::String(v.to_string()));
+            }
+            None => {
+                if tags.remove(key).is_none() {
+                    let have: Vec<&String> = tags.keys().collect();
+                    return Err(RegistryError::NotFound(format!(
+                        "{model}:{version} has no tag \"{key}\" (its tags: {have:?})"
+                    )));
+                }
+            }
+        }
+        let tags = Value::Object(tags);
+        sqlx::query("UPDATE gb_versions SET tags = $1 WHERE model = $2 AND version = $3")
+            .bind(json_text(&tags))
+            .bind(model)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(tags)
+    }
+
     /// Store the gate report on a version after the fact.
     pub async fn set_gate_report(
         &self,

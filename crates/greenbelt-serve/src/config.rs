@@ -289,6 +289,10 @@ pub struct TelemetryConfig {
     /// Lines waiting for the log writer at most; past it lines are dropped
     /// and counted in `greenbelt_request_log_dropped_total`.
     pub log_queue: usize,
+    /// Write the request log to this file (appended, JSON lines) instead
+    /// of the process's log; unset: beside the other log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<std::path::PathBuf>,
     /// The sampled payload log (`[telemetry.payload_log]`, see `crate::payloadlog`).
     pub payload_log: crate::payloadlog::PayloadLogConfig,
 }
@@ -299,6 +303,7 @@ impl Default for TelemetryConfig {
             log_requests: true,
             log_sample: 1.0,
             log_queue: 65_536,
+            log_file: None,
             payload_log: Default::default(),
         }
     }
@@ -374,13 +379,16 @@ impl Config {
             };
             section_table.insert(key.clone(), env_value(&value));
         }
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: shown.to_path_buf(),
                     message: e.to_string(),
                 })?;
+        for d in &mut config.deployments {
+            d.resolve_model_uri().map_err(ConfigError::Invalid)?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -585,6 +593,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("urgent") || e.contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn a_deployment_takes_an_mlflow_model_uri() {
+        let c = parse(
+            "[[deployments]]\nname = \"scorer\"\nmodel = \"models:/fraud@challenger\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.deployments[0].model(), "fraud");
+        assert_eq!(c.deployments[0].alias, "challenger");
+        for bad in [
+            "models:/fraud/3",
+            "models:/fraud/latest",
+            "models:/@x",
+            "models:/fraud@",
+        ] {
+            let e = parse(
+                &format!("[[deployments]]\nname = \"scorer\"\nmodel = \"{bad}\"\n"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("scorer") && e.contains("models:/NAME@ALIAS"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,35 @@ impl DeploymentConfig {
         self.model.as_deref().unwrap_or(&self.name)
     }
 
+    /// `model = "models:/NAME@ALIAS"` (MLflow's model URI) is `model =
+    /// "NAME"` with `alias = "ALIAS"`. A deployment follows an alias, so a
+    /// URI naming a version or `latest` is refused, saying so.
+    pub fn resolve_model_uri(&mut self) -> Result<(), String> {
+        let Some(uri) = self.model.as_deref() else {
+            return Ok(());
+        };
+        let Some(rest) = uri.strip_prefix("models:/") else {
+            return Ok(());
+        };
+        let at = format!("[[deployments]] \"{}\": model \"{uri}\"", self.name);
+        match rest.split_once('@') {
+            Some((name, alias))
+                if !name.is_empty()
+                    && !alias.is_empty()
+                    && !name.contains(['/', ':', '@'])
+                    && !alias.contains(['/', ':', '@']) =>
+            {
+                let (name, alias) = (name.to_string(), alias.to_string());
+                self.model = Some(name);
+                self.alias = alias;
+                Ok(())
+            }
+            _ => Err(format!(
+                "{at}: a deployment follows an alias; write models:/NAME@ALIAS (e.g. models:/fraud@champion), or model = \"NAME\" with alias = \"ALIAS\""
+            )),
+        }
+    }
+
     /// Check everything a typo could break, naming the field.
     pub fn validate(&self) -> Result<(), String> {
         let at = format!("[[deployments]] \"{}\"", self.name);

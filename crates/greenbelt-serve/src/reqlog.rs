@@ -105,6 +105,16 @@ impl RequestLog {
             stderr: false,
             text: false,
         });
+        if let Some(path) = &config.log_file {
+            match open_log_file(path) {
+                Ok(f) => return RequestLog::to_writer(config, counters, Box::new(f), false),
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    error = %e,
+                    "cannot open [telemetry] log_file; the request log goes to the process log"
+                ),
+            }
+        }
         let out: Box<dyn Write + Send> = if output.stderr {
             Box::new(std::io::stderr())
         } else {
@@ -168,6 +178,19 @@ impl RequestLog {
             }
         }
     }
+}
+
+/// Open (append, create with its directory) the request log file.
+fn open_log_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl Drop for RequestLog {

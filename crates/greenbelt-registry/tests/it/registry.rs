@@ -224,3 +224,40 @@ async fn bad_urls_are_clear_errors() {
         "{err}"
     );
 }
+
+on_all_backends!(
+    tags_are_set_and_deleted_one_at_a_time,
+    |reg: Registry| async move {
+        let mut first = new_version("fraud", 1);
+        first.tags = json!({"team": "risk"});
+        reg.register(first).await.unwrap();
+        let tags = reg
+            .set_tag("fraud", 1, "reviewed", Some("yes"))
+            .await
+            .unwrap();
+        assert_eq!(tags, json!({"team": "risk", "reviewed": "yes"}));
+        reg.set_tag("fraud", 1, "team", Some("fraud-ops"))
+            .await
+            .unwrap();
+        let tags = reg.set_tag("fraud", 1, "reviewed", None).await.unwrap();
+        assert_eq!(tags, json!({"team": "fraud-ops"}));
+        assert_eq!(reg.version("fraud", 1).await.unwrap().tags, tags);
+        let e = reg
+            .set_tag("fraud", 1, "reviewed", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no tag \"reviewed\"") && e.contains("team"),
+            "{e}"
+        );
+        assert!(matches!(
+            reg.set_tag("fraud", 7, "x", Some("y")).await,
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            reg.set_tag("fraud", 1, "", Some("y")).await,
+            Err(RegistryError::Invalid(_))
+        ));
+    }
+);
