@@ -118,6 +118,9 @@ pub fn write_project(
              [repository]              # plain model repository: <path>/<model>/<version>/model.onnx\n\
              path = \"{d}/models\"\n\
              \n\
+             [telemetry]               # one JSON line per request, to a file instead of the terminal\n\
+             log_file = \"{d}/logs/requests.log\"\n\
+             \n\
              [registry]                # versions, aliases, audit history (SQLite file here)\n\
              url = \"sqlite://{d}/registry.db\"\n\
              artifacts = \"{d}/artifacts\"\n\

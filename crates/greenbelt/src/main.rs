@@ -3,6 +3,7 @@
 
 mod autoscale_cmd;
 mod bench;
+mod config_cmd;
 mod cost_cmd;
 mod drift_cmd;
 mod drill_cmd;
@@ -18,20 +19,37 @@ mod slo_cmd;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use greenbelt_app::App;
 use greenbelt_serve::Config;
+
+const EXAMPLES: &str = "\
+Examples:
+  greenbelt quickstart                        build a demo project and serve it
+  greenbelt serve -c greenbelt.toml           serve a project
+  greenbelt config check                      validate greenbelt.toml and what it names
+  greenbelt registry register fraud --file model.onnx
+  greenbelt rollout start fraud --version 2   release version 2 as a canary
+  greenbelt bench --model fraud --concurrency 16 --duration 10
+  greenbelt features materialize --start 2026-01-01T00:00:00Z --end 2026-02-01T00:00:00Z
+  greenbelt score --model models:/fraud@champion -i in.parquet -o out.parquet
+  greenbelt cost report --by model
+  greenbelt completions bash > /etc/bash_completion.d/greenbelt
+
+Every command has --help; docs/ has the guides.";
 
 #[derive(Parser)]
 #[command(
     name = "greenbelt",
     version,
-    about = "Serve, release, feed and watch ML models in production"
+    about = "Serve, release, feed and watch ML models in production",
+    after_help = EXAMPLES
 )]
 struct Cli {
-    /// Log format on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "GREENBELT_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format: text when the log goes to a terminal, else JSON (one
+    /// object a line).
+    #[arg(long, global = true, value_enum, env = "GREENBELT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +94,39 @@ enum Command {
     Optimize(optimize_cmd::Args),
     /// Batch scoring: run a model over a Parquet or CSV file (or partitions of them).
     Score(score_cmd::Args),
+    /// Check the project's configuration files and print the effective configuration.
+    Config(config_cmd::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (greenbelt.1 and one per subcommand) to a directory.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, default_value = "man")]
+        dir: PathBuf,
+    },
+}
+
+/// `greenbelt man`: one page for the binary and one per subcommand
+/// (greenbelt-serve.1, ...), from the same definitions as `--help`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut written = 0;
+    let mut page = |c: clap::Command, name: String| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c)
+            .title(name.clone())
+            .render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        written += 1;
+        Ok(())
+    };
+    page(cmd.clone(), "greenbelt".into())?;
+    for sub in cmd.get_subcommands() {
+        page(sub.clone(), format!("greenbelt-{}", sub.get_name()))?;
+    }
+    eprintln!("wrote {written} man pages to {}", dir.display());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -174,7 +225,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let to_stdout = matches!(cli.command, Command::Serve(_));
-    let _guard = init_logging(cli.log_format, to_stdout);
+    let format = cli.log_format.unwrap_or_else(|| {
+        use std::io::IsTerminal;
+        let terminal = if to_stdout {
+            std::io::stdout().is_terminal()
+        } else {
+            std::io::stderr().is_terminal()
+        };
+        if terminal {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        }
+    });
+    let _guard = init_logging(format, to_stdout);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,6 +269,13 @@ fn main() -> std::process::ExitCode {
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
             Command::Labels(args) => labels_cmd::run(args).await,
             Command::Optimize(args) => optimize_cmd::run(args).await,
+            Command::Config(args) => config_cmd::run(args).await,
+            Command::Completions { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "greenbelt", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man { dir } => write_man_pages(&dir),
         }
         .map(|()| std::process::ExitCode::SUCCESS)
     });

@@ -79,6 +79,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the first model was not promoted; see the gate report above");
     }
 
+    let request_log = config
+        .telemetry
+        .log_file
+        .as_ref()
+        .map_or_else(|| "the server log".into(), |p| p.display().to_string());
     let app = App::build(config).await?;
     let Some(http) = app.http_addr() else {
         bail!("server has no REST address");
@@ -138,9 +143,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .traffic(fraud_path, &[&fraud_body, &traffic_body], args.traffic)
         .await?;
     println!(
-        "\nquickstart: sent {} requests to fraud (half with features, half with entity keys): {ok} OK in {:.2} s",
+        "\nquickstart: sent {} requests to fraud (half with features, half with entity keys): {ok} OK in {:.2} s; one log line each in {}",
         args.traffic,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        request_log
     );
     println!(
         "\nquickstart: try it yourself:\n  curl -s -X POST {fraud_url} -d @{d}/fraud-request.json\n  curl -s -X POST {fraud_url} -d @{d}/fraud-entities.json      # entity keys; features from the store\n  curl -s -X POST {base}/features/online -d '{{\"entities\":{{\"user_id\":[\"u00001\"]}},\"features\":[\"user_profile:*\"]}}'\n  curl -s {base}/metrics | grep greenbelt_requests_total\n  greenbelt registry --config {c} history fraud\n  greenbelt pipeline run --config {c} {p}     # train v2; promoted only if it beats v1",

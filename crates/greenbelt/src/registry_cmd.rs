@@ -53,6 +53,9 @@ enum Cmd {
     /// Move or delete an alias.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Set or delete a version's tags (MLflow's model version tags).
+    #[command(subcommand)]
+    Tag(TagCmd),
     /// Alias history; with --at, which version the alias pointed to then.
     History {
         model: String,
@@ -113,6 +116,96 @@ fn print(json_mode: bool, value: &Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// A JSON value on one line: objects as `k=v` pairs, `-` when empty.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Object(m) if m.is_empty() => "-".into(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() => format!("{k}={f:.4}"),
+                    _ => format!("{k}={n}"),
+                },
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// `greenbelt_app::table::columns` without the trailing newline
+/// (`print` adds one).
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    greenbelt_app::table::columns(head, rows)
+        .trim_end()
+        .to_string()
+}
+
+/// `registry show` as text: the version's facts, then its metrics, tags
+/// and lineage one per line.
+fn show_text(v: &greenbelt_registry::ModelVersion, aliases: &[(String, i64)]) -> String {
+    let names: Vec<String> = aliases
+        .iter()
+        .filter(|(_, n)| *n == v.version)
+        .map(|(a, _)| format!("@{a}"))
+        .collect();
+    let mut rows = vec![
+        vec!["model".into(), v.model.clone()],
+        vec!["version".into(), v.version.to_string()],
+        vec!["aliases".into(), names.join(",")],
+        vec!["created".into(), format_us(v.created_us)],
+        vec!["created by".into(), v.created_by.clone()],
+        vec!["format".into(), v.format.clone()],
+        vec!["artifact".into(), v.artifact_uri.clone()],
+        vec!["sha256".into(), v.sha256.clone()],
+    ];
+    for (section, value) in [
+        ("metrics", &v.metrics),
+        ("params", &v.params),
+        ("tags", &v.tags),
+        ("lineage", &v.lineage),
+    ] {
+        if let Value::Object(m) = value {
+            for (k, x) in m {
+                let shown = match x {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                rows.push(vec![format!("{section}.{k}"), shown]);
+            }
+        }
+    }
+    if let Some(passed) = v.gate_report.get("passed") {
+        rows.push(vec!["gates passed".into(), passed.to_string()]);
+    }
+    let io = |key: &str| -> String {
+        v.signature
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        format!(
+                            "{} {} {}",
+                            t["name"].as_str().unwrap_or("?"),
+                            t["datatype"].as_str().unwrap_or("?"),
+                            t["shape"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    };
+    rows.push(vec!["inputs".into(), io("inputs")]);
+    rows.push(vec!["outputs".into(), io("outputs")]);
+    table(&["FIELD", "VALUE"], &rows)
+}
+
 fn event_line(e: &greenbelt_registry::AliasEvent) -> String {
     let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
     format!(
@@ -127,6 +220,23 @@ fn event_line(e: &greenbelt_registry::AliasEvent) -> String {
     )
 }
 
+#[derive(Subcommand)]
+enum TagCmd {
+    /// Set KEY to VALUE on MODEL:VERSION.
+    Set {
+        model: String,
+        version: i64,
+        key: String,
+        value: String,
+    },
+    /// Delete KEY from MODEL:VERSION.
+    Delete {
+        model: String,
+        version: i64,
+        key: String,
+    },
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let reg = open(&config, args.url.as_deref()).await?;
@@ -135,7 +245,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Cmd::Models => {
             let models = reg.models().await?;
-            print(j, &json!({ "models": models }), || models.join("\n"));
+            print(j, &json!({ "models": models }), || {
+                let rows: Vec<Vec<String>> = models.iter().map(|m| vec![m.clone()]).collect();
+                table(&["MODEL"], &rows)
+            });
         }
         Cmd::Versions { model } => {
             let versions = reg.versions(&model).await?;
@@ -144,36 +257,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 j,
                 &json!({ "versions": versions, "aliases": aliases }),
                 || {
-                    let mut out = String::new();
-                    for v in &versions {
-                        let names: Vec<&str> = aliases
-                            .iter()
-                            .filter(|(_, n)| *n == v.version)
-                            .map(|(a, _)| a.as_str())
-                            .collect();
-                        out.push_str(&format!(
-                            "{:>4}  {}  {}  {}  {}\n",
-                            v.version,
-                            format_us(v.created_us),
-                            &v.sha256[..12],
-                            v.metrics,
-                            if names.is_empty() {
-                                String::new()
-                            } else {
-                                format!("@{}", names.join(",@"))
-                            }
-                        ));
-                    }
-                    out.trim_end().to_string()
+                    let rows: Vec<Vec<String>> = versions
+                        .iter()
+                        .map(|v| {
+                            let names: Vec<String> = aliases
+                                .iter()
+                                .filter(|(_, n)| *n == v.version)
+                                .map(|(a, _)| format!("@{a}"))
+                                .collect();
+                            vec![
+                                v.version.to_string(),
+                                format_us(v.created_us),
+                                v.sha256.chars().take(12).collect(),
+                                compact(&v.metrics),
+                                names.join(","),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["VERSION", "CREATED", "SHA256", "METRICS", "ALIASES"],
+                        &rows,
+                    )
                 },
             );
         }
         Cmd::Show { model, version } => {
             let v = reg.version(&model, version).await?;
             let value = serde_json::to_value(&v)?;
-            print(j, &value, || {
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            });
+            let aliases = reg.aliases(&model).await?;
+            print(j, &value, || show_text(&v, &aliases));
         }
         Cmd::Register {
             model,
@@ -213,6 +325,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => format!("{model}@{alias} already points to {version}"),
             });
         }
+        Cmd::Tag(t) => {
+            let (model, version, tags) = match t {
+                TagCmd::Set {
+                    model,
+                    version,
+                    key,
+                    value,
+                } => {
+                    let tags = reg.set_tag(&model, version, &key, Some(&value)).await?;
+                    (model, version, tags)
+                }
+                TagCmd::Delete {
+                    model,
+                    version,
+                    key,
+                } => {
+                    let tags = reg.set_tag(&model, version, &key, None).await?;
+                    (model, version, tags)
+                }
+            };
+            print(
+                j,
+                &json!({ "model": model, "version": version, "tags": tags }),
+                || format!("{model}:{version} tags: {}", compact(&tags)),
+            );
+        }
         Cmd::Alias(AliasCmd::Delete {
             model,
             alias,
@@ -240,7 +378,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             None => {
                 let events = reg.history(&model, alias.as_deref()).await?;
                 print(j, &json!({ "events": events }), || {
-                    events.iter().map(event_line).collect::<Vec<_>>().join("\n")
+                    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+                    let rows: Vec<Vec<String>> = events
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.at.clone(),
+                                format!("{}@{}", e.model, e.alias),
+                                show(e.from_version),
+                                show(e.to_version),
+                                e.actor.clone(),
+                                e.reason.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(&["AT", "ALIAS", "FROM", "TO", "BY", "REASON"], &rows)
                 });
             }
         },
