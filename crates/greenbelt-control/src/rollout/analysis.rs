@@ -3,9 +3,13 @@
 //! candidate's and the stable version's own live metrics, the shadow
 //! comparison of the candidate, and optional PromQL queries.
 //!
+//! Conditions are parsed by [`crate::expr`], the language pipeline gates
+//! use too; this module decides which metrics exist and what they measure.
+//!
 //! A window where the candidate served fewer than `min_samples` requests, or
-//! where a condition's metric has no value (no shadow comparisons, a failed
-//! query), is **inconclusive**: the rollout pauses instead of promoting.
+//! where a condition has no value (a metric without one — no shadow
+//! comparisons, a failed query — or a division by zero), is
+//! **inconclusive**: the rollout pauses instead of promoting.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,9 +17,9 @@ use std::time::Duration;
 use greenbelt_serve::deployment::AnalysisSpec;
 use greenbelt_serve::live::Window;
 use greenbelt_serve::shadow::ShadowWindow;
-use serde::Serialize;
 
 use super::machine::{AnalysisRun, Verdict};
+use crate::expr::{self, Comparison, Undefined};
 
 /// Metrics a condition may name (each also as `stable.<metric>`, except the
 /// shadow ones), besides `prom.<query name>`.
@@ -30,29 +34,11 @@ pub const METRICS: &[&str] = &[
     "shadow_compared",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-enum Op {
-    Ge,
-    Gt,
-    Le,
-    Lt,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Operand {
-    Number(f64),
-    Metric(String),
-}
-
 /// One parsed condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
     pub text: String,
-    metric: String,
-    op: Op,
-    /// First operand, then (operator, operand) pairs, left to right.
-    first: Operand,
-    rest: Vec<(char, Operand)>,
+    cmp: Comparison,
 }
 
 fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> Result<(), String> {
@@ -60,8 +46,13 @@ fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> R
         return if queries.contains_key(q) {
             Ok(())
         } else {
+            let dash = if q.contains('-') {
+                " (to subtract, put spaces around the -)"
+            } else {
+                ""
+            };
             Err(format!(
-                "condition \"{text}\": prom.{q} has no query; add it under analysis.queries"
+                "condition \"{text}\": prom.{q} has no query{dash}; add it under analysis.queries"
             ))
         };
     }
@@ -76,97 +67,47 @@ fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> R
     }
 }
 
-fn operand(text: &str, tok: &str, queries: &BTreeMap<String, String>) -> Result<Operand, String> {
-    if let Ok(x) = tok.parse::<f64>() {
-        return if x.is_finite() {
-            Ok(Operand::Number(x))
-        } else {
-            Err(format!(
-                "condition \"{text}\": \"{tok}\" is not a finite number"
-            ))
-        };
-    }
-    check_metric(text, tok, queries)?;
-    Ok(Operand::Metric(tok.to_string()))
-}
-
 impl Condition {
-    /// Parse `<metric> <op> <operand> [(*|+|-|/) <operand>]...`, tokens
-    /// separated by spaces.
+    /// Parse a condition: a comparison of two expressions of numbers and
+    /// metrics with `+ - * /`, unary minus and parentheses (the
+    /// [`crate::expr`] language), e.g. `p99_ms <= stable.p99_ms * 1.5 + 5`.
     pub fn parse(text: &str, queries: &BTreeMap<String, String>) -> Result<Condition, String> {
-        let toks: Vec<&str> = text.split_whitespace().collect();
-        if toks.len() < 3 || toks.len().is_multiple_of(2) {
+        let cmp = expr::parse_with(text, &["prom."]).map_err(|e| {
+            format!(
+                "condition \"{text}\" {e}; write <metric> <op> <expression>, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5 + 5\""
+            )
+        })?;
+        let names = cmp.identifiers();
+        if names.is_empty() {
             return Err(format!(
-                "condition \"{text}\": write <metric> <op> <value>, with spaces, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5\""
+                "condition \"{text}\" names no metric; compare a metric, e.g. \"error_rate <= 0.01\""
             ));
         }
-        check_metric(text, toks[0], queries)?;
-        let op = match toks[1] {
-            ">=" => Op::Ge,
-            ">" => Op::Gt,
-            "<=" => Op::Le,
-            "<" => Op::Lt,
-            other => {
-                return Err(format!(
-                    "condition \"{text}\": \"{other}\" is not a comparison; use >=, >, <= or <"
-                ));
-            }
-        };
-        let first = operand(text, toks[2], queries)?;
-        let mut rest = Vec::new();
-        for pair in toks[3..].chunks(2) {
-            let op = match pair[0] {
-                "*" | "+" | "-" | "/" => pair[0].chars().next().unwrap_or('+'),
-                other => {
-                    return Err(format!(
-                        "condition \"{text}\": \"{other}\" is not an operator; use * + - /"
-                    ));
-                }
-            };
-            rest.push((op, operand(text, pair[1], queries)?));
+        for name in names {
+            check_metric(text, name, queries)?;
         }
         Ok(Condition {
             text: text.to_string(),
-            metric: toks[0].to_string(),
-            op,
-            first,
-            rest,
+            cmp,
         })
     }
 
-    fn value(o: &Operand, values: &BTreeMap<String, f64>) -> Option<f64> {
-        match o {
-            Operand::Number(x) => Some(*x),
-            Operand::Metric(m) => values.get(m).copied(),
-        }
+    /// Whether the condition judges a shadow comparison (`shadow_*`).
+    pub fn needs_shadow(&self) -> bool {
+        self.cmp
+            .identifiers()
+            .iter()
+            .any(|n| n.starts_with("shadow_"))
     }
 
-    /// (measured, threshold, holds), or the name of a metric with no value.
+    /// (measured, threshold, holds), or why there is no value.
     fn evaluate(&self, values: &BTreeMap<String, f64>) -> Result<(f64, f64, bool), String> {
-        let missing = |m: &str| format!("{m} has no value in this window");
-        let left = values
-            .get(&self.metric)
-            .copied()
-            .ok_or_else(|| missing(&self.metric))?;
-        let mut right = Self::value(&self.first, values)
-            .ok_or_else(|| missing(&format!("{:?}", self.first)))?;
-        for (op, o) in &self.rest {
-            let x = Self::value(o, values).ok_or_else(|| missing(&format!("{o:?}")))?;
-            right = match op {
-                '*' => right * x,
-                '/' if x != 0.0 => right / x,
-                '/' => f64::INFINITY,
-                '-' => right - x,
-                _ => right + x,
-            };
-        }
-        let holds = match self.op {
-            Op::Ge => left >= right,
-            Op::Gt => left > right,
-            Op::Le => left <= right,
-            Op::Lt => left < right,
-        };
-        Ok((left, right, holds))
+        self.cmp
+            .eval(&|name| values.get(name).copied())
+            .map_err(|e| match e {
+                Undefined::Missing(m) => format!("{m} has no value in this window"),
+                other => format!("{other}: no value in this window"),
+            })
     }
 }
 
@@ -235,7 +176,7 @@ pub fn judge(
     for c in conditions {
         // Shadow conditions judge a running shadow; after a blue/green
         // switch there is none, and the other conditions decide.
-        if m.shadow.is_none() && c.metric.starts_with("shadow_") {
+        if m.shadow.is_none() && c.needs_shadow() {
             continue;
         }
         match c.evaluate(&values) {
@@ -350,16 +291,94 @@ mod tests {
     fn parse_errors_name_the_fix() {
         let q = BTreeMap::new();
         for (text, want) in [
-            ("error_rate<=0.01", "with spaces"),
+            ("error_rate", "at column 11: no comparison"),
             ("eror_rate <= 0.01", "unknown"),
-            ("error_rate == 0.01", "not a comparison"),
-            ("p99_ms <= stable.p99_ms ^ 2", "not an operator"),
+            (
+                "error_rate => 0.01",
+                "at column 12: \"=>\" is not a comparison",
+            ),
+            (
+                "p99_ms <= stable.p99_ms ^ 2",
+                "at column 25: \"^\" is not an operator",
+            ),
             ("prom.x < 1", "analysis.queries"),
             ("stable.shadow_agreement > 1", "unknown"),
+            ("prom.burn-x < 1", "put spaces around the -"),
+            ("1 < 2", "names no metric"),
+            ("p99_ms <= (stable.p99_ms + 5", "never closed"),
         ] {
             let e = Condition::parse(text, &q).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
+            assert!(e.contains(&format!("\"{text}\"")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn expressions_follow_precedence() {
+        let q = BTreeMap::new();
+        let m = Measurement {
+            candidate: window(100, 0, 19.0),
+            stable: window(100, 0, 10.0),
+            ..Measurement::default()
+        };
+        // 5 + 10 * 1.5 = 20 (left to right it was 22.5); both spellings agree.
+        for (text, measured, threshold) in [
+            ("p99_ms <= 5 + stable.p99_ms * 1.5", 19.0, 20.0),
+            ("p99_ms <= stable.p99_ms * 1.5 + 5", 19.0, 20.0),
+            ("p99_ms<=stable.p99_ms*1.5+5", 19.0, 20.0),
+            ("p99_ms - 5 <= (stable.p99_ms) * 1.5", 14.0, 15.0),
+            ("-p99_ms >= -(stable.p99_ms * 1.5 + 5)", -19.0, -20.0),
+        ] {
+            let c = Condition::parse(text, &q).unwrap();
+            assert_eq!(
+                c.evaluate(&m.values()),
+                Ok((measured, threshold, true)),
+                "{text}"
+            );
+        }
+        let c = Condition::parse("p99_ms <= 5 + stable.p99_ms * 1.5", &q).unwrap();
+        let slow = Measurement {
+            candidate: window(100, 0, 21.0),
+            ..m.clone()
+        };
+        let r = judge(&[c], 1, &slow, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(r.notes[0].contains("threshold 20.0"), "{:?}", r.notes);
+    }
+
+    #[test]
+    fn old_forms_still_parse() {
+        let mut q = BTreeMap::new();
+        q.insert("burn-rate".to_string(), "sum(x)".to_string());
+        q.insert("burn".to_string(), "sum(x)".to_string());
+        for text in [
+            "error_rate <= 0.01",
+            "p99_ms <= stable.p99_ms * 1.5 + 5",
+            "p99_ms <= stable.p99_ms * 20 + 50",
+            "shadow_agreement >= 0.99",
+            "prom.burn < 2",
+            "prom.burn-rate < 2",
+            "p50_ms < stable.p50_ms / 2 - 1",
+        ] {
+            Condition::parse(text, &q).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        // Outside prom.<query>, a dash without spaces subtracts.
+        let c = Condition::parse("error_rate-stable.error_rate <= 0.01", &q).unwrap();
+        assert_eq!(c.cmp.identifiers(), ["error_rate", "stable.error_rate"]);
+    }
+
+    #[test]
+    fn division_by_zero_is_inconclusive() {
+        let q = BTreeMap::new();
+        let c = Condition::parse("errors <= stable.errors / stable.requests * 100", &q).unwrap();
+        let m = Measurement {
+            candidate: window(100, 0, 1.0),
+            stable: window(0, 0, 1.0),
+            ..Measurement::default()
+        };
+        let r = judge(&[c], 1, &m, 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.notes[0].contains("division by zero"), "{:?}", r.notes);
     }
 
     #[test]

@@ -52,9 +52,7 @@ pub async fn start(
         ))
     })?;
     if spec.analysis.shadow_fraction <= 0.0
-        && let Some(c) = conditions
-            .iter()
-            .find(|c| c.text.trim_start().starts_with("shadow_"))
+        && let Some(c) = conditions.iter().find(|c| c.needs_shadow())
     {
         return Err(bad(format!(
             "[[deployments]] \"{}\": condition \"{}\" needs a shadow: set rollout.analysis.shadow_fraction > 0",
