@@ -34,10 +34,21 @@ pub const METRICS: &[&str] = &[
     "shadow_compared",
 ];
 
+/// Whether a condition must hold (`conditions`) or must not
+/// (`failure_conditions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A run succeeds only when every success condition holds.
+    Success,
+    /// A run fails when any failure condition holds.
+    Failure,
+}
+
 /// One parsed condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
     pub text: String,
+    pub kind: Kind,
     cmp: Comparison,
 }
 
@@ -72,6 +83,15 @@ impl Condition {
     /// metrics with `+ - * /`, unary minus and parentheses (the
     /// [`crate::expr`] language), e.g. `p99_ms <= stable.p99_ms * 1.5 + 5`.
     pub fn parse(text: &str, queries: &BTreeMap<String, String>) -> Result<Condition, String> {
+        Self::parse_kind(text, Kind::Success, queries)
+    }
+
+    /// Parse a success or a failure condition.
+    pub fn parse_kind(
+        text: &str,
+        kind: Kind,
+        queries: &BTreeMap<String, String>,
+    ) -> Result<Condition, String> {
         let cmp = expr::parse_with(text, &["prom."]).map_err(|e| {
             format!(
                 "condition \"{text}\" {e}; write <metric> <op> <expression>, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5 + 5\""
@@ -88,6 +108,7 @@ impl Condition {
         }
         Ok(Condition {
             text: text.to_string(),
+            kind,
             cmp,
         })
     }
@@ -111,12 +132,24 @@ impl Condition {
     }
 }
 
-/// Every condition of `spec`, parsed; the first error names the condition.
+/// Every condition of `spec`, parsed: `conditions`, then
+/// `failure_conditions`; the first error names the field and the condition.
 pub fn conditions(spec: &AnalysisSpec) -> Result<Vec<Condition>, String> {
-    spec.conditions
-        .iter()
-        .map(|c| Condition::parse(c, &spec.queries))
-        .collect()
+    let parse = |field: &'static str, kind: Kind, texts: &[String]| {
+        texts
+            .iter()
+            .map(|c| {
+                Condition::parse_kind(c, kind, &spec.queries).map_err(|e| format!("{field}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    let mut all = parse("conditions", Kind::Success, &spec.conditions)?;
+    all.extend(parse(
+        "failure_conditions",
+        Kind::Failure,
+        &spec.failure_conditions,
+    )?);
+    Ok(all)
 }
 
 /// What one window measured.
@@ -157,7 +190,11 @@ impl Measurement {
     }
 }
 
-/// Judge one window.
+/// Judge one window: a failure condition that holds fails the run, even
+/// in a small window; else a success condition that does not hold fails it
+/// when the candidate served requests; else a condition without a value
+/// (or too few requests) makes it inconclusive; else a failed success
+/// condition fails it; else it passes.
 pub fn judge(
     conditions: &[Condition],
     min_samples: u64,
@@ -165,6 +202,7 @@ pub fn judge(
     at_ms: i64,
 ) -> AnalysisRun {
     let values = m.values();
+    let mut met = Vec::new();
     let mut failed = Vec::new();
     let mut missing = Vec::new();
     if m.candidate.requests < min_samples {
@@ -179,18 +217,25 @@ pub fn judge(
         if m.shadow.is_none() && c.needs_shadow() {
             continue;
         }
-        match c.evaluate(&values) {
-            Ok((_, _, true)) => {}
-            Ok((left, right, false)) => failed.push(format!(
+        match (c.kind, c.evaluate(&values)) {
+            (Kind::Success, Ok((_, _, true))) | (Kind::Failure, Ok((_, _, false))) => {}
+            (Kind::Success, Ok((left, right, false))) => failed.push(format!(
                 "{} (measured {left:.6}, threshold {right:.6})",
                 c.text
             )),
-            Err(e) => missing.push(format!("{}: {e}", c.text)),
+            (Kind::Failure, Ok((left, right, true))) => met.push(format!(
+                "failure condition {} (measured {left:.6}, threshold {right:.6})",
+                c.text
+            )),
+            (_, Err(e)) => missing.push(format!("{}: {e}", c.text)),
         }
     }
     // A measured failure is a failure even in a small window: errors from a
     // broken candidate must abort, not pause.
-    let (verdict, notes) = if !failed.is_empty() && m.candidate.requests > 0 {
+    let (verdict, notes) = if !met.is_empty() {
+        met.extend(failed);
+        (Verdict::Failure, met)
+    } else if !failed.is_empty() && m.candidate.requests > 0 {
         (Verdict::Failure, failed)
     } else if !missing.is_empty() {
         (Verdict::Inconclusive, missing)
@@ -418,6 +463,92 @@ mod tests {
             ..ok
         };
         assert_eq!(judge(&c, 50, &failing, 0).verdict, Verdict::Failure);
+    }
+
+    #[test]
+    fn failure_conditions_fail_before_success_conditions_decide() {
+        let spec = AnalysisSpec {
+            conditions: vec!["p99_ms <= stable.p99_ms * 2".into()],
+            failure_conditions: vec![
+                "error_rate > 0.1".into(),
+                "p99_ms - stable.p99_ms > 100".into(),
+            ],
+            ..AnalysisSpec::default()
+        };
+        let c = conditions(&spec).unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            [Kind::Success, Kind::Failure, Kind::Failure]
+        );
+        let ok = Measurement {
+            candidate: window(100, 1, 10.0),
+            stable: window(900, 0, 6.0),
+            ..Measurement::default()
+        };
+        assert_eq!(judge(&c, 50, &ok, 0).verdict, Verdict::Success);
+        // A failure condition that holds fails the run, named as such, even
+        // below min_samples, where a success condition alone would wait.
+        let broken = Measurement {
+            candidate: window(10, 5, 10.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &broken, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(
+            r.notes[0].starts_with("failure condition error_rate > 0.1 (measured 0.5"),
+            "{:?}",
+            r.notes
+        );
+        // Both kinds failing: the failure condition first, then the rest.
+        let slow = Measurement {
+            candidate: window(100, 0, 200.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &slow, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(
+            r.notes[0].starts_with("failure condition p99_ms - stable.p99_ms"),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            r.notes[1].starts_with("p99_ms <= stable.p99_ms * 2"),
+            "{:?}",
+            r.notes
+        );
+        // A failure condition without a value is inconclusive, not a pass.
+        let no_stable = Measurement {
+            stable: window(0, 0, 0.0),
+            ..ok.clone()
+        };
+        let r = judge(&c[2..], 50, &no_stable, 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(
+            r.notes[0].contains("stable.p99_ms has no value"),
+            "{:?}",
+            r.notes
+        );
+        // Failure conditions alone: the run passes while none holds.
+        assert_eq!(judge(&c[1..], 50, &ok, 0).verdict, Verdict::Success);
+        // The field is named in errors.
+        let e = conditions(&AnalysisSpec {
+            failure_conditions: vec!["error_rate >> 1".into()],
+            ..AnalysisSpec::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("failure_conditions: condition \"error_rate >> 1\""),
+            "{e}"
+        );
+        let e = conditions(&AnalysisSpec {
+            conditions: vec!["latency < 1".into()],
+            ..AnalysisSpec::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("conditions: condition \"latency < 1\""),
+            "{e}"
+        );
     }
 
     #[test]
