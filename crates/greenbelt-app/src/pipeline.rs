@@ -71,6 +71,7 @@ pub async fn run_pipeline(
         workdir: PathBuf::from(".greenbelt/pipelines").join(&def.name),
         progress,
         historical: Some(Arc::new(FeatureStoreRetrieval)),
+        deployments: config.deployments.clone(),
     };
     Ok(pipeline::run(&def, &ctx).await?)
 }

@@ -7,6 +7,7 @@
 //! sit on the request path.
 
 pub mod demo;
+pub mod expr;
 pub mod optimize;
 pub mod pipeline;
 pub mod rollout;

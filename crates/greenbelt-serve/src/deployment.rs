@@ -348,6 +348,10 @@ pub struct AnalysisSpec {
     /// p99_ms, shadow_agreement, shadow_error_rate, shadow_compared; each
     /// also as `stable.<metric>`.
     pub conditions: Vec<String>,
+    /// Conditions that fail a run when they hold (Argo Rollouts'
+    /// `failureCondition`), e.g. `error_rate > 0.05`: checked before
+    /// `conditions`, and a failure even in a window below `min_samples`.
+    pub failure_conditions: Vec<String>,
     /// Copy this share of the stable version's traffic to the candidate
     /// during the rollout, so its outputs can be compared (0 = no shadow).
     pub shadow_fraction: f64,
@@ -364,6 +368,7 @@ impl Default for AnalysisSpec {
             failure_limit: 0,
             min_samples: 50,
             conditions: vec!["error_rate <= 0.01".into()],
+            failure_conditions: Vec::new(),
             shadow_fraction: 0.0,
             prometheus_url: None,
             queries: BTreeMap::new(),

@@ -3,9 +3,11 @@
 //! report` (asks a running server for its shadow comparisons).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use greenbelt_control::rollout::{self, Command, Rollout, Status, controller::wall_ms};
+use greenbelt_control::rollout::watch::{Seen, WatchOptions, Watched};
+use greenbelt_control::rollout::{self, Command, Phase, Rollout, Status, controller::wall_ms};
 use greenbelt_serve::deployment::Strategy;
 
 use greenbelt_app::registry::{actor, deployment as find_deployment, load_config, open};
@@ -43,7 +45,17 @@ enum Cmd {
         strategy: Option<StrategyArg>,
     },
     /// Show the current (or last) rollout: phase, weight, analysis, events.
-    Status { deployment: String },
+    Status {
+        deployment: String,
+        /// Keep polling; print a block each time the step, weight, phase or
+        /// analysis changes, until the rollout is promoted or aborted (exit
+        /// 1 when aborted) or Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Time between polls with --watch (e.g. 500ms, 2s).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Skip the current pause or analysis wait (canary); switch the preview (blue/green).
     Promote {
         deployment: String,
@@ -77,7 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let r = rollout::start(&registry, dep, version, strategy, &who, wall_ms()).await?;
             return print_rollout(&r, args.json, "started");
         }
-        Cmd::Status { deployment } => {
+        Cmd::Status {
+            deployment,
+            watch: true,
+            interval,
+        } => return watch(&registry, &deployment, interval, args.json).await,
+        Cmd::Status { deployment, .. } => {
             let st = rollout::status(&registry, &deployment).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -100,6 +117,49 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let r = rollout::command(&registry, &deployment, cmd, &who, wall_ms()).await?;
     print_rollout(&r, args.json, "updated")
+}
+
+/// `rollout status --watch`: a block (or, with --json, a line of JSON) per
+/// change until the rollout finishes or Ctrl-C.
+async fn watch(
+    registry: &greenbelt_registry::Registry,
+    deployment: &str,
+    interval: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    if interval < Duration::from_millis(10) {
+        anyhow::bail!("--interval {interval:?} is too short; use at least 10ms");
+    }
+    let opts = WatchOptions {
+        interval,
+        ..WatchOptions::default()
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let ended = rollout::watch::watch(registry, deployment, opts, ctrl_c, |seen| match seen {
+        Seen::Changed(st) if json => match serde_json::to_string(st) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("warning: status not printable as JSON: {e}"),
+        },
+        Seen::Changed(st) => println!("{}", rollout::watch::block(&st.rollout, wall_ms())),
+        Seen::PollFailed(e) => eprintln!("warning: {e}; retrying"),
+    })
+    .await?;
+    match ended {
+        Watched::Finished(r) if r.phase == Phase::Aborted => anyhow::bail!(
+            "rollout {} was aborted: {}",
+            r.id,
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        Watched::Finished(r) => {
+            if !json {
+                println!("rollout {} finished: {:?}", r.id, r.phase);
+            }
+            Ok(())
+        }
+        Watched::Stopped => Ok(()),
+    }
 }
 
 fn print_rollout(r: &Rollout, json: bool, what: &str) -> anyhow::Result<()> {

@@ -17,6 +17,17 @@ pub struct PipelineDef {
     /// Alias promoted when every gate passes.
     #[serde(default = "champion")]
     pub alias: String,
+    /// How a version that passed every gate is promoted: "alias" (the
+    /// default) moves `alias` to it at once; "rollout" starts a canary
+    /// rollout of it on `deployment` (with that deployment's
+    /// `[deployments.rollout]` steps and analysis), which moves the alias
+    /// when it is promoted.
+    #[serde(default)]
+    pub promote: Promote,
+    /// With `promote = "rollout"`: the `[[deployments]]` entry of the
+    /// project config (greenbelt.toml) to release on.
+    #[serde(default)]
+    pub deployment: Option<String>,
     pub data: DataDef,
     pub train: TrainDef,
     /// Gate rules, e.g. "auc >= 0.80", "auc >= champion.auc - 0.005",
@@ -32,6 +43,17 @@ pub struct PipelineDef {
 
 fn champion() -> String {
     "champion".into()
+}
+
+/// How a pipeline promotes a version that passed its gates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Promote {
+    /// Move the alias at once.
+    #[default]
+    Alias,
+    /// Start a canary rollout on a deployment.
+    Rollout,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +215,21 @@ impl PipelineDef {
         }
         for rule in &def.gates {
             super::gates::Rule::parse(rule)?;
+        }
+        match (def.promote, &def.deployment) {
+            (Promote::Rollout, None) => {
+                return Err(PipelineError::Definition(format!(
+                    "{}: promote = \"rollout\" needs deployment = \"<name>\", the [[deployments]] entry of greenbelt.toml to release on",
+                    path.display()
+                )));
+            }
+            (Promote::Alias, Some(d)) => {
+                return Err(PipelineError::Definition(format!(
+                    "{}: deployment = \"{d}\" is only used with promote = \"rollout\"; add that, or remove deployment",
+                    path.display()
+                )));
+            }
+            _ => {}
         }
         Ok(def)
     }

@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use definition::{PipelineDef, Task, TrainDef};
+use definition::{PipelineDef, Promote, Task, TrainDef};
 use gates::{Rule, RuleResult};
+use greenbelt_serve::deployment::DeploymentConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -40,6 +41,9 @@ pub enum PipelineError {
     /// A model rewrite (`optimize quantize`) refused the model.
     #[error("model rewrite: {0}")]
     Rewrite(greenbelt_train::TrainError),
+    /// A version passed its gates but could not be promoted as asked.
+    #[error("promotion: {0}")]
+    Promote(String),
 }
 
 /// Where a run keeps its files and how it reports progress.
@@ -54,6 +58,8 @@ pub struct RunContext {
     /// lives in another crate; the binary provides it). `None`: pipelines
     /// with `[data.historical]` are refused.
     pub historical: Option<Arc<dyn HistoricalRetrieval>>,
+    /// The project's `[[deployments]]`: where `promote = "rollout"` releases.
+    pub deployments: Vec<DeploymentConfig>,
 }
 
 /// Writes a feature service's point-in-time training set to a Parquet file.
@@ -80,8 +86,26 @@ pub struct Report {
     pub gates: Vec<RuleResult>,
     pub passed: bool,
     pub registered_version: i64,
+    /// The alias points to the new version now.
     pub promoted: bool,
+    /// How the version was promoted, or why not.
+    pub promotion: Promotion,
     pub timings_ms: BTreeMap<String, f64>,
+}
+
+/// What the promote step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promotion {
+    /// The pipeline's `promote`: "alias" or "rollout".
+    pub mode: Promote,
+    /// "alias_moved", "rollout_started", or "none" (a gate failed).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
+    /// In words.
+    pub note: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,8 +156,8 @@ impl Report {
             "  registered {} version {}; {}\n  timings (ms): {}",
             self.model,
             self.registered_version,
-            if self.promoted {
-                format!("promoted to @{}", self.alias)
+            if self.promoted || self.promotion.outcome == "rollout_started" {
+                self.promotion.note.clone()
             } else if self.passed {
                 "not promoted".to_string()
             } else {
@@ -176,6 +200,8 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
     // Absolute, because external commands run in the pipeline file's directory.
     let workdir = std::fs::canonicalize(&ctx.workdir)
         .map_err(|e| PipelineError::Train(format!("workdir {}: {e}", ctx.workdir.display())))?;
+    // Before any work: a rollout target that does not exist is a typo.
+    let target = rollout_target(def, ctx)?;
 
     let mut data_def = def.data.clone();
     if let Some(h) = &def.data.historical {
@@ -356,20 +382,26 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
         say("      fault injected: aborting between register and promote");
         std::process::abort();
     }
-    let promoted = if passed {
+    let promotion = if passed {
         let reason = format!(
             "pipeline {} run {run_id}: {}/{} gates passed",
             def.name,
             results.iter().filter(|r| r.outcome == "pass").count(),
             results.len()
         );
-        ctx.registry
-            .set_alias(&def.model, &def.alias, version, &ctx.actor, &reason)
-            .await?;
-        true
+        let p = promote(def, ctx, target, version, &reason).await?;
+        say(&format!("      {}", p.note));
+        p
     } else {
-        false
+        Promotion {
+            mode: def.promote,
+            outcome: "none".into(),
+            deployment: target.map(|d| d.name.clone()),
+            rollout_id: None,
+            note: format!("a gate failed; @{} unchanged", def.alias),
+        }
     };
+    let promoted = promotion.outcome == "alias_moved";
     timings.insert("register_promote".to_string(), ms(t.elapsed()));
     timings.insert("total".to_string(), ms(started.elapsed()));
     let _ = std::fs::remove_file(&candidate_file);
@@ -387,7 +419,95 @@ pub async fn run(def: &PipelineDef, ctx: &RunContext) -> Result<Report, Pipeline
         passed,
         registered_version: version,
         promoted,
+        promotion,
         timings_ms: timings,
+    })
+}
+
+/// With `promote = "rollout"`: the deployment to release on, checked
+/// against the pipeline (same model, same alias).
+fn rollout_target<'a>(
+    def: &PipelineDef,
+    ctx: &'a RunContext,
+) -> Result<Option<&'a DeploymentConfig>, PipelineError> {
+    let (Promote::Rollout, Some(name)) = (def.promote, &def.deployment) else {
+        return Ok(None);
+    };
+    let dep = ctx
+        .deployments
+        .iter()
+        .find(|d| &d.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = ctx.deployments.iter().map(|d| d.name.as_str()).collect();
+            PipelineError::Definition(format!(
+                "deployment = \"{name}\" is not a [[deployments]] entry of the project config (it has: {}); add it to greenbelt.toml or use promote = \"alias\"",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ))
+        })?;
+    if dep.model() != def.model || dep.alias != def.alias {
+        return Err(PipelineError::Definition(format!(
+            "deployment \"{name}\" serves {}@{}, but the pipeline promotes {}@{}; make model and alias agree",
+            dep.model(),
+            dep.alias,
+            def.model,
+            def.alias
+        )));
+    }
+    Ok(Some(dep))
+}
+
+/// Promote `version`, which passed every gate: move the alias, or start a
+/// canary rollout on `target` (the way `greenbelt rollout start` does). A
+/// deployment whose alias points nowhere yet has nothing to canary
+/// against: its first version gets the alias at once.
+async fn promote(
+    def: &PipelineDef,
+    ctx: &RunContext,
+    target: Option<&DeploymentConfig>,
+    version: i64,
+    reason: &str,
+) -> Result<Promotion, PipelineError> {
+    let alias_moved = |note: String| Promotion {
+        mode: def.promote,
+        outcome: "alias_moved".into(),
+        deployment: target.map(|d| d.name.clone()),
+        rollout_id: None,
+        note,
+    };
+    let Some(dep) = target else {
+        ctx.registry
+            .set_alias(&def.model, &def.alias, version, &ctx.actor, reason)
+            .await?;
+        return Ok(alias_moved(format!("promoted to @{}", def.alias)));
+    };
+    if ctx.registry.alias(&def.model, &dep.alias).await?.is_none() {
+        let reason = format!("{reason}; first version of deployment {}", dep.name);
+        ctx.registry
+            .set_alias(&def.model, &def.alias, version, &ctx.actor, &reason)
+            .await?;
+        return Ok(alias_moved(format!(
+            "promoted to @{} at once: no version behind it yet to roll out against",
+            def.alias
+        )));
+    }
+    let now = crate::rollout::controller::wall_ms();
+    let r = crate::rollout::start(&ctx.registry, dep, version, None, &ctx.actor, now)
+        .await
+        .map_err(|e| {
+            PipelineError::Promote(format!(
+                "{} version {version} passed every gate and is registered, but its rollout on \"{}\" did not start: {e}; start it with `greenbelt rollout start {} --version {version}`",
+                def.model, dep.name, dep.name
+            ))
+        })?;
+    Ok(Promotion {
+        mode: def.promote,
+        outcome: "rollout_started".into(),
+        deployment: Some(dep.name.clone()),
+        rollout_id: Some(r.id.clone()),
+        note: format!(
+            "canary rollout {} started on {}: v{} → v{}; @{} moves when it is promoted (`greenbelt rollout status {} --watch`)",
+            r.id, dep.name, r.stable, r.candidate, def.alias, dep.name
+        ),
     })
 }
 

@@ -3,9 +3,13 @@
 //! candidate's and the stable version's own live metrics, the shadow
 //! comparison of the candidate, and optional PromQL queries.
 //!
+//! Conditions are parsed by [`crate::expr`], the language pipeline gates
+//! use too; this module decides which metrics exist and what they measure.
+//!
 //! A window where the candidate served fewer than `min_samples` requests, or
-//! where a condition's metric has no value (no shadow comparisons, a failed
-//! query), is **inconclusive**: the rollout pauses instead of promoting.
+//! where a condition has no value (a metric without one — no shadow
+//! comparisons, a failed query — or a division by zero), is
+//! **inconclusive**: the rollout pauses instead of promoting.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,9 +17,9 @@ use std::time::Duration;
 use greenbelt_serve::deployment::AnalysisSpec;
 use greenbelt_serve::live::Window;
 use greenbelt_serve::shadow::ShadowWindow;
-use serde::Serialize;
 
 use super::machine::{AnalysisRun, Verdict};
+use crate::expr::{self, Comparison, Undefined};
 
 /// Metrics a condition may name (each also as `stable.<metric>`, except the
 /// shadow ones), besides `prom.<query name>`.
@@ -30,29 +34,22 @@ pub const METRICS: &[&str] = &[
     "shadow_compared",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-enum Op {
-    Ge,
-    Gt,
-    Le,
-    Lt,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Operand {
-    Number(f64),
-    Metric(String),
+/// Whether a condition must hold (`conditions`) or must not
+/// (`failure_conditions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A run succeeds only when every success condition holds.
+    Success,
+    /// A run fails when any failure condition holds.
+    Failure,
 }
 
 /// One parsed condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
     pub text: String,
-    metric: String,
-    op: Op,
-    /// First operand, then (operator, operand) pairs, left to right.
-    first: Operand,
-    rest: Vec<(char, Operand)>,
+    pub kind: Kind,
+    cmp: Comparison,
 }
 
 fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> Result<(), String> {
@@ -60,8 +57,13 @@ fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> R
         return if queries.contains_key(q) {
             Ok(())
         } else {
+            let dash = if q.contains('-') {
+                " (to subtract, put spaces around the -)"
+            } else {
+                ""
+            };
             Err(format!(
-                "condition \"{text}\": prom.{q} has no query; add it under analysis.queries"
+                "condition \"{text}\": prom.{q} has no query{dash}; add it under analysis.queries"
             ))
         };
     }
@@ -76,106 +78,78 @@ fn check_metric(text: &str, name: &str, queries: &BTreeMap<String, String>) -> R
     }
 }
 
-fn operand(text: &str, tok: &str, queries: &BTreeMap<String, String>) -> Result<Operand, String> {
-    if let Ok(x) = tok.parse::<f64>() {
-        return if x.is_finite() {
-            Ok(Operand::Number(x))
-        } else {
-            Err(format!(
-                "condition \"{text}\": \"{tok}\" is not a finite number"
-            ))
-        };
-    }
-    check_metric(text, tok, queries)?;
-    Ok(Operand::Metric(tok.to_string()))
-}
-
 impl Condition {
-    /// Parse `<metric> <op> <operand> [(*|+|-|/) <operand>]...`, tokens
-    /// separated by spaces.
+    /// Parse a condition: a comparison of two expressions of numbers and
+    /// metrics with `+ - * /`, unary minus and parentheses (the
+    /// [`crate::expr`] language), e.g. `p99_ms <= stable.p99_ms * 1.5 + 5`.
     pub fn parse(text: &str, queries: &BTreeMap<String, String>) -> Result<Condition, String> {
-        let toks: Vec<&str> = text.split_whitespace().collect();
-        if toks.len() < 3 || toks.len().is_multiple_of(2) {
+        Self::parse_kind(text, Kind::Success, queries)
+    }
+
+    /// Parse a success or a failure condition.
+    pub fn parse_kind(
+        text: &str,
+        kind: Kind,
+        queries: &BTreeMap<String, String>,
+    ) -> Result<Condition, String> {
+        let cmp = expr::parse_with(text, &["prom."]).map_err(|e| {
+            format!(
+                "condition \"{text}\" {e}; write <metric> <op> <expression>, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5 + 5\""
+            )
+        })?;
+        let names = cmp.identifiers();
+        if names.is_empty() {
             return Err(format!(
-                "condition \"{text}\": write <metric> <op> <value>, with spaces, e.g. \"error_rate <= 0.01\" or \"p99_ms <= stable.p99_ms * 1.5\""
+                "condition \"{text}\" names no metric; compare a metric, e.g. \"error_rate <= 0.01\""
             ));
         }
-        check_metric(text, toks[0], queries)?;
-        let op = match toks[1] {
-            ">=" => Op::Ge,
-            ">" => Op::Gt,
-            "<=" => Op::Le,
-            "<" => Op::Lt,
-            other => {
-                return Err(format!(
-                    "condition \"{text}\": \"{other}\" is not a comparison; use >=, >, <= or <"
-                ));
-            }
-        };
-        let first = operand(text, toks[2], queries)?;
-        let mut rest = Vec::new();
-        for pair in toks[3..].chunks(2) {
-            let op = match pair[0] {
-                "*" | "+" | "-" | "/" => pair[0].chars().next().unwrap_or('+'),
-                other => {
-                    return Err(format!(
-                        "condition \"{text}\": \"{other}\" is not an operator; use * + - /"
-                    ));
-                }
-            };
-            rest.push((op, operand(text, pair[1], queries)?));
+        for name in names {
+            check_metric(text, name, queries)?;
         }
         Ok(Condition {
             text: text.to_string(),
-            metric: toks[0].to_string(),
-            op,
-            first,
-            rest,
+            kind,
+            cmp,
         })
     }
 
-    fn value(o: &Operand, values: &BTreeMap<String, f64>) -> Option<f64> {
-        match o {
-            Operand::Number(x) => Some(*x),
-            Operand::Metric(m) => values.get(m).copied(),
-        }
+    /// Whether the condition judges a shadow comparison (`shadow_*`).
+    pub fn needs_shadow(&self) -> bool {
+        self.cmp
+            .identifiers()
+            .iter()
+            .any(|n| n.starts_with("shadow_"))
     }
 
-    /// (measured, threshold, holds), or the name of a metric with no value.
+    /// (measured, threshold, holds), or why there is no value.
     fn evaluate(&self, values: &BTreeMap<String, f64>) -> Result<(f64, f64, bool), String> {
-        let missing = |m: &str| format!("{m} has no value in this window");
-        let left = values
-            .get(&self.metric)
-            .copied()
-            .ok_or_else(|| missing(&self.metric))?;
-        let mut right = Self::value(&self.first, values)
-            .ok_or_else(|| missing(&format!("{:?}", self.first)))?;
-        for (op, o) in &self.rest {
-            let x = Self::value(o, values).ok_or_else(|| missing(&format!("{o:?}")))?;
-            right = match op {
-                '*' => right * x,
-                '/' if x != 0.0 => right / x,
-                '/' => f64::INFINITY,
-                '-' => right - x,
-                _ => right + x,
-            };
-        }
-        let holds = match self.op {
-            Op::Ge => left >= right,
-            Op::Gt => left > right,
-            Op::Le => left <= right,
-            Op::Lt => left < right,
-        };
-        Ok((left, right, holds))
+        self.cmp
+            .eval(&|name| values.get(name).copied())
+            .map_err(|e| match e {
+                Undefined::Missing(m) => format!("{m} has no value in this window"),
+                other => format!("{other}: no value in this window"),
+            })
     }
 }
 
-/// Every condition of `spec`, parsed; the first error names the condition.
+/// Every condition of `spec`, parsed: `conditions`, then
+/// `failure_conditions`; the first error names the field and the condition.
 pub fn conditions(spec: &AnalysisSpec) -> Result<Vec<Condition>, String> {
-    spec.conditions
-        .iter()
-        .map(|c| Condition::parse(c, &spec.queries))
-        .collect()
+    let parse = |field: &'static str, kind: Kind, texts: &[String]| {
+        texts
+            .iter()
+            .map(|c| {
+                Condition::parse_kind(c, kind, &spec.queries).map_err(|e| format!("{field}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    let mut all = parse("conditions", Kind::Success, &spec.conditions)?;
+    all.extend(parse(
+        "failure_conditions",
+        Kind::Failure,
+        &spec.failure_conditions,
+    )?);
+    Ok(all)
 }
 
 /// What one window measured.
@@ -216,7 +190,11 @@ impl Measurement {
     }
 }
 
-/// Judge one window.
+/// Judge one window: a failure condition that holds fails the run, even
+/// in a small window; else a success condition that does not hold fails it
+/// when the candidate served requests; else a condition without a value
+/// (or too few requests) makes it inconclusive; else a failed success
+/// condition fails it; else it passes.
 pub fn judge(
     conditions: &[Condition],
     min_samples: u64,
@@ -224,6 +202,7 @@ pub fn judge(
     at_ms: i64,
 ) -> AnalysisRun {
     let values = m.values();
+    let mut met = Vec::new();
     let mut failed = Vec::new();
     let mut missing = Vec::new();
     if m.candidate.requests < min_samples {
@@ -235,21 +214,28 @@ pub fn judge(
     for c in conditions {
         // Shadow conditions judge a running shadow; after a blue/green
         // switch there is none, and the other conditions decide.
-        if m.shadow.is_none() && c.metric.starts_with("shadow_") {
+        if m.shadow.is_none() && c.needs_shadow() {
             continue;
         }
-        match c.evaluate(&values) {
-            Ok((_, _, true)) => {}
-            Ok((left, right, false)) => failed.push(format!(
+        match (c.kind, c.evaluate(&values)) {
+            (Kind::Success, Ok((_, _, true))) | (Kind::Failure, Ok((_, _, false))) => {}
+            (Kind::Success, Ok((left, right, false))) => failed.push(format!(
                 "{} (measured {left:.6}, threshold {right:.6})",
                 c.text
             )),
-            Err(e) => missing.push(format!("{}: {e}", c.text)),
+            (Kind::Failure, Ok((left, right, true))) => met.push(format!(
+                "failure condition {} (measured {left:.6}, threshold {right:.6})",
+                c.text
+            )),
+            (_, Err(e)) => missing.push(format!("{}: {e}", c.text)),
         }
     }
     // A measured failure is a failure even in a small window: errors from a
     // broken candidate must abort, not pause.
-    let (verdict, notes) = if !failed.is_empty() && m.candidate.requests > 0 {
+    let (verdict, notes) = if !met.is_empty() {
+        met.extend(failed);
+        (Verdict::Failure, met)
+    } else if !failed.is_empty() && m.candidate.requests > 0 {
         (Verdict::Failure, failed)
     } else if !missing.is_empty() {
         (Verdict::Inconclusive, missing)
@@ -350,16 +336,94 @@ mod tests {
     fn parse_errors_name_the_fix() {
         let q = BTreeMap::new();
         for (text, want) in [
-            ("error_rate<=0.01", "with spaces"),
+            ("error_rate", "at column 11: no comparison"),
             ("eror_rate <= 0.01", "unknown"),
-            ("error_rate == 0.01", "not a comparison"),
-            ("p99_ms <= stable.p99_ms ^ 2", "not an operator"),
+            (
+                "error_rate => 0.01",
+                "at column 12: \"=>\" is not a comparison",
+            ),
+            (
+                "p99_ms <= stable.p99_ms ^ 2",
+                "at column 25: \"^\" is not an operator",
+            ),
             ("prom.x < 1", "analysis.queries"),
             ("stable.shadow_agreement > 1", "unknown"),
+            ("prom.burn-x < 1", "put spaces around the -"),
+            ("1 < 2", "names no metric"),
+            ("p99_ms <= (stable.p99_ms + 5", "never closed"),
         ] {
             let e = Condition::parse(text, &q).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
+            assert!(e.contains(&format!("\"{text}\"")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn expressions_follow_precedence() {
+        let q = BTreeMap::new();
+        let m = Measurement {
+            candidate: window(100, 0, 19.0),
+            stable: window(100, 0, 10.0),
+            ..Measurement::default()
+        };
+        // 5 + 10 * 1.5 = 20 (left to right it was 22.5); both spellings agree.
+        for (text, measured, threshold) in [
+            ("p99_ms <= 5 + stable.p99_ms * 1.5", 19.0, 20.0),
+            ("p99_ms <= stable.p99_ms * 1.5 + 5", 19.0, 20.0),
+            ("p99_ms<=stable.p99_ms*1.5+5", 19.0, 20.0),
+            ("p99_ms - 5 <= (stable.p99_ms) * 1.5", 14.0, 15.0),
+            ("-p99_ms >= -(stable.p99_ms * 1.5 + 5)", -19.0, -20.0),
+        ] {
+            let c = Condition::parse(text, &q).unwrap();
+            assert_eq!(
+                c.evaluate(&m.values()),
+                Ok((measured, threshold, true)),
+                "{text}"
+            );
+        }
+        let c = Condition::parse("p99_ms <= 5 + stable.p99_ms * 1.5", &q).unwrap();
+        let slow = Measurement {
+            candidate: window(100, 0, 21.0),
+            ..m.clone()
+        };
+        let r = judge(&[c], 1, &slow, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(r.notes[0].contains("threshold 20.0"), "{:?}", r.notes);
+    }
+
+    #[test]
+    fn old_forms_still_parse() {
+        let mut q = BTreeMap::new();
+        q.insert("burn-rate".to_string(), "sum(x)".to_string());
+        q.insert("burn".to_string(), "sum(x)".to_string());
+        for text in [
+            "error_rate <= 0.01",
+            "p99_ms <= stable.p99_ms * 1.5 + 5",
+            "p99_ms <= stable.p99_ms * 20 + 50",
+            "shadow_agreement >= 0.99",
+            "prom.burn < 2",
+            "prom.burn-rate < 2",
+            "p50_ms < stable.p50_ms / 2 - 1",
+        ] {
+            Condition::parse(text, &q).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        // Outside prom.<query>, a dash without spaces subtracts.
+        let c = Condition::parse("error_rate-stable.error_rate <= 0.01", &q).unwrap();
+        assert_eq!(c.cmp.identifiers(), ["error_rate", "stable.error_rate"]);
+    }
+
+    #[test]
+    fn division_by_zero_is_inconclusive() {
+        let q = BTreeMap::new();
+        let c = Condition::parse("errors <= stable.errors / stable.requests * 100", &q).unwrap();
+        let m = Measurement {
+            candidate: window(100, 0, 1.0),
+            stable: window(0, 0, 1.0),
+            ..Measurement::default()
+        };
+        let r = judge(&[c], 1, &m, 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.notes[0].contains("division by zero"), "{:?}", r.notes);
     }
 
     #[test]
@@ -399,6 +463,92 @@ mod tests {
             ..ok
         };
         assert_eq!(judge(&c, 50, &failing, 0).verdict, Verdict::Failure);
+    }
+
+    #[test]
+    fn failure_conditions_fail_before_success_conditions_decide() {
+        let spec = AnalysisSpec {
+            conditions: vec!["p99_ms <= stable.p99_ms * 2".into()],
+            failure_conditions: vec![
+                "error_rate > 0.1".into(),
+                "p99_ms - stable.p99_ms > 100".into(),
+            ],
+            ..AnalysisSpec::default()
+        };
+        let c = conditions(&spec).unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            [Kind::Success, Kind::Failure, Kind::Failure]
+        );
+        let ok = Measurement {
+            candidate: window(100, 1, 10.0),
+            stable: window(900, 0, 6.0),
+            ..Measurement::default()
+        };
+        assert_eq!(judge(&c, 50, &ok, 0).verdict, Verdict::Success);
+        // A failure condition that holds fails the run, named as such, even
+        // below min_samples, where a success condition alone would wait.
+        let broken = Measurement {
+            candidate: window(10, 5, 10.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &broken, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(
+            r.notes[0].starts_with("failure condition error_rate > 0.1 (measured 0.5"),
+            "{:?}",
+            r.notes
+        );
+        // Both kinds failing: the failure condition first, then the rest.
+        let slow = Measurement {
+            candidate: window(100, 0, 200.0),
+            ..ok.clone()
+        };
+        let r = judge(&c, 50, &slow, 0);
+        assert_eq!(r.verdict, Verdict::Failure);
+        assert!(
+            r.notes[0].starts_with("failure condition p99_ms - stable.p99_ms"),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            r.notes[1].starts_with("p99_ms <= stable.p99_ms * 2"),
+            "{:?}",
+            r.notes
+        );
+        // A failure condition without a value is inconclusive, not a pass.
+        let no_stable = Measurement {
+            stable: window(0, 0, 0.0),
+            ..ok.clone()
+        };
+        let r = judge(&c[2..], 50, &no_stable, 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(
+            r.notes[0].contains("stable.p99_ms has no value"),
+            "{:?}",
+            r.notes
+        );
+        // Failure conditions alone: the run passes while none holds.
+        assert_eq!(judge(&c[1..], 50, &ok, 0).verdict, Verdict::Success);
+        // The field is named in errors.
+        let e = conditions(&AnalysisSpec {
+            failure_conditions: vec!["error_rate >> 1".into()],
+            ..AnalysisSpec::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("failure_conditions: condition \"error_rate >> 1\""),
+            "{e}"
+        );
+        let e = conditions(&AnalysisSpec {
+            conditions: vec!["latency < 1".into()],
+            ..AnalysisSpec::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.starts_with("conditions: condition \"latency < 1\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Safe releases: the rollout state machine (canary and blue/green), the
 //! analysis that judges a release on live metrics, the controller that
 //! applies it to a serving process, and the operations people run
-//! (`greenbelt rollout start|status|promote|abort|pause|resume`, also the
+//! (`greenbelt rollout start|status [--watch]|promote|abort|pause|resume`, also the
 //! `/admin/rollouts` API). State lives in the registry database, so a
 //! restart resumes and replicas sharing PostgreSQL agree.
 
@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod controller;
 pub mod http;
 pub mod machine;
+pub mod watch;
 
 use greenbelt_registry::{Registry, RegistryError, RolloutEvent};
 use greenbelt_serve::deployment::{DeploymentConfig, RolloutSpec, Strategy};
@@ -52,9 +53,7 @@ pub async fn start(
         ))
     })?;
     if spec.analysis.shadow_fraction <= 0.0
-        && let Some(c) = conditions
-            .iter()
-            .find(|c| c.text.trim_start().starts_with("shadow_"))
+        && let Some(c) = conditions.iter().find(|c| c.needs_shadow())
     {
         return Err(bad(format!(
             "[[deployments]] \"{}\": condition \"{}\" needs a shadow: set rollout.analysis.shadow_fraction > 0",

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use greenbelt_control::pipeline::definition::PipelineDef;
-use greenbelt_control::pipeline::{RunContext, run};
+use greenbelt_control::pipeline::{PipelineError, RunContext, run};
+use greenbelt_control::rollout::{self, Phase};
 use greenbelt_registry::{ArtifactStore, Registry};
+use greenbelt_serve::deployment::DeploymentConfig;
 
 struct Project {
     dir: tempfile::TempDir,
@@ -41,7 +43,16 @@ impl Project {
     }
 
     async fn run(&self, file: &Path) -> greenbelt_control::pipeline::Report {
-        let def = PipelineDef::read(file).unwrap();
+        self.run_on(file, Vec::new()).await.unwrap()
+    }
+
+    /// Run with the project's `[[deployments]]`.
+    async fn run_on(
+        &self,
+        file: &Path,
+        deployments: Vec<DeploymentConfig>,
+    ) -> Result<greenbelt_control::pipeline::Report, PipelineError> {
+        let def = PipelineDef::read(file)?;
         let ctx = RunContext {
             registry: self.registry.clone(),
             artifacts: self.artifacts.clone(),
@@ -50,8 +61,9 @@ impl Project {
             workdir: self.dir.path().join("work"),
             progress: Arc::new(|_| {}),
             historical: None,
+            deployments,
         };
-        run(&def, &ctx).await.unwrap()
+        run(&def, &ctx).await
     }
 }
 
@@ -195,6 +207,7 @@ async fn external_python_training_command() {
         workdir: p.dir.path().join("work"),
         progress: Arc::new(|_| {}),
         historical: None,
+        deployments: Vec::new(),
     };
     let err = run(&def, &ctx).await.unwrap_err().to_string();
     assert!(err.contains("boom") && err.contains("exited"), "{err}");
@@ -551,4 +564,101 @@ fn every_example_pipeline_parses() {
         }
     }
     assert!(n >= 5, "{n} example pipelines");
+}
+
+/// The project's `[[deployments]]` entry for model fraud: a canary that
+/// holds at 10% until someone promotes it.
+fn fraud_deployment() -> DeploymentConfig {
+    let text = "[[deployments]]\nname = \"fraud\"\nalias = \"champion\"\n[deployments.rollout]\nsteps = [{ set_weight = 10 }, { pause = \"\" }]\n";
+    greenbelt_serve::Config::from_toml_str(text, Path::new("greenbelt.toml"), std::iter::empty())
+        .unwrap()
+        .deployments
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_rollout_starts_a_canary_instead_of_moving_the_alias() {
+    let p = project().await;
+    let file = p.write(
+        "canary.toml",
+        &format!(
+            "name = \"lr\"\nmodel = \"fraud\"\npromote = \"rollout\"\ndeployment = \"fraud\"\ngates = [\"auc >= 0.6\", \"auc >= champion.auc - 0.05\"]\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n[latency]\nconcurrency = 1\nrequests = 50\n"
+        ),
+    );
+    // A deployment the project does not have is refused before any work.
+    let err = p.run_on(&file, Vec::new()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("deployment = \"fraud\" is not a [[deployments]] entry"),
+        "{err}"
+    );
+    assert_eq!(p.registry.alias("fraud", "champion").await.unwrap(), None);
+
+    // First version: nothing to canary against, so the alias moves at once.
+    let r = p.run_on(&file, vec![fraud_deployment()]).await.unwrap();
+    assert!(r.passed && r.promoted, "{}", r.text());
+    assert_eq!(r.promotion.outcome, "alias_moved");
+    assert_eq!(r.promotion.deployment.as_deref(), Some("fraud"));
+    assert_eq!(
+        p.registry.alias("fraud", "champion").await.unwrap(),
+        Some(1)
+    );
+
+    // Second version: passes its gates, and a canary rollout starts.
+    let r = p.run_on(&file, vec![fraud_deployment()]).await.unwrap();
+    assert!(r.passed && !r.promoted, "{}", r.text());
+    assert_eq!(r.registered_version, 2);
+    assert_eq!(r.promotion.outcome, "rollout_started", "{}", r.text());
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["promotion"]["mode"], "rollout");
+    assert!(r.text().contains("canary rollout"), "{}", r.text());
+    let st = rollout::status(&p.registry, "fraud").await.unwrap();
+    assert_eq!(Some(&st.rollout.id), r.promotion.rollout_id.as_ref());
+    assert_eq!(
+        (st.rollout.stable, st.rollout.candidate, st.rollout.weight),
+        (1, 2, 10.0)
+    );
+    assert_eq!(st.rollout.phase, Phase::Paused);
+    assert!(
+        st.events
+            .iter()
+            .any(|e| e.event == "command" && e.detail["actor"] == "test"),
+        "{:?}",
+        st.events
+    );
+    // The alias waits for the rollout.
+    assert_eq!(
+        p.registry.alias("fraud", "champion").await.unwrap(),
+        Some(1)
+    );
+
+    // A third version while that rollout is active: registered, not
+    // released, and the error says how to start it by hand.
+    let err = p
+        .run_on(&file, vec![fraud_deployment()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("version 3 passed every gate")
+            && err.contains("greenbelt rollout start fraud --version 3"),
+        "{err}"
+    );
+
+    // The definition names what is missing.
+    let bad = p.write(
+        "bad.toml",
+        &format!(
+            "name = \"x\"\nmodel = \"fraud\"\npromote = \"rollout\"\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n"
+        ),
+    );
+    let err = PipelineDef::read(&bad).unwrap_err().to_string();
+    assert!(err.contains("needs deployment"), "{err}");
+    let bad = p.write(
+        "bad.toml",
+        &format!(
+            "name = \"x\"\nmodel = \"fraud\"\npromote = \"canary\"\n{DATA}\n[train]\nkind = \"builtin\"\nalgorithm = \"logreg\"\n"
+        ),
+    );
+    let err = PipelineDef::read(&bad).unwrap_err().to_string();
+    assert!(err.contains("promote"), "{err}");
 }

@@ -493,6 +493,35 @@ async fn failing_canary_is_rolled_back_automatically() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_condition_aborts_the_canary() {
+    let extra = CANARY.replace(
+        "conditions = [\"error_rate <= 0.01\", ",
+        "failure_conditions = [\"error_rate > 0.5\"]\nconditions = [",
+    );
+    assert_ne!(extra, CANARY);
+    // v3: a copy of v1 that fails every request after warm-up.
+    let (e, v) = env(&extra, &[(1, json!({"fault": "error"}))]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = e.load(3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rollout::start(&e.reg, &e.deployment, v[2], None, "test", wall_ms())
+        .await
+        .unwrap();
+    let done = e
+        .wait_phase(&[Phase::Promoted, Phase::Aborted], Duration::from_secs(30))
+        .await;
+    assert_eq!(done.phase, Phase::Aborted, "{:?}", done.runs);
+    let reason = done.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("failure condition error_rate > 0.5"),
+        "{reason}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    collect(load).await;
+    e.wait_alias("champion", Some(v[0])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_traffic_is_inconclusive_and_pauses() {
     let extra = CANARY.replace("min_samples = 10", "min_samples = 100000");
     let (e, v) = env(&extra, &[]).await;
