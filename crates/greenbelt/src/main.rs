@@ -3,6 +3,7 @@
 
 mod autoscale_cmd;
 mod bench;
+mod config_reference_cmd;
 mod cost_cmd;
 mod drift_cmd;
 mod drill_cmd;
@@ -76,6 +77,9 @@ enum Command {
     Optimize(optimize_cmd::Args),
     /// Batch scoring: run a model over a Parquet or CSV file (or partitions of them).
     Score(score_cmd::Args),
+    /// Print (or write) the configuration reference: every key of every
+    /// file, its type, default, environment variable and meaning.
+    ConfigReference(config_reference_cmd::Args),
 }
 
 #[derive(clap::Args)]
@@ -205,6 +209,7 @@ fn main() -> std::process::ExitCode {
             Command::Autoscale(args) => autoscale_cmd::run(args).await,
             Command::Labels(args) => labels_cmd::run(args).await,
             Command::Optimize(args) => optimize_cmd::run(args).await,
+            Command::ConfigReference(args) => config_reference_cmd::run(args),
         }
         .map(|()| std::process::ExitCode::SUCCESS)
     });
