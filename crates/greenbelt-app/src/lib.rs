@@ -8,7 +8,8 @@
 //! drills and their pure judges, the quickstart's
 //! demo project, pipelines with the feature store, registry and
 //! feature-store operations, quantization and distillation (`optimize`),
-//! batch scoring (`score`). The binary parses arguments, calls these and
+//! batch scoring (`score`), the configuration reference
+//! (`config-reference`). The binary parses arguments, calls these and
 //! prints.
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod autoscale;
 pub mod autoscale_sim;
 pub mod bench;
 pub mod bench_devices;
+pub mod config_reference;
 pub mod cost;
 pub mod drift;
 pub mod drill;

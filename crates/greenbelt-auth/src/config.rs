@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Auth, AuthError, Role};
 
 /// `[auth]` in `greenbelt.toml`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// A TOML file of `[[tokens]]` (name, role, token or sha256). Keep it
@@ -25,23 +25,33 @@ pub struct AuthConfig {
     pub model_control: ModelControl,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelControl {
+    /// The repository's load/unload calls are refused.
     #[default]
     None,
+    /// Load/unload calls are allowed with a deployer token.
     Explicit,
 }
 
 /// One token: its name (the audit actor), its role, and the token itself
 /// or its SHA-256 (hex), so a file need not hold the secret.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
+    /// The token's name: the actor in audit records.
     pub name: String,
+    /// What the token may do: `admin`, `deployer`, `feature-writer` or
+    /// `viewer`.
     pub role: Role,
+    /// The token itself; or give `sha256`.
     #[serde(default)]
     pub token: Option<String>,
+    /// The token's SHA-256, 64 hex digits (`printf %s "$TOKEN" | sha256sum`),
+    /// so the file need not hold the secret.
     #[serde(default)]
     pub sha256: Option<String>,
 }
@@ -91,9 +101,10 @@ fn parse_hex(hex: &str) -> Result<[u8; 32], String> {
 }
 
 /// The tokens file: `[[tokens]]` entries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokensFile {
+    /// One entry per token.
     #[serde(default)]
     pub tokens: Vec<TokenSpec>,
 }

@@ -26,12 +26,27 @@ pub use config::{AuthConfig, ModelControl, TokenSpec, TokensFile};
 pub use layer::{Caller, middleware, policy};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// Everything.
     Admin,
+    /// Registry and rollout writes, model control, forcing a release
+    /// track, reading shadow samples.
     Deployer,
+    /// `/features/push`.
     FeatureWriter,
+    /// Reading request data (shadow samples).
     Viewer,
 }
 

@@ -38,16 +38,23 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Which algorithm turns the load metric into replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
+    /// Knative's pod autoscaler: a stable and a panic window.
     #[default]
     Kpa,
+    /// Kubernetes HPA v2: a ratio to the target with a tolerance and a
+    /// scale-down stabilization window.
     Hpa,
 }
 
 /// What load is measured in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Requests in flight (time-averaged).

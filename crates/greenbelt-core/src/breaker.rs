@@ -122,29 +122,57 @@ impl BreakerConfig {
 
 /// Breaker settings as written in a config file (`[store.online_breaker]`,
 /// `[registry.breaker]`, ...): every field optional, durations as text.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSpec {
+    /// Percent of failed calls in the window that opens the breaker, in
+    /// (0, 100].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_rate_threshold: Option<f64>,
+    /// Percent of slow calls in the window that opens the breaker, in
+    /// (0, 100].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_call_rate_threshold: Option<f64>,
+    /// A call that takes at least this long is slow (humantime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_call_duration: Option<String>,
-    /// `count_based` (default) or `time_based`.
+    /// `count_based` (the last N calls) or `time_based` (the calls of the
+    /// last N seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window_type: Option<String>,
+    /// N: calls (count-based, at most 100000) or seconds (time-based, at
+    /// most 3600) in the sliding window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window_size: Option<u32>,
+    /// Calls the window must hold before the rates count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimum_number_of_calls: Option<u32>,
+    /// How long the breaker stays open before it lets trial calls through
+    /// (humantime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_duration_in_open: Option<String>,
+    /// Trial calls let through in half-open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permitted_calls_in_half_open: Option<u32>,
 }
 
 impl BreakerSpec {
+    /// `config` written out with every field set, the way a config file
+    /// would say it (the configuration reference shows a table's defaults
+    /// this way).
+    pub fn written(config: &BreakerConfig) -> BreakerSpec {
+        BreakerSpec {
+            failure_rate_threshold: Some(config.failure_rate_threshold),
+            slow_call_rate_threshold: Some(config.slow_call_rate_threshold),
+            slow_call_duration: Some(duration_text(config.slow_call_duration)),
+            sliding_window_type: Some(config.sliding_window_type.as_str().into()),
+            sliding_window_size: Some(config.sliding_window_size),
+            minimum_number_of_calls: Some(config.minimum_number_of_calls),
+            wait_duration_in_open: Some(duration_text(config.wait_duration_in_open)),
+            permitted_calls_in_half_open: Some(config.permitted_calls_in_half_open),
+        }
+    }
+
     /// The settings over `defaults`, validated. `what` names the table in
     /// errors (`[registry.breaker]`); `duration(field, text)` parses the
     /// duration fields the way the rest of that file does.
@@ -191,6 +219,18 @@ impl BreakerSpec {
         };
         c.validate(what)?;
         Ok(c)
+    }
+}
+
+/// A duration as humantime text: whole seconds as `10s`, whole
+/// milliseconds as `100ms`, else microseconds.
+fn duration_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
     }
 }
 
@@ -942,6 +982,36 @@ mod tests {
             wait_duration_in_open: Duration::from_secs(5),
             permitted_calls_in_half_open: 2,
         }
+    }
+
+    #[test]
+    fn written_settings_read_back_as_the_same_config() {
+        let parse = |_: &str, text: &str| -> Result<Duration, String> {
+            match (text.strip_suffix("ms"), text.strip_suffix("us")) {
+                (Some(ms), _) => ms.parse().map(Duration::from_millis),
+                (_, Some(us)) => us.parse().map(Duration::from_micros),
+                _ => text
+                    .strip_suffix('s')
+                    .unwrap_or(text)
+                    .parse()
+                    .map(Duration::from_secs),
+            }
+            .map_err(|e| e.to_string())
+        };
+        let mut c = cfg();
+        c.slow_call_duration = Duration::from_micros(1500);
+        c.sliding_window_type = WindowType::TimeBased;
+        for want in [cfg(), c, BreakerConfig::default()] {
+            let spec = BreakerSpec::written(&want);
+            let got = spec
+                .to_config("[t]", BreakerConfig::default(), parse)
+                .unwrap();
+            assert_eq!(got, want, "{spec:?}");
+        }
+        assert_eq!(
+            BreakerSpec::written(&cfg()).slow_call_duration.as_deref(),
+            Some("500ms")
+        );
     }
 
     fn call(b: &mut Breaker, now: Instant, failed: bool) {

@@ -64,7 +64,9 @@ impl Resource {
 }
 
 /// Where answers go, OpenCost's egress classes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EgressClass {
     /// Within the zone.
@@ -78,11 +80,14 @@ pub enum EgressClass {
 }
 
 /// $ per GiB of egress by destination class.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressPrices {
+    /// $ per GiB within the zone (OpenCost `zoneNetworkEgress`).
     pub zone: f64,
+    /// $ per GiB across zones of a region (OpenCost `regionNetworkEgress`).
     pub region: f64,
+    /// $ per GiB to the internet (OpenCost `internetNetworkEgress`).
     pub internet: f64,
 }
 
@@ -100,7 +105,7 @@ impl Default for EgressPrices {
 
 /// The price table (`[cost.prices]`). Defaults: OpenCost's on-demand
 /// defaults (GCP us-central1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Prices {
     /// $ per vCPU-hour (OpenCost `CPU`: 0.031611).

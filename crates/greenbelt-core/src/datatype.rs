@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::CoreError;
 
 /// A V2 tensor datatype, named as the protocol names it (`FP32`, `BYTES`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub enum DataType {
     Bool,

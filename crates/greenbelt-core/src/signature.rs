@@ -7,11 +7,15 @@ use crate::error::CoreError;
 use crate::tensor::Tensor;
 
 /// One input or output of a model. A dimension of `-1` is dynamic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
+    /// The input's or output's name in the graph.
     pub name: String,
+    /// The V2 datatype: `BOOL`, `UINT8`..`UINT64`, `INT8`..`INT64`, `FP16`,
+    /// `FP32`, `FP64` or `BYTES`.
     pub datatype: DataType,
+    /// Dimensions; `-1` is dynamic.
     pub shape: Vec<i64>,
 }
 

@@ -15,7 +15,9 @@ use crate::error::{FeatureError, Result};
 use crate::time::parse_duration;
 
 /// What to do with rows that break a row-level rule.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Stop the run with an error naming the rule.
@@ -25,65 +27,97 @@ pub enum Policy {
     Quarantine,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractSpec {
+    /// What to do with rows that break a row-level rule: `fail` the run,
+    /// or `quarantine` them to a side table with a reason.
     #[serde(default)]
     pub policy: Policy,
+    /// The rules, each tagged by `check`.
     pub rules: Vec<RuleSpec>,
 }
 
 /// One rule, tagged by `check`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "check", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleSpec {
     /// The column has this type.
     Type {
+        /// The column checked.
         column: String,
+        /// `string`, `int64`, `float64` or `bool`.
         #[serde(rename = "type")]
         dtype: ValueType,
     },
     /// At least `mostly` (default 1.0) of the values are not null.
     NotNull {
+        /// The column checked.
         column: String,
+        /// Share of values that must pass, 0..=1 (default 1.0).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mostly: Option<f64>,
     },
     /// Non-null values lie in [min, max] (either bound optional).
     Range {
+        /// The column checked.
         column: String,
+        /// Lowest allowed value; unset: no lower bound.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min: Option<f64>,
+        /// Highest allowed value; unset: no upper bound.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<f64>,
+        /// Share of values that must pass, 0..=1 (default 1.0).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mostly: Option<f64>,
     },
     /// Non-null values are one of `values`.
     Allowed {
+        /// The column checked.
         column: String,
+        /// The allowed values.
         values: Vec<serde_json::Value>,
     },
     /// No two rows share the values of `columns`.
-    Unique { columns: Vec<String> },
+    Unique {
+        /// The columns that together must be unique.
+        columns: Vec<String>,
+    },
     /// Non-null values (as text) match the regular expression.
-    Regex { column: String, pattern: String },
+    Regex {
+        /// The column checked.
+        column: String,
+        /// The regular expression (Rust `regex` syntax).
+        pattern: String,
+    },
     /// The number of rows lies in [min, max].
     RowCount {
+        /// Fewest rows; unset: 0.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min: Option<u64>,
+        /// Most rows; unset: no limit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<u64>,
     },
     /// The newest event is at most `max_age` old.
-    Freshness { max_age: String },
+    Freshness {
+        /// The oldest the newest event may be (humantime).
+        max_age: String,
+    },
     /// Population stability index of `column` against the same column of a
     /// reference file is at most `max` (default 0.2).
     Psi {
+        /// The column checked.
         column: String,
+        /// The reference file (CSV or Parquet): a path relative to the
+        /// definitions file, or `s3://bucket/key`.
         reference: String,
+        /// Highest PSI allowed (default 0.2).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<f64>,
+        /// Bins of the PSI histogram of a numeric column, 2..=1000 (default
+        /// 10).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bins: Option<usize>,
     },

@@ -55,12 +55,16 @@ use crate::error::{FeatureError, Result};
 use crate::time::parse_duration;
 
 /// Value types of join keys and features.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
+    /// UTF-8 text.
     String,
+    /// 64-bit signed integer.
     Int64,
+    /// 64-bit float.
     Float64,
+    /// true or false.
     Bool,
 }
 
@@ -88,38 +92,47 @@ impl ValueType {
 
 // ---------- the file as written ----------
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefinitionsFile {
+    /// Where the offline and online stores are, and the online store's
+    /// resilience settings.
     #[serde(default)]
     pub store: StoreSpec,
+    /// Entities: what features are about, identified by join keys.
     #[serde(default, rename = "entity")]
     pub entities: Vec<EntitySpec>,
+    /// Sources: the files (CSV or Parquet) feature views are computed from.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceSpec>,
+    /// Feature views: features of one or more entities, computed from a
+    /// source.
     #[serde(default, rename = "feature_view")]
     pub feature_views: Vec<FeatureViewSpec>,
+    /// Feature services: the features a model reads, in order.
     #[serde(default, rename = "feature_service")]
     pub feature_services: Vec<FeatureServiceSpec>,
+    /// What `POST /features/push` accepts.
     #[serde(default)]
     pub push: PushSpec,
 }
 
 /// `[push]`: what `POST /features/push` accepts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushSpec {
     /// How far ahead of the server's clock a pushed event time may be
     /// (humantime; default [`DEFAULT_MAX_CLOCK_SKEW`]). A value from the
     /// future would never expire and would shadow every later push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = DEFAULT_MAX_CLOCK_SKEW))]
     pub max_clock_skew: Option<String>,
 }
 
 /// The default `[push] max_clock_skew`.
 pub const DEFAULT_MAX_CLOCK_SKEW: &str = "5m";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSpec {
     /// Offline store: a directory (relative paths are relative to the file)
@@ -133,22 +146,29 @@ pub struct StoreSpec {
     /// [`DEFAULT_ONLINE_TIMEOUT`]); never more than half the serving
     /// request's remaining budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = DEFAULT_ONLINE_TIMEOUT))]
     pub online_timeout: Option<String>,
     /// How long a server caches an online value in memory (humantime;
-    /// default 60s, never longer than the view's TTL); "0s" turns the
-    /// cache off.
+    /// default [`DEFAULT_ONLINE_CACHE_TTL`], never longer than the view's
+    /// TTL); "0s" turns the cache off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = DEFAULT_ONLINE_CACHE_TTL))]
     pub online_cache_ttl: Option<String>,
     /// Most entity keys whose last value is kept for `fallback = "last_value"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = DEFAULT_STALE_CACHE_ENTRIES))]
     pub stale_cache_entries: Option<u64>,
-    /// The circuit breaker around online-store calls.
+    /// The circuit breaker around online-store calls (resilience4j's
+    /// settings; docs/resilience.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = BreakerSpec::written(&default_online_breaker())))]
     pub online_breaker: Option<BreakerSpec>,
 }
 
 /// The default `[store] online_timeout`.
 pub const DEFAULT_ONLINE_TIMEOUT: &str = "250ms";
+/// The default `[store] online_cache_ttl`.
+pub const DEFAULT_ONLINE_CACHE_TTL: &str = "60s";
 /// The default `[store] stale_cache_entries`.
 pub const DEFAULT_STALE_CACHE_ENTRIES: u64 = 100_000;
 
@@ -176,7 +196,9 @@ pub fn online_breaker(spec: &BreakerSpec) -> Result<BreakerConfig> {
 }
 
 /// What a read of a feature service serves when the online store fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Fallback {
     /// Fail the read (503): today's behaviour.
@@ -230,39 +252,49 @@ impl Default for StoreSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
+    /// The column's name in the source (and the feature's name).
     pub name: String,
+    /// `string`, `int64`, `float64` or `bool`.
     #[serde(rename = "type")]
     pub dtype: ValueType,
     /// A feature's value when the online store fails and its service's
     /// fallback is `default` (or `last_value` without a last value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<serde_json::Value>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntitySpec {
+    /// The entity's name, used by feature views' `entities`.
     pub name: String,
+    /// The key columns that identify one entity, e.g.
+    /// `[{ name = "user_id", type = "string" }]`.
     pub join_keys: Vec<ColumnSpec>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFormat {
+    /// Comma-separated values with a header row.
     Csv,
+    /// Apache Parquet.
     Parquet,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
+    /// The source's name, used by feature views' `source`.
     pub name: String,
     /// A file or a directory of files (relative to the definitions file),
     /// or `s3://bucket/key` (a key ending in `/` is a directory).
@@ -270,20 +302,30 @@ pub struct SourceSpec {
     /// `csv` or `parquet`; by default from the path's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<SourceFormat>,
+    /// The column with each row's event time.
     pub event_timestamp: String,
+    /// The column with the time each row was written; breaks ties between
+    /// rows of the same event time, and `as_of_known_time` retrieval uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_timestamp: Option<String>,
+    /// The data contract the source's rows are checked against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<ContractSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureViewSpec {
+    /// The view's name, used by feature services as `view:feature`.
     pub name: String,
+    /// The entities the view's rows are keyed by (their join keys).
     pub entities: Vec<String>,
+    /// The source the view is computed from.
     pub source: String,
+    /// The features: columns of the source (or of `transformation`'s result).
     pub features: Vec<ColumnSpec>,
+    /// A value older than this (by its event time) counts as missing
+    /// (humantime, e.g. "30days"); unset: no age limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
     /// DataFusion SQL over the table `source`; its result must have the join
@@ -296,8 +338,11 @@ pub struct FeatureViewSpec {
     /// Freshness SLA for the canary and metrics (humantime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness_sla: Option<String>,
+    /// The data contract the view's rows are checked against when
+    /// materializing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<ContractSpec>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -306,20 +351,24 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureServiceSpec {
+    /// The service's name, used by models' `[features] service`.
     pub name: String,
     /// `view:feature` or `view:*`.
     pub features: Vec<String>,
-    /// What a read serves when the online store fails (default `error`).
+    /// What a read serves when the online store fails: `error`,
+    /// `last_value` or `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = Fallback::default()))]
     pub fallback: Option<Fallback>,
     /// With `last_value`: the oldest last value served (humantime); older
     /// ones fall to the default. Default: no limit (the view's TTL still
     /// applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_max_age: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -911,7 +960,10 @@ impl Definitions {
             cache_ttl: Duration::from_micros(
                 parse_duration(
                     "[store] online_cache_ttl",
-                    spec.store.online_cache_ttl.as_deref().unwrap_or("60s"),
+                    spec.store
+                        .online_cache_ttl
+                        .as_deref()
+                        .unwrap_or(DEFAULT_ONLINE_CACHE_TTL),
                 )?
                 .max(0) as u64,
             ),

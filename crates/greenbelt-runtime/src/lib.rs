@@ -74,7 +74,9 @@ pub trait Model: Send + Sync {
 pub const MAX_INSTANCES: usize = 64;
 
 /// The backend a model runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The native engine when it runs every operator of the graph; else ONNX
@@ -82,8 +84,11 @@ pub enum Backend {
     /// is one tract runs correctly; else a load error.
     #[default]
     Auto,
+    /// Greenbelt's own engine (the operators of tabular models).
     Native,
+    /// ONNX Runtime, loaded from its shared library.
     Onnxruntime,
+    /// tract, the pure-Rust ONNX engine.
     Tract,
 }
 

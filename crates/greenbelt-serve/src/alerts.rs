@@ -24,7 +24,7 @@ use crate::repository::Repository;
 use crate::slo::{BURN_WINDOWS, SloConfig, SloKind, WINDOWS};
 
 /// `[alerts]` in greenbelt.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// How often the server evaluates its `[[slo]]`s (humantime).

@@ -45,7 +45,7 @@ pub(crate) fn interval_load(delta: &LiveSnapshot, secs: f64) -> (f64, Option<f64
 }
 
 /// `[autoscale]`: the autoscaler of every served model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscaleConfig {
     /// Evaluate at all (the replica recommendation is exported; in process
@@ -92,7 +92,7 @@ impl AutoscaleConfig {
 
 /// `[deployments.autoscale]`: one deployment's policy. Names follow
 /// Knative's config-autoscaler keys and HPA's behavior fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoscaleSpec {
     /// `kpa` (Knative, default) or `hpa` (Kubernetes HPA v2) for the load
@@ -106,17 +106,24 @@ pub struct AutoscaleSpec {
     pub target: Option<f64>,
     /// Share of the target to aim for (default 0.7, Knative's).
     pub target_utilization: f64,
+    /// Fewest replicas recommended.
     pub min_replicas: u32,
+    /// Most replicas recommended.
     pub max_replicas: u32,
-    /// KPA windows (humantime; 60s and 6s).
+    /// KPA: the window the stable recommendation averages over (humantime;
+    /// 60s).
     pub stable_window: String,
+    /// KPA: the short window that can trigger panic mode (humantime; 6s,
+    /// shorter than `stable_window`).
     pub panic_window: String,
     /// KPA: panic when the panic window wants this percentage of the ready
     /// replicas (200).
     pub panic_threshold_percentage: f64,
-    /// KPA: per evaluation, at most this times the ready replicas (1000)...
+    /// KPA: per evaluation, the recommendation is at most this times the
+    /// ready replicas (1000).
     pub max_scale_up_rate: f64,
-    /// ...and at least the ready replicas divided by this (2).
+    /// KPA: per evaluation, the recommendation is at least the ready
+    /// replicas divided by this (2).
     pub max_scale_down_rate: f64,
     /// HPA and the latency metric: no change within 1 ± tolerance (0.1).
     pub tolerance: f64,

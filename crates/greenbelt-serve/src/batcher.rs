@@ -22,7 +22,7 @@ use crate::error::ServeError;
 use crate::instances::Width;
 use crate::metrics::VersionMetrics;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
     /// Most rows merged into one runtime call.

@@ -6,13 +6,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The REST and gRPC listeners, their limits, and the compute pool.
     pub server: ServerConfig,
+    /// The model repository on disk (`<path>/<model>/<version>/model.onnx`,
+    /// with an optional per-model `config.toml`).
     pub repository: RepositoryConfig,
+    /// The model runtimes (where ONNX Runtime's library is).
     pub runtime: RuntimeConfig,
+    /// Request logs and the sampled payload log.
     pub telemetry: TelemetryConfig,
+    /// The model registry: its database, artifact store and cache.
     pub registry: RegistryConfig,
     /// Deployments: models served from a registry alias, with release
     /// settings (`[[deployments]]`; `[[routes]]` is accepted too).
@@ -27,7 +33,8 @@ pub struct Config {
     /// Service-level objectives (`[[slo]]`); `greenbelt slo rules` turns
     /// them into Prometheus rules (see `slo.rs`).
     pub slo: Vec<crate::slo::SloConfig>,
-    /// The in-process evaluation of those SLOs (`/admin/alerts`, webhook).
+    /// The in-process evaluation of the `[[slo]]`s (`/admin/alerts`,
+    /// webhook).
     pub alerts: crate::alerts::AlertsConfig,
     /// OpenTelemetry traces over OTLP (`[tracing]`, see `traces.rs`).
     pub tracing: crate::traces::TracingConfig,
@@ -44,7 +51,7 @@ pub struct Config {
     pub budget: Vec<crate::cost::budget::BudgetConfig>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesConfig {
     /// The definitions file (`features.toml`). Unset: `$GREENBELT_FEATURES`,
@@ -58,10 +65,14 @@ pub struct FeaturesConfig {
     pub freshness_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// `sqlite://path` (default `sqlite://.greenbelt/registry.db`) or `postgres://...`.
+    /// `sqlite://path` or `postgres://...`.
+    #[schemars(
+        skip_serializing_if = "Option::is_none",
+        extend("default" = RegistryConfig::DEFAULT_URL)
+    )]
     pub url: Option<String>,
     /// Artifact store: a directory, `file:///abs/dir`, or `s3://bucket/prefix`.
     pub artifacts: String,
@@ -82,9 +93,15 @@ pub struct RegistryConfig {
     /// The circuit breaker around the deployment controller's registry
     /// database calls (resilience4j's settings; docs/resilience.md).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = greenbelt_core::breaker::BreakerSpec::written(
+        &RegistryConfig::default_breaker()
+    )))]
     pub breaker: Option<greenbelt_core::breaker::BreakerSpec>,
     /// The circuit breaker around artifact store reads.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = greenbelt_core::breaker::BreakerSpec::written(
+        &RegistryConfig::default_artifacts_breaker()
+    )))]
     pub artifacts_breaker: Option<greenbelt_core::breaker::BreakerSpec>,
 }
 
@@ -172,7 +189,7 @@ impl RegistryConfig {
 /// written before deployments had release settings.
 pub type RouteConfig = crate::deployment::DeploymentConfig;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// REST listen address.
@@ -250,7 +267,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepositoryConfig {
     /// The model repository: `<path>/<model>/<version>/model.onnx`.
@@ -268,7 +285,7 @@ impl Default for RepositoryConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Path to `libonnxruntime.so`; unset = search ORT_DYLIB_PATH, beside the
@@ -276,7 +293,7 @@ pub struct RuntimeConfig {
     pub onnxruntime_library: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// One JSON log line per inference request (formatted and written off

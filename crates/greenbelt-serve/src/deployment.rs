@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Serve `name` from whatever version `model@alias` points to, and release
 /// new versions of it safely.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
     /// The name clients use in `/v2/models/{name}`.
@@ -141,13 +141,13 @@ impl DeploymentConfig {
 }
 
 /// A version that receives a copy of live traffic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowSpec {
-    /// Registry alias of the shadow (e.g. `challenger`)...
+    /// Registry alias of the shadow (e.g. `challenger`); or set `version`.
     #[serde(default)]
     pub alias: Option<String>,
-    /// ...or a fixed version.
+    /// A fixed registry version as the shadow; or set `alias`.
     #[serde(default)]
     pub version: Option<i64>,
     /// Share of requests copied, 0..=1.
@@ -181,22 +181,31 @@ pub fn duration(field: &str, text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{field} = \"{text}\" is not a duration like 30s or 500ms: {e}"))
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
+    /// Shift traffic to the new version step by step (`steps`).
     #[default]
     Canary,
+    /// Load the new version as a preview beside the active one, then
+    /// switch all traffic at once.
     BlueGreen,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutSpec {
+    /// `canary` (traffic shifted by `steps`) or `blue_green` (a preview,
+    /// then all traffic at once).
     pub strategy: Strategy,
     /// Canary steps, in order: `{ set_weight = 20 }` (percent),
     /// `{ pause = "30s" }` (or `{ pause = "" }`: until promoted by hand),
     /// `{ analysis = 3 }` (wait for 3 successful analysis runs).
     pub steps: Vec<StepSpec>,
+    /// How each analysis run judges the release
+    /// (`[deployments.rollout.analysis]`).
     pub analysis: AnalysisSpec,
     /// Blue/green: promote as soon as pre-promotion analysis passes (else
     /// wait for `greenbelt rollout promote`).
@@ -221,11 +230,16 @@ pub struct RolloutSpec {
 }
 
 /// [`RolloutSpec::on_registry_error`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RegistryErrorPolicy {
+    /// Keep the traffic split as it is.
     #[default]
     Hold,
+    /// Send all traffic back to the stable version after
+    /// `registry_error_grace`.
     Rollback,
 }
 
@@ -267,13 +281,16 @@ impl RolloutSpec {
 }
 
 /// One canary step; exactly one field is set.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    /// Send this percentage (0..=100) of the traffic to the new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_weight: Option<f64>,
+    /// Wait this long (humantime); `""`: until promoted by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<String>,
+    /// Wait for this many successful analysis runs (>= 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<u32>,
 }
@@ -332,7 +349,7 @@ impl StepSpec {
 }
 
 /// How a release is judged, on each version's own live metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalysisSpec {
     /// Time between analysis runs.

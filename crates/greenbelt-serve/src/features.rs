@@ -38,7 +38,7 @@ pub const DEGRADED_HEADER: &str = "x-greenbelt-degraded";
 pub const FALLBACK_STATUSES: [&str; 2] = ["STALE", "DEFAULT"];
 
 /// `[features]` in a model's `config.toml` (or `[deployments.config.features]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureInputConfig {
     /// The feature service whose features, in order, form the model input.
@@ -52,7 +52,9 @@ pub struct FeatureInputConfig {
 }
 
 /// What to do with a feature the online store could not give.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Missing {
     /// Refuse the request (400), naming the entity and the feature.

@@ -45,7 +45,7 @@ use crate::repository::ModelEntry;
 /// `[deployments.instances]`: the bounds of in-process scaling for one
 /// deployment's versions. Absent: each version keeps the
 /// `[deployments.config] instances` it was loaded with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstancesSpec {
     /// Fewest instances per version (1).

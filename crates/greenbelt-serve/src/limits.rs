@@ -15,8 +15,10 @@ pub use greenbelt_core::limits::DecodeLimits;
 /// The `[limits]` section. Defaults accept any request the default
 /// `[server] max_request_bytes` (64 MiB) admits in a sensible encoding; a
 /// request decodes to at most `max_decoded_bytes` of tensors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "LimitsFile")]
+// The file's keys are these fields (`LimitsFile` only defers validation).
+#[schemars(!try_from, default, deny_unknown_fields)]
 pub struct Limits {
     /// Input tensors in one request (default 1024: far above any model's
     /// signature; each costs a few hundred bytes before its data).

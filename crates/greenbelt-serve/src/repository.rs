@@ -27,10 +27,12 @@ use crate::error::ServeError;
 use crate::metrics::{Metrics, VersionMetrics};
 
 /// Per-model `config.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `auto` | `onnxruntime` | `tract`.
+    /// The runtime: `auto` (the native engine when it runs every operator,
+    /// else ONNX Runtime when its library is found, else tract),
+    /// `native`, `onnxruntime` or `tract`.
     pub backend: Backend,
     /// File name inside each version directory.
     pub filename: String,
@@ -40,7 +42,10 @@ pub struct ModelConfig {
     pub intra_op_threads: usize,
     /// `cpu` (default), `cuda` or `cuda:N`: a GPU needs ONNX Runtime's CUDA
     /// execution provider (Triton's `instance_group { kind: KIND_GPU }`).
+    #[schemars(with = "String")]
     pub device: Device,
+    /// Which versions are served: `{ latest = N }` (default N = 1), `"all"`,
+    /// or `{ specific = [1, 3] }`.
     pub version_policy: VersionPolicy,
     /// Dynamic batching; off when absent.
     pub batching: Option<BatchingConfig>,
@@ -71,7 +76,7 @@ impl Default for ModelConfig {
 }
 
 /// Which versions of a model are served (Triton's version policy).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum VersionPolicy {
     /// The newest N versions.

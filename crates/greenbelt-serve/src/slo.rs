@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::LATENCY_BUCKETS;
 
 /// What an SLO counts as a good request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SloKind {
     /// Answered without a server-side failure (not 5xx: server error,
@@ -24,11 +24,13 @@ pub enum SloKind {
 }
 
 /// One `[[slo]]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SloConfig {
     /// The model or deployment name (the `model` label of the metrics).
     pub deployment: String,
+    /// `availability` (answered without a server-side failure) or `latency`
+    /// (answered within `threshold_ms`).
     pub kind: SloKind,
     /// Target share of good requests, e.g. 0.999.
     pub objective: f64,

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// `[tracing]` in greenbelt.toml.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracingConfig {
     /// The OTLP collector: `http://host:4317` for gRPC, `http://host:4318`

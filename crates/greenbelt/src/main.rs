@@ -4,6 +4,7 @@
 mod autoscale_cmd;
 mod bench;
 mod config_cmd;
+mod config_reference_cmd;
 mod cost_cmd;
 mod drift_cmd;
 mod drill_cmd;
@@ -104,6 +105,9 @@ enum Command {
         #[arg(long, default_value = "man")]
         dir: PathBuf,
     },
+    /// Print (or write) the configuration reference: every key of every
+    /// file, its type, default, environment variable and meaning.
+    ConfigReference(config_reference_cmd::Args),
 }
 
 /// `greenbelt man`: one page for the binary and one per subcommand
@@ -276,6 +280,7 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Man { dir } => write_man_pages(&dir),
+            Command::ConfigReference(args) => config_reference_cmd::run(args),
         }
         .map(|()| std::process::ExitCode::SUCCESS)
     });

@@ -281,3 +281,33 @@ fn serve_until(d: &Path, wanted: &str) -> String {
     assert!(all.contains(wanted), "no \"{wanted}\" within 30s:\n{all}");
     all
 }
+
+#[test]
+fn config_reference_command_regenerates_the_committed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = greenbelt(dir.path())
+        .args(["config-reference", "--output", "configuration.md"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(dir.path().join("configuration.md")).unwrap();
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap_or_default();
+    assert!(
+        written == committed,
+        "docs/configuration.md is stale: run `greenbelt config-reference --output docs/configuration.md`"
+    );
+    // Without --output it prints the same text.
+    let out = greenbelt(dir.path())
+        .arg("config-reference")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), written);
+}

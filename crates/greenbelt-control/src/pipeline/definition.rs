@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PipelineError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineDef {
     /// Pipeline name, recorded in lineage and audit reasons.
@@ -28,12 +28,15 @@ pub struct PipelineDef {
     /// project config (greenbelt.toml) to release on.
     #[serde(default)]
     pub deployment: Option<String>,
+    /// The training data: file, label, features and the holdout split.
     pub data: DataDef,
+    /// How the candidate is trained, chosen by `kind`.
     pub train: TrainDef,
     /// Gate rules, e.g. "auc >= 0.80", "auc >= champion.auc - 0.005",
     /// "log_loss <= champion.log_loss * 1.02", "p99_ms <= 5".
     #[serde(default)]
     pub gates: Vec<String>,
+    /// The in-process load test behind `p50_ms` / `p99_ms` gates.
     #[serde(default)]
     pub latency: LatencyDef,
     /// The directory of the pipeline file; commands run there.
@@ -46,7 +49,9 @@ fn champion() -> String {
 }
 
 /// How a pipeline promotes a version that passed its gates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Promote {
     /// Move the alias at once.
@@ -56,7 +61,7 @@ pub enum Promote {
     Rollout,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataDef {
     /// CSV or Parquet file, relative to the pipeline file. With
@@ -77,6 +82,8 @@ pub struct DataDef {
     /// Columns never used as features (ids, keys).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Share of the rows held out to evaluate the candidate (and the
+    /// champion) on, 0 < x < 1.
     #[serde(default = "holdout")]
     pub holdout_fraction: f64,
     /// Seed of the random split (used when there is no timestamp).
@@ -90,7 +97,7 @@ pub struct DataDef {
 /// `[data.historical]`: the training set is the feature service's values
 /// for each entity row as of that row's time (`greenbelt features
 /// historical`), joined to the entity rows, which carry the label.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoricalDef {
     /// Feature definitions (`features.toml`), relative to the pipeline file.
@@ -112,11 +119,15 @@ pub struct HistoricalDef {
     pub from_offline_store: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
+    /// A binary 0/1 label.
     #[default]
     Classification,
+    /// A numeric label.
     Regression,
 }
 
@@ -124,7 +135,7 @@ fn holdout() -> f64 {
     0.2
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TrainDef {
     /// Greenbelt's own trainers, exported to ONNX.
@@ -132,14 +143,20 @@ pub enum TrainDef {
         /// Classification: "logreg" or "gbdt" (log-loss); regression:
         /// "linreg" (ridge) or "gbdt" (squared error).
         algorithm: String,
+        /// The trainer's parameters (scikit-learn's names), e.g. logreg
+        /// `{ c = 1.0, max_iter = 100 }`, linreg `{ alpha = 1.0 }`, gbdt
+        /// `{ n_estimators = 100, max_depth = 3, learning_rate = 0.1 }`.
         #[serde(default)]
+        #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
         params: toml::Table,
     },
     /// Any program that writes an ONNX model. Placeholders: {train}, {holdout}
     /// (CSV files: features then label), {output} (ONNX to write), {features}
     /// (comma-separated names), {label}, {workdir}.
     Command {
+        /// The program and its arguments, with placeholders.
         command: Vec<String>,
+        /// The longest the command may run, in seconds.
         #[serde(default = "command_timeout")]
         timeout_s: u64,
     },
@@ -150,10 +167,12 @@ fn command_timeout() -> u64 {
 }
 
 /// The in-process load test behind `p50_ms` / `p99_ms` gates.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LatencyDef {
+    /// Requests in flight at once.
     pub concurrency: usize,
+    /// Requests sent in all.
     pub requests: usize,
 }
 

@@ -26,7 +26,7 @@ pub const ALERTS: [(&str, &str); 2] = [
 ];
 
 /// One `[[budget]]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// The deployment (served name) whose cost counts; or set `model`.

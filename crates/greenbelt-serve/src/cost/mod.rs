@@ -27,7 +27,7 @@ use tokio::time::Instant;
 pub use meter::{RequestCpu, VersionMeter};
 
 /// `[cost]` in greenbelt.toml.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CostConfig {
     /// The price table (`[cost.prices]`); defaults: OpenCost's.

@@ -8,22 +8,26 @@ use serde::{Deserialize, Serialize};
 
 /// `[drift]`: tumbling windows of live inputs and outputs compared with each
 /// version's reference profile at every close.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
     /// Monitor versions that have a profile (`<model>.profile.json` beside
     /// the model file, or the registry's profile artifact).
     pub enabled: bool,
-    /// A window closes after this long (humantime)...
+    /// A window closes after this long (humantime), or earlier at
+    /// `window_requests`.
     pub window: String,
-    /// ...or once it has counted this many requests, whichever comes first
-    /// (0: by time only). Checked at each tick of `[drift] tick`.
+    /// A window also closes once it has counted this many requests,
+    /// whichever of this and `window` comes first (0: by time only).
+    /// Checked at each tick of `[drift] tick`.
     pub window_requests: u64,
     /// How often windows are checked for closing (humantime).
     pub tick: String,
-    /// A feature counts as drifted when its PSI is above this...
+    /// A feature counts as drifted when its PSI is above this (or its KS
+    /// p-value below `ks_pvalue`).
     pub psi_threshold: f64,
-    /// ...or its KS p-value is below this (from the window's sketch).
+    /// A feature counts as drifted when its KS p-value (from the window's
+    /// sketch) is below this (or its PSI above `psi_threshold`).
     pub ks_pvalue: f64,
     /// Fewest values a window needs before its statistics are published.
     pub min_window_rows: u64,
@@ -51,7 +55,7 @@ impl Default for DriftConfig {
 }
 
 /// `[drift.labels]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LabelsConfig {
     /// Predictions kept per model for joining with labels (oldest evicted first).
@@ -168,7 +172,9 @@ impl DriftConfig {
 }
 
 /// What happens to a request whose features fall outside the reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftAction {
     /// Answered by the stable version, a copy sent to the challenger.
@@ -182,17 +188,21 @@ pub enum DriftAction {
 /// reference go to a challenger. The challenger must be one of the
 /// deployment's `[[deployments.shadow]]` entries (its `fraction` may be 0,
 /// so that only drifted traffic reaches it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftRoutingSpec {
     /// The shadow's alias or version (as written in its shadow entry).
     pub challenger: String,
+    /// `mirror` (answered by the stable version, a copy to the challenger)
+    /// or `route` (answered by the challenger).
     #[serde(default)]
     pub action: DriftAction,
-    /// A feature is outside when below this reference quantile...
+    /// A feature is outside when below this quantile of the reference (or
+    /// above `upper_quantile`).
     #[serde(default = "default_lower")]
     pub lower_quantile: f64,
-    /// ...or above this one.
+    /// A feature is outside when above this quantile of the reference (or
+    /// below `lower_quantile`).
     #[serde(default = "default_upper")]
     pub upper_quantile: f64,
     /// A row is drifted when at least this many of its features are outside.

@@ -5,17 +5,22 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Where sampled payloads go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Sink {
+    /// No payload log.
     #[default]
     Off,
+    /// Rotated JSON Lines files under `path`.
     Jsonl,
+    /// A NATS JetStream stream.
     Nats,
 }
 
 /// `[telemetry.payload_log]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PayloadLogConfig {
     /// `off` (default), `jsonl` or `nats`.

@@ -43,12 +43,17 @@ use crate::metrics::Metrics;
 pub const PRIORITY_HEADER: &str = "x-greenbelt-priority";
 
 /// A request's class: low sheds first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
+    /// Shed first: may use `low_share` of the limit.
     Low,
+    /// May use `normal_share` of the limit.
     #[default]
     Normal,
+    /// May use the whole limit.
     High,
 }
 
@@ -94,7 +99,7 @@ impl Priority {
 }
 
 /// Which algorithm sets the per-model limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Netflix concurrency-limits' Gradient2.
@@ -104,9 +109,11 @@ pub enum Algorithm {
 }
 
 /// `[server.concurrency]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConcurrencyConfig {
+    /// `gradient2` (an adaptive limit per model) or `off` (only `[server]
+    /// max_inflight` and the queues bound concurrency).
     pub algorithm: Algorithm,
     /// The limit a model starts with.
     pub initial_limit: usize,
