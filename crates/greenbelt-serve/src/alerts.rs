@@ -50,16 +50,7 @@ impl Default for AlertsConfig {
 
 impl AlertsConfig {
     pub fn interval(&self) -> Result<Duration, String> {
-        let d = humantime::parse_duration(&self.eval_interval).map_err(|e| {
-            format!(
-                "[alerts] eval_interval \"{}\": {e} (e.g. \"15s\")",
-                self.eval_interval
-            )
-        })?;
-        if d < Duration::from_millis(10) {
-            return Err("[alerts] eval_interval must be at least 10ms".into());
-        }
-        Ok(d)
+        crate::config::interval("[alerts] eval_interval", &self.eval_interval, "15s")
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -326,6 +326,17 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// A background task's interval setting: a humantime duration of at least
+/// 10 ms; errors name `key` and give `example`.
+pub fn interval(key: &str, text: &str, example: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{key} \"{text}\": {e} (e.g. \"{example}\")"))?;
+    if d < std::time::Duration::from_millis(10) {
+        return Err(format!("{key} must be at least 10ms"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]

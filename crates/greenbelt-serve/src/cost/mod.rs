@@ -63,25 +63,11 @@ impl Default for CostConfig {
 
 impl CostConfig {
     pub fn interval(&self) -> Result<Duration, String> {
-        let d = humantime::parse_duration(&self.interval)
-            .map_err(|e| format!("[cost] interval \"{}\": {e} (e.g. \"15s\")", self.interval))?;
-        if d < Duration::from_millis(10) {
-            return Err("[cost] interval must be at least 10ms".into());
-        }
-        Ok(d)
+        crate::config::interval("[cost] interval", &self.interval, "15s")
     }
 
     pub fn storage_interval(&self) -> Result<Duration, String> {
-        let d = humantime::parse_duration(&self.storage_interval).map_err(|e| {
-            format!(
-                "[cost] storage_interval \"{}\": {e} (e.g. \"5m\")",
-                self.storage_interval
-            )
-        })?;
-        if d < Duration::from_millis(10) {
-            return Err("[cost] storage_interval must be at least 10ms".into());
-        }
-        Ok(d)
+        crate::config::interval("[cost] storage_interval", &self.storage_interval, "5m")
     }
 
     pub fn validate(&self) -> Result<(), String> {
