@@ -168,8 +168,18 @@ fn init_logging(format: LogFormat, to_stdout: bool) -> tracing_appender::non_blo
     });
     let filter =
         EnvFilter::try_from_env("GREENBELT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: a log file gets plain text.
+    let terminal = {
+        use std::io::IsTerminal;
+        if to_stdout {
+            std::io::stdout().is_terminal()
+        } else {
+            std::io::stderr().is_terminal()
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder
