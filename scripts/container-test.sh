@@ -429,6 +429,14 @@ fi
 install -D -m 0644 "$ROOT/deploy/greenbelt.container.toml" "$ROOTFS/etc/greenbelt/greenbelt.toml"
 mkdir -p "$ROOTFS/models"
 cp -R "$ROOT/fixtures/models/$MODEL" "$ROOTFS/models/"
+# Pin the backend the image is meant to prove: with backend = "auto" a
+# tabular model loads on the native engine and the bundled runtime would
+# go unexercised.
+case $EXPECT_PLATFORM in
+    onnxruntime_onnx) PIN_BACKEND=onnxruntime ;;
+    *) PIN_BACKEND=tract ;;
+esac
+[[ -f $ROOTFS/models/$MODEL/config.toml ]] || printf '# written by container-test.sh\nbackend = "%s"\n' "$PIN_BACKEND" >"$ROOTFS/models/$MODEL/config.toml"
 chmod -R a+rX "$ROOTFS/models"
 mkdir -p "$ROOTFS/tmp" && chmod 1777 "$ROOTFS/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\ngreenbelt:x:65532:65532:greenbelt:/tmp:/sbin/nologin\n' >"$ROOTFS/etc/passwd"
