@@ -127,7 +127,10 @@ fn header(files: &[FileDoc]) -> String {
          string: quote a string that looks like a number (`'\"8080\"'`). Only two levels: \
          keys of nested tables (`[server.concurrency]`) and of arrays of tables \
          (`[[deployments]]`, `[[slo]]`, `[[budget]]`) have no variable. The column \
-         *Environment* lists every variable that works; the other files have none.\n"
+         *Environment* lists every variable that works; the other files have none. \
+         A secret can stay out of the environment: `{ENV_PREFIX}SECTION__KEY__FILE=/run/secrets/name` \
+         sets the key to that file's text (one trailing newline dropped), e.g. \
+         `{ENV_PREFIX}REGISTRY__URL__FILE`.\n"
     ));
     out
 }

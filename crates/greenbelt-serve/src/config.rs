@@ -390,11 +390,32 @@ impl Config {
                 continue;
             };
             let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            let [section, key] = parts.as_slice() else {
-                return Err(ConfigError::Env {
-                    var,
-                    message: "expected GREENBELT__SECTION__KEY".into(),
-                });
+            // `GREENBELT__SECTION__KEY__FILE=/run/secrets/x`: the value is
+            // that file's text (a secret kept out of the environment).
+            let (section, key, from_file) = match parts.as_slice() {
+                [section, key] => (section, key, false),
+                [section, key, suffix] if suffix == "file" => (section, key, true),
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: "expected GREENBELT__SECTION__KEY, or GREENBELT__SECTION__KEY__FILE naming a file that holds the value".into(),
+                    });
+                }
+            };
+            let value = if from_file {
+                match std::fs::read_to_string(&value) {
+                    Ok(text) => {
+                        toml::Value::String(text.trim_end_matches(['\n', '\r']).to_string())
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::Env {
+                            var,
+                            message: format!("cannot read {value}: {e}"),
+                        });
+                    }
+                }
+            } else {
+                env_value(&value)
             };
             let section_table = table
                 .entry(section.clone())
@@ -405,7 +426,7 @@ impl Config {
                     message: format!("[{section}] is not a table"),
                 });
             };
-            section_table.insert(key.clone(), env_value(&value));
+            section_table.insert(key.clone(), value);
         }
         let mut config: Config =
             toml::Value::Table(table)
@@ -848,6 +869,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_can_come_from_a_file_named_by_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("db_url");
+        std::fs::write(&f, "postgres://app:s3cret@db:5432/reg\n").unwrap();
+        let path = f.to_str().unwrap();
+        let c = parse("", &[("GREENBELT__REGISTRY__URL__FILE", path)]).unwrap();
+        assert_eq!(
+            c.registry.url.as_deref(),
+            Some("postgres://app:s3cret@db:5432/reg")
+        );
+        let e = parse("", &[("GREENBELT__REGISTRY__URL__FILE", "/nonexistent/x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GREENBELT__REGISTRY__URL__FILE") && e.contains("/nonexistent/x"),
+            "{e}"
+        );
+        let e = parse("", &[("GREENBELT__A__B__C", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("__FILE"), "{e}");
     }
 
     #[test]
