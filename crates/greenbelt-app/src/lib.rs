@@ -17,6 +17,7 @@ pub mod autoscale;
 pub mod autoscale_sim;
 pub mod bench;
 pub mod bench_devices;
+pub mod config_check;
 pub mod config_reference;
 pub mod cost;
 pub mod drift;
