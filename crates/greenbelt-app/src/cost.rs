@@ -59,19 +59,12 @@ pub fn spawn_store_scan<F, Fut>(
         return; // validated with the config
     };
     let ledger = state.metrics.cost.clone();
-    tasks.spawn(move |mut stop| async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.stopped() => return,
-                _ = tick.tick() => {}
-            }
-            let measured = tokio::select! {
-                _ = stop.stopped() => return,
-                m = tokio::time::timeout(SCAN_TIMEOUT.min(every.max(Duration::from_secs(1))), scan()) => m,
-            };
-            match measured {
+    let limit = SCAN_TIMEOUT.min(every.max(Duration::from_secs(1)));
+    tasks.spawn_async_ticker(every, move || {
+        let measured = tokio::time::timeout(limit, scan());
+        let ledger = ledger.clone();
+        async move {
+            match measured.await {
                 Ok(Ok(held)) => ledger.held(store, in_memory, held),
                 Ok(Err(e)) => {
                     tracing::warn!(store = store.as_str(), error = %e, "measuring what the store holds failed; the cost ledger keeps the last measurement");

@@ -62,13 +62,31 @@ impl Tasks {
     where
         F: FnMut(tokio::time::Instant) + Send + 'static,
     {
+        self.spawn_async_ticker(every, move || {
+            step(tokio::time::Instant::now());
+            std::future::ready(())
+        });
+    }
+
+    /// Run the future `step()` makes every `every` until stop, the first at
+    /// once; a step still running when stop comes is dropped (a missed tick
+    /// is delayed, not bunched up). Bound the step's own time in `step`.
+    pub fn spawn_async_ticker<F, Fut>(&mut self, every: Duration, mut step: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         self.spawn(move |mut stop| async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.stopped() => return,
-                    _ = tick.tick() => step(tokio::time::Instant::now()),
+                    _ = tick.tick() => {}
+                }
+                tokio::select! {
+                    _ = stop.stopped() => return,
+                    _ = step() => {}
                 }
             }
         });
