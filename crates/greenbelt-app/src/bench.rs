@@ -20,8 +20,11 @@ pub struct BenchOptions {
     /// Measured load, after `warmup`.
     pub duration: Duration,
     pub warmup: Duration,
-    /// Rows per request.
+    /// Rows per request (of the generated inputs; see `requests`).
     pub rows: usize,
+    /// The requests to send in turn (from `--input-file`) instead of
+    /// inputs generated from the model's metadata.
+    pub requests: Option<Vec<Vec<greenbelt_core::Tensor>>>,
     /// Open loop: requests per second regardless of answers, with at most
     /// `connections` outstanding. None: closed loop.
     pub rate: Option<f64>,
@@ -125,6 +128,17 @@ impl BenchReport {
     }
 }
 
+/// Rows per request of a request list: the first dimension of the first
+/// request's first input (1 for a scalar).
+fn request_rows(requests: &[Vec<greenbelt_core::Tensor>]) -> usize {
+    requests
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|t| t.shape.first())
+        .and_then(|d| usize::try_from(*d).ok())
+        .unwrap_or(1)
+}
+
 /// Run the benchmark.
 pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.connections == 0 || opts.rows == 0 || opts.duration.is_zero() {
@@ -137,10 +151,18 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let specs = loadgen::model_inputs(&http, &base, &opts.target.model).await?;
-    let inputs = specs
-        .iter()
-        .map(|s| loadgen::make_input(s, opts.rows))
-        .collect::<Result<Vec<_>>>()?;
+    let (requests, rows) = match &opts.requests {
+        Some(list) => (list.clone(), request_rows(list)),
+        None => (
+            vec![
+                specs
+                    .iter()
+                    .map(|s| loadgen::make_input(s, opts.rows))
+                    .collect::<Result<Vec<_>>>()?,
+            ],
+            opts.rows,
+        ),
+    };
     let greenbelt = loadgen::scrape(&http, &base).await.is_some();
     let target = opts.target.clone();
     let load = match opts.rate {
@@ -151,7 +173,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
                 stop: Stop::After(opts.duration),
                 keep_samples: false,
             };
-            tokio::spawn(async move { loadgen::run(&target, &inputs, load_opts).await })
+            tokio::spawn(async move { loadgen::run(&target, &requests, load_opts).await })
         }
         Some(rate) => {
             let open = OpenOptions {
@@ -162,7 +184,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
                 stop: None,
                 keep_samples: false,
             };
-            tokio::spawn(async move { loadgen::run_open(&target, &inputs, open).await })
+            tokio::spawn(async move { loadgen::run_open(&target, &requests, open).await })
         }
     };
     tokio::time::sleep(opts.warmup).await;
@@ -193,7 +215,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         protocol: opts.target.protocol,
         model: opts.target.model.clone(),
         concurrency: opts.connections,
-        rows: opts.rows,
+        rows,
         duration_s: secs,
         rate_rps: opts.rate,
         requests: s.requests,

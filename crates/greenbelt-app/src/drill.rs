@@ -431,7 +431,9 @@ pub async fn bad_deploy(
         stop: Stop::Signal(stop_rx),
         keep_samples: true,
     };
-    let load = tokio::spawn(async move { loadgen::run(&target, &inputs, load_opts).await });
+    let load = tokio::spawn(async move {
+        loadgen::run(&target, std::slice::from_ref(&inputs), load_opts).await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = rollout::start(
         &registry,

@@ -14,6 +14,7 @@
 //! only); [`Summary`] turns a run into the numbers a report prints.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use greenbelt_core::{DataType, Tensor, TensorData, raw};
@@ -293,6 +294,86 @@ pub fn make_input(spec: &InputSpec, rows: usize) -> Result<Tensor> {
         .map_err(|e| AppError::Invalid(format!("input \"{}\": {e}", spec.name)))
 }
 
+/// The most a request file may hold (it is read whole).
+pub const MAX_REQUEST_FILE_BYTES: u64 = 256 << 20;
+
+/// The requests of a file: one V2 REST infer body (`{"inputs": [...]}`),
+/// or several one after another (JSON Lines), each sent in turn. Errors
+/// name the file, the request's number and the field.
+pub fn read_requests(path: &std::path::Path) -> Result<Vec<Vec<Tensor>>> {
+    let shown = path.display();
+    let size = std::fs::metadata(path)
+        .map_err(AppError::io(format!("reading request file {shown}")))?
+        .len();
+    if size > MAX_REQUEST_FILE_BYTES {
+        return Err(AppError::Invalid(format!(
+            "request file {shown} is {size} bytes; the load generator reads at most {MAX_REQUEST_FILE_BYTES} (split it, or send fewer distinct requests)"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(AppError::io(format!("reading request file {shown}")))?;
+    let mut requests = Vec::new();
+    for (i, value) in serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .enumerate()
+    {
+        let n = i + 1;
+        let value = value.map_err(|e| {
+            AppError::Invalid(format!(
+                "request file {shown}, request {n}: not JSON ({e}); write one V2 infer body ({{\"inputs\": [...]}}) a line"
+            ))
+        })?;
+        requests.push(
+            parse_request(&value).map_err(|e| {
+                AppError::Invalid(format!("request file {shown}, request {n}: {e}"))
+            })?,
+        );
+    }
+    if requests.is_empty() {
+        return Err(AppError::Invalid(format!(
+            "request file {shown} holds no request; write one V2 infer body ({{\"inputs\": [...]}}) a line"
+        )));
+    }
+    Ok(requests)
+}
+
+/// The input tensors of one V2 REST infer body.
+fn parse_request(body: &serde_json::Value) -> std::result::Result<Vec<Tensor>, String> {
+    let inputs = body["inputs"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or("\"inputs\" must be a non-empty array of {name, datatype, shape, data}")?;
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(j, input)| {
+            let name = input["name"]
+                .as_str()
+                .ok_or(format!("inputs[{j}].name must be a string"))?;
+            let datatype = input["datatype"]
+                .as_str()
+                .ok_or(format!(
+                    "inputs[{j}].datatype must be a string such as \"FP32\""
+                ))?
+                .parse::<DataType>()
+                .map_err(|e| format!("inputs[{j}].datatype: {e}"))?;
+            let shape = input["shape"]
+                .as_array()
+                .ok_or(format!("inputs[{j}].shape must be an array of dimensions"))?
+                .iter()
+                .map(|d| {
+                    d.as_i64().filter(|d| *d >= 0).ok_or(format!(
+                        "inputs[{j}].shape: {d} is not a dimension (a whole number ≥ 0)"
+                    ))
+                })
+                .collect::<std::result::Result<Vec<i64>, String>>()?;
+            let data = greenbelt_core::json::decode(name, datatype, &input["data"])
+                .map_err(|e| format!("inputs[{j}].data: {e}"))?;
+            Tensor::new(name.to_string(), shape, data).map_err(|e| format!("inputs[{j}]: {e}"))
+        })
+        .collect()
+}
+
 /// The V2 REST body for `inputs`.
 pub fn rest_body(inputs: &[Tensor]) -> Result<String> {
     let list: Vec<serde_json::Value> = inputs
@@ -351,17 +432,30 @@ impl Failed {
 }
 
 /// One worker's connection (cheap to clone: clients share their pools).
+/// It sends the requests it was made with in turn, from a cursor its
+/// clones share.
 #[derive(Clone)]
 enum Conn {
     Rest {
         client: reqwest::Client,
         url: Arc<String>,
-        body: Arc<String>,
+        bodies: Arc<[String]>,
+        next: Arc<AtomicUsize>,
     },
     Grpc {
         client: Box<GrpcClient>,
-        request: Arc<pb::ModelInferRequest>,
+        requests: Arc<[pb::ModelInferRequest]>,
+        next: Arc<AtomicUsize>,
     },
+}
+
+/// The next of `n` requests from a shared cursor.
+fn turn(next: &AtomicUsize, n: usize) -> usize {
+    if n <= 1 {
+        0
+    } else {
+        next.fetch_add(1, Ordering::Relaxed) % n
+    }
 }
 
 impl Conn {
@@ -369,11 +463,17 @@ impl Conn {
     /// or why not.
     async fn send(&mut self) -> std::result::Result<Option<i64>, Failed> {
         match self {
-            Conn::Rest { client, url, body } => {
+            Conn::Rest {
+                client,
+                url,
+                bodies,
+                next,
+            } => {
+                let body = bodies[turn(next, bodies.len())].clone();
                 let resp = client
                     .post(url.as_str())
                     .header("content-type", "application/json")
-                    .body(body.as_str().to_string())
+                    .body(body)
                     .send()
                     .await
                     .map_err(Failed::other)?;
@@ -396,8 +496,12 @@ impl Conn {
                     })
                 }
             }
-            Conn::Grpc { client, request } => client
-                .model_infer((**request).clone())
+            Conn::Grpc {
+                client,
+                requests,
+                next,
+            } => client
+                .model_infer(requests[turn(next, requests.len())].clone())
                 .await
                 .map(|r| r.into_inner().model_version.parse::<i64>().ok())
                 .map_err(|s| Failed {
@@ -413,24 +517,63 @@ fn wall_ms() -> i64 {
     greenbelt_control::rollout::controller::wall_ms()
 }
 
-/// A connection to `target` sending `inputs`; REST keeps up to `pool`
-/// idle connections, gRPC multiplexes one.
-async fn connect(target: &Target, inputs: &[Tensor], pool: usize) -> Result<Conn> {
-    let url = Arc::new(format!(
-        "{}/v2/models/{}/infer",
-        target.rest_url.trim_end_matches('/'),
-        target.model
-    ));
-    Ok(match target.protocol {
-        Protocol::Rest => Conn::Rest {
+/// The encoded requests a load sends in turn, and the cursor every
+/// connection made from them shares (encoded once, whatever the number of
+/// connections).
+#[derive(Clone)]
+enum Encoded {
+    Rest(Arc<[String]>),
+    Grpc(Arc<[pb::ModelInferRequest]>),
+}
+
+fn encode(target: &Target, requests: &[Vec<Tensor>]) -> Result<(Encoded, Arc<AtomicUsize>)> {
+    if requests.is_empty() {
+        return Err(AppError::Invalid(
+            "the load needs at least one request".into(),
+        ));
+    }
+    let encoded = match target.protocol {
+        Protocol::Rest => Encoded::Rest(
+            requests
+                .iter()
+                .map(|inputs| rest_body(inputs))
+                .collect::<Result<Vec<_>>>()?
+                .into(),
+        ),
+        Protocol::Grpc => Encoded::Grpc(
+            requests
+                .iter()
+                .map(|inputs| grpc_request(&target.model, inputs))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+    };
+    Ok((encoded, Arc::new(AtomicUsize::new(0))))
+}
+
+/// A connection to `target` sending `encoded` in turn; REST keeps up to
+/// `pool` idle connections, gRPC multiplexes one.
+async fn connect(
+    target: &Target,
+    (encoded, next): &(Encoded, Arc<AtomicUsize>),
+    pool: usize,
+) -> Result<Conn> {
+    let next = next.clone();
+    Ok(match encoded {
+        Encoded::Rest(bodies) => Conn::Rest {
             client: reqwest::Client::builder()
                 .timeout(target.timeout)
                 .pool_max_idle_per_host(pool)
                 .build()?,
-            url,
-            body: Arc::new(rest_body(inputs)?),
+            url: Arc::new(format!(
+                "{}/v2/models/{}/infer",
+                target.rest_url.trim_end_matches('/'),
+                target.model
+            )),
+            bodies: bodies.clone(),
+            next,
         },
-        Protocol::Grpc => {
+        Encoded::Grpc(requests) => {
             let channel = tonic::transport::Endpoint::from_shared(target.grpc_url.clone())
                 .map_err(|e| AppError::Invalid(format!("gRPC address {}: {e}", target.grpc_url)))?
                 .timeout(target.timeout)
@@ -441,7 +584,8 @@ async fn connect(target: &Target, inputs: &[Tensor], pool: usize) -> Result<Conn
                 })?;
             Conn::Grpc {
                 client: Box::new(GrpcClient::new(channel).max_decoding_message_size(usize::MAX)),
-                request: Arc::new(grpc_request(&target.model, inputs)),
+                requests: requests.clone(),
+                next,
             }
         }
     })
@@ -471,14 +615,18 @@ pub struct OpenOptions {
 /// are sent late, in a burst, so the offered count is kept), each on its
 /// own task, at most `max_outstanding` at once. Waits for the last
 /// answers (each bounded by the target's timeout).
-pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> Result<LoadResult> {
+pub async fn run_open(
+    target: &Target,
+    requests: &[Vec<Tensor>],
+    opts: OpenOptions,
+) -> Result<LoadResult> {
     if !(MIN_RATE..=MAX_RATE).contains(&opts.rate) || opts.max_outstanding == 0 {
         return Err(AppError::Invalid(format!(
             "--rate must be between {MIN_RATE} and {MAX_RATE} requests per second (got {}), and the outstanding bound positive",
             opts.rate
         )));
     }
-    let conn = connect(target, inputs, opts.max_outstanding).await?;
+    let conn = connect(target, &encode(target, requests)?, opts.max_outstanding).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_outstanding));
     // Answers come back on a channel as large as the outstanding bound: a
     // task holds its slot until its answer is queued.
@@ -547,16 +695,22 @@ pub async fn run_open(target: &Target, inputs: &[Tensor], opts: OpenOptions) -> 
     Ok(total)
 }
 
-/// Run closed-loop load with `inputs` against `target` and measure it.
-pub async fn run(target: &Target, inputs: &[Tensor], opts: LoadOptions) -> Result<LoadResult> {
+/// Run closed-loop load against `target` and measure it: every
+/// connection sends `requests` (each the inputs of one request) in turn.
+pub async fn run(
+    target: &Target,
+    requests: &[Vec<Tensor>],
+    opts: LoadOptions,
+) -> Result<LoadResult> {
     if opts.connections == 0 {
         return Err(AppError::Invalid(
             "the load needs at least one connection".into(),
         ));
     }
+    let encoded = encode(target, requests)?;
     let mut conns = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
-        conns.push(connect(target, inputs, 1).await?);
+        conns.push(connect(target, &encoded, 1).await?);
     }
     let start = Instant::now();
     let measure_from = start + opts.warmup;
@@ -667,6 +821,91 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    fn requests_of(text: &str) -> Result<Vec<Vec<Tensor>>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        std::fs::write(&path, text).unwrap();
+        read_requests(&path)
+    }
+
+    #[test]
+    fn a_request_file_holds_one_body_or_one_a_line() {
+        let one = requests_of(
+            r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[1, 2]]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0][0].shape, vec![1, 2]);
+        assert_eq!(one[0][0].data, TensorData::Fp32(vec![1.0, 2.0]));
+        let lines = requests_of(concat!(
+            r#"{"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]}]}"#,
+            "\n",
+            r#"{"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["u2", "u3"]}]}"#,
+            "\n"
+        ))
+        .unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[1][0].data,
+            TensorData::Bytes(vec![
+                bytes::Bytes::from_static(b"u2"),
+                bytes::Bytes::from_static(b"u3")
+            ])
+        );
+        // Every request encodes to a body of its own, in order.
+        let target = Target {
+            rest_url: "http://127.0.0.1:1".into(),
+            grpc_url: String::new(),
+            protocol: Protocol::Rest,
+            model: "m".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let (Encoded::Rest(bodies), next) = encode(&target, &lines).unwrap() else {
+            panic!("REST target")
+        };
+        assert!(bodies[0].contains("\"u1\"") && bodies[1].contains("\"u3\""));
+        let order: Vec<usize> = (0..5).map(|_| turn(&next, bodies.len())).collect();
+        assert_eq!(order, vec![0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_bad_request_file_names_the_request_and_the_field() {
+        for (text, expect) in [
+            ("", "holds no request"),
+            (
+                "{\"inputs\": [] }",
+                "request 1: \"inputs\" must be a non-empty array",
+            ),
+            (
+                "{\"inputs\": [{\"name\": \"x\", \"datatype\": \"FP32\", \"shape\": [1], \"data\": [1]}]}\n{oops",
+                "request 2: not JSON",
+            ),
+            (
+                "{\"inputs\": [{\"name\": \"x\", \"datatype\": \"FP99\", \"shape\": [1], \"data\": [1]}]}",
+                "inputs[0].datatype",
+            ),
+            (
+                "{\"inputs\": [{\"name\": \"x\", \"datatype\": \"FP32\", \"shape\": [-1], \"data\": [1]}]}",
+                "inputs[0].shape: -1 is not a dimension",
+            ),
+            (
+                "{\"inputs\": [{\"name\": \"x\", \"datatype\": \"FP32\", \"shape\": [3], \"data\": [1]}]}",
+                "inputs[0]",
+            ),
+        ] {
+            let e = requests_of(text).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text:?}: {e}");
+        }
+        let missing = read_requests(std::path::Path::new("/nonexistent/requests.jsonl"));
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/requests.jsonl"),
+            "the error names the file"
+        );
+    }
 
     fn sample(ms: u64, ok: bool) -> Sample {
         Sample {

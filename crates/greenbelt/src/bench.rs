@@ -39,9 +39,14 @@ pub struct Args {
     /// Seconds of measured load (after a 1 s warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Rows per request.
-    #[arg(long, default_value_t = 1)]
-    rows: usize,
+    /// Rows per request of the generated inputs.
+    #[arg(long, conflicts_with = "input_file")]
+    rows: Option<usize>,
+    /// Send these requests in turn instead of generated inputs: one V2
+    /// infer body, or JSON Lines with one a line (e.g. entity keys for a
+    /// deployment that reads its features from the store).
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -127,6 +132,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             greenbelt_app::loadgen::MAX_RATE
         );
     }
+    let requests = match &args.input_file {
+        Some(path) => Some(greenbelt_app::loadgen::read_requests(path)?),
+        None => None,
+    };
     let concurrency = args
         .concurrency
         .unwrap_or(if args.rate.is_some() { 1000 } else { 1 });
@@ -145,7 +154,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: args.rate,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs(1),
-        rows: args.rows,
+        rows: args.rows.unwrap_or(1),
+        requests,
         label: args.label,
     })
     .await?;

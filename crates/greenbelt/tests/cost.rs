@@ -726,3 +726,118 @@ async fn what_the_stores_hold_is_measured_and_priced() {
         "{text}"
     );
 }
+
+/// `greenbelt bench --input-file`: the requests of a file are sent in
+/// turn (a 1-row and a 3-row request: the server predicts about two rows
+/// a request, which neither request alone would give), and a bad file or
+/// a conflicting flag is an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sends_the_requests_of_a_file_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    project(d, port);
+    let _server = Kill(
+        Command::new(GB)
+            .current_dir(d)
+            .env("GREENBELT_LOG", "warn")
+            .args(["serve", "--config", "greenbelt.toml"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_ready(&c, &base).await;
+    let row: Vec<f32> = (0..20).map(|i| i as f32 / 10.0 - 1.0).collect();
+    let body = |rows: usize| {
+        serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 20],
+            "data": row.repeat(rows)}]})
+        .to_string()
+    };
+    std::fs::write(
+        d.join("requests.jsonl"),
+        format!("{}\n{}\n", body(1), body(3)),
+    )
+    .unwrap();
+    let (ok, out, err) = greenbelt(
+        d,
+        &[
+            "bench",
+            "--url",
+            &base,
+            "--model",
+            "fraud",
+            "--input-file",
+            "requests.jsonl",
+            "--concurrency",
+            "2",
+            "--duration",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(ok, "bench --input-file failed: {err}");
+    let run: Value = serde_json::from_str(out.trim()).unwrap();
+    let requests = run["requests"].as_f64().unwrap();
+    let predictions = run["cost"]["usage"]["predictions"].as_f64().unwrap();
+    assert!(requests > 50.0 && run["errors"] == 0, "{run}");
+    assert_eq!(run["rows"], 1, "rows of the file's first request: {run}");
+    assert!(
+        (1.6 * requests..=2.4 * requests).contains(&predictions),
+        "{predictions} rows predicted over {requests} requests: the two requests did not alternate"
+    );
+
+    let (ok, _, err) = greenbelt(
+        d,
+        &[
+            "bench",
+            "--url",
+            &base,
+            "--model",
+            "fraud",
+            "--input-file",
+            "missing.jsonl",
+        ],
+    );
+    assert!(!ok && err.contains("missing.jsonl"), "{err}");
+    std::fs::write(
+        d.join("bad.jsonl"),
+        format!("{}\n{{\"inputs\": 3}}\n", body(1)),
+    )
+    .unwrap();
+    let (ok, _, err) = greenbelt(
+        d,
+        &[
+            "bench",
+            "--url",
+            &base,
+            "--model",
+            "fraud",
+            "--input-file",
+            "bad.jsonl",
+        ],
+    );
+    assert!(
+        !ok && err.contains("request 2") && err.contains("\"inputs\" must be"),
+        "{err}"
+    );
+    let (ok, _, err) = greenbelt(
+        d,
+        &[
+            "bench",
+            "--url",
+            &base,
+            "--model",
+            "fraud",
+            "--input-file",
+            "requests.jsonl",
+            "--rows",
+            "4",
+        ],
+    );
+    assert!(!ok && err.contains("--rows"), "{err}");
+}

@@ -1069,7 +1069,9 @@ pub async fn failover(
     };
     let load = {
         let inputs = inputs.clone();
-        tokio::spawn(async move { loadgen::run_open(&target, &inputs, open).await })
+        tokio::spawn(async move {
+            loadgen::run_open(&target, std::slice::from_ref(&inputs), open).await
+        })
     };
     let sent = Arc::new(AtomicU64::new(0));
     let writes = tokio::spawn(writer(

@@ -145,7 +145,7 @@ async fn real_load_makes_desired_replicas_rise() {
     let load = tokio::spawn(async move {
         loadgen::run_open(
             &target,
-            &inputs,
+            std::slice::from_ref(&inputs),
             OpenOptions {
                 rate: 400.0,
                 max_outstanding: 64,

@@ -78,7 +78,7 @@ async fn closed_loop(
 ) -> loadgen::LoadResult {
     loadgen::run(
         target,
-        inputs,
+        std::slice::from_ref(&inputs.to_vec()),
         LoadOptions {
             connections: clients,
             warmup,

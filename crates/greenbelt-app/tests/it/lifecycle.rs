@@ -109,7 +109,7 @@ async fn readiness_waits_for_the_deployment_and_shutdown_serves_out_its_delay() 
         .collect();
     let r = loadgen::run_open(
         &target,
-        &inputs,
+        std::slice::from_ref(&inputs),
         OpenOptions {
             rate: 200.0,
             max_outstanding: 64,
