@@ -10,6 +10,9 @@
 #   native engine   forest on ONNX Runtime → the same file on the native engine (1 row a request)
 #   batching        logreg without → with dynamic batching (1 row a request, 32 connections)
 #   int8            mlp fp32 → int8 (`greenbelt optimize quantize`), both on ONNX Runtime (64 rows a request)
+#   feature cache   the quickstart's fraud deployment, entity keys in (features read from the
+#                   embedded online store), `[store] online_cache_ttl` "0s" → "60s": two servers
+#                   in turn, one user and merchant a request cycling over the newest 2,000 transactions
 #
 # Writes bench/out/cost/ (each run's `bench --json`, each comparison's
 # `cost compare --json`, the server's config) and the section between
@@ -79,20 +82,33 @@ egress_class = "zone"
 EOF
 
 # ---- the server ---------------------------------------------------------
-(cd "$out" && GREENBELT_LOG=warn exec "$gb" serve --config greenbelt.toml >"$out/server.log" 2>&1) &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+server=
+stop_server() {
+    if [[ -n "$server" ]]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        server=
+    fi
+}
+trap stop_server EXIT
 base="http://127.0.0.1:$port"
-for _ in $(seq 1 300); do
-    curl -fsS "$base/v2/health/ready" >/dev/null 2>&1 && break
-    sleep 0.2
-done
-curl -fsS "$base/v2/health/ready" >/dev/null || { say "server not ready: $(tail -5 "$out/server.log")"; exit 1; }
+start_server() { # DIR CONFIG LOG
+    (cd "$1" && GREENBELT_LOG=warn exec "$gb" serve --config "$2" >"$3" 2>&1) &
+    server=$!
+    for _ in $(seq 1 300); do
+        curl -fsS "$base/v2/health/ready" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    curl -fsS "$base/v2/health/ready" >/dev/null || { say "server not ready: $(tail -5 "$3")"; exit 1; }
+}
+start_server "$out" greenbelt.toml "$out/server.log"
 
-run() { # MODEL ROWS CONCURRENCY
-    say "bench $1 (rows $2, concurrency $3, ${duration} s)"
-    "$gb" --log-format text bench --url "$base" --model "$1" --rows "$2" --concurrency "$3" \
-        --duration "$duration" --json --label "$1" >"$out/$1.json"
+run() { # MODEL ROWS|file CONCURRENCY [LABEL [BENCH ARGS...]]
+    local label="${4:-$1}" rows=()
+    [[ "$2" == file ]] || rows=(--rows "$2")
+    say "bench $label (rows $2, concurrency $3, ${duration} s)"
+    "$gb" --log-format text bench --url "$base" --model "$1" "${rows[@]}" "${@:5}" \
+        --concurrency "$3" --duration "$duration" --json --label "$label" >"$out/$label.json"
 }
 compare() { # NAME A B
     "$gb" --log-format text cost compare "$out/$2.json" "$out/$3.json" --json >"$out/compare-$1.json"
@@ -108,6 +124,34 @@ run mlp_fp32 64 "$conc"
 run mlp_int8 64 "$conc"
 compare int8 mlp_fp32 mlp_int8
 curl -fsS "$base/admin/cost" >"$out/ledger.json"
+stop_server
+
+# ---- feature cache: the quickstart's project, served twice ----------------
+# `greenbelt quickstart` writes the project, materializes its views into the
+# embedded online store and trains fraud v1 (promoted to champion).
+fraud="$out/fraud"
+say "laying out the quickstart's project in $fraud (greenbelt quickstart --traffic 0)"
+"$gb" --log-format text quickstart --dir "$fraud" --http-addr "127.0.0.1:$port" --grpc-addr "" \
+    --traffic 0 >"$out/quickstart.txt" 2>&1 || { say "quickstart failed: $(tail -5 "$out/quickstart.txt")"; exit 1; }
+# One user and merchant a request, over the newest 2,000 transactions (their
+# online values are fresh), in the order they happened.
+python3 - "$fraud/data/transactions.csv" "$out/fraud-requests.jsonl" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))[-2000:]
+with open(sys.argv[2], "w") as f:
+    for r in rows:
+        f.write(json.dumps({"inputs": [
+            {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [r["user_id"]]},
+            {"name": "merchant_id", "datatype": "BYTES", "shape": [1], "data": [r["merchant_id"]]},
+        ]}) + "\n")
+PY
+for ttl in 0s 60s; do
+    sed -i -E '/^online_cache_ttl = /d; s/^\[store\]$/[store]\nonline_cache_ttl = "'"$ttl"'"/' "$fraud/features.toml"
+    GREENBELT__TELEMETRY__LOG_REQUESTS=false start_server "$fraud" greenbelt.toml "$out/server-fraud-cache-$ttl.log"
+    run fraud file "$conc" "fraud_cache_$ttl" --input-file "$out/fraud-requests.jsonl"
+    stop_server
+done
+compare feature_cache fraud_cache_0s fraud_cache_60s
 
 # ---- the docs section -----------------------------------------------------
 [[ "${BENCH_DOCS:-1}" == 1 ]] || exit 0
@@ -120,6 +164,7 @@ pairs = [
     ("native", "native engine vs ONNX Runtime", "forest (trees), 1 row a request, %s connections" % conc),
     ("batching", "dynamic batching off → on", "logreg on the native engine, 1 row a request, 32 connections"),
     ("int8", "int8 vs fp32", "mlp on ONNX Runtime, 64 rows a request, %s connections" % conc),
+    ("feature_cache", "feature cache off → on", "the quickstart's fraud deployment, entity keys (features from the embedded online store), %s connections" % conc),
 ]
 def money(x):
     return "%.4f" % x if abs(x) >= 0.01 else "%.6f" % x
