@@ -3,7 +3,9 @@
 # CPU per row; OVERLOAD_MODEL=logreg for the fixture) served twice, once with the
 # adaptive concurrency limit ([server.concurrency] gradient2, queue budget)
 # and once with only the static limit ([server] max_inflight), side by side
-# in one run. For each: capacity closed-loop first, then open-loop load
+# in one run. Capacity first, on the static server: the highest open-loop
+# rate sustained with nothing shed and p99 within the SLO, searched down
+# from the closed-loop throughput. Then, for each, open-loop load
 # (`greenbelt bench --rate`) at 1x and 2x that capacity. Records goodput,
 # p50/p99 of admitted requests, shed and failed requests, requests the
 # client could not send, the server's peak RSS (VmHWM) and crashes.
@@ -19,7 +21,9 @@
 #   GREENBELT_BIN         use this binary instead of building the release one
 #   OVERLOAD_DURATION     seconds of each open-loop phase (default 60)
 #   OVERLOAD_CAPACITY_DURATION  seconds of the closed-loop capacity run (default 20)
-#   OVERLOAD_CONCURRENCY  closed-loop connections for capacity (default 32)
+#   OVERLOAD_CONCURRENCY  closed-loop connections of the first capacity run (default 32)
+#   OVERLOAD_PROBE_DURATION  seconds of each open-loop capacity probe (default 15)
+#   OVERLOAD_PROBE_STEP   percent the probe rate steps down by (default 5)
 #   OVERLOAD_OUTSTANDING  open-loop bound on outstanding requests (default 2000)
 #   OVERLOAD_SLO_MS       latency SLO of the deployment = request timeout (default 200)
 #   OVERLOAD_DOCS         1: write docs/benchmarks.md; 0: never (default: 1 when DURATION >= 60)
@@ -44,6 +48,8 @@ cap_duration="${OVERLOAD_CAPACITY_DURATION:-20}"
 concurrency="${OVERLOAD_CONCURRENCY:-32}"
 outstanding="${OVERLOAD_OUTSTANDING:-2000}"
 slo_ms="${OVERLOAD_SLO_MS:-200}"
+probe_duration="${OVERLOAD_PROBE_DURATION:-15}"
+probe_step="${OVERLOAD_PROBE_STEP:-5}"
 port="${OVERLOAD_PORT_BASE:-18600}"
 model="${OVERLOAD_MODEL:-heavy}"
 docs="${OVERLOAD_DOCS:-}"
@@ -162,11 +168,37 @@ for name in static adaptive; do
     wait_ready "$name" "$p" "$pid"
     say "$name: server $pid on :$p"
     if [[ -z "$capacity" ]]; then
+        # Capacity is the highest open-loop rate this server sustains: nothing
+        # shed, no error, p99 within the SLO. The closed-loop throughput is
+        # where the search starts (an open loop costs the generator more per
+        # request than a closed one, and at exactly the closed-loop maximum
+        # the queue is a random walk). Each probe is OVERLOAD_PROBE_DURATION
+        # seconds; the rate steps down by OVERLOAD_PROBE_STEP percent.
         say "capacity: closed loop, $concurrency connections, ${cap_duration}s"
         bench_json "$p" --concurrency "$concurrency" --duration "$cap_duration" >"$work/capacity.json"
-        capacity="$("$python" -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput_rps"]))' "$work/capacity.json")"
-        (( capacity > 0 )) || { say "measured capacity is 0; see $work/capacity.json"; exit 1; }
-        say "capacity: $capacity req/s"
+        closed="$("$python" -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput_rps"]))' "$work/capacity.json")"
+        (( closed > 0 )) || { say "measured capacity is 0; see $work/capacity.json"; exit 1; }
+        say "capacity: closed loop $closed req/s; searching the highest sustained open-loop rate"
+        probes="[]"
+        for pct in $(seq 100 "-$probe_step" 50); do
+            rate=$((closed * pct / 100))
+            bench_json "$p" --rate "$rate" --concurrency "$outstanding" --duration "$probe_duration" >"$work/probe.json" || true
+            verdict="$("$python" - "$work/probe.json" "$slo_ms" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception:
+    print("fail error"); sys.exit()
+ok = r["errors"] == 0 and r["dropped_by_client"] == 0 and r["latency_ms"]["p99"] <= float(sys.argv[2])
+print("ok" if ok else "fail", "goodput=%.0f shed=%d errors=%d p99=%.1fms" % (r["throughput_rps"], r["shed"], r["errors"], r["latency_ms"]["p99"]))
+PY
+)"
+            say "capacity probe at $rate req/s (${pct}% of closed loop): $verdict"
+            probes="$("$python" -c 'import json,sys; p=json.loads(sys.argv[1]); p.append({"rate": int(sys.argv[2]), "verdict": sys.argv[3]}); print(json.dumps(p))' "$probes" "$rate" "$verdict")"
+            if [[ "$verdict" == ok* ]]; then capacity="$rate"; break; fi
+        done
+        [[ -n "$capacity" ]] || { say "no rate down to 50% of the closed-loop throughput was sustained; see $out/*.log"; exit 1; }
+        say "capacity: $capacity req/s (open loop, sustained)"
     fi
     for mult in 1 2; do
         rate=$((capacity * mult))
@@ -202,13 +234,14 @@ PY
     pids=("${pids[@]/$pid}")
 done
 
-"$python" - "$results" "$duration" "$cap_duration" "$concurrency" "$outstanding" "$slo_ms" "$build" "$(nproc)" "$model" <<'PY'
+"$python" - "$results" "$duration" "$cap_duration" "$concurrency" "$outstanding" "$slo_ms" "$build" "$(nproc)" "$model" "$closed" "$probe_duration" "$probes" <<'PY'
 import json, sys
 res = json.load(open(sys.argv[1]))
 res["meta"] = dict(duration_s=float(sys.argv[2]), capacity_duration_s=float(sys.argv[3]),
                    concurrency=int(sys.argv[4]), outstanding=int(sys.argv[5]),
                    slo_ms=int(sys.argv[6]), build=sys.argv[7], cpus=int(sys.argv[8]),
-                   model=sys.argv[9])
+                   model=sys.argv[9], closed_loop_rps=float(sys.argv[10]),
+                   probe_duration_s=float(sys.argv[11]), probes=json.loads(sys.argv[12]))
 json.dump(res, open(sys.argv[1], "w"), indent=2)
 PY
 "$python" "$root/bench/overload_report.py" "$results" "$root/docs/benchmarks.md" "$docs"
