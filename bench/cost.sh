@@ -147,7 +147,9 @@ with open(sys.argv[2], "w") as f:
 PY
 for ttl in 0s 60s; do
     sed -i -E '/^online_cache_ttl = /d; s/^\[store\]$/[store]\nonline_cache_ttl = "'"$ttl"'"/' "$fraud/features.toml"
-    GREENBELT__TELEMETRY__LOG_REQUESTS=false start_server "$fraud" greenbelt.toml "$out/server-fraud-cache-$ttl.log"
+    # As the first server: no request log, answers priced as egress within the zone.
+    GREENBELT__TELEMETRY__LOG_REQUESTS=false GREENBELT__COST__EGRESS_CLASS=zone GREENBELT__COST__INTERVAL=1s \
+        start_server "$fraud" greenbelt.toml "$out/server-fraud-cache-$ttl.log"
     run fraud file "$conc" "fraud_cache_$ttl" --input-file "$out/fraud-requests.jsonl"
     stop_server
 done
