@@ -28,6 +28,7 @@ pub mod feature_ops;
 pub mod features;
 pub mod labels;
 pub mod loadgen;
+pub mod mlflow_import;
 pub mod optimize;
 pub mod pipeline;
 pub mod pipeline_drill;

@@ -347,11 +347,47 @@ pub async fn register_file_with_profile(
     tags: Value,
     who: String,
 ) -> Result<ModelVersion> {
+    let facts = VersionFacts {
+        profile,
+        metrics,
+        tags,
+        ..VersionFacts::default()
+    };
+    register_file_facts(registry, config, model, file, facts, who).await
+}
+
+/// What is recorded with a version registered from a file, besides its
+/// signature and bytes.
+#[derive(Debug, Clone, Default)]
+pub struct VersionFacts<'a> {
+    /// A reference profile (drift), checked against the signature.
+    pub profile: Option<&'a Path>,
+    pub metrics: Value,
+    pub params: Value,
+    pub tags: Value,
+    /// Fields added to the lineage (which always has `source_file`).
+    pub lineage: Value,
+}
+
+/// Register the ONNX model in `file` as a new version of `model` with
+/// `facts`: its signature read by loading it, the bytes (and the profile)
+/// put in the artifact store.
+pub async fn register_file_facts(
+    registry: &Registry,
+    config: &Config,
+    model: String,
+    file: &Path,
+    facts: VersionFacts<'_>,
+    who: String,
+) -> Result<ModelVersion> {
     let bytes = std::fs::read(file).map_err(AppError::io(format!("reading {}", file.display())))?;
     let signature = model_signature(file, config).await?;
     let store = ArtifactStore::open(&config.registry.artifacts)?;
     let mut lineage = json!({ "source_file": file.display().to_string() });
-    if let Some(path) = profile {
+    if let (Value::Object(extra), Some(l)) = (facts.lineage, lineage.as_object_mut()) {
+        l.extend(extra);
+    }
+    if let Some(path) = facts.profile {
         let text = std::fs::read_to_string(path).map_err(AppError::io(format!(
             "reading the profile {}",
             path.display()
@@ -373,8 +409,9 @@ pub async fn register_file_with_profile(
             sha256: sha,
             format: "onnx".into(),
             signature,
-            metrics,
-            tags,
+            metrics: facts.metrics,
+            params: facts.params,
+            tags: facts.tags,
             lineage,
             created_by: who,
             ..Default::default()

@@ -620,14 +620,19 @@ fn check_default(what: &str, f: &ColumnSpec) -> Result<()> {
     }
 }
 
-fn check_ident(kind: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` may name an entity, source, view, service, join key or
+/// feature: 1-128 letters, digits, '_' or '-', not starting with `__gb`.
+pub(crate) fn is_ident(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 128
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !name.starts_with("__gb");
-    if ok {
+        && !name.starts_with("__gb")
+}
+
+fn check_ident(kind: &str, name: &str) -> Result<()> {
+    if is_ident(name) {
         Ok(())
     } else {
         Err(FeatureError::Invalid(format!(

@@ -13,6 +13,7 @@ pub mod contracts;
 pub mod defs;
 pub mod drift;
 pub mod error;
+pub mod feast_import;
 pub mod freshness;
 pub mod http;
 pub mod offline;

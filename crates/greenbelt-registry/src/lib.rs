@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod feature_defs;
 pub mod http;
+pub mod mlflow;
 pub mod notify;
 pub mod reference;
 pub mod rollouts;

@@ -1,8 +1,8 @@
 //! `greenbelt features ...`: the feature store from the command line —
 //! apply/plan definitions (versioned in the registry database), validate
 //! contracts, materialize to the offline and online stores, historical
-//! (point-in-time) retrieval, freshness, the synthetic canary, and the demo
-//! data.
+//! (point-in-time) retrieval, freshness, the synthetic canary, the demo
+//! data, and importing a Feast repository's definitions.
 //! Behaviour lives in greenbelt-features and `greenbelt_app::feature_ops`;
 //! this file parses and prints.
 
@@ -14,6 +14,7 @@ use clap::Subcommand;
 use greenbelt_app::feature_ops::{self, Range, materialize_views, online, views_or_all};
 use greenbelt_app::registry::{actor, load_config, open};
 use greenbelt_features::Definitions;
+use greenbelt_features::feast_import::{ImportOptions, ImportReport, import};
 use greenbelt_features::offline::OfflineStore;
 use greenbelt_features::pit::{HistoricalOptions, historical_to_parquet};
 use greenbelt_features::plan::plan_text;
@@ -125,6 +126,25 @@ enum Cmd {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Convert a Feast repository's definitions into features.toml; prints what was not imported and why.
+    ImportFeast {
+        /// The JSON `feast registry-dump` prints, or a Feast repository
+        /// (a directory with feature_store.yaml: `feast -c DIR registry-dump` is run).
+        source: PathBuf,
+        /// The features.toml to write (default: --file).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// The directory Feast's relative file paths are relative to
+        /// (default: the repository, or the JSON file's directory).
+        #[arg(long)]
+        repo_dir: Option<PathBuf>,
+        /// The feast program to run for a repository directory.
+        #[arg(long, env = "GREENBELT_FEAST", default_value = "feast")]
+        feast: String,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write the fraud demo's transactions CSV (greenbelt_control::demo::fraud_csv).
     DemoData {
         #[arg(long, default_value_t = 20_000)]
@@ -159,6 +179,27 @@ async fn registry(args: &Args) -> anyhow::Result<(greenbelt_registry::Registry, 
     let config = load_config(args.config.as_deref())?;
     let reg = open(&config, args.url.as_deref()).await?;
     Ok((reg, actor(&config)))
+}
+
+/// `import-feast`'s report as text: what was written, then what was not.
+fn import_text(r: &ImportReport) -> String {
+    let mut text = format!(
+        "wrote {}: {} entities, {} sources, {} feature views, {} feature services\n",
+        r.output.display(),
+        r.entities.len(),
+        r.sources.len(),
+        r.feature_views.len(),
+        r.feature_services.len()
+    );
+    if r.skipped.is_empty() {
+        text.push_str("everything in the Feast registry was imported\n");
+    } else {
+        text.push_str(&format!("not imported ({}):\n", r.skipped.len()));
+        for s in &r.skipped {
+            text.push_str(&format!("  - {}: {}\n", s.what, s.why));
+        }
+    }
+    text
 }
 
 async fn run_materialize(
@@ -246,9 +287,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("wrote {rows} transactions to {}", out.display());
         return Ok(());
     }
+    if let Cmd::ImportFeast {
+        source,
+        output,
+        repo_dir,
+        feast,
+        force,
+    } = &args.command
+    {
+        let report = import(&ImportOptions {
+            source: source.clone(),
+            output: output.clone().unwrap_or_else(|| args.file.clone()),
+            repo_dir: repo_dir.clone(),
+            feast_program: feast.clone(),
+            overwrite: *force,
+        })?;
+        print(
+            args.json,
+            &serde_json::to_value(&report)?,
+            &import_text(&report),
+        );
+        return Ok(());
+    }
     let defs = Arc::new(Definitions::load(&args.file)?);
     match &args.command {
-        Cmd::DemoData { .. } => Ok(()),
+        Cmd::DemoData { .. } | Cmd::ImportFeast { .. } => Ok(()),
         Cmd::Plan => {
             let (reg, _) = registry(&args).await?;
             let p = feature_ops::plan_against(&reg, &defs).await?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use greenbelt_app::mlflow_import::{ImportReport, Outcome, import_mlflow};
 use greenbelt_app::registry::{actor, load_config, open, register_file_with_profile};
 use greenbelt_registry::{format_us, parse_time};
 use serde_json::{Value, json};
@@ -75,6 +76,12 @@ enum Cmd {
     },
     /// Compare two versions' metrics.
     Compare { model: String, a: i64, b: i64 },
+    /// Import an MLflow file store's registered models: versions with an
+    /// ONNX model, aliases, tags, descriptions; a re-run adds only what is new.
+    ImportMlflow {
+        /// The MLflow tracking directory (the file store, usually mlruns/).
+        source: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +225,57 @@ fn event_line(e: &greenbelt_registry::AliasEvent) -> String {
         e.actor,
         e.reason
     )
+}
+
+/// `import-mlflow`'s report as text: one line per version and alias, then
+/// what was not imported and why.
+fn import_text(r: &ImportReport) -> String {
+    let mut rows: Vec<Vec<String>> = r
+        .versions
+        .iter()
+        .map(|v| {
+            let what = match v.outcome {
+                Outcome::Imported => "imported",
+                Outcome::AlreadyImported => "already imported",
+                Outcome::TagsUpdated => "already imported, tags updated",
+            };
+            vec![
+                v.model.clone(),
+                v.mlflow_version.to_string(),
+                v.version.to_string(),
+                what.to_string(),
+            ]
+        })
+        .collect();
+    rows.extend(r.aliases.iter().map(|a| {
+        vec![
+            format!("{}@{}", a.model, a.alias),
+            a.mlflow_version.to_string(),
+            a.version.to_string(),
+            if a.moved {
+                "alias set"
+            } else {
+                "alias unchanged"
+            }
+            .to_string(),
+        ]
+    }));
+    let mut text = format!(
+        "{} (imported {} versions)\n",
+        r.store.display(),
+        r.imported()
+    );
+    if !rows.is_empty() {
+        text.push_str(&table(&["MODEL", "MLFLOW", "VERSION", "RESULT"], &rows));
+        text.push('\n');
+    }
+    if !r.skipped.is_empty() {
+        text.push_str(&format!("not imported ({}):\n", r.skipped.len()));
+        for s in &r.skipped {
+            text.push_str(&format!("  - {}: {}\n", s.what, s.why));
+        }
+    }
+    text.trim_end().to_string()
 }
 
 #[derive(Subcommand)]
@@ -410,6 +468,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     event_line(&e)
                 )
             });
+        }
+        Cmd::ImportMlflow { source } => {
+            let r = import_mlflow(&reg, &config, &source, &who).await?;
+            print(j, &serde_json::to_value(&r)?, || import_text(&r));
         }
         Cmd::Compare { model, a, b } => {
             let va = reg.version(&model, a).await?;

@@ -311,3 +311,96 @@ fn config_reference_command_regenerates_the_committed_file() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), written);
 }
+
+/// `registry import-mlflow` on a real MLflow file store (fixtures/mlflow,
+/// made by MLflow with absolute file:// paths of another machine): the
+/// versions with an ONNX model, in order, their tags and descriptions,
+/// the aliases; the version without one is listed; a second import adds
+/// nothing.
+#[test]
+fn an_mlflow_file_store_imports_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mlruns = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mlflow/mlruns");
+    let mlruns = mlruns.to_str().unwrap();
+
+    let r = registry_json(d, &["import-mlflow", mlruns]);
+    let pairs: Vec<(i64, i64, &str)> = r["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["mlflow_version"].as_i64().unwrap(),
+                v["version"].as_i64().unwrap(),
+                v["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs, [(1, 1, "imported"), (2, 2, "imported")], "{r}");
+    assert_eq!(r["skipped"][0]["what"], "fraud version 3", "{r}");
+    assert!(
+        r["skipped"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("no ONNX model"),
+        "{r}"
+    );
+
+    let models = registry_json(d, &["models"]);
+    assert_eq!(models["models"], serde_json::json!(["fraud"]));
+    let versions = registry_json(d, &["versions", "fraud"]);
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        2,
+        "{versions}"
+    );
+    assert_eq!(
+        versions["aliases"],
+        serde_json::json!([["challenger", 1], ["champion", 2]]),
+        "{versions}"
+    );
+    let v2 = registry_json(d, &["show", "fraud", "2"]);
+    assert_eq!(v2["tags"]["mlflow.source_version"], "2", "{v2}");
+    assert_eq!(v2["tags"]["team"], "risk", "{v2}");
+    assert_eq!(v2["tags"]["validation_status"], "passed", "{v2}");
+    assert_eq!(
+        v2["tags"]["mlflow.description"], "Retrained with C=0.5",
+        "{v2}"
+    );
+    assert_eq!(v2["metrics"]["auc"], 0.95, "{v2}");
+    assert_eq!(v2["signature"]["inputs"][0]["name"], "input", "{v2}");
+    let v1 = registry_json(d, &["show", "fraud", "1"]);
+    assert_eq!(v1["metrics"]["auc"], 0.93, "{v1}");
+    assert!(v1["tags"].get("mlflow.description").is_none(), "{v1}");
+
+    // Again: nothing new, no alias moves; the text lists the skipped version.
+    let history = registry_json(d, &["history", "fraud"]);
+    let out = greenbelt(d)
+        .args(["registry", "import-mlflow", mlruns])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("imported 0 versions"), "{text}");
+    assert!(text.contains("already imported"), "{text}");
+    assert!(text.contains("fraud version 3: "), "{text}");
+    let after = registry_json(d, &["versions", "fraud"]);
+    assert_eq!(after["versions"].as_array().unwrap().len(), 2, "{after}");
+    assert_eq!(registry_json(d, &["history", "fraud"]), history);
+
+    // Not a store: said plainly.
+    let out = greenbelt(d)
+        .args(["registry", "import-mlflow", "nowhere"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nowhere does not exist"),
+        "{err}"
+    );
+}

@@ -187,3 +187,145 @@ fn the_fraud_feature_store_from_the_command_line() {
     assert!(!bad.status.success(), "{text}");
     assert!(text.contains("regex(user_id"), "{text}");
 }
+
+/// `features import-feast` on the registry dump of a real Feast repository
+/// (fixtures/feast): the written features.toml loads, has the entities,
+/// views and service, materializes Feast's own Parquet files, and the
+/// command lists what it did not import. A Feast repository directory is
+/// dumped with the configured feast program.
+#[test]
+fn a_feast_registry_dump_becomes_features_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/feast");
+    let dump = fixtures.join("registry-dump.json");
+    let dump = dump.to_str().unwrap();
+
+    let text = ok(d, &["import-feast", dump]);
+    assert!(
+        text.contains("2 entities, 2 sources, 2 feature views, 1 feature services"),
+        "{text}"
+    );
+    for skipped in [
+        "on-demand feature view \"conv_rate_per_km\"",
+        "source \"driver_stats_push\"",
+        "feature view \"customer_profile\": feature \"recent_orders\"",
+    ] {
+        assert!(text.contains(skipped), "{skipped} not listed:\n{text}");
+    }
+    let written = std::fs::read_to_string(d.join("features.toml")).unwrap();
+    assert!(
+        written.contains("name = \"driver_hourly_stats\""),
+        "{written}"
+    );
+    assert!(
+        written.contains("#   - on-demand feature view"),
+        "{written}"
+    );
+
+    // It loads: validate reads it (no contracts yet), materialize reads Feast's Parquet.
+    assert!(ok(d, &["validate"]).contains("no contracts"));
+    let m = json(
+        d,
+        &[
+            "materialize",
+            "--start",
+            "2026-11-01T00:00:00Z",
+            "--end",
+            "2026-11-02T00:00:00Z",
+        ],
+    );
+    let rows: Vec<(String, u64)> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["view"].as_str().unwrap().to_string(),
+                r["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&("driver_hourly_stats".to_string(), 4)),
+        "{m}"
+    );
+    assert!(rows.contains(&("customer_profile".to_string(), 2)), "{m}");
+
+    // An existing file is kept unless --force.
+    let again = features(d, &["import-feast", dump]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let j = json(
+        d,
+        &[
+            "import-feast",
+            dump,
+            "--force",
+            "--output",
+            "sub/imported.toml",
+        ],
+    );
+    assert_eq!(
+        j["feature_services"],
+        serde_json::json!(["driver_activity"]),
+        "{j}"
+    );
+    assert!(j["skipped"].as_array().unwrap().len() >= 5, "{j}");
+    let sub = std::fs::read_to_string(d.join("sub/imported.toml")).unwrap();
+    assert!(
+        sub.contains("path = \"../"),
+        "paths are relative to the output:\n{sub}"
+    );
+
+    // A repository directory: the feast program is run (here a stand-in
+    // that prints the same dump), or its absence is said plainly.
+    let repo = d.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("feature_store.yaml"),
+        "project: greenbelt_import\n",
+    )
+    .unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_greenbelt"))
+        .current_dir(d)
+        .env("GREENBELT_FEAST", "no-such-feast-program")
+        .args(["features", "import-feast", "repo", "--output", "x.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("`no-such-feast-program` is not on PATH"),
+        "{err}"
+    );
+    let fake = d.join("fake-feast");
+    std::fs::write(&fake, format!("#!/bin/sh\n[ \"$1\" = -c ] && [ \"$3\" = registry-dump ] && exec cat '{dump}'\nexit 3\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_greenbelt"))
+        .current_dir(d)
+        .args([
+            "features",
+            "import-feast",
+            "repo",
+            "--output",
+            "from-repo.toml",
+            "--feast",
+        ])
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_repo = std::fs::read_to_string(d.join("from-repo.toml")).unwrap();
+    // Relative paths are the repository's: repo/data/... seen from d.
+    assert!(
+        from_repo.contains("path = \"repo/data/driver_stats.parquet\""),
+        "{from_repo}"
+    );
+}
