@@ -26,6 +26,9 @@ struct Step {
     name: String,
     inputs: Vec<Option<usize>>,
     outputs: Vec<Option<usize>>,
+    /// Input 0 is a node's value that nothing reads after this step: it is
+    /// handed to the kernel to reuse (when the kernel can).
+    owns_first: bool,
 }
 
 struct Io {
@@ -123,6 +126,82 @@ fn io_type(v: &ValueInfoProto) -> Result<(i32, Vec<i64>), String> {
     ))
 }
 
+/// Fold each Add of a constant f32 row (`[n]` or `[1, n]`) into the MatMul
+/// before it, when that Add is the product's only reader and the product is
+/// not a graph output (see [`ops::math::MatMulBias`]).
+fn fuse_matmul_bias(steps: &mut Vec<Step>, slots: &[Slot], consts: &[Value], outputs: &[Io]) {
+    let mut i = 0;
+    while i < steps.len() {
+        if let Some((j, bias)) = bias_add_after(steps, i, slots, consts, outputs)
+            && let TensorData::Fp32(b) = &bias.data
+        {
+            let kernel = ops::math::MatMulBias::new(b.clone(), bias.shape.clone());
+            let add = steps.remove(j);
+            steps[i].kernel = Box::new(kernel);
+            steps[i].outputs = add.outputs;
+        }
+        i += 1;
+    }
+}
+
+/// The Add that `steps[i]` (a MatMul) can absorb, and its constant row.
+fn bias_add_after<'c>(
+    steps: &[Step],
+    i: usize,
+    slots: &[Slot],
+    consts: &'c [Value],
+    outputs: &[Io],
+) -> Option<(usize, &'c Value)> {
+    if steps[i].op != "MatMul" {
+        return None;
+    }
+    let [Some(product)] = steps[i].outputs.as_slice() else {
+        return None;
+    };
+    if outputs.iter().any(|o| o.slot == *product) {
+        return None;
+    }
+    let mut readers = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.inputs.contains(&Some(*product)));
+    let (j, add) = readers.next()?;
+    if readers.next().is_some() || add.op != "Add" {
+        return None;
+    }
+    let other = match add.inputs.as_slice() {
+        [Some(a), Some(b)] if a == product && b != product => *b,
+        [Some(a), Some(b)] if b == product && a != product => *a,
+        _ => return None,
+    };
+    let Slot::Const(c) = slots[other] else {
+        return None;
+    };
+    let row = matches!(consts[c].shape.as_slice(), [_] | [1, _]);
+    (row && matches!(consts[c].data, TensorData::Fp32(_))).then_some((j, &consts[c]))
+}
+
+/// Set `owns_first` on every step whose input 0 is a node's value that no
+/// later step reads (nor this step as another input) and that is not a
+/// graph output.
+fn mark_owned_inputs(steps: &mut [Step], slots: &[Slot], outputs: &[Io]) {
+    let mut last_read = vec![None; slots.len()];
+    for (k, step) in steps.iter().enumerate() {
+        for s in step.inputs.iter().flatten() {
+            last_read[*s] = Some(k);
+        }
+    }
+    for (k, step) in steps.iter_mut().enumerate() {
+        let Some(Some(s)) = step.inputs.first().copied() else {
+            continue;
+        };
+        step.owns_first = matches!(slots[s], Slot::Node)
+            && last_read[s] == Some(k)
+            && !step.inputs[1..].contains(&Some(s))
+            && !outputs.iter().any(|o| o.slot == s);
+    }
+}
+
 impl Graph {
     /// Build a graph from an ONNX file's bytes. Fails with
     /// [`EngineError::Unsupported`] naming the first operator (or setting)
@@ -144,12 +223,15 @@ impl Graph {
 
         let mut slot_of: HashMap<String, usize> = HashMap::new();
         let mut slots = Vec::new();
+        // The element type of each slot where it is known before running.
+        let mut slot_elem: Vec<Option<i32>> = Vec::new();
         let mut consts = Vec::new();
         for t in &graph.initializer {
             let v = from_proto(t).map_err(EngineError::Load)?;
             let name = t.name.clone().unwrap_or_default();
             slot_of.insert(name, slots.len());
             slots.push(Slot::Const(consts.len()));
+            slot_elem.push(Some(elem_of(&v.data)));
             consts.push(v);
         }
 
@@ -178,6 +260,7 @@ impl Graph {
                 elem: e,
             });
             slots.push(Slot::Input(inputs.len() - 1));
+            slot_elem.push(Some(e));
         }
 
         let mut steps = Vec::new();
@@ -205,6 +288,13 @@ impl Graph {
                 })?;
                 ins.push(Some(s));
             }
+            if let ([Some(src)], [out]) = (ins.as_slice(), node.output.as_slice())
+                && !out.is_empty()
+                && kernel.passes_through(slot_elem[*src])
+            {
+                slot_of.insert(out.clone(), *src);
+                continue;
+            }
             let mut outs = Vec::new();
             for o in &node.output {
                 if o.is_empty() {
@@ -214,6 +304,7 @@ impl Graph {
                 slot_of.insert(o.clone(), slots.len());
                 outs.push(Some(slots.len()));
                 slots.push(Slot::Node);
+                slot_elem.push(None);
             }
             steps.push(Step {
                 kernel,
@@ -221,6 +312,7 @@ impl Graph {
                 name: ctx.name.to_string(),
                 inputs: ins,
                 outputs: outs,
+                owns_first: false,
             });
         }
 
@@ -246,6 +338,8 @@ impl Graph {
                 elem: e,
             });
         }
+        fuse_matmul_bias(&mut steps, &slots, &consts, &outputs);
+        mark_owned_inputs(&mut steps, &slots, &outputs);
         Ok(Graph {
             inputs,
             outputs,
@@ -295,21 +389,31 @@ impl Graph {
         }
         let mut values: Vec<Option<Value>> = vec![None; self.slots.len()];
         for step in &self.steps {
+            let missing = || EngineError::Compute {
+                op: step.op.clone(),
+                node: step.name.clone(),
+                why: "an input was not computed".into(),
+            };
+            let owned = match step.inputs.first() {
+                Some(Some(s)) if step.owns_first && step.kernel.reuses_input() => {
+                    Some(values[*s].take().ok_or_else(missing)?)
+                }
+                _ => None,
+            };
             let produced = {
                 let mut args: Vec<Option<ValueRef<'_>>> = Vec::with_capacity(step.inputs.len());
-                for i in &step.inputs {
+                for (k, i) in step.inputs.iter().enumerate() {
                     args.push(match i {
+                        Some(_) if k == 0 && owned.is_some() => None,
                         None => None,
-                        Some(s) => Some(self.read(*s, &fed, &values).ok_or_else(|| {
-                            EngineError::Compute {
-                                op: step.op.clone(),
-                                node: step.name.clone(),
-                                why: "an input was not computed".into(),
-                            }
-                        })?),
+                        Some(s) => Some(self.read(*s, &fed, &values).ok_or_else(missing)?),
                     });
                 }
-                step.kernel.run(&args).map_err(|why| EngineError::Compute {
+                match owned {
+                    Some(x) => step.kernel.run_owned(x, &args),
+                    None => step.kernel.run(&args),
+                }
+                .map_err(|why| EngineError::Compute {
                     op: step.op.clone(),
                     node: step.name.clone(),
                     why,

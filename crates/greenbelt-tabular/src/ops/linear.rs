@@ -8,7 +8,7 @@ use greenbelt_core::TensorData;
 
 use crate::attrs::NodeCtx;
 use crate::error::EngineError;
-use crate::num::{Post, probit, transform_row};
+use crate::num::{Post, logistic_batch, probit, transform_row};
 use crate::ops::gemm::{Layout, matmul};
 use crate::ops::tree::Labels;
 use crate::ops::{Kernel, input};
@@ -24,15 +24,20 @@ pub(crate) fn affine(
     b: Option<&[f32]>,
     k: usize,
 ) -> Vec<f32> {
-    let mut out = matmul(x, n, f, w, Layout::NK, k);
-    if let Some(b) = b {
-        for row in out.chunks_exact_mut(k) {
-            for (o, b) in row.iter_mut().zip(b) {
-                *o += b;
-            }
+    matmul(x, n, f, w, Layout::NK, k, b.filter(|b| b.len() == k))
+}
+
+/// The post-transform of two or more scores per row, as ONNX Runtime's
+/// `batched_update_scores_inplace` applies it: LOGISTIC over the whole
+/// buffer with MLAS's batched logistic, the others row by row.
+fn batched_transform(post: Post, z: &mut [f32], k: usize) {
+    if post == Post::Logistic {
+        logistic_batch(z);
+    } else {
+        for row in z.chunks_exact_mut(k) {
+            transform_row(post, row);
         }
     }
-    out
 }
 
 fn float_rows(x: ValueRef<'_>) -> Result<(usize, usize, Cow<'_, [f32]>), String> {
@@ -86,33 +91,41 @@ impl Kernel for LinearClassifier {
         }
         let scores = affine(&x, n, f, &self.coef, Some(&self.intercepts), self.k);
         let two = self.labels.len() == 2;
-        let mut picks = Vec::with_capacity(n);
-        let label = |c: usize| -> i64 {
-            match &self.labels {
-                Labels::Int(v) => v[c],
-                Labels::Str(_) => c as i64,
-            }
+        // Int labels are picked directly; string labels by index, then named.
+        let label_of: Vec<i64> = match &self.labels {
+            Labels::Int(v) => v.clone(),
+            Labels::Str(v) => (0..v.len() as i64).collect(),
         };
-        if self.k == 1 {
-            for s in &scores {
-                picks.push(match (two, *s > 0.0) {
+        let label = |c: usize| label_of.get(c).copied().unwrap_or(c as i64);
+        let picks: Vec<i64> = if self.k == 1 {
+            scores
+                .iter()
+                .map(|s| match (two, *s > 0.0) {
                     (true, true) => label(1),
                     (true, false) => label(0),
                     (false, true) => 1,
                     (false, false) => 0,
-                });
-            }
+                })
+                .collect()
         } else {
-            for row in scores.chunks_exact(self.k) {
-                let mut best = 0;
-                for (j, s) in row.iter().enumerate().skip(1) {
-                    if *s > row[best] {
-                        best = j;
+            let last = label_of.len().saturating_sub(1);
+            scores
+                .chunks_exact(self.k)
+                .map(|row| {
+                    let mut best = 0;
+                    for (j, s) in row.iter().enumerate().skip(1) {
+                        if *s > row[best] {
+                            best = j;
+                        }
                     }
-                }
-                picks.push(label(best.min(self.labels.len().saturating_sub(1))));
-            }
-        }
+                    label(best.min(last))
+                })
+                .collect()
+        };
+        let picks = match &self.labels {
+            Labels::Int(_) => TensorData::Int64(picks),
+            Labels::Str(_) => self.labels.tensor(&picks),
+        };
         let (cols, z) = if self.k == 1 {
             if self.post == Post::Probit {
                 (1, scores.iter().map(|s| probit(*s)).collect())
@@ -123,13 +136,11 @@ impl Kernel for LinearClassifier {
             }
         } else {
             let mut z = scores;
-            for row in z.chunks_exact_mut(self.k) {
-                transform_row(self.post, row);
-            }
+            batched_transform(self.post, &mut z, self.k);
             (self.k, z)
         };
         Ok(vec![
-            Value::new(vec![n], self.labels.tensor(&picks)),
+            Value::new(vec![n], picks),
             Value::new(vec![n, cols], TensorData::Fp32(z)),
         ])
     }
@@ -182,9 +193,7 @@ impl Kernel for LinearRegressor {
                 z.iter_mut().for_each(|v| *v = probit(*v));
             }
         } else {
-            for row in z.chunks_exact_mut(self.k) {
-                transform_row(self.post, row);
-            }
+            batched_transform(self.post, &mut z, self.k);
         }
         Ok(vec![Value::new(vec![n, self.k], TensorData::Fp32(z))])
     }

@@ -5,7 +5,7 @@ use greenbelt_core::TensorData;
 
 use crate::attrs::NodeCtx;
 use crate::error::EngineError;
-use crate::num::logistic;
+use crate::num::{logistic_batch, softmax_rows};
 use crate::ops::gemm::{Layout, matmul};
 use crate::ops::{Kernel, input};
 use crate::value::{Value, ValueRef};
@@ -101,6 +101,33 @@ fn zip_broadcast<T: Copy>(
     ))
 }
 
+/// `a = f(a, b)` in place, when the result has a's shape and b is a's
+/// shape, a scalar or a row repeated along a's leading dimensions (the
+/// cases `zip_broadcast` walks without index tables); false otherwise.
+fn zip_in_place<T: Copy>(
+    a: &mut [T],
+    sa: &[usize],
+    b: &[T],
+    sb: &[usize],
+    f: impl Fn(T, T) -> T,
+) -> bool {
+    if broadcast(sa, sb).ok().as_deref() != Some(sa) {
+        return false;
+    }
+    if sa == sb {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x = f(*x, *y));
+    } else if b.len() == 1 {
+        a.iter_mut().for_each(|x| *x = f(*x, b[0]));
+    } else if !b.is_empty() && a.len().is_multiple_of(b.len()) && sa.ends_with(trimmed(sb)) {
+        for chunk in a.chunks_exact_mut(b.len()) {
+            chunk.iter_mut().zip(b).for_each(|(x, y)| *x = f(*x, *y));
+        }
+    } else {
+        return false;
+    }
+    true
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum BinaryOp {
     Add,
@@ -111,7 +138,43 @@ pub enum BinaryOp {
 
 pub struct Binary(pub BinaryOp);
 
+impl Binary {
+    fn in_place(&self, x: &mut Value, b: ValueRef<'_>) -> bool {
+        match (&mut x.data, b.data) {
+            (TensorData::Fp32(v), TensorData::Fp32(w)) => match self.0 {
+                BinaryOp::Add => zip_in_place(v, &x.shape, w, b.shape, |p, q| p + q),
+                BinaryOp::Sub => zip_in_place(v, &x.shape, w, b.shape, |p, q| p - q),
+                BinaryOp::Mul => zip_in_place(v, &x.shape, w, b.shape, |p, q| p * q),
+                BinaryOp::Div => zip_in_place(v, &x.shape, w, b.shape, |p, q| p / q),
+            },
+            (TensorData::Fp64(v), TensorData::Fp64(w)) => match self.0 {
+                BinaryOp::Add => zip_in_place(v, &x.shape, w, b.shape, |p, q| p + q),
+                BinaryOp::Sub => zip_in_place(v, &x.shape, w, b.shape, |p, q| p - q),
+                BinaryOp::Mul => zip_in_place(v, &x.shape, w, b.shape, |p, q| p * q),
+                BinaryOp::Div => zip_in_place(v, &x.shape, w, b.shape, |p, q| p / q),
+            },
+            _ => false,
+        }
+    }
+}
+
 impl Kernel for Binary {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(
+        &self,
+        mut x: Value,
+        inputs: &[Option<ValueRef<'_>>],
+    ) -> Result<Vec<Value>, String> {
+        let b = input(inputs, 1)?;
+        if self.in_place(&mut x, b) {
+            return Ok(vec![x]);
+        }
+        self.run(&[Some(x.as_ref()), Some(b)])
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let a = input(inputs, 0)?;
         let b = input(inputs, 1)?;
@@ -159,11 +222,44 @@ pub enum Unary {
 }
 
 impl Kernel for Unary {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(
+        &self,
+        mut x: Value,
+        inputs: &[Option<ValueRef<'_>>],
+    ) -> Result<Vec<Value>, String> {
+        match (self, &mut x.data) {
+            (Unary::Sigmoid, TensorData::Fp32(v)) => logistic_batch(v),
+            (Unary::Sigmoid, TensorData::Fp64(v)) => {
+                v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+            }
+            (Unary::Relu, TensorData::Fp32(v)) => {
+                v.iter_mut()
+                    .for_each(|x| *x = if *x < 0.0 { 0.0 } else { *x });
+            }
+            (Unary::Relu, TensorData::Fp64(v)) => {
+                v.iter_mut()
+                    .for_each(|x| *x = if *x < 0.0 { 0.0 } else { *x });
+            }
+            _ => {
+                let mut all = inputs.to_vec();
+                all[0] = Some(x.as_ref());
+                return self.run(&all);
+            }
+        }
+        Ok(vec![x])
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
         let data = match (self, x.data) {
             (Unary::Sigmoid, TensorData::Fp32(v)) => {
-                TensorData::Fp32(v.iter().map(|x| logistic(*x)).collect())
+                let mut v = v.clone();
+                logistic_batch(&mut v);
+                TensorData::Fp32(v)
             }
             (Unary::Sigmoid, TensorData::Fp64(v)) => {
                 TensorData::Fp64(v.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
@@ -254,7 +350,7 @@ impl Gemm {
             }
         };
         let layout = if self.trans_b { Layout::NK } else { Layout::KN };
-        let mut out = matmul(a, m, k, b, layout, n);
+        let mut out = matmul(a, m, k, b, layout, n, None);
         for i in 0..m {
             for j in 0..n {
                 out[i * n + j] = finish(i, j, out[i * n + j]);
@@ -354,7 +450,7 @@ impl Kernel for MatMul {
         };
         let data = match (a.data, b.data) {
             (TensorData::Fp32(av), TensorData::Fp32(bv)) => {
-                TensorData::Fp32(matmul(av, m, k, bv, Layout::KN, n))
+                TensorData::Fp32(matmul(av, m, k, bv, Layout::KN, n, None))
             }
             _ => {
                 let (av, double) = float_data(a.data)?;
@@ -373,6 +469,44 @@ impl Kernel for MatMul {
             }
         };
         Ok(vec![Value::new(shape, data)])
+    }
+}
+
+/// A MatMul whose only reader is an Add of a constant f32 row (`[n]` or
+/// `[1, n]`), fused by the graph at load: the row is added to each finished
+/// chain as it is stored, which is what the two nodes compute, bit for bit,
+/// without a second pass over the product.
+pub struct MatMulBias {
+    bias: Vec<f32>,
+    bias_shape: Vec<usize>,
+}
+
+impl MatMulBias {
+    pub fn new(bias: Vec<f32>, bias_shape: Vec<usize>) -> MatMulBias {
+        MatMulBias { bias, bias_shape }
+    }
+}
+
+impl Kernel for MatMulBias {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        if let ([m, k], [k2, n], TensorData::Fp32(av), TensorData::Fp32(bv)) =
+            (a.shape, b.shape, a.data, b.data)
+            && k == k2
+            && *n == self.bias.len()
+        {
+            let out = matmul(av, *m, *k, bv, Layout::KN, *n, Some(&self.bias));
+            return Ok(vec![Value::new(vec![*m, *n], TensorData::Fp32(out))]);
+        }
+        // Any other shapes or types: the two nodes one after the other.
+        let product = MatMul
+            .run(inputs)?
+            .into_iter()
+            .next()
+            .ok_or("MatMul gave no output")?;
+        let bias = Value::new(self.bias_shape.clone(), TensorData::Fp32(self.bias.clone()));
+        Binary(BinaryOp::Add).run(&[Some(product.as_ref()), Some(bias.as_ref())])
     }
 }
 
@@ -406,15 +540,46 @@ impl Softmax {
     }
 }
 
-impl Kernel for Softmax {
-    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
-        let x = input(inputs, 0)?;
-        let (_, outer, len, inner) = around(x.shape, self.axis)?;
-        let (outer, len, inner) = if self.coerce {
+impl Softmax {
+    /// (outer, axis length, inner) of the normalised axis.
+    fn split(&self, shape: &[usize]) -> Result<(usize, usize, usize), String> {
+        let (_, outer, len, inner) = around(shape, self.axis)?;
+        Ok(if self.coerce {
             (outer, len * inner, 1)
         } else {
             (outer, len, inner)
-        };
+        })
+    }
+}
+
+impl Kernel for Softmax {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(
+        &self,
+        mut x: Value,
+        inputs: &[Option<ValueRef<'_>>],
+    ) -> Result<Vec<Value>, String> {
+        let (_, len, inner) = self.split(&x.shape)?;
+        if let (TensorData::Fp32(v), 1) = (&mut x.data, inner) {
+            softmax_rows(v, len);
+            return Ok(vec![x]);
+        }
+        let mut all = inputs.to_vec();
+        all[0] = Some(x.as_ref());
+        self.run(&all)
+    }
+
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (outer, len, inner) = self.split(x.shape)?;
+        if let (TensorData::Fp32(v), 1) = (x.data, inner) {
+            let mut v = v.clone();
+            softmax_rows(&mut v, len);
+            return Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(v))]);
+        }
         let (mut v, double) = float_data(x.data)?;
         for o in 0..outer {
             for i in 0..inner {
@@ -454,22 +619,17 @@ impl ArgMax {
     }
 }
 
-impl Kernel for ArgMax {
-    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
-        let x = input(inputs, 0)?;
-        let (a, outer, len, inner) = around(x.shape, self.axis)?;
-        let v: Vec<f64> = match x.data {
-            TensorData::Int64(v) => v.iter().map(|x| *x as f64).collect(),
-            TensorData::Int32(v) => v.iter().map(|x| f64::from(*x)).collect(),
-            other => float_data(other)?.0,
-        };
+impl ArgMax {
+    /// The index of the largest value along the axis, for every other
+    /// position; the first (or with `select_last_index` the last) of ties.
+    fn pick<T: PartialOrd>(&self, v: &[T], outer: usize, len: usize, inner: usize) -> Vec<i64> {
         let mut out = Vec::with_capacity(outer * inner);
         for o in 0..outer {
             for i in 0..inner {
                 let mut best = 0usize;
                 for j in 1..len {
-                    let cur = v[o * len * inner + j * inner + i];
-                    let top = v[o * len * inner + best * inner + i];
+                    let cur = &v[o * len * inner + j * inner + i];
+                    let top = &v[o * len * inner + best * inner + i];
                     if cur > top || (self.last && cur == top) {
                         best = j;
                     }
@@ -477,6 +637,41 @@ impl Kernel for ArgMax {
                 out.push(best as i64);
             }
         }
+        out
+    }
+}
+
+impl ArgMax {
+    /// `pick` for the last axis: one contiguous row per output.
+    fn pick_rows(&self, v: &[f32], len: usize) -> Vec<i64> {
+        v.chunks_exact(len)
+            .map(|row| {
+                let mut best = 0usize;
+                let mut top = row[0];
+                for (j, cur) in row.iter().enumerate().skip(1) {
+                    if *cur > top || (self.last && *cur == top) {
+                        best = j;
+                        top = *cur;
+                    }
+                }
+                best as i64
+            })
+            .collect()
+    }
+}
+
+impl Kernel for ArgMax {
+    fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let x = input(inputs, 0)?;
+        let (a, outer, len, inner) = around(x.shape, self.axis)?;
+        let out = match x.data {
+            TensorData::Fp32(v) if inner == 1 && len > 0 => self.pick_rows(v, len),
+            TensorData::Fp32(v) => self.pick(v, outer, len, inner),
+            TensorData::Fp64(v) => self.pick(v, outer, len, inner),
+            TensorData::Int64(v) => self.pick(v, outer, len, inner),
+            TensorData::Int32(v) => self.pick(v, outer, len, inner),
+            other => return Err(format!("takes float or double, got {}", other.datatype())),
+        };
         let mut shape = x.shape.to_vec();
         if self.keepdims {
             shape[a] = 1;

@@ -15,6 +15,32 @@ pub mod tree;
 /// which the graph wraps with the node's name.
 pub trait Kernel: Send + Sync {
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String>;
+
+    /// Whether [`Kernel::run_owned`] can reuse input 0's buffer; the graph
+    /// hands input 0 over only to such kernels, and only when no later node
+    /// reads it and it is not a graph output.
+    fn reuses_input(&self) -> bool {
+        false
+    }
+
+    /// `run` with input 0 handed over as `x` (`inputs[0]` is `None`), so a
+    /// kernel that changes it element by element, or only reshapes it, can
+    /// write into its buffer instead of allocating another.
+    fn run_owned(&self, x: Value, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let mut all = inputs.to_vec();
+        if let Some(first) = all.first_mut() {
+            *first = Some(x.as_ref());
+        }
+        self.run(&all)
+    }
+
+    /// Whether the node's single output is always its input 0 unchanged,
+    /// given input 0's element type where the graph knows it (Identity; a
+    /// Cast to the type it already has). The graph then drops the node and
+    /// lets its readers read input 0.
+    fn passes_through(&self, _input_elem: Option<i32>) -> bool {
+        false
+    }
 }
 
 /// Input `i`, which must be present.

@@ -40,23 +40,54 @@ impl Scaler {
     }
 }
 
+impl Scaler {
+    /// `(x - offset) * scale` per column, in place on `[N, c]` f32 data.
+    fn apply(&self, v: &mut [f32], c: usize) -> Result<(), String> {
+        per_column(&self.offset, c, "offset")?;
+        per_column(&self.scale, c, "scale")?;
+        let widen = |p: &[f32]| -> Vec<f32> {
+            if p.len() == 1 {
+                vec![p[0]; c]
+            } else {
+                p.to_vec()
+            }
+        };
+        let (offset, scale) = (widen(&self.offset), widen(&self.scale));
+        for row in v.chunks_exact_mut(c.max(1)) {
+            for ((x, o), s) in row.iter_mut().zip(&offset).zip(&scale) {
+                *x = (*x - o) * s;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Kernel for Scaler {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(
+        &self,
+        mut x: Value,
+        inputs: &[Option<ValueRef<'_>>],
+    ) -> Result<Vec<Value>, String> {
+        let (_, c) = x.as_ref().rows_cols()?;
+        if let TensorData::Fp32(v) = &mut x.data {
+            self.apply(v, c)?;
+            return Ok(vec![x]);
+        }
+        let mut all = inputs.to_vec();
+        all[0] = Some(x.as_ref());
+        self.run(&all)
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
         let (_, c) = x.rows_cols()?;
-        per_column(&self.offset, c, "offset")?;
-        per_column(&self.scale, c, "scale")?;
-        let v = numeric_f32(x.data).ok_or("takes numeric inputs")?;
-        let pick = |p: &[f32], j: usize| if p.len() == 1 { p[0] } else { p[j] };
-        let out = v
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let j = i % c.max(1);
-                (*x - pick(&self.offset, j)) * pick(&self.scale, j)
-            })
-            .collect();
-        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(out))])
+        let mut v = numeric_f32(x.data).ok_or("takes numeric inputs")?;
+        self.apply(&mut v, c)?;
+        Ok(vec![Value::new(x.shape.to_vec(), TensorData::Fp32(v))])
     }
 }
 
@@ -169,35 +200,61 @@ impl Imputer {
     }
 }
 
+impl Imputer {
+    /// Replace the missing marker (NaN, or `replaced_value_float`) per
+    /// column, in place on `[N, c]` f32 data.
+    fn impute_floats(&self, v: &mut [f32], c: usize) -> Result<(), String> {
+        per_column(&self.floats, c, "imputed_value_floats")?;
+        let fill: Vec<f32> = if self.floats.len() == 1 {
+            vec![self.floats[0]; c]
+        } else {
+            self.floats.clone()
+        };
+        let nan = self.replaced_f.is_nan();
+        for row in v.chunks_exact_mut(c.max(1)) {
+            for (x, f) in row.iter_mut().zip(&fill) {
+                let hit = if nan {
+                    x.is_nan()
+                } else {
+                    *x == self.replaced_f
+                };
+                if hit {
+                    *x = *f;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Kernel for Imputer {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(
+        &self,
+        mut x: Value,
+        inputs: &[Option<ValueRef<'_>>],
+    ) -> Result<Vec<Value>, String> {
+        let (_, c) = x.as_ref().rows_cols()?;
+        if let (TensorData::Fp32(v), false) = (&mut x.data, self.floats.is_empty()) {
+            self.impute_floats(v, c)?;
+            return Ok(vec![x]);
+        }
+        let mut all = inputs.to_vec();
+        all[0] = Some(x.as_ref());
+        self.run(&all)
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
         let (_, c) = x.rows_cols()?;
         let data = match x.data {
             TensorData::Fp32(v) if !self.floats.is_empty() => {
-                per_column(&self.floats, c, "imputed_value_floats")?;
-                let nan = self.replaced_f.is_nan();
-                TensorData::Fp32(
-                    v.iter()
-                        .enumerate()
-                        .map(|(i, x)| {
-                            let hit = if nan {
-                                x.is_nan()
-                            } else {
-                                *x == self.replaced_f
-                            };
-                            if hit {
-                                if self.floats.len() == 1 {
-                                    self.floats[0]
-                                } else {
-                                    self.floats[i % c]
-                                }
-                            } else {
-                                *x
-                            }
-                        })
-                        .collect(),
-                )
+                let mut v = v.clone();
+                self.impute_floats(&mut v, c)?;
+                TensorData::Fp32(v)
             }
             TensorData::Int64(v) if !self.ints.is_empty() => {
                 if self.ints.len() != 1 && self.ints.len() != c {
@@ -557,23 +614,21 @@ impl Kernel for ArrayFeatureExtractor {
             return Err("indices must be int64".into());
         };
         let last = *x.shape.last().ok_or("takes a tensor of rank ≥ 1")?;
-        let ids: Vec<usize> = ids
+        if let Some(bad) = ids
             .iter()
-            .map(|i| {
-                usize::try_from(*i)
-                    .ok()
-                    .filter(|i| *i < last)
-                    .ok_or_else(|| format!("index {i} is outside the last dimension ({last})"))
-            })
-            .collect::<Result<_, _>>()?;
+            .find(|i| !matches!(usize::try_from(**i), Ok(i) if i < last))
+        {
+            return Err(format!(
+                "index {bad} is outside the last dimension ({last})"
+            ));
+        }
         let rows = x.len() / last.max(1);
         macro_rules! pick {
             ($v:expr, $variant:ident) => {{
                 let mut out = Vec::with_capacity(rows * ids.len());
-                for r in 0..rows {
-                    for i in &ids {
-                        out.push($v[r * last + i].clone());
-                    }
+                for row in $v.chunks_exact(last.max(1)).take(rows) {
+                    // Every index was checked to lie in [0, last).
+                    out.extend(ids.iter().map(|i| row[*i as usize].clone()));
                 }
                 TensorData::$variant(out)
             }};
@@ -611,6 +666,23 @@ impl Cast {
 }
 
 impl Kernel for Cast {
+    fn passes_through(&self, input_elem: Option<i32>) -> bool {
+        input_elem == Some(self.to)
+    }
+
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(&self, x: Value, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        if crate::value::elem_of(&x.data) == self.to {
+            return Ok(vec![x]);
+        }
+        let mut all = inputs.to_vec();
+        all[0] = Some(x.as_ref());
+        self.run(&all)
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
         let exact = |d: &TensorData| -> Option<TensorData> {
@@ -724,6 +796,10 @@ impl Kernel for Concat {
 pub struct Identity;
 
 impl Kernel for Identity {
+    fn passes_through(&self, _input_elem: Option<i32>) -> bool {
+        true
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         Ok(vec![input(inputs, 0)?.to_owned()])
     }
@@ -742,9 +818,25 @@ impl Reshape {
 }
 
 impl Kernel for Reshape {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(&self, x: Value, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let shape = self.shape(x.as_ref(), input(inputs, 1)?)?;
+        Ok(vec![Value::new(shape, x.data)])
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
-        let s = input(inputs, 1)?;
+        let shape = self.shape(x, input(inputs, 1)?)?;
+        Ok(vec![Value::new(shape, x.data.clone())])
+    }
+}
+
+impl Reshape {
+    /// The output shape for `x` and the shape input `s`.
+    fn shape(&self, x: ValueRef<'_>, s: ValueRef<'_>) -> Result<Vec<usize>, String> {
         let TensorData::Int64(want) = s.data else {
             return Err("the shape input must be int64".into());
         };
@@ -765,14 +857,14 @@ impl Kernel for Reshape {
             .try_fold(1usize, |a, d| a.checked_mul(*d))
             .ok_or_else(|| format!("cannot reshape {:?} to {want:?}: too large", x.shape))?;
         if let Some(i) = infer {
-            if known == 0 || x.len() % known != 0 {
+            if known == 0 || !x.len().is_multiple_of(known) {
                 return Err(format!("cannot reshape {:?} to {want:?}", x.shape));
             }
             shape[i] = x.len() / known;
         } else if known != x.len() {
             return Err(format!("cannot reshape {:?} to {want:?}", x.shape));
         }
-        Ok(vec![Value::new(shape, x.data.clone())])
+        Ok(shape)
     }
 }
 
@@ -789,9 +881,26 @@ impl Flatten {
 }
 
 impl Kernel for Flatten {
+    fn reuses_input(&self) -> bool {
+        true
+    }
+
+    fn run_owned(&self, x: Value, _inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
+        let shape = self.shape(&x.shape)?;
+        Ok(vec![Value::new(shape, x.data)])
+    }
+
     fn run(&self, inputs: &[Option<ValueRef<'_>>]) -> Result<Vec<Value>, String> {
         let x = input(inputs, 0)?;
-        let r = x.shape.len() as i64;
+        let shape = self.shape(x.shape)?;
+        Ok(vec![Value::new(shape, x.data.clone())])
+    }
+}
+
+impl Flatten {
+    /// `[outer, inner]` around the axis.
+    fn shape(&self, shape: &[usize]) -> Result<Vec<usize>, String> {
+        let r = shape.len() as i64;
         let a = if self.axis < 0 {
             self.axis + r
         } else {
@@ -801,9 +910,9 @@ impl Kernel for Flatten {
             return Err(format!("axis {} is out of range for rank {r}", self.axis));
         }
         let a = a as usize;
-        let outer: usize = x.shape[..a].iter().product();
-        let inner: usize = x.shape[a..].iter().product();
-        Ok(vec![Value::new(vec![outer, inner], x.data.clone())])
+        let outer: usize = shape[..a].iter().product();
+        let inner: usize = shape[a..].iter().product();
+        Ok(vec![outer, inner])
     }
 }
 
