@@ -350,14 +350,7 @@ mod tests {
         let q = q.mul_add(x2, k("1.70198817374094e-03"));
         let q = q.mul_add(x2, k("1.16817656904453e-01"));
         let q = q.mul_add(x2, k("9.93151921023180e-01"));
-        let y = p / q + 0.5;
-        if y < 0.0 {
-            0.0
-        } else if y > 1.0 {
-            1.0
-        } else {
-            y
-        }
+        (p / q + 0.5).clamp(0.0, 1.0)
     }
 
     /// Edge values: zeros, subnormals, the clamp points, large, infinite, NaN.

@@ -139,6 +139,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let concurrency = args
         .concurrency
         .unwrap_or(if args.rate.is_some() { 1000 } else { 1 });
+    let progress = crate::progress::Progress::timed(
+        Duration::from_secs(1) + Duration::from_secs_f64(args.duration),
+        &format!("bench {model}"),
+    );
     let report = bench(&BenchOptions {
         target: Target {
             rest_url: args.url,
@@ -158,7 +162,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         requests,
         label: args.label,
     })
-    .await?;
+    .await;
+    progress.finish();
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

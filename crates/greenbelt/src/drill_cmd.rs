@@ -182,7 +182,10 @@ async fn run_pipeline_outage(
         clients,
         timeout: duration("--timeout", &timeout)?,
     };
-    let report = pipeline_outage(&opts, &|line: &str| eprintln!("{line}")).await?;
+    let progress = crate::progress::Progress::spinner("pipeline-outage drill");
+    let report = pipeline_outage(&opts, &|line: &str| progress.line(line)).await;
+    progress.finish();
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -217,7 +220,10 @@ async fn run_failover(a: FailoverArgs) -> anyhow::Result<()> {
         promote_cmd: a.promote_cmd,
         keep: a.keep,
     };
-    let report = failover(&opts, &|line: &str| eprintln!("{line}")).await?;
+    let progress = crate::progress::Progress::spinner("failover drill");
+    let report = failover(&opts, &|line: &str| progress.line(line)).await;
+    progress.finish();
+    let report = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -276,7 +282,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--timeout {timeout}"))?,
     };
     let config = greenbelt_app::registry::load_config(config.as_deref())?;
-    let report = bad_deploy(&config, &opts, &|line: &str| eprintln!("{line}")).await?;
+    let progress = crate::progress::Progress::spinner("bad-deployment drill");
+    let report = bad_deploy(&config, &opts, &|line: &str| progress.line(line)).await;
+    progress.finish();
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -209,16 +209,18 @@ async fn run_materialize(
     range: Range,
     no_online: bool,
 ) -> anyhow::Result<()> {
+    let progress = crate::progress::Progress::bar(views.len() as u64, "views");
     let reports = materialize_views(
         defs,
         views,
         range,
         engine(args),
         !no_online,
-        &mut |v| eprintln!("materializing {v} ..."),
+        &mut |v| progress.line(&format!("materializing {v} ...")),
         &mut |m| {
             let r = &m.report;
-            eprintln!(
+            progress.inc();
+            progress.line(&format!(
                 "  {}: {} rows in {:.2}s ({:.0} rows/s), {} partitions, {} quarantined, {} online keys, watermark {}",
                 r.view,
                 r.rows,
@@ -228,10 +230,12 @@ async fn run_materialize(
                 r.quarantined,
                 m.online_keys_written,
                 r.watermark
-            );
+            ));
         },
     )
-    .await?;
+    .await;
+    progress.finish();
+    let reports = reports?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
@@ -412,7 +416,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 engine: engine(&args),
             };
             let started = tokio::time::Instant::now();
-            let rows = historical_to_parquet(&defs, &refs, entities, out, &opts).await?;
+            let progress = crate::progress::Progress::spinner("historical retrieval");
+            progress.message(&format!(
+                "{} features as of each row of {} → {}",
+                refs.len(),
+                entities.display(),
+                out.display()
+            ));
+            let rows = historical_to_parquet(&defs, &refs, entities, out, &opts).await;
+            progress.finish();
+            let rows = rows?;
             let secs = started.elapsed().as_secs_f64();
             print(
                 args.json,

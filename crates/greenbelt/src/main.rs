@@ -12,6 +12,7 @@ mod features_cmd;
 mod labels_cmd;
 mod optimize_cmd;
 mod pipeline_cmd;
+mod progress;
 mod quickstart;
 mod registry_cmd;
 mod rollout_cmd;

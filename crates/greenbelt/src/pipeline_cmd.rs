@@ -3,7 +3,6 @@
 //! Exits non-zero when a gate fails (the champion is left untouched).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use greenbelt_app::pipeline::run_pipeline;
@@ -45,8 +44,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Cmd::Run { file, config, json } => {
             let config = load_config(config.as_deref())?;
-            let report =
-                run_pipeline(&file, &config, Arc::new(|line: &str| eprintln!("{line}"))).await?;
+            let report = {
+                let progress = crate::progress::Progress::spinner("pipeline");
+                let r = run_pipeline(&file, &config, progress.lines()).await;
+                progress.finish();
+                r?
+            };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -120,6 +120,27 @@ async fn wait_ready(c: &reqwest::Client, base: &str) {
     panic!("greenbelt did not become ready");
 }
 
+/// `greenbelt serve` on the project in `d`, ready: the process, its base
+/// URL and a client.
+async fn serve(d: &Path, port: u16) -> (Kill, String, reqwest::Client) {
+    let server = Kill(
+        Command::new(GB)
+            .current_dir(d)
+            .env("GREENBELT_LOG", "warn")
+            .args(["serve", "--config", "greenbelt.toml"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_ready(&c, &base).await;
+    (server, base, c)
+}
+
 fn bench(d: &Path, base: &str, model: &str) -> Value {
     let (ok, out, err) = greenbelt(
         d,
@@ -149,22 +170,8 @@ async fn a_live_server_under_load_accounts_for_its_cost() {
     let d = dir.path();
     let port = free_port();
     project(d, port);
-    let server = Kill(
-        Command::new(GB)
-            .current_dir(d)
-            .env("GREENBELT_LOG", "warn")
-            .args(["serve", "--config", "greenbelt.toml"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (server, base, c) = serve(d, port).await;
     let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    wait_ready(&c, &base).await;
 
     let fraud = bench(d, &base, "fraud");
     let ranker = bench(d, &base, "ranker");
@@ -737,21 +744,7 @@ async fn bench_sends_the_requests_of_a_file_in_turn() {
     let d = dir.path();
     let port = free_port();
     project(d, port);
-    let _server = Kill(
-        Command::new(GB)
-            .current_dir(d)
-            .env("GREENBELT_LOG", "warn")
-            .args(["serve", "--config", "greenbelt.toml"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    wait_ready(&c, &base).await;
+    let (_server, base, _) = serve(d, port).await;
     let row: Vec<f32> = (0..20).map(|i| i as f32 / 10.0 - 1.0).collect();
     let body = |rows: usize| {
         serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 20],
