@@ -311,12 +311,14 @@ impl NumericProfile {
     }
 }
 
-/// Counts of sorted values per bin of `edges` (upper-bin rule).
+/// Counts of sorted values per bin of `edges` (upper-bin rule). Edges
+/// that do not increase (a NaN or an overflowed quantile of extreme
+/// values) get an empty bin, never a negative count.
 fn histogram_sorted(sorted: &[f64], edges: &[f64]) -> Vec<u64> {
     let mut below_prev = 0usize;
     let mut counts = Vec::with_capacity(edges.len() + 1);
     for e in edges {
-        let below = sorted.partition_point(|v| v < e);
+        let below = sorted.partition_point(|v| v < e).max(below_prev);
         counts.push((below - below_prev) as u64);
         below_prev = below;
     }
