@@ -64,7 +64,7 @@ def write_repo(root: Path, fixtures: Path, models: list[str], configs: list[dict
             text = 'backend = "auto"\n'
             if cfg["max_batch_size"] is not None:
                 text += (f"[batching]\nmax_batch_size = {cfg['max_batch_size']}\n"
-                         f"max_queue_delay_us = {cfg['max_queue_delay_us']}\n")
+                         f"max_queue_delay = \"{cfg['max_queue_delay_us']}us\"\n")
             (d / "config.toml").write_text(text)
     return repo
 

@@ -58,7 +58,7 @@ model forest_ort fixtures/models/forest/1/model.onnx 'backend = "onnxruntime"\n'
 model forest_native fixtures/models/forest/1/model.onnx 'backend = "native"\n'
 model logreg_unbatched fixtures/models/logreg/1/model.onnx 'backend = "native"\n'
 model logreg_batched fixtures/models/logreg/1/model.onnx \
-    'backend = "native"\n[batching]\nmax_batch_size = 32\nmax_queue_delay_us = 500\n'
+    'backend = "native"\n[batching]\nmax_batch_size = 32\nmax_queue_delay = "500us"\n'
 model mlp_fp32 fixtures/models/mlp/1/model.onnx 'backend = "onnxruntime"\n'
 say "quantizing the mlp to int8 (greenbelt optimize quantize)"
 "$gb" --log-format text optimize quantize --model-file fixtures/models/mlp/1/model.onnx \

@@ -101,7 +101,7 @@ write_config() {
 http_addr = "127.0.0.1:$p"
 grpc_addr = ""
 max_inflight = 1024
-request_timeout_ms = $slo_ms
+request_timeout = "${slo_ms}ms"
 $extra
 
 [repository]
@@ -113,10 +113,10 @@ TOML
 }
 # The static baseline: the in-flight cap only (no per-model limit, no
 # queue budget beyond the request timeout).
-write_config static "$port" $'queue_budget_ms = '"$slo_ms"$'\n[server.concurrency]\nalgorithm = "off"'
+write_config static "$port" $'queue_budget = "'"$slo_ms"$'ms"\n[server.concurrency]\nalgorithm = "off"'
 # Adaptive: Gradient2 per model; a request that waited half its budget for
 # compute is shed before it runs.
-write_config adaptive "$((port + 1))" "queue_budget_ms = $((slo_ms / 2))"$'\n[server.concurrency]\nalgorithm = "gradient2"'
+write_config adaptive "$((port + 1))" "queue_budget = \"$((slo_ms / 2))ms\""$'\n[server.concurrency]\nalgorithm = "gradient2"'
 
 # wait_ready NAME PORT PID: wait until the server is ready.
 wait_ready() {

@@ -18,7 +18,7 @@ which provides kubectl and a virtual environment with kubernetes-validate.
    source: every greenbelt.toml / features.toml / tokens.toml key and every
    GREENBELT__SECTION__KEY variable exists in the Rust config structs,
    ports and probe paths match the server's defaults and routes, the grace
-   period covers shutdown_delay_ms + drain_timeout_ms + the task wait,
+   period covers shutdown_delay + drain_timeout + the task wait,
    selectors and port names line up, paths the server writes are on
    writable volumes, referenced Secrets exist as templates, and the Secret
    templates hold placeholders only.
@@ -231,10 +231,14 @@ def struct_fields(name: str) -> dict[str, str]:
         raise KeyError(f"`{name}` has #[serde(rename_all)]; the check does not model it")
     fields: dict[str, str] = {}
     attrs: list[str] = []
+    open_attr = ""  # an attribute rustfmt split over lines, so far
     for line in body.splitlines():
         s = line.strip()
-        if s.startswith("#["):
-            attrs.append(s)
+        if open_attr or s.startswith("#["):
+            open_attr += s
+            if open_attr.count("[") == open_attr.count("]"):
+                attrs.append(open_attr)
+                open_attr = ""
             continue
         m = re.match(r"pub (\w+): (.+),$", s)
         if not m:
@@ -242,7 +246,10 @@ def struct_fields(name: str) -> dict[str, str]:
                 attrs = []
             continue
         names = [m.group(1)]
+        rust_type = m.group(2)
         for a in attrs:
+            if "greenbelt_core::duration::" in a:
+                rust_type = "Duration"  # humantime text, or an integer in the old unit
             if "flatten" in a:
                 raise KeyError(f"{name}.{m.group(1)} is #[serde(flatten)]; the check does not follow it")
             renamed = re.findall(r'rename\s*=\s*"([^"]+)"', a)
@@ -250,7 +257,7 @@ def struct_fields(name: str) -> dict[str, str]:
                 names = renamed
             names += re.findall(r'alias\s*=\s*"([^"]+)"', a)
         for n in names:
-            fields[n] = m.group(2)
+            fields[n] = rust_type
         attrs = []
     return fields
 
@@ -267,6 +274,10 @@ def type_ok(value, rust_type: str) -> bool:
     t = inner_type(rust_type)
     if t == "bool":
         return isinstance(value, bool)
+    if t == "Duration":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and duration_ms(value) is not None
+        )
     if re.fullmatch(r"[ui](8|16|32|64|128|size)", t):
         return isinstance(value, int) and not isinstance(value, bool)
     if t in ("f32", "f64"):
@@ -316,6 +327,32 @@ def rust_int(expr: str) -> int:
     if not re.fullmatch(r"[0-9 *+]+", expr):
         raise ValueError(f"not a plain integer expression: {expr}")
     return int(eval(expr, {"__builtins__": {}}))  # digits, * and + only
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def duration_ms(text: str) -> float | None:
+    """Milliseconds of a humantime duration ("5s", "1m 30s", "250ms"), or
+    None when it is not one (the server's parser accepts more units; the
+    manifests use these)."""
+    parts = re.findall(r"(\d+)\s*(us|ms|s|m|h)\b", text)
+    if not parts or re.sub(r"(\d+)\s*(us|ms|s|m|h)\b|\s", "", text):
+        return None
+    return sum(int(n) * _UNITS_MS[u] for n, u in parts)
+
+
+def server_ms(server: dict, key: str, default: float) -> float:
+    """A [server] duration in ms under its key (`shutdown_delay = "5s"`) or
+    its old integer key (`shutdown_delay_ms = 5000`)."""
+    for k in (key, f"{key}_ms"):
+        if k in server:
+            v = server[k]
+            ms = duration_ms(v) if isinstance(v, str) else v
+            if ms is None:
+                raise ValueError(f"[server] {k} = {v!r} is not a duration")
+            return ms
+    return default
 
 
 def server_defaults() -> dict:
@@ -494,15 +531,15 @@ def check_pod(
             fail.add(where, f"readinessProbe port {got} but --http-addr listens on {port}")
 
     # Shutdown: the grace period covers delay + drain + the task wait.
-    delay_ms = server.get("shutdown_delay_ms", d["shutdown_delay_ms"])
-    drain_ms = server.get("drain_timeout_ms", d["drain_timeout_ms"])
+    delay_ms = server_ms(server, "shutdown_delay", d["shutdown_delay_ms"])
+    drain_ms = server_ms(server, "drain_timeout", d["drain_timeout_ms"])
     pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     if delay_ms == 0 and not pre_stop:
-        fail.add(where, "neither [server] shutdown_delay_ms nor a preStop sleep: requests would be refused before the endpoints are updated")
+        fail.add(where, "neither [server] shutdown_delay nor a preStop sleep: requests would be refused before the endpoints are updated")
     grace = pod.get("terminationGracePeriodSeconds", grace_default)
     need = pre_stop + (delay_ms + drain_ms) / 1000 + d["task_wait_s"]
     if grace <= need:
-        fail.add(where, f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} s + shutdown_delay_ms {delay_ms} + drain_timeout_ms {drain_ms} + task wait {d['task_wait_s']} s = {need:g} s")
+        fail.add(where, f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} s + shutdown_delay {delay_ms:g} ms + drain_timeout {drain_ms:g} ms + task wait {d['task_wait_s']} s = {need:g} s")
 
     # Resources and the compute pool.
     res = c.get("resources", {})
@@ -806,7 +843,7 @@ def self_test(rendered: dict[str, list[dict]], fail: Failures) -> int:
         else:
             fail.add("self-test", f"{label} was accepted: the validator is not checking")
     inner = Failures()
-    check_table({"server": {"shutdown_delay": 5}}, "Config", "self-test", inner)
+    check_table({"server": {"shutdown_dleay": "5s"}}, "Config", "self-test", inner)
     if inner.items:
         rejected += 1
     else:

@@ -40,7 +40,7 @@ pub fn reference() -> String {
             title: "greenbelt.toml",
             intro: "The project file: `greenbelt serve` and every command that reads \
                     the project (`--config`, default `./greenbelt.toml` when it exists). \
-                    A key of a top-level table can be set from the environment, which \
+                    Every key can be set from the environment, which \
                     wins over the file: see [Environment variables](#environment-variables).",
             schema: schema_of::<greenbelt_serve::Config>(),
             env: true,
@@ -120,14 +120,21 @@ fn header(files: &[FileDoc]) -> String {
     }
     out.push_str("\n## Environment variables\n\n");
     out.push_str(&format!(
-        "In greenbelt.toml, a key of a top-level table can be set with \
-         `{ENV_PREFIX}SECTION__KEY=value` (e.g. `{ENV_PREFIX}SERVER__MAX_INFLIGHT=512`); \
-         the variable wins over the file. The value is read as a TOML value when it is one \
+        "In greenbelt.toml, any key can be set with `{ENV_PREFIX}SECTION__KEY=value` \
+         (e.g. `{ENV_PREFIX}SERVER__MAX_INFLIGHT=512`), a key of a nested table with one \
+         more segment (`{ENV_PREFIX}SERVER__CONCURRENCY__ALGORITHM=gradient2`), and a key of \
+         an element of an array of tables by the element's `name` or its 0-based index \
+         (`{ENV_PREFIX}DEPLOYMENTS__FRAUD__ALIAS=canary`, \
+         `{ENV_PREFIX}DEPLOYMENTS__0__CONFIG__BATCHING__MAX_BATCH_SIZE=16`; in a name, \
+         write `-` as `_`; case does not matter). The variable wins over the file; it can \
+         change an element the file declares (`[[deployments]]`, `[[slo]]`, `[[budget]]`), \
+         not add one. The value is read as a TOML value when it is one \
          (a number, a boolean, an `[array]`, an `{{ inline = \"table\" }}`), else as a \
-         string: quote a string that looks like a number (`'\"8080\"'`). Only two levels: \
-         keys of nested tables (`[server.concurrency]`) and of arrays of tables \
-         (`[[deployments]]`, `[[slo]]`, `[[budget]]`) have no variable. The column \
-         *Environment* lists every variable that works; the other files have none. \
+         string: quote a string that looks like a number (`'\"8080\"'`). The column \
+         *Environment* lists every variable (`<NAME>`: the element's name or index); the \
+         other files have none. Durations may be set under their old integer keys too \
+         (`{ENV_PREFIX}SERVER__REQUEST_TIMEOUT_MS=500`), which replaces the file's \
+         `request_timeout`. \
          A secret can stay out of the environment: `{ENV_PREFIX}SECTION__KEY__FILE=/run/secrets/name` \
          sets the key to that file's text (one trailing newline dropped), e.g. \
          `{ENV_PREFIX}REGISTRY__URL__FILE`.\n"
@@ -328,14 +335,14 @@ impl<'a> Writer<'a> {
             (None, None) if required => "required".into(),
             (None, None) => "unset".into(),
         };
-        let env = match path {
-            [section] if self.file.env && !section.array => Some(format!(
-                "`{ENV_PREFIX}{}__{}`",
-                section.name.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            )),
-            _ => None,
-        };
+        let env = (self.file.env && !path.is_empty()).then(|| {
+            let mut var = String::from(ENV_PREFIX);
+            for seg in path {
+                var.push_str(&seg.name.to_ascii_uppercase());
+                var.push_str(if seg.array { "__<NAME>__" } else { "__" });
+            }
+            format!("`{var}{}`", key.to_ascii_uppercase())
+        });
         Row {
             key: format!("`{key}`"),
             kind: self.type_text(prop),
@@ -711,11 +718,29 @@ mod tests {
             row(&doc, g, "### `[registry]`", "url")[2],
             "`\"sqlite://.greenbelt/registry.db\"`"
         );
-        // Nested tables and arrays of tables have no variable.
+        // Nested tables and elements of arrays of tables have variables.
         let r = row(&doc, g, "### `[server.concurrency]`", "algorithm");
-        assert_eq!(r[3], "");
+        assert_eq!(r[3], "`GREENBELT__SERVER__CONCURRENCY__ALGORITHM`");
         let r = row(&doc, g, "### `[[deployments]]`", "name");
-        assert_eq!(r[1..4], ["string", "required", ""]);
+        assert_eq!(
+            r[1..4],
+            [
+                "string",
+                "required",
+                "`GREENBELT__DEPLOYMENTS__<NAME>__NAME`"
+            ]
+        );
+        // Durations: humantime text, their default written the same way.
+        let r = row(&doc, g, "### `[server]`", "request_timeout");
+        assert_eq!(
+            r[1..4],
+            [
+                "string",
+                "`\"10s\"`",
+                "`GREENBELT__SERVER__REQUEST_TIMEOUT`"
+            ]
+        );
+        assert!(r[4].contains("request_timeout_ms"), "{r:?}");
         assert_eq!(
             row(&doc, g, "### `[[deployments]]`", "alias")[2],
             "`\"champion\"`"
@@ -818,7 +843,11 @@ mod tests {
     #[test]
     fn every_listed_variable_is_one_the_loader_reads() {
         let doc = reference();
-        let mut checked = 0;
+        let (mut checked, mut nested, mut elements) = (0, 0, 0);
+        // One element of each top-level array, for `<NAME>` to name.
+        let file = "[[deployments]]\nname = \"d\"\n\
+                    [[slo]]\ndeployment = \"d\"\nkind = \"availability\"\nobjective = 0.99\n\
+                    [[budget]]\ndeployment = \"d\"\namount = 10\n";
         for line in doc.lines().filter(|l| l.contains("| `GREENBELT__")) {
             let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
             let (default, var) = (cells[2].trim(), cells[3].trim().trim_matches('`'));
@@ -826,19 +855,35 @@ mod tests {
             let Some(value) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else {
                 continue;
             };
+            if var.matches("<NAME>").count() > 1 {
+                continue; // an array inside an element: the file has none
+            }
             let value = value.replace("\\|", "|");
-            greenbelt_serve::Config::from_toml_str(
-                "",
+            let by_name = var
+                .replace("<NAME>", "D")
+                .replace("SLO__D", "SLO__0")
+                .replace("BUDGET__D", "BUDGET__0");
+            match greenbelt_serve::Config::from_toml_str(
+                file,
                 std::path::Path::new("greenbelt.toml"),
-                [(var.to_string(), value.clone())],
-            )
-            .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+                [(by_name.clone(), value.clone())],
+            ) {
+                Ok(_) => {}
+                // A key of an optional table creates that table, which may
+                // have keys no default fills: the variable itself was read.
+                Err(e)
+                    if var.matches("__").count() > 2 && e.to_string().contains("missing field") => {
+                }
+                Err(e) => panic!("{by_name}={value}: {e}"),
+            }
             checked += 1;
+            nested += usize::from(var.matches("__").count() > 2);
+            elements += usize::from(var.contains("<NAME>"));
         }
-        assert!(checked > 60, "{checked} variables");
-        // A key two levels down has none: the loader rejects it.
-        assert!(!doc.contains("GREENBELT__SERVER__CONCURRENCY"));
-        assert!(!doc.contains("GREENBELT__DEPLOYMENTS__"));
+        assert!(
+            checked > 140 && nested > 50 && elements > 30,
+            "{checked} variables, {nested} nested, {elements} in elements"
+        );
     }
 
     #[test]

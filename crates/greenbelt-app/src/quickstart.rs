@@ -68,7 +68,7 @@ pub fn write_project(
          # Dynamic batching (off when this table is absent):\n\
          # [batching]\n\
          # max_batch_size = 32\n\
-         # max_queue_delay_us = 500\n",
+         # max_queue_delay = \"500us\"\n",
     )?;
     std::fs::create_dir_all(dir.join("data"))
         .map_err(AppError::io(format!("creating {}/data", dir.display())))?;

@@ -164,11 +164,11 @@ impl BreakerSpec {
         BreakerSpec {
             failure_rate_threshold: Some(config.failure_rate_threshold),
             slow_call_rate_threshold: Some(config.slow_call_rate_threshold),
-            slow_call_duration: Some(duration_text(config.slow_call_duration)),
+            slow_call_duration: Some(crate::duration::text(config.slow_call_duration)),
             sliding_window_type: Some(config.sliding_window_type.as_str().into()),
             sliding_window_size: Some(config.sliding_window_size),
             minimum_number_of_calls: Some(config.minimum_number_of_calls),
-            wait_duration_in_open: Some(duration_text(config.wait_duration_in_open)),
+            wait_duration_in_open: Some(crate::duration::text(config.wait_duration_in_open)),
             permitted_calls_in_half_open: Some(config.permitted_calls_in_half_open),
         }
     }
@@ -219,18 +219,6 @@ impl BreakerSpec {
         };
         c.validate(what)?;
         Ok(c)
-    }
-}
-
-/// A duration as humantime text: whole seconds as `10s`, whole
-/// milliseconds as `100ms`, else microseconds.
-fn duration_text(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod autoscale;
 pub mod breaker;
 pub mod cost;
 pub mod datatype;
+pub mod duration;
 pub mod error;
 pub mod infer;
 pub mod json;

@@ -31,7 +31,14 @@ pub struct AlertsConfig {
     pub eval_interval: String,
     /// POST alert transitions here (Alertmanager webhook format); unset: off.
     pub webhook_url: Option<String>,
-    /// Longest one webhook POST may take, in milliseconds.
+    /// Longest one webhook POST may take.
+    /// (Old key `webhook_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "webhook_timeout",
+        alias = "webhook_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub webhook_timeout_ms: u64,
     /// `runbook_url` prefix in the alerts' annotations.
     pub runbook_url_base: String,
@@ -64,7 +71,7 @@ impl AlertsConfig {
             ));
         }
         if self.webhook_timeout_ms == 0 {
-            return Err("[alerts] webhook_timeout_ms must be > 0".into());
+            return Err("[alerts] webhook_timeout must be more than 0s".into());
         }
         Ok(())
     }

@@ -27,13 +27,27 @@ use crate::metrics::VersionMetrics;
 pub struct BatchingConfig {
     /// Most rows merged into one runtime call.
     pub max_batch_size: usize,
-    /// Longest a request waits for others to join its batch, in microseconds.
+    /// Longest a request waits for others to join its batch.
+    /// (Old key `max_queue_delay_us`, an integer in microseconds, is still accepted.)
+    #[serde(
+        rename = "max_queue_delay",
+        alias = "max_queue_delay_us",
+        with = "greenbelt_core::duration::us"
+    )]
+    #[schemars(with = "String")]
     pub max_queue_delay_us: u64,
     /// Dispatch as soon as the batch reaches one of these row counts.
     pub preferred_batch_sizes: Vec<usize>,
     /// Requests waiting beyond this are refused with 503.
     pub max_queue_size: usize,
-    /// A request still queued after this long fails with a timeout (ms; 0 = only the request timeout).
+    /// A request still queued after this long fails with a timeout ("0s" = only the request timeout).
+    /// (Old key `queue_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "queue_timeout",
+        alias = "queue_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub queue_timeout_ms: u64,
 }
 

@@ -76,7 +76,14 @@ pub struct RegistryConfig {
     pub url: Option<String>,
     /// Artifact store: a directory, `file:///abs/dir`, or `s3://bucket/prefix`.
     pub artifacts: String,
-    /// How often a server checks its routes' aliases, in milliseconds.
+    /// How often a server checks its routes' aliases.
+    /// (Old key `poll_interval_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "poll_interval",
+        alias = "poll_interval_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub poll_interval_ms: u64,
     /// Actor recorded for changes made without a token (CLI, pipeline).
     pub actor: String,
@@ -89,6 +96,13 @@ pub struct RegistryConfig {
     pub cache_dir: String,
     /// How long `serve` waits for the registry database at start-up before
     /// it serves its deployments from `cache_dir` (and keeps retrying).
+    /// (Old key `startup_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "startup_timeout",
+        alias = "startup_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub startup_timeout_ms: u64,
     /// The circuit breaker around the deployment controller's registry
     /// database calls (resilience4j's settings; docs/resilience.md).
@@ -198,7 +212,14 @@ pub struct ServerConfig {
     pub grpc_addr: String,
     /// Largest accepted request body (REST) or message (gRPC), in bytes.
     pub max_request_bytes: usize,
-    /// Per-request timeout, end to end, in milliseconds.
+    /// Per-request timeout, end to end.
+    /// (Old key `request_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "request_timeout",
+        alias = "request_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub request_timeout_ms: u64,
     /// In-flight inference requests beyond which new ones are shed with 503.
     pub max_inflight: usize,
@@ -206,20 +227,41 @@ pub struct ServerConfig {
     /// with 503 before they are decoded (bounds memory under a burst of
     /// large requests).
     pub max_inflight_bytes: usize,
-    /// A client must send a request's headers within this many
-    /// milliseconds once the server waits for them (REST, HTTP/1); else
+    /// A client must send a request's headers within this long
+    /// once the server waits for them (REST, HTTP/1); else
     /// the connection is closed. This also closes keep-alive connections
     /// that stay idle this long between requests.
+    /// (Old key `header_read_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "header_read_timeout",
+        alias = "header_read_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub header_read_timeout_ms: u64,
     /// Connections with no request for this long are closed (REST keep-alive
-    /// and gRPC), in milliseconds.
+    /// and gRPC).
+    /// (Old key `idle_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "idle_timeout",
+        alias = "idle_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub idle_timeout_ms: u64,
     /// Open connections per listener beyond which new ones wait in the
     /// kernel's accept queue.
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection (gRPC and REST over h2).
     pub max_concurrent_streams: u32,
-    /// How long shutdown waits for in-flight requests, in milliseconds.
+    /// How long shutdown waits for in-flight requests.
+    /// (Old key `drain_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "drain_timeout",
+        alias = "drain_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub drain_timeout_ms: u64,
     /// Threads that run inference (0 = one per CPU).
     pub compute_threads: usize,
@@ -234,11 +276,25 @@ pub struct ServerConfig {
     /// see `stages/limit.rs`); `max_inflight` stays the hard cap.
     pub concurrency: crate::stages::limit::ConcurrencyConfig,
     /// Longest a request may wait for compute (batcher queue or compute
-    /// pool), in milliseconds; past it the request is shed with 503 before
+    /// pool); past it the request is shed with 503 before
     /// it costs compute. Never more than what is left of the request timeout.
+    /// (Old key `queue_budget_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "queue_budget",
+        alias = "queue_budget_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub queue_budget_ms: u64,
     /// After SIGTERM, keep serving (with readiness false) this long before
-    /// draining, so load balancers stop sending first (ms; 0 = drain at once).
+    /// draining, so load balancers stop sending first ("0s" = drain at once).
+    /// (Old key `shutdown_delay_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "shutdown_delay",
+        alias = "shutdown_delay_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub shutdown_delay_ms: u64,
 }
 
@@ -385,23 +441,24 @@ impl Config {
                     path: shown.to_path_buf(),
                     message: e.to_string(),
                 })?;
+        let mut applied = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("GREENBELT__") else {
                 continue;
             };
-            let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let mut parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             // `GREENBELT__SECTION__KEY__FILE=/run/secrets/x`: the value is
             // that file's text (a secret kept out of the environment).
-            let (section, key, from_file) = match parts.as_slice() {
-                [section, key] => (section, key, false),
-                [section, key, suffix] if suffix == "file" => (section, key, true),
-                _ => {
-                    return Err(ConfigError::Env {
-                        var,
-                        message: "expected GREENBELT__SECTION__KEY, or GREENBELT__SECTION__KEY__FILE naming a file that holds the value".into(),
-                    });
-                }
-            };
+            let from_file = parts.len() >= 3 && parts.last().is_some_and(|p| p == "file");
+            if from_file {
+                parts.pop();
+            }
+            if parts.len() < 2 || parts.iter().any(String::is_empty) {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected GREENBELT__SECTION__KEY (deeper: GREENBELT__SERVER__CONCURRENCY__ALGORITHM, GREENBELT__DEPLOYMENTS__<NAME>__KEY), or the same with __FILE naming a file that holds the value".into(),
+                });
+            }
             let value = if from_file {
                 match std::fs::read_to_string(&value) {
                     Ok(text) => {
@@ -417,23 +474,22 @@ impl Config {
             } else {
                 env_value(&value)
             };
-            let section_table = table
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let Some(section_table) = section_table.as_table_mut() else {
-                return Err(ConfigError::Env {
-                    var,
-                    message: format!("[{section}] is not a table"),
-                });
-            };
-            section_table.insert(key.clone(), value);
+            if let Err(message) = set_path(&mut table, &parts, value) {
+                return Err(ConfigError::Env { var, message });
+            }
+            applied.push(var);
         }
         let mut config: Config =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: shown.to_path_buf(),
-                    message: e.to_string(),
+                    // The file alone parsed: the environment broke it.
+                    message: format!(
+                        "with the environment's {}: {}",
+                        applied.join(", "),
+                        e.to_string().trim_end()
+                    ),
                 })?;
         for d in &mut config.deployments {
             d.resolve_model_uri().map_err(ConfigError::Invalid)?;
@@ -451,7 +507,7 @@ impl Config {
         }
         if s.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
-                "[server] request_timeout_ms must be > 0".into(),
+                "[server] request_timeout must be more than 0s".into(),
             ));
         }
         if s.max_inflight == 0 {
@@ -461,7 +517,8 @@ impl Config {
         }
         if s.queue_budget_ms == 0 {
             return Err(ConfigError::Invalid(
-                "[server] queue_budget_ms must be > 0 (the request timeout bounds it too)".into(),
+                "[server] queue_budget must be more than 0s (the request timeout bounds it too)"
+                    .into(),
             ));
         }
         s.concurrency.validate().map_err(ConfigError::Invalid)?;
@@ -505,13 +562,15 @@ impl Config {
         t.payload_log.validate().map_err(ConfigError::Invalid)?;
         if self.registry.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
-                "[registry] poll_interval_ms must be > 0".into(),
+                "[registry] poll_interval must be more than 0s".into(),
             ));
         }
         if self.registry.startup_timeout_ms == 0 || self.registry.startup_timeout_ms > 600_000 {
             return Err(ConfigError::Invalid(format!(
-                "[registry] startup_timeout_ms = {}: must be between 1 and 600000 (10 minutes)",
-                self.registry.startup_timeout_ms
+                "[registry] startup_timeout = \"{}\": must be between 1ms and 10m",
+                greenbelt_core::duration::text(std::time::Duration::from_millis(
+                    self.registry.startup_timeout_ms
+                ))
             )));
         }
         if self.registry.cache_dir.trim().is_empty() {
@@ -539,8 +598,8 @@ impl Config {
         for (name, value) in [
             ("max_inflight", s.max_inflight as u64),
             ("max_inflight_bytes", s.max_inflight_bytes as u64),
-            ("header_read_timeout_ms", s.header_read_timeout_ms),
-            ("idle_timeout_ms", s.idle_timeout_ms),
+            ("header_read_timeout", s.header_read_timeout_ms),
+            ("idle_timeout", s.idle_timeout_ms),
             ("max_connections", s.max_connections as u64),
             (
                 "max_concurrent_streams",
@@ -553,8 +612,11 @@ impl Config {
         }
         if s.idle_timeout_ms < s.request_timeout_ms {
             return Err(ConfigError::Invalid(format!(
-                "[server] idle_timeout_ms ({}) is shorter than request_timeout_ms ({}): a slow answer would be cut as idle; raise idle_timeout_ms",
-                s.idle_timeout_ms, s.request_timeout_ms
+                "[server] idle_timeout ({}) is shorter than request_timeout ({}): a slow answer would be cut as idle; raise idle_timeout",
+                greenbelt_core::duration::text(std::time::Duration::from_millis(s.idle_timeout_ms)),
+                greenbelt_core::duration::text(std::time::Duration::from_millis(
+                    s.request_timeout_ms
+                ))
             )));
         }
         if s.max_inflight_bytes < s.max_request_bytes {
@@ -585,6 +647,102 @@ impl Config {
 
 /// Environment values are typed the way TOML would read them when they parse
 /// as a TOML value (numbers, booleans), else kept as strings.
+/// The arrays of tables at the top of greenbelt.toml: an override can
+/// change one of their elements, never add one.
+const TOP_ARRAYS: [&str; 4] = ["deployments", "routes", "slo", "budget"];
+
+/// Set the key at `path` (lower-case segments of an environment variable)
+/// in `table`. Segments walk tables by key and arrays of tables by element:
+/// a 0-based index, or the element's `name` (case-insensitive, `_` for
+/// `-`). Missing tables are created; missing elements are errors. Setting
+/// a duration key removes its other spellings (`request_timeout_ms` for
+/// `request_timeout`), so the file and the environment do not collide.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((key, walk)) = path.split_last() else {
+        return Err("no key".into());
+    };
+    let mut cur = table;
+    let mut at = String::new();
+    let mut segs = walk.iter().peekable();
+    while let Some(seg) = segs.next() {
+        let mut name = seg.as_str();
+        if name == "deployments"
+            && at.is_empty()
+            && !cur.contains_key(name)
+            && cur.contains_key("routes")
+        {
+            name = "routes";
+        }
+        if at.is_empty() && TOP_ARRAYS.contains(&name) && !cur.contains_key(name) {
+            return Err(format!(
+                "the file has no [[{name}]]: the environment can change a {name} element the file declares, not add one"
+            ));
+        }
+        let shown = if at.is_empty() {
+            name.to_string()
+        } else {
+            format!("{at}.{name}")
+        };
+        let v = cur
+            .entry(name.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match v {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let Some(which) = segs.next() else {
+                    return Err(format!(
+                        "{shown} is an array of tables: name an element, e.g. GREENBELT__{}__<NAME>__KEY",
+                        shown.replace('.', "__").to_ascii_uppercase()
+                    ));
+                };
+                let names: Vec<String> = items
+                    .iter()
+                    .map(|i| {
+                        i.get("name")
+                            .and_then(toml::Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect();
+                let found = match which.parse::<usize>() {
+                    Ok(i) if i < items.len() => Some(i),
+                    Ok(_) => None,
+                    Err(_) => names
+                        .iter()
+                        .position(|n| n.to_ascii_lowercase().replace('-', "_") == *which),
+                };
+                let Some(i) = found else {
+                    return Err(format!(
+                        "[[{shown}]] has no element \"{which}\": it has {} ({}); name one by its `name` or its 0-based index",
+                        items.len(),
+                        names
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| if n.is_empty() {
+                                i.to_string()
+                            } else {
+                                format!("{i}: {n}")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                };
+                match items.get_mut(i) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => return Err(format!("{shown}[{i}] is not a table")),
+                }
+            }
+            _ => return Err(format!("{shown} is a value, not a table")),
+        };
+        at = shown;
+    }
+    for other in greenbelt_core::duration::spellings(key) {
+        cur.remove(&other);
+    }
+    cur.insert(key.clone(), value);
+    Ok(())
+}
+
 fn env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t
@@ -634,7 +792,7 @@ mod tests {
         let e = parse("[server]\nqueue_budget_ms = 0\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("queue_budget_ms"), "{e}");
+        assert!(e.contains("queue_budget must be more than 0s"), "{e}");
         let e = parse(
             "[[deployments]]\nname = \"d\"\npriority = \"urgent\"\n",
             &[],
@@ -892,7 +1050,120 @@ mod tests {
         let e = parse("", &[("GREENBELT__A__B__C", "1")])
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("GREENBELT__A__B__C") && e.contains("unknown field `a`"),
+            "{e}"
+        );
+        let e = parse("", &[("GREENBELT__SERVER____X", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("__FILE"), "{e}");
+    }
+
+    #[test]
+    fn env_reaches_nested_tables_and_deployments_by_name_or_index() {
+        let file = "[server.concurrency]\nalgorithm = \"off\"\n\
+                    [[deployments]]\nname = \"fraud-v2\"\nmodel = \"fraud\"\n\
+                    [[deployments]]\nname = \"churn\"\nmodel = \"churn\"\n";
+        let c = parse(
+            file,
+            &[
+                ("GREENBELT__SERVER__CONCURRENCY__ALGORITHM", "gradient2"),
+                ("GREENBELT__SERVER__CONCURRENCY__WINDOW", "250ms"),
+                ("GREENBELT__DEPLOYMENTS__FRAUD_V2__PRIORITY", "low"),
+                ("GREENBELT__DEPLOYMENTS__1__ALIAS", "canary"),
+                ("GREENBELT__DEPLOYMENTS__CHURN__ROLLOUT__STRATEGY", "canary"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.concurrency.window_ms, 250);
+        assert_eq!(
+            format!("{:?}", c.server.concurrency.algorithm).to_ascii_lowercase(),
+            "gradient2"
+        );
+        assert_eq!(
+            format!("{:?}", c.deployments[0].priority).to_ascii_lowercase(),
+            "low"
+        );
+        assert_eq!(c.deployments[1].alias, "canary");
+        // `[[routes]]` (the old name) is reached as deployments too.
+        let c = parse(
+            "[[routes]]\nname = \"a\"\nmodel = \"a\"\n",
+            &[("GREENBELT__DEPLOYMENTS__A__MODEL", "b")],
+        )
+        .unwrap();
+        assert_eq!(c.deployments[0].model.as_deref(), Some("b"));
+        for (env, want) in [
+            (
+                "GREENBELT__DEPLOYMENTS__NOPE__MODEL",
+                "no element \"nope\": it has 2 (0: fraud-v2, 1: churn)",
+            ),
+            ("GREENBELT__DEPLOYMENTS__7__MODEL", "no element \"7\""),
+            (
+                "GREENBELT__DEPLOYMENTS__MODEL",
+                "name an element, e.g. GREENBELT__DEPLOYMENTS__<NAME>__KEY",
+            ),
+            (
+                "GREENBELT__SERVER__CONCURRENCY__ALGORITHM__X",
+                "server.concurrency.algorithm is a value, not a table",
+            ),
+            (
+                "GREENBELT__SERVER__HTTP_ADDR__X",
+                "expected a string\nin `server.http_addr`",
+            ),
+        ] {
+            let e = parse(file, &[(env, "x")]).unwrap_err().to_string();
+            assert!(e.contains(env) && e.contains(want), "{env}: {e}");
+        }
+        let e = parse("", &[("GREENBELT__BUDGET__0__AMOUNT", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the file has no [[budget]]"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_text_and_the_old_integer_keys_still_work() {
+        let c = parse(
+            "[server]\nrequest_timeout = \"2s\"\nqueue_budget = \"1500ms\"\nidle_timeout = \"2m\"\n\
+             [registry]\npoll_interval_ms = 50\n[tracing]\nexport_interval = \"3s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.request_timeout_ms, 2000);
+        assert_eq!(c.server.queue_budget_ms, 1500);
+        assert_eq!(c.server.idle_timeout_ms, 120_000);
+        assert_eq!(c.registry.poll_interval_ms, 50);
+        assert_eq!(c.tracing.export_interval_ms, 3000);
+        // Either spelling from the environment replaces the file's.
+        let file = "[server]\nrequest_timeout = \"2s\"\n";
+        for (var, v) in [
+            ("GREENBELT__SERVER__REQUEST_TIMEOUT_MS", "700"),
+            ("GREENBELT__SERVER__REQUEST_TIMEOUT", "700ms"),
+        ] {
+            let c = parse(file, &[(var, v)]).unwrap();
+            assert_eq!(c.server.request_timeout_ms, 700, "{var}");
+        }
+        let c = parse(
+            "[server]\nrequest_timeout_ms = 900\n",
+            &[("GREENBELT__SERVER__REQUEST_TIMEOUT", "1s")],
+        )
+        .unwrap();
+        assert_eq!(c.server.request_timeout_ms, 1000);
+        // Written back in the one style.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("request_timeout = \"1s\""), "{text}");
+        assert!(!text.contains("_ms ="), "{text}");
+        let e = parse("[server]\nrequest_timeout = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("request_timeout") && e.contains("line 2") && e.contains("\"10s\""),
+            "{e}"
+        );
+        let e = parse("[server]\nrequest_timeout = \"0s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("request_timeout must be more than 0s"), "{e}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub enum ServeError {
     /// Shed: the request waited for compute past its queue budget and was
     /// dropped before it ran.
     #[error(
-        "server is overloaded: the request waited {waited_ms} ms for compute, past its {budget_ms} ms queue budget ([server] queue_budget_ms); retry after 1 s"
+        "server is overloaded: the request waited {waited_ms} ms for compute, past its {budget_ms} ms queue budget ([server] queue_budget); retry after 1 s"
     )]
     QueueTimeout { waited_ms: u64, budget_ms: u64 },
     #[error("server is shutting down")]

@@ -152,7 +152,7 @@ impl AppState {
             return Some("shutting down: draining in-flight requests".into());
         }
         if self.readiness.stopping() {
-            return Some("shutting down: serving out [server] shutdown_delay_ms".into());
+            return Some("shutting down: serving out [server] shutdown_delay".into());
         }
         if !self.ready.load(Ordering::SeqCst) {
             return Some("start-up loading has not finished".into());

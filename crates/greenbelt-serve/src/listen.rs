@@ -70,7 +70,7 @@ impl Conn {
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "connection idle longer than [server] idle_timeout_ms",
+                "connection idle longer than [server] idle_timeout",
             )),
             Poll::Pending => Ok(()),
         }

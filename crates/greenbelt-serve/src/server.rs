@@ -232,7 +232,7 @@ impl Server {
         if !delay.is_zero() {
             tracing::info!(
                 delay_ms = self.state.config.server.shutdown_delay_ms,
-                "shutting down: not ready, serving for shutdown_delay_ms before draining"
+                "shutting down: not ready, serving for shutdown_delay before draining"
             );
             tokio::time::sleep(delay).await;
         }

@@ -54,9 +54,23 @@ pub struct TracingConfig {
     pub service_name: String,
     /// Spans waiting for export at most; past it they are dropped.
     pub max_queue: usize,
-    /// How often the batch processor exports, in ms.
+    /// How often the batch processor exports.
+    /// (Old key `export_interval_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "export_interval",
+        alias = "export_interval_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub export_interval_ms: u64,
-    /// One export call's limit, in ms.
+    /// One export call's limit.
+    /// (Old key `export_timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "export_timeout",
+        alias = "export_timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub export_timeout_ms: u64,
 }
 
@@ -104,8 +118,8 @@ impl TracingConfig {
         }
         for (name, v) in [
             ("max_queue", self.max_queue as u64),
-            ("export_interval_ms", self.export_interval_ms),
-            ("export_timeout_ms", self.export_timeout_ms),
+            ("export_interval", self.export_interval_ms),
+            ("export_timeout", self.export_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("[tracing] {name} must be > 0"));

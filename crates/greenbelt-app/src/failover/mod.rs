@@ -325,7 +325,7 @@ struct World {
 /// The server config of a region.
 fn server_toml(host: &str, http: u16, pg_url: &str) -> String {
     format!(
-        "# greenbelt drill failover: one region's server\n[server]\nhttp_addr = \"{host}:{http}\"\ngrpc_addr = \"\"\n\n[telemetry]\nlog_requests = false\n\n[repository]\npath = \"models\"\n\n[registry]\nurl = \"{pg_url}\"\nartifacts = \"artifacts\"\nstartup_timeout_ms = 3000\n\n[features]\ndefinitions = \"features.toml\"\n"
+        "# greenbelt drill failover: one region's server\n[server]\nhttp_addr = \"{host}:{http}\"\ngrpc_addr = \"\"\n\n[telemetry]\nlog_requests = false\n\n[repository]\npath = \"models\"\n\n[registry]\nurl = \"{pg_url}\"\nartifacts = \"artifacts\"\nstartup_timeout = \"3s\"\n\n[features]\ndefinitions = \"features.toml\"\n"
     )
 }
 

@@ -156,8 +156,15 @@ pub enum TrainDef {
     Command {
         /// The program and its arguments, with placeholders.
         command: Vec<String>,
-        /// The longest the command may run, in seconds.
+        /// The longest the command may run.
         #[serde(default = "command_timeout")]
+        /// (Old key `timeout_s`, an integer in seconds, is still accepted.)
+        #[serde(
+            rename = "timeout",
+            alias = "timeout_s",
+            with = "greenbelt_core::duration::secs"
+        )]
+        #[schemars(with = "String")]
         timeout_s: u64,
     },
 }

@@ -45,7 +45,14 @@ pub struct PayloadLogConfig {
     /// NATS: the most a stream created here keeps, in bytes (oldest
     /// messages are discarded first).
     pub stream_max_bytes: i64,
-    /// NATS: the longest a connect, a publish or its ack may take, in ms.
+    /// NATS: the longest a connect, a publish or its ack may take.
+    /// (Old key `timeout_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "timeout",
+        alias = "timeout_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub timeout_ms: u64,
     /// The events' `source` is `<source>/<model>`; unset:
     /// `http://<host name>/greenbelt`.
@@ -85,7 +92,7 @@ impl PayloadLogConfig {
             ("queue", self.queue as u64),
             ("max_file_bytes", self.max_file_bytes),
             ("max_files", self.max_files as u64),
-            ("timeout_ms", self.timeout_ms),
+            ("timeout", self.timeout_ms),
         ] {
             if value == 0 {
                 return Err(format!("{at} {name} must be > 0"));

@@ -128,7 +128,14 @@ pub struct ConcurrencyConfig {
     pub smoothing: f64,
     /// Headroom added to the estimate on each update (requests).
     pub queue_size: usize,
-    /// Samples are averaged over windows of this length (ms).
+    /// Samples are averaged over windows of this length.
+    /// (Old key `window_ms`, an integer in milliseconds, is still accepted.)
+    #[serde(
+        rename = "window",
+        alias = "window_ms",
+        with = "greenbelt_core::duration::ms"
+    )]
+    #[schemars(with = "String")]
     pub window_ms: u64,
     /// The long-term latency averages over about this many windows.
     pub long_window: usize,
@@ -204,7 +211,7 @@ impl ConcurrencyConfig {
             ));
         }
         if self.window_ms == 0 {
-            return Err(format!("{at} window_ms must be > 0"));
+            return Err(format!("{at} window must be more than 0s"));
         }
         if self.long_window == 0 {
             return Err(format!("{at} long_window must be > 0"));

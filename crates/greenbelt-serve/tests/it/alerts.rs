@@ -109,9 +109,11 @@ async fn fast_burn_fires_then_resolves_with_webhook_and_admin_view() {
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     let (_, report) = s.get("/admin/alerts").await;
     assert_eq!(report["slos"][0]["alerts"][0]["state"], "inactive");
-    // counted at the last evaluation: at least enough to resolve, at most all
+    // Counted at the last evaluation: at least enough to resolve the page
+    // (20 bad in 140 is under 14.4 x the 1% budget), at most all. On a busy
+    // machine the evaluation after the last request may not have run yet.
     assert_eq!(report["slos"][0]["bad"], 20);
     let counted = report["slos"][0]["requests"].as_u64().unwrap();
-    assert!((334..=420).contains(&counted), "{report}");
+    assert!((140..=420).contains(&counted), "{report}");
     s.stop().await;
 }

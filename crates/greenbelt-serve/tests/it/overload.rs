@@ -267,10 +267,7 @@ async fn shutdown_delay_keeps_answering_not_ready_then_drains_within_its_timeout
     let (status, body) = s.get("/v2/health/ready").await;
     assert_eq!(status, 503, "not ready during the delay: {body}");
     assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("shutdown_delay_ms"),
+        body["reason"].as_str().unwrap().contains("shutdown_delay"),
         "{body}"
     );
     assert_eq!(infer(&s.client, &url, None).await.0, 200, "still serving");
