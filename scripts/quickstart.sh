@@ -51,11 +51,16 @@ else
     say "no ONNX Runtime and no pip to fetch it; continuing with the native engine and tract"
 fi
 
-# 2. Build (release). A clean build takes a while on a small machine; see README.
+# 2. Build: the `quickstart` profile (Cargo.toml) optimizes Greenbelt and
+#    the request path fully and the rest (DataFusion, sqlx, ...) at
+#    opt-level 1, which builds in about half the time of --release on a
+#    small machine; docs/benchmarks.md (Build) has the measurements.
+#    QUICKSTART_PROFILE=release builds the production profile instead.
+profile=${QUICKSTART_PROFILE:-quickstart}
 start=$(date +%s)
-say "building greenbelt (cargo build --release -p greenbelt)..."
-cargo build --release -p greenbelt
+say "building greenbelt (cargo build --profile $profile -p greenbelt)..."
+cargo build --profile "$profile" -p greenbelt
 say "build took $(( $(date +%s) - start )) s"
 
 # 3. Demo project, serve, first request.
-exec target/release/greenbelt --log-format text quickstart "$@"
+exec "${CARGO_TARGET_DIR:-target}/$profile/greenbelt" --log-format text quickstart "$@"
