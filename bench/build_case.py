@@ -69,6 +69,7 @@ def summarise(data: list[dict]) -> dict:
         "duplicated": {n: [[v, round(s, 1)] for v, s in vs] for n, vs in sorted(duplicated.items())},
         "duplicated_extra_unit_seconds": round(dup_extra, 1),
         "slowest": [[f"{n} {v}", round(s, 1)] for (n, v), s in top],
+        "per_crate": {f"{n} {v}": round(s, 1) for (n, v), s in sorted(per_crate.items())},
     }
 
 

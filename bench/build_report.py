@@ -15,16 +15,31 @@ from report import write_section  # noqa: E402
 BEGIN = "<!-- bench:build:begin -->"
 END = "<!-- bench:build:end -->"
 
-ORDER = ["release", "release-no-s3", "release-datafusion-defaults", "quickstart", "quickstart-no-s3"]
+ORDER = ["release", "release-no-s3", "release-datafusion-defaults", "quickstart-deps", "quickstart",
+         "quickstart-no-s3"]
 
 # (lever, before case, after case, what changes)
 LEVERS = [
-    ("build profile `quickstart` (dependencies at opt-level 1, the serving path's at 3)",
-     "release", "quickstart"),
+    ("dependencies at opt-level 1, the request path's at 3 (the quickstart profile's first version)",
+     "release", "quickstart-deps"),
+    ("also Greenbelt's command-line and batch crates (greenbelt, -app, -features, -control, "
+     "-registry) at opt-level 1: the end of the critical path", "quickstart-deps", "quickstart"),
+    ("the whole `quickstart` profile vs `--release`", "release", "quickstart"),
     ("DataFusion's default features (all codecs, function packages, crypto, regex, unicode) "
      "vs the trimmed set Greenbelt uses", "release-datafusion-defaults", "release"),
     ("S3 support off (`--no-default-features`), release profile", "release", "release-no-s3"),
     ("S3 support off (`--no-default-features`), quickstart profile", "quickstart", "quickstart-no-s3"),
+]
+
+
+# Parts of the build that could sit behind a default-on feature.
+GROUPS = [
+    ("tract (`tract-*`, the fallback ONNX backend)", lambda n: n.startswith("tract-")),
+    ("PostgreSQL (`sqlx-postgres`)", lambda n: n == "sqlx-postgres"),
+    ("SQLite (`libsqlite3-sys`, `sqlx-sqlite`)", lambda n: n in ("libsqlite3-sys", "sqlx-sqlite")),
+    ("TLS for S3 and NATS (`ring`, `rustls`, `rustls-webpki`, `hyper-rustls`, `tokio-rustls`)",
+     lambda n: n in ("ring", "rustls", "rustls-webpki", "hyper-rustls", "tokio-rustls")),
+    ("NATS (`async-nats`)", lambda n: n == "async-nats"),
 ]
 
 
@@ -57,8 +72,11 @@ def render(cases: dict[str, dict]) -> str:
     ]
     for name, c in cases.items():
         total = c.get("unit_seconds") or 1
+        command = c["command"].replace("cargo build --locked --offline --timings ", "cargo build ")
+        command = command.replace("cargo build --offline --timings ", "cargo build ")
+        code, sep, note = command.partition(" (")
         lines.append(
-            f"| {name} | `{c['command'].replace('cargo build --locked --offline --timings ', 'cargo build ')}` "
+            f"| {name} | `{code}`{' (' + note if sep else ''} "
             f"| {c['started'][:16].replace('T', ' ')} | {c['commit']} | {c['loadavg_before'][0]:.2f} "
             f"| **{minutes(c['wall_s'])}** | {minutes(c['cpu_s'])} "
             f"| {c['engine_unit_seconds']:.0f} ({c['engine_unit_seconds'] / total * 100:.0f}%) "
@@ -88,6 +106,16 @@ def render(cases: dict[str, dict]) -> str:
             f"most **{base['duplicated_extra_unit_seconds']:.0f} unit-seconds** of "
             f"{base['unit_seconds']:.0f}. {listed}.",
         ]
+    per_crate = base.get("per_crate", {})
+    if per_crate:
+        total = base.get("unit_seconds") or 1
+        groups = []
+        for label, pred in GROUPS:
+            secs = sum(v for k, v in per_crate.items() if pred(k.split(" ")[0]))
+            groups.append(f"{label} {secs:.0f} unit-s ({secs / total * 100:.0f}%)")
+        lines += ["", f"Candidates for an optional feature, from the `{base['case']}` build's "
+                  "timings (the crates themselves, not every dependency only they pull in): "
+                  + "; ".join(groups) + "."]
     slow = base.get("slowest", [])
     if slow:
         lines += ["", f"Slowest crates of the `{base['case']}` build (unit-seconds): "

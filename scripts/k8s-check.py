@@ -301,7 +301,15 @@ def check_table(table: dict, struct: str, where: str, fail: Failures) -> None:
             continue
         rust_type = fields[key]
         inner = inner_type(rust_type)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and rust_type.strip().startswith("Vec<") and inner in _STRUCTS:
+            # From the environment: GREENBELT__DEPLOYMENTS__<NAME>__KEY
+            # names an element (by name or index) before its keys.
+            for selector, sub in value.items():
+                if isinstance(sub, dict):
+                    check_table(sub, inner, f"{where}.{key}[{selector}]", fail)
+                else:
+                    fail.add(where, f"{key}: an array of tables; name an element before the key ({key}__<NAME>__KEY)")
+        elif isinstance(value, dict):
             if inner in _STRUCTS:
                 check_table(value, inner, f"{where}.{key}", fail)
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -448,18 +456,27 @@ def env_overrides(container: dict) -> tuple[dict, set[str]]:
     literal: dict = {}
     sourced: set[str] = set()
     for e in container.get("env", []):
-        m = re.fullmatch(r"GREENBELT__([A-Z0-9_]+?)__([A-Z0-9_]+)", e["name"])
-        if not m:
+        name = e["name"]
+        if not name.startswith("GREENBELT__"):
             continue
-        section, key = m.group(1).lower(), m.group(2).lower()
+        path = [p.lower() for p in name[len("GREENBELT__"):].split("__")]
+        if len(path) >= 3 and path[-1] == "file":
+            path.pop()  # GREENBELT__SECTION__KEY__FILE: the value is read from a file
+            sourced.add(".".join(path))
+            continue
+        if len(path) < 2 or "" in path:
+            continue
         if "value" in e:
             try:  # typed the way the server types it: a TOML value, else a string
                 value = tomllib.loads(f"v = {e['value']}")["v"]
             except tomllib.TOMLDecodeError:
                 value = e["value"]
-            literal.setdefault(section, {})[key] = value
+            table = literal
+            for seg in path[:-1]:  # nested tables, and elements of arrays of tables
+                table = table.setdefault(seg, {})
+            table[path[-1]] = value
         else:
-            sourced.add(f"{section}.{key}")
+            sourced.add(".".join(path))
     return literal, sourced
 
 
@@ -484,8 +501,13 @@ def check_pod(
     for section, keys in literal.items():
         check_table({section: keys}, "Config", f"{where} env GREENBELT__*", fail)
     for sk in sourced:
-        section, key = sk.split(".")
-        check_table({section: {key: "x"}}, "Config", f"{where} env GREENBELT__* (from a Secret)", fail)
+        nested: dict = {}
+        table = nested
+        *walk, key = sk.split(".")
+        for seg in walk:
+            table = table.setdefault(seg, {})
+        table[key] = "x"
+        check_table(nested, "Config", f"{where} env GREENBELT__* (from a Secret)", fail)
     server = {**config.get("server", {}), **literal.get("server", {})}
 
     # Probes on the server's real health routes.
@@ -848,6 +870,23 @@ def self_test(rendered: dict[str, list[dict]], fail: Failures) -> int:
         rejected += 1
     else:
         fail.add("self-test", "an invented greenbelt.toml key was accepted")
+    # Variables reach nested tables and array elements; a typo there is caught.
+    good, _ = env_overrides({"env": [
+        {"name": "GREENBELT__SERVER__CONCURRENCY__ALGORITHM", "value": "gradient2"},
+        {"name": "GREENBELT__DEPLOYMENTS__FRAUD__ALIAS", "value": "canary"},
+        {"name": "GREENBELT__SERVER__REQUEST_TIMEOUT", "value": "2s"},
+    ]})
+    inner = Failures()
+    check_table(good, "Config", "self-test", inner)
+    for item in inner.items:
+        fail.add("self-test", f"a valid nested variable was refused: {item}")
+    bad, _ = env_overrides({"env": [{"name": "GREENBELT__DEPLOYMENTS__FRAUD__ALIASS", "value": "x"}]})
+    inner = Failures()
+    check_table(bad, "Config", "self-test", inner)
+    if inner.items:
+        rejected += 1
+    else:
+        fail.add("self-test", "an invented key of a [[deployments]] element was accepted")
     return rejected
 
 
