@@ -178,22 +178,40 @@ pub fn softmax_zero(v: &mut [f32]) {
 /// [0, 1]. NaN stays NaN. Computing the same steps keeps the engine at ONNX
 /// Runtime's bits rather than within an approximation's error of them.
 pub fn logistic_batch(v: &mut [f32]) {
-    struct Run<'a>(&'a mut [f32]);
-    impl WithSimd for Run<'_> {
+    struct Logistic;
+    impl LaneOp for Logistic {
+        #[inline(always)]
+        fn apply<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+            logistic_lanes(simd, x)
+        }
+    }
+    map_lanes::<Logistic>(v);
+}
+
+/// An element-wise function over SIMD lanes.
+trait LaneOp {
+    fn apply<S: Simd>(simd: S, x: S::f32s) -> S::f32s;
+}
+
+/// `O` over every element of `v` in place: whole vectors, then the tail
+/// through a partial load and store, on the best instruction set here.
+fn map_lanes<O: LaneOp>(v: &mut [f32]) {
+    struct Run<'a, O>(&'a mut [f32], std::marker::PhantomData<O>);
+    impl<O: LaneOp> WithSimd for Run<'_, O> {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) {
             let (head, tail) = S::as_mut_simd_f32s(self.0);
             for x in head {
-                *x = logistic_lanes(simd, *x);
+                *x = O::apply(simd, *x);
             }
             if !tail.is_empty() {
                 let x = simd.partial_load_f32s(tail);
-                simd.partial_store_f32s(tail, logistic_lanes(simd, x));
+                simd.partial_store_f32s(tail, O::apply(simd, x));
             }
         }
     }
-    Arch::new().dispatch(Run(v));
+    Arch::new().dispatch(Run::<O>(v, std::marker::PhantomData));
 }
 
 #[inline(always)]
@@ -291,22 +309,14 @@ pub fn softmax_rows(v: &mut [f32], len: usize) {
             *x -= max;
         }
     }
-    struct Exp<'a>(&'a mut [f32]);
-    impl WithSimd for Exp<'_> {
-        type Output = ();
+    struct Exp;
+    impl LaneOp for Exp {
         #[inline(always)]
-        fn with_simd<S: Simd>(self, simd: S) {
-            let (head, tail) = S::as_mut_simd_f32s(self.0);
-            for x in head {
-                *x = exp_nonpositive(simd, *x);
-            }
-            if !tail.is_empty() {
-                let x = simd.partial_load_f32s(tail);
-                simd.partial_store_f32s(tail, exp_nonpositive(simd, x));
-            }
+        fn apply<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+            exp_nonpositive(simd, x)
         }
     }
-    Arch::new().dispatch(Exp(v));
+    map_lanes::<Exp>(v);
     for row in v.chunks_exact_mut(len) {
         let sum: f32 = row.iter().sum();
         // One division per row, as MLAS's softmax scales by 1/sum.
