@@ -42,10 +42,15 @@ def capacity_text(meta: dict, capacity: float, slo: float) -> str:
     if closed is None:
         return (f"Capacity measured closed-loop ({meta.get('concurrency', '?')} connections, "
                 f"{meta.get('capacity_duration_s', 0):.0f} s): **{capacity:.0f} req/s**. ")
-    probes = "; ".join(f"{p['rate']} req/s: {p['verdict']}" for p in meta.get("probes", []))
+    probes = "; ".join(
+        f"{p['rate']} req/s"
+        + (f" ({p['kind']}, {p['seconds']:.0f} s)" if "kind" in p else "")
+        + f": {p['verdict']}"
+        for p in meta.get("probes", []))
     return (f"Capacity is the highest open-loop rate the static server sustains with nothing shed, "
             f"no error and p99 within the {slo:.0f} ms SLO: **{capacity:.0f} req/s**, searched down in "
-            f"{meta.get('probe_duration_s', 0):.0f} s probes from the closed-loop throughput "
+            f"{meta.get('probe_duration_s', 0):.0f} s probes from the closed-loop throughput, a passing "
+            f"probe confirmed by a run as long as the phases "
             f"({meta.get('concurrency', '?')} connections, {meta.get('capacity_duration_s', 0):.0f} s: "
             f"{closed:.0f} req/s; an open loop costs the load generator more per request, and at the "
             f"closed-loop maximum its queue is a random walk). Probes: {probes}. ")

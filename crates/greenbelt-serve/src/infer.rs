@@ -103,6 +103,7 @@ impl AppState {
             limiters: Limiters::new(
                 config.server.concurrency.clone(),
                 config.server.max_inflight,
+                std::time::Duration::from_millis(config.server.queue_budget_ms),
                 config
                     .deployments
                     .iter()
@@ -284,7 +285,7 @@ pub async fn infer(
     .await
     .unwrap_or(Err(ServeError::Timeout(state.executor.timeout)));
     match (&result, limit.as_mut()) {
-        (Ok(_), Some(p)) => p.set_sample(stats.queue + stats.compute),
+        (Ok(_), Some(p)) => p.set_sample(stats.queue + stats.compute, stats.queue),
         (Err(e), p) => overload_outcome(state, &routed, priority, e, p),
         (Ok(_), None) => {}
     }
@@ -347,7 +348,8 @@ fn overload_outcome(
             .overload_shed(&routed.entry.name, "queue_time", priority.as_str());
         if let Some(p) = permit {
             // It waited this long for the model: a sample of the queue.
-            p.set_sample(std::time::Duration::from_millis(*waited_ms));
+            let waited = std::time::Duration::from_millis(*waited_ms);
+            p.set_sample(waited, waited);
         }
         return;
     }

@@ -25,6 +25,16 @@
 //! and learning from that delay would spiral the limit down while the
 //! model itself is idle.
 //!
+//! Gradient2 alone reads any rise of latency over its long-term average as
+//! overload, so at a load the model carries it sheds requests that would
+//! have waited a few milliseconds. Here the queue the operator allows
+//! bounds it from both sides: while requests wait less than
+//! `tolerated_queue` (a quarter of `[server] queue_budget` unless set) for
+//! the model, the limit never falls; when they wait more than twice that
+//! (half the budget), it falls by the largest step whatever the long-term
+//! average says (which, learned during a cold start under overload, would
+//! otherwise let the limit grow until the queue budget sheds instead).
+//!
 //! [`Gradient2`] is a pure state machine: time is an argument, so its tests
 //! run on tokio's paused clock.
 
@@ -137,6 +147,13 @@ pub struct ConcurrencyConfig {
     )]
     #[schemars(with = "String")]
     pub window_ms: u64,
+    /// Queue wait for the model that is not overload: while a window's
+    /// requests waited less than this on average, the limit never falls;
+    /// past twice this it always falls. "0s": a quarter of `[server]
+    /// queue_budget`.
+    #[serde(rename = "tolerated_queue", with = "greenbelt_core::duration::ms")]
+    #[schemars(with = "String")]
+    pub tolerated_queue_ms: u64,
     /// The long-term latency averages over about this many windows.
     pub long_window: usize,
     /// Share of the limit `low` priority requests may use (0 < x <= 1).
@@ -163,6 +180,7 @@ impl Default for ConcurrencyConfig {
             smoothing: 0.2,
             queue_size: 4,
             window_ms: 100,
+            tolerated_queue_ms: 0,
             long_window: 600,
             low_share: 0.5,
             normal_share: 0.9,
@@ -237,6 +255,7 @@ pub struct Gradient2 {
 struct Window {
     started: Instant,
     sum: Duration,
+    queued: Duration,
     samples: u32,
     max_inflight: usize,
 }
@@ -246,6 +265,7 @@ impl Window {
         Window {
             started: now,
             sum: Duration::ZERO,
+            queued: Duration::ZERO,
             samples: 0,
             max_inflight: 0,
         }
@@ -298,25 +318,33 @@ impl Gradient2 {
         (self.limit.floor() as usize).clamp(1, self.max_limit)
     }
 
-    /// One finished request: how long it held its slot, and how many were
-    /// in flight when it started. Returns the new limit when a window
-    /// closed.
-    pub fn sample(&mut self, now: Instant, rtt: Duration, inflight: usize) -> Option<usize> {
+    /// One finished request: how long it held its slot (`rtt`), the part
+    /// of that it waited for the model (`queued`), and how many were in
+    /// flight when it started. Returns the new limit when a window closed.
+    pub fn sample(
+        &mut self,
+        now: Instant,
+        rtt: Duration,
+        queued: Duration,
+        inflight: usize,
+    ) -> Option<usize> {
         let w = &mut self.window;
         w.sum += rtt;
+        w.queued += queued;
         w.samples += 1;
         w.max_inflight = w.max_inflight.max(inflight);
         if now.duration_since(w.started) < Duration::from_millis(self.config.window_ms) {
             return None;
         }
         let short = (w.sum / w.samples.max(1)).as_secs_f64().max(1e-6);
+        let queued = (w.queued / w.samples.max(1)).as_secs_f64();
         let inflight = w.max_inflight;
         self.window = Window::new(now);
-        self.update(short, inflight);
+        self.update(short, queued, inflight);
         Some(self.limit())
     }
 
-    fn update(&mut self, short: f64, inflight: usize) {
+    fn update(&mut self, short: f64, queued: f64, inflight: usize) {
         let mut long = self.long_rtt.add(short);
         // After a slow spell the long average lags far behind: let it
         // catch up faster so the limit can recover.
@@ -324,7 +352,16 @@ impl Gradient2 {
             self.long_rtt.value *= 0.95;
             long = self.long_rtt.value;
         }
-        let gradient = (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0);
+        let tolerated = self.config.tolerated_queue_ms as f64 / 1000.0;
+        let gradient = if tolerated > 0.0 && queued <= tolerated {
+            // Queueing the operator allows: not a reason to shrink.
+            1.0
+        } else if tolerated > 0.0 && queued >= 2.0 * tolerated {
+            // Half the queue budget gone waiting: shrink now.
+            0.5
+        } else {
+            (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0)
+        };
         let estimate = self.limit * gradient + self.config.queue_size as f64;
         let smoothed =
             self.limit * (1.0 - self.config.smoothing) + estimate * self.config.smoothing;
@@ -367,9 +404,10 @@ pub struct LimitPermit {
     started: Instant,
     inflight: usize,
     record: bool,
-    /// The latency to learn from, when the caller measured a better one
-    /// than the time the permit was held.
-    sample: Option<Duration>,
+    /// The latency to learn from and the part of it spent waiting for the
+    /// model, when the caller measured them (else the time the permit was
+    /// held, with no queue).
+    sample: Option<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for LimitPermit {
@@ -388,9 +426,10 @@ impl LimitPermit {
         self.record = false;
     }
 
-    /// Learn from `latency` instead of the time the permit was held.
-    pub fn set_sample(&mut self, latency: Duration) {
-        self.sample = Some(latency);
+    /// Learn from `latency` (of which `queued` waiting for the model)
+    /// instead of the time the permit was held.
+    pub fn set_sample(&mut self, latency: Duration, queued: Duration) {
+        self.sample = Some((latency, queued));
     }
 }
 
@@ -401,11 +440,11 @@ impl Drop for LimitPermit {
             return;
         }
         let now = Instant::now();
-        let rtt = self
+        let (rtt, queued) = self
             .sample
-            .unwrap_or_else(|| now.duration_since(self.started));
+            .unwrap_or_else(|| (now.duration_since(self.started), Duration::ZERO));
         if let Ok(mut a) = self.limiter.algorithm.lock()
-            && let Some(limit) = a.sample(now, rtt, self.inflight)
+            && let Some(limit) = a.sample(now, rtt, queued, self.inflight)
         {
             self.limiter
                 .metrics
@@ -492,12 +531,19 @@ pub struct Limiters {
 }
 
 impl Limiters {
+    /// `queue_budget` is `[server] queue_budget`: a quarter of it is the
+    /// tolerated queue unless the config sets one.
     pub fn new(
-        config: ConcurrencyConfig,
+        mut config: ConcurrencyConfig,
         hard_cap: usize,
+        queue_budget: Duration,
         defaults: HashMap<String, Priority>,
         metrics: Arc<Metrics>,
     ) -> Limiters {
+        if config.tolerated_queue_ms == 0 {
+            let quarter = queue_budget.as_millis() / 4;
+            config.tolerated_queue_ms = u64::try_from(quarter).unwrap_or(u64::MAX).max(1);
+        }
         Limiters {
             config,
             hard_cap,
@@ -590,13 +636,69 @@ mod tests {
     /// Run windows of `n` requests of `rtt` each with `inflight` in flight
     /// on the paused clock, returning the limit after them.
     async fn drive(g: &mut Gradient2, windows: usize, rtt: Duration, inflight: usize) -> usize {
+        drive_queued(g, windows, rtt, Duration::ZERO, inflight).await
+    }
+
+    /// [`drive`], the requests having waited `queued` of their `rtt`.
+    async fn drive_queued(
+        g: &mut Gradient2,
+        windows: usize,
+        rtt: Duration,
+        queued: Duration,
+        inflight: usize,
+    ) -> usize {
         for _ in 0..windows {
             for _ in 0..5 {
                 tokio::time::advance(Duration::from_millis(25)).await;
-                g.sample(Instant::now(), rtt, inflight);
+                g.sample(Instant::now(), rtt, queued, inflight);
             }
         }
         g.limit()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queueing_within_the_tolerated_queue_never_lowers_the_limit() {
+        let tolerant = ConcurrencyConfig {
+            tolerated_queue_ms: 25,
+            ..config()
+        };
+        let mut g = Gradient2::new(tolerant.clone(), 4096, Instant::now());
+        let ms = Duration::from_millis;
+        let learned = drive_queued(&mut g, 20, ms(2), ms(0), 1000).await;
+        // 10x the learned latency, but 20 ms of it is queue: allowed.
+        let l = drive_queued(&mut g, 30, ms(22), ms(20), 1000).await;
+        assert!(l >= learned, "tolerated queue: holds ({learned} -> {l})");
+        // The same latency as plain Gradient2 sees it: it falls.
+        let mut plain = Gradient2::new(config(), 4096, Instant::now());
+        drive_queued(&mut plain, 20, ms(2), ms(0), 1000).await;
+        let p = drive_queued(&mut plain, 30, ms(22), ms(20), 1000).await;
+        assert!(p < learned / 2, "plain Gradient2 falls ({learned} -> {p})");
+        // Over twice the tolerated queue: falls, even when the long-term
+        // average was learned under the same overload (a cold start).
+        let mut cold = Gradient2::new(tolerant, 4096, Instant::now());
+        let start = cold.limit();
+        let l = drive_queued(&mut cold, 30, ms(80), ms(78), 1000).await;
+        assert!(l < start / 2, "half the budget queued: falls ({start} -> {l})");
+    }
+
+    #[test]
+    fn the_tolerated_queue_defaults_to_a_quarter_of_the_queue_budget() {
+        let metrics = Arc::new(Metrics::new());
+        let at = |set: u64| {
+            let l = Limiters::new(
+                ConcurrencyConfig {
+                    tolerated_queue_ms: set,
+                    ..config()
+                },
+                4096,
+                Duration::from_millis(200),
+                HashMap::new(),
+                metrics.clone(),
+            );
+            l.config.tolerated_queue_ms
+        };
+        assert_eq!(at(0), 50);
+        assert_eq!(at(7), 7, "a set value is kept");
     }
 
     #[tokio::test(start_paused = true)]
@@ -652,17 +754,17 @@ mod tests {
     async fn a_window_closes_only_after_window_ms() {
         let mut g = Gradient2::new(config(), 4096, Instant::now());
         assert_eq!(
-            g.sample(Instant::now(), Duration::from_millis(1), 100),
+            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100),
             None
         );
         tokio::time::advance(Duration::from_millis(99)).await;
         assert_eq!(
-            g.sample(Instant::now(), Duration::from_millis(1), 100),
+            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100),
             None
         );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(
-            g.sample(Instant::now(), Duration::from_millis(1), 100)
+            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100)
                 .is_some()
         );
     }
@@ -676,6 +778,7 @@ mod tests {
                 ..config()
             },
             4096,
+            Duration::from_secs(5),
             HashMap::new(),
             metrics.clone(),
         );
