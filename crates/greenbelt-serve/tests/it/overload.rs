@@ -67,7 +67,7 @@ async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 async fn the_adaptive_limit_drops_under_a_slow_model_and_recovers() {
     let mut s = start(
         |_| {},
-        "allow_fault_injection = true\ncompute_threads = 2\n[server.concurrency]\nalgorithm = \"gradient2\"\ninitial_limit = 40\nmin_limit = 2\nwindow_ms = 50\n",
+        "allow_fault_injection = true\ncompute_threads = 2\n[server.concurrency]\nalgorithm = \"gradient2\"\ninitial_limit = 40\nmin_limit = 2\nwindow_ms = 50\ntolerated_queue = \"10ms\"\n",
     )
     .await;
     install(&s, "m", None);
