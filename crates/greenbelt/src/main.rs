@@ -21,6 +21,11 @@ mod slo_cmd;
 
 use std::path::PathBuf;
 
+/// The allocator (see the `mimalloc` feature in Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use greenbelt_app::App;
 use greenbelt_serve::Config;
