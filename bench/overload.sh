@@ -24,6 +24,9 @@
 #   OVERLOAD_CONCURRENCY  closed-loop connections of the first capacity run (default 32)
 #   OVERLOAD_PROBE_DURATION  seconds of each open-loop capacity probe (default 15)
 #   OVERLOAD_PROBE_STEP   percent the probe rate steps down by (default 5)
+#   OVERLOAD_CONFIGS      the configurations, in order (default "static adaptive")
+#   OVERLOAD_CAPACITY     skip the search and use this rate as capacity (for
+#                         tuning runs; the docs are then not written)
 #   OVERLOAD_OUTSTANDING  open-loop bound on outstanding requests (default 2000)
 #   OVERLOAD_SLO_MS       latency SLO of the deployment = request timeout (default 200)
 #   OVERLOAD_DOCS         1: write docs/benchmarks.md; 0: never (default: 1 when DURATION >= 60)
@@ -114,9 +117,10 @@ TOML
 # The static baseline: the in-flight cap only (no per-model limit, no
 # queue budget beyond the request timeout).
 write_config static "$port" $'queue_budget = "'"$slo_ms"$'ms"\n[server.concurrency]\nalgorithm = "off"'
-# Adaptive: Gradient2 per model; a request that waited half its budget for
-# compute is shed before it runs.
-write_config adaptive "$((port + 1))" "queue_budget = \"$((slo_ms / 2))ms\""$'\n[server.concurrency]\nalgorithm = "gradient2"'
+# Adaptive: the same queue budget, and Gradient2 per model with its
+# default tolerated queue (a quarter of the budget): the limit is the only
+# difference between the two.
+write_config adaptive "$((port + 1))" $'queue_budget = "'"$slo_ms"$'ms"\n[server.concurrency]\nalgorithm = "gradient2"'
 
 # wait_ready NAME PORT PID: wait until the server is ready.
 wait_ready() {
@@ -159,8 +163,11 @@ json.dump(res, open(sys.argv[1], "w"), indent=2)
 PY
 }
 
-capacity=""
-for name in static adaptive; do
+capacity="${OVERLOAD_CAPACITY:-}"
+closed=0
+probes="[]"
+[[ -n "$capacity" ]] && docs=0
+for name in ${OVERLOAD_CONFIGS:-static adaptive}; do
     p="$port"; [[ "$name" == adaptive ]] && p="$((port + 1))"
     "$gb" serve --config "$work/$name.toml" >"$out/$name.log" 2>&1 &
     pid=$!

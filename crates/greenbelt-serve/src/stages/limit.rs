@@ -30,10 +30,11 @@
 //! have waited a few milliseconds. Here the queue the operator allows
 //! bounds it from both sides: while requests wait less than
 //! `tolerated_queue` (a quarter of `[server] queue_budget` unless set) for
-//! the model, the limit never falls; when they wait more than twice that
-//! (half the budget), it falls by the largest step whatever the long-term
-//! average says (which, learned during a cold start under overload, would
-//! otherwise let the limit grow until the queue budget sheds instead).
+//! the model, the limit never falls; past it, it falls by at least a step
+//! that grows with the excess; at twice it (half the budget), by the largest
+//! step whatever the long-term average says (which, learned during a cold
+//! start under overload, would otherwise let the limit grow until the
+//! queue budget sheds instead).
 //!
 //! [`Gradient2`] is a pure state machine: time is an argument, so its tests
 //! run on tokio's paused clock.
@@ -149,8 +150,8 @@ pub struct ConcurrencyConfig {
     pub window_ms: u64,
     /// Queue wait for the model that is not overload: while a window's
     /// requests waited less than this on average, the limit never falls;
-    /// past twice this it always falls. "0s": a quarter of `[server]
-    /// queue_budget`.
+    /// past it the limit falls by a step that grows with the excess, the
+    /// largest at twice this. "0s": a quarter of `[server] queue_budget`.
     #[serde(rename = "tolerated_queue", with = "greenbelt_core::duration::ms")]
     #[schemars(with = "String")]
     pub tolerated_queue_ms: u64,
@@ -357,18 +358,34 @@ impl Gradient2 {
             // Queueing the operator allows: not a reason to shrink.
             1.0
         } else if tolerated > 0.0 && queued >= 2.0 * tolerated {
-            // Half the queue budget gone waiting: shrink now.
+            // Twice the tolerated queue (the whole budget by default): shrink
+            // by the largest step.
             0.5
         } else {
-            (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0)
+            let gradient2 = (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0);
+            if tolerated > 0.0 {
+                // Past the tolerated queue the step grows with the excess,
+                // from none to the largest at twice it: a short burst
+                // trims the limit, it does not halve it.
+                gradient2.max(1.0 - 0.5 * (queued - tolerated) / tolerated)
+            } else {
+                gradient2
+            }
         };
         let estimate = self.limit * gradient + self.config.queue_size as f64;
         let smoothed =
             self.limit * (1.0 - self.config.smoothing) + estimate * self.config.smoothing;
-        // Not using the limit (app-limited): no reason to grow it. Unlike
-        // Netflix's Gradient2 a latency rise still lowers it, so a model
-        // that turns slow under a limit it never filled is caught too.
-        if smoothed > self.limit && (inflight as f64) < self.limit / 2.0 {
+        // Not using the limit (app-limited): no reason to grow it past
+        // where it started. Below that it recovers even unused: at a load
+        // the model carries, each burst past the tolerated queue trims the
+        // limit, and a limit that only fell would end up shedding the next
+        // burst. Unlike Netflix's Gradient2 a latency rise still lowers it,
+        // so a model that turns slow under a limit it never filled is
+        // caught too.
+        if smoothed > self.limit
+            && (inflight as f64) < self.limit / 2.0
+            && self.limit >= self.config.initial_limit as f64
+        {
             return;
         }
         self.limit = smoothed.clamp(
@@ -678,7 +695,10 @@ mod tests {
         let mut cold = Gradient2::new(tolerant, 4096, Instant::now());
         let start = cold.limit();
         let l = drive_queued(&mut cold, 30, ms(80), ms(78), 1000).await;
-        assert!(l < start / 2, "half the budget queued: falls ({start} -> {l})");
+        assert!(
+            l < start / 2,
+            "half the budget queued: falls ({start} -> {l})"
+        );
     }
 
     #[test]
@@ -727,6 +747,8 @@ mod tests {
         assert_eq!(l, 20, "3 in flight of 20: no reason to grow");
         let l = drive(&mut g, 10, Duration::from_millis(50), 3).await;
         assert!(l < 20, "latency rose: falls even when app-limited ({l})");
+        let l = drive(&mut g, 300, Duration::from_millis(5), 3).await;
+        assert_eq!(l, 20, "calm again: back to where it started, not past it");
     }
 
     #[tokio::test(start_paused = true)]
@@ -754,18 +776,33 @@ mod tests {
     async fn a_window_closes_only_after_window_ms() {
         let mut g = Gradient2::new(config(), 4096, Instant::now());
         assert_eq!(
-            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100),
+            g.sample(
+                Instant::now(),
+                Duration::from_millis(1),
+                Duration::ZERO,
+                100
+            ),
             None
         );
         tokio::time::advance(Duration::from_millis(99)).await;
         assert_eq!(
-            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100),
+            g.sample(
+                Instant::now(),
+                Duration::from_millis(1),
+                Duration::ZERO,
+                100
+            ),
             None
         );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(
-            g.sample(Instant::now(), Duration::from_millis(1), Duration::ZERO, 100)
-                .is_some()
+            g.sample(
+                Instant::now(),
+                Duration::from_millis(1),
+                Duration::ZERO,
+                100
+            )
+            .is_some()
         );
     }
 
