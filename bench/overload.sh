@@ -186,7 +186,6 @@ for name in ${OVERLOAD_CONFIGS:-static adaptive}; do
         closed="$("$python" -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput_rps"]))' "$work/capacity.json")"
         (( closed > 0 )) || { say "measured capacity is 0; see $work/capacity.json"; exit 1; }
         say "capacity: closed loop $closed req/s; searching the highest sustained open-loop rate"
-        probes="[]"
         # probe RATE SECONDS KIND: one open-loop run judged; sets $verdict.
         probe() {
             bench_json "$p" --rate "$1" --concurrency "$outstanding" --duration "$2" >"$work/probe.json" || true

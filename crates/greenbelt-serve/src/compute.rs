@@ -42,11 +42,10 @@ fn timed_wall<R>(f: impl FnOnce() -> R) -> (R, Duration) {
 
 /// Run `f`, measuring its wall and thread CPU time.
 fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration, Duration) {
-    let start = Instant::now();
     let cpu = crate::cost::meter::thread_cpu();
-    let r = f();
+    let (r, wall) = timed_wall(f);
     let cpu = crate::cost::meter::thread_cpu().saturating_sub(cpu);
-    (r, start.elapsed(), cpu)
+    (r, wall, cpu)
 }
 
 /// How long a request may wait for compute before it is shed

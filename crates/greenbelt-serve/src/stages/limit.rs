@@ -353,24 +353,22 @@ impl Gradient2 {
             self.long_rtt.value *= 0.95;
             long = self.long_rtt.value;
         }
+        let gradient2 = (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0);
         let tolerated = self.config.tolerated_queue_ms as f64 / 1000.0;
-        let gradient = if tolerated > 0.0 && queued <= tolerated {
-            // Queueing the operator allows: not a reason to shrink.
-            1.0
-        } else if tolerated > 0.0 && queued >= 2.0 * tolerated {
-            // Twice the tolerated queue (the whole budget by default): shrink
-            // by the largest step.
-            0.5
-        } else {
-            let gradient2 = (self.config.rtt_tolerance * long / short).clamp(0.5, 1.0);
-            if tolerated > 0.0 {
-                // Past the tolerated queue the step grows with the excess,
-                // from none to the largest at twice it: a short burst
-                // trims the limit, it does not halve it.
-                gradient2.max(1.0 - 0.5 * (queued - tolerated) / tolerated)
+        let gradient = if tolerated > 0.0 {
+            // Within the tolerated queue no step (queueing the operator
+            // allows); past it a step that grows with the excess, so a
+            // short burst trims the limit rather than halving it; at twice
+            // it (half the budget by default) the largest step, whatever
+            // Gradient2 says.
+            let excess = ((queued - tolerated) / tolerated).max(0.0);
+            if excess >= 1.0 {
+                0.5
             } else {
-                gradient2
+                gradient2.max(1.0 - 0.5 * excess)
             }
+        } else {
+            gradient2
         };
         let estimate = self.limit * gradient + self.config.queue_size as f64;
         let smoothed =
@@ -868,6 +866,18 @@ mod tests {
             Priority::of_request(&h, Priority::Low).unwrap(),
             Priority::High
         );
+    }
+
+    #[test]
+    fn a_tolerated_queue_that_is_not_a_duration_is_refused_with_the_fix() {
+        let ok: ConcurrencyConfig = toml::from_str("tolerated_queue = \"40ms\"").unwrap();
+        assert_eq!(ok.tolerated_queue_ms, 40);
+        for bad in ["\"soon\"", "-5", "\"1500us\""] {
+            let e = toml::from_str::<ConcurrencyConfig>(&format!("tolerated_queue = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("tolerated_queue"), "{bad}: {e}");
+        }
     }
 
     #[test]
