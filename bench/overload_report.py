@@ -53,7 +53,19 @@ def capacity_text(meta: dict, capacity: float, slo: float) -> str:
             f"probe confirmed by a run as long as the phases "
             f"({meta.get('concurrency', '?')} connections, {meta.get('capacity_duration_s', 0):.0f} s: "
             f"{closed:.0f} req/s; an open loop costs the load generator more per request, and at the "
-            f"closed-loop maximum its queue is a random walk). Probes: {probes}. ")
+            f"closed-loop maximum its queue is a random walk). Probes: {probes}. "
+            + rechecks_text(meta))
+
+
+def rechecks_text(meta: dict) -> str:
+    """The 1x reruns of the first server that stepped capacity down."""
+    rechecks = meta.get("rechecks") or []
+    if not rechecks:
+        return ("The first server's 1x run, right before the others, confirmed the rate "
+                "again. ")
+    steps = "; ".join(f"{r['rate']} req/s: {r['verdict']}" for r in rechecks)
+    return ("The first server's 1x run did not sustain the rate again minutes later "
+            f"(this machine drifts), so capacity stepped down: {steps}. ")
 
 
 def render(res: dict) -> str:

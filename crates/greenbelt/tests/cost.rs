@@ -178,8 +178,13 @@ async fn a_live_server_under_load_accounts_for_its_cost() {
     for run in [&fraud, &ranker] {
         assert!(run["requests"].as_u64().unwrap() > 100, "{run}");
         let cost = &run["cost"];
+        // The ledger is read while the load runs (after the warm-up), so the
+        // requests in flight at that moment fall on either side of it: the
+        // two counts agree to within the connections, not exactly.
+        let in_flight = 2 * run["concurrency"].as_u64().unwrap();
         assert!(
-            cost["usage"]["predictions"].as_u64().unwrap() >= run["requests"].as_u64().unwrap(),
+            cost["usage"]["predictions"].as_u64().unwrap() + in_flight
+                >= run["requests"].as_u64().unwrap(),
             "{run}"
         );
         assert!(

@@ -8,10 +8,14 @@
 //! - the binary classifier cases (one class carrying every weight, one or two
 //!   base values) give the labels and score columns ONNX Runtime gives.
 //!
-//! Layout: every tree's nodes in one flat array of 16-byte (f32) nodes, child
-//! links as absolute indices, leaves carrying their first weight inline.
-//! Rows are scored in blocks: trees outer, rows inner, so a tree's nodes stay
-//! in cache while a block of rows walks it.
+//! Layout: every tree's branches in one flat array of 16-byte (f32) nodes,
+//! laid out depth-first from each root with the true child right after its
+//! parent; leaves in an array of their own (a child link with the top bit set
+//! names a leaf), carrying their first weight inline, so the walk touches
+//! only branches. Rows are scored in blocks: trees outer, rows inner, so a
+//! tree's branches stay in cache while a block of rows walks it; within a
+//! block, [`LANES`] rows walk a tree in lockstep, so the loads of their next
+//! nodes are in flight together instead of one row's miss after another's.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -38,7 +42,10 @@ const MISSING_TRUE: u8 = 8;
 
 /// Rows scored together per pass over the trees.
 const BLOCK: usize = 128;
+/// Rows that walk one tree in lockstep.
+const LANES: usize = 8;
 
+/// A node as the operator's attributes describe it, before the layout.
 #[derive(Debug, Clone, Copy)]
 struct Node<T> {
     /// Threshold of a branch; first weight of a leaf; set index of MEMBER.
@@ -49,6 +56,49 @@ struct Node<T> {
     /// Branch: the false child. Leaf: number of weights.
     b: u32,
     flags: u8,
+}
+
+/// A child link with this bit set names a leaf (the rest is its index).
+const LEAF_BIT: u32 = 1 << 31;
+/// `Branch::key`: the feature in the low bits, then the mode, then the
+/// missing-value track.
+const FEATURE_MASK: u32 = (1 << 27) - 1;
+const MODE_SHIFT: u32 = 27;
+const MISSING_KEY: u32 = 1 << 30;
+
+/// A branch as the walk reads it: 16 bytes in f32.
+#[derive(Debug, Clone, Copy)]
+struct Branch<T> {
+    /// The threshold; the set index of a MEMBER branch.
+    value: T,
+    key: u32,
+    yes: u32,
+    no: u32,
+}
+
+impl<T: Num> Branch<T> {
+    #[inline(always)]
+    fn feature(&self) -> usize {
+        (self.key & FEATURE_MASK) as usize
+    }
+
+    #[inline(always)]
+    fn mode(&self) -> u8 {
+        ((self.key >> MODE_SHIFT) & u32::from(MODE)) as u8
+    }
+
+    #[inline(always)]
+    fn missing_true(&self) -> bool {
+        self.key & MISSING_KEY != 0
+    }
+}
+
+/// A leaf: its first weight inline, and where all of its weights are.
+#[derive(Debug, Clone, Copy)]
+struct Leaf<T> {
+    value: T,
+    start: u32,
+    count: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +134,9 @@ struct Spec {
 
 /// A built ensemble in one float type.
 struct Forest<T> {
-    nodes: Vec<Node<T>>,
+    branches: Vec<Branch<T>>,
+    leaves: Vec<Leaf<T>>,
+    /// Child links (a tree can be a single leaf).
     roots: Vec<u32>,
     weights: Vec<(u32, T)>,
     members: Vec<MemberSet<T>>,
@@ -408,6 +460,9 @@ impl Spec {
 
     fn build<T: Num>(&self, ctx_name: &str) -> Result<Forest<T>, String> {
         let n = self.mode.len();
+        if n >= LEAF_BIT as usize {
+            return Err(format!("{ctx_name}: {n} nodes, more than the engine holds"));
+        }
         let mut index: HashMap<(i64, i64), u32> = HashMap::with_capacity(n);
         for i in 0..n {
             if index.insert((self.tree[i], self.id[i]), i as u32).is_some() {
@@ -437,9 +492,13 @@ impl Spec {
             if mode != LEAF {
                 let f = usize::try_from(self.feature[i])
                     .map_err(|_| format!("{ctx_name}: negative feature id"))?;
+                if f > FEATURE_MASK as usize {
+                    return Err(format!(
+                        "{ctx_name}: feature id {f} too large (at most {FEATURE_MASK})"
+                    ));
+                }
                 max_feature = max_feature.max(f);
-                node.feature =
-                    u32::try_from(f).map_err(|_| format!("{ctx_name}: feature id too large"))?;
+                node.feature = f as u32;
                 let find = |id: i64, which: &str| {
                     index.get(&(self.tree[i], id)).copied().ok_or_else(|| {
                         format!(
@@ -544,8 +603,10 @@ impl Spec {
             Some(m) if branch_modes.iter().all(|x| x == m) && *m != MEMBER => Some(*m),
             _ => None,
         };
+        let (branches, leaves, roots) = layout(&nodes, &roots);
         Ok(Forest {
-            nodes,
+            branches,
+            leaves,
             roots,
             weights,
             members,
@@ -555,6 +616,59 @@ impl Spec {
             max_feature,
         })
     }
+}
+
+/// The walk's layout of checked, acyclic trees: per tree, depth-first from
+/// the root with the true child first, so a branch's true child is the next
+/// branch; leaves apart. A node shared by several parents is laid out once;
+/// nodes no root reaches are left out.
+fn layout<T: Num>(nodes: &[Node<T>], roots: &[u32]) -> (Vec<Branch<T>>, Vec<Leaf<T>>, Vec<u32>) {
+    const UNSET: u32 = u32::MAX;
+    let mut id = vec![UNSET; nodes.len()];
+    let mut branches = Vec::new();
+    let mut leaves = Vec::new();
+    let mut stack = Vec::new();
+    for r in roots {
+        stack.push(*r);
+        while let Some(i) = stack.pop() {
+            let i = i as usize;
+            if id[i] != UNSET {
+                continue;
+            }
+            let node = nodes[i];
+            if node.flags & MODE == LEAF {
+                id[i] = LEAF_BIT | leaves.len() as u32;
+                leaves.push(Leaf {
+                    value: node.value,
+                    start: node.a,
+                    count: node.b,
+                });
+            } else {
+                id[i] = branches.len() as u32;
+                branches.push(Branch {
+                    value: node.value,
+                    key: node.feature
+                        | u32::from(node.flags & MODE) << MODE_SHIFT
+                        | if node.flags & MISSING_TRUE != 0 {
+                            MISSING_KEY
+                        } else {
+                            0
+                        },
+                    // the original children until every node has its place
+                    yes: node.a,
+                    no: node.b,
+                });
+                stack.push(node.b);
+                stack.push(node.a);
+            }
+        }
+    }
+    for b in &mut branches {
+        b.yes = id[b.yes as usize];
+        b.no = id[b.no as usize];
+    }
+    let roots = roots.iter().map(|r| id[*r as usize]).collect();
+    (branches, leaves, roots)
 }
 
 /// A BRANCH_MEMBER set. ONNX Runtime tests categories as integers: when
@@ -607,36 +721,78 @@ fn goes_true<T: Num>(mode: u8, v: T, th: T) -> bool {
 }
 
 impl<T: Num> Forest<T> {
+    /// The child a branch sends row `x` to, for one branch mode everywhere.
+    #[inline(always)]
+    fn step_same<const M: u8, const MISSING: bool>(b: &Branch<T>, x: &[T]) -> u32 {
+        let v = x[b.feature()];
+        let t = goes_true(M, v, b.value) || (MISSING && b.missing_true() && v.is_nan());
+        if t { b.yes } else { b.no }
+    }
+
+    #[inline(always)]
+    fn leaf(&self, link: u32) -> &Leaf<T> {
+        &self.leaves[(link & !LEAF_BIT) as usize]
+    }
+
     /// The leaf row `x` reaches from `root`, for one branch mode everywhere.
     #[inline(always)]
-    fn walk_same<const M: u8, const MISSING: bool>(&self, root: u32, x: &[T]) -> &Node<T> {
-        let mut n = &self.nodes[root as usize];
-        while n.flags & MODE != LEAF {
-            let v = x[n.feature as usize];
-            let t =
-                goes_true(M, v, n.value) || (MISSING && n.flags & MISSING_TRUE != 0 && v.is_nan());
-            n = &self.nodes[if t { n.a } else { n.b } as usize];
+    fn walk_same<const M: u8, const MISSING: bool>(&self, root: u32, x: &[T]) -> &Leaf<T> {
+        let mut i = root;
+        while i & LEAF_BIT == 0 {
+            i = Self::step_same::<M, MISSING>(&self.branches[i as usize], x);
         }
-        n
+        self.leaf(i)
+    }
+
+    /// The leaves [`LANES`] rows starting at `row` reach from `root`, walked
+    /// in lockstep: every step advances each row still on a branch, so the
+    /// rows' node loads overlap. Branch-free per lane: a row already at its
+    /// leaf re-reads branch 0 and keeps its link.
+    #[inline(always)]
+    fn walk_lanes<const M: u8, const MISSING: bool>(
+        &self,
+        root: u32,
+        x: &[T],
+        cols: usize,
+        row: usize,
+    ) -> [u32; LANES] {
+        let mut at = [root; LANES];
+        if root & LEAF_BIT != 0 {
+            return at;
+        }
+        let xs: [&[T]; LANES] = std::array::from_fn(|l| &x[(row + l) * cols..(row + l + 1) * cols]);
+        loop {
+            let mut done = LEAF_BIT;
+            for (link, xr) in at.iter_mut().zip(xs) {
+                let i = *link;
+                let on_branch = i & LEAF_BIT == 0;
+                let b = &self.branches[if on_branch { i } else { 0 } as usize];
+                let next = Self::step_same::<M, MISSING>(b, xr);
+                *link = if on_branch { next } else { i };
+                done &= *link;
+            }
+            if done != 0 {
+                return at;
+            }
+        }
     }
 
     /// The leaf row `x` reaches from `root`, any mix of modes.
-    fn walk_mixed(&self, root: u32, x: &[T]) -> &Node<T> {
-        let mut n = &self.nodes[root as usize];
-        loop {
-            let mode = n.flags & MODE;
-            if mode == LEAF {
-                return n;
-            }
-            let v = x[n.feature as usize];
+    fn walk_mixed(&self, root: u32, x: &[T]) -> &Leaf<T> {
+        let mut i = root;
+        while i & LEAF_BIT == 0 {
+            let b = &self.branches[i as usize];
+            let v = x[b.feature()];
+            let mode = b.mode();
             let hit = if mode == MEMBER {
-                self.members[n.value.to_usize()].contains(v)
+                self.members[b.value.to_usize()].contains(v)
             } else {
-                goes_true(mode, v, n.value)
+                goes_true(mode, v, b.value)
             };
-            let t = hit || (n.flags & MISSING_TRUE != 0 && v.is_nan());
-            n = &self.nodes[if t { n.a } else { n.b } as usize];
+            let t = hit || (b.missing_true() && v.is_nan());
+            i = if t { b.yes } else { b.no };
         }
+        self.leaf(i)
     }
 
     /// Visit the leaf each row of a block reaches in each tree: trees outer,
@@ -646,12 +802,20 @@ impl<T: Num> Forest<T> {
         x: &[T],
         cols: usize,
         rows: std::ops::Range<usize>,
-        mut f: impl FnMut(usize, &Node<T>),
+        mut f: impl FnMut(usize, &Leaf<T>),
     ) {
         macro_rules! run {
             ($m:expr, $miss:expr) => {
                 for r in &self.roots {
-                    for row in rows.clone() {
+                    let mut row = rows.start;
+                    while row + LANES <= rows.end {
+                        let at = self.walk_lanes::<{ $m }, { $miss }>(*r, x, cols, row);
+                        for (l, link) in at.iter().enumerate() {
+                            f(row + l, self.leaf(*link));
+                        }
+                        row += LANES;
+                    }
+                    for row in row..rows.end {
                         let xr = &x[row * cols..(row + 1) * cols];
                         f(row, self.walk_same::<{ $m }, { $miss }>(*r, xr));
                     }
@@ -709,7 +873,7 @@ impl<T: Num> Forest<T> {
         }
         self.for_each_leaf(x, cols, rows, |row, leaf| {
             let base = (row - start) * k;
-            let ws = &self.weights[leaf.a as usize..(leaf.a + leaf.b) as usize];
+            let ws = &self.weights[leaf.start as usize..(leaf.start + leaf.count) as usize];
             for (t, w) in ws {
                 let s = &mut acc[base + *t as usize];
                 match agg {

@@ -324,3 +324,43 @@ fn equal_to_onnx_runtime_on_the_tabular_test_set() {
     }
     run_cases(cases, &[]);
 }
+
+/// A batch walks each tree several rows in lockstep; a single row takes the
+/// plain walk. Every model of the test set (the tree ensembles with NaN and
+/// threshold-edge inputs among them) must give the same bits both ways.
+#[test]
+fn a_batch_scores_exactly_as_its_rows_one_at_a_time() {
+    let cases = tabular_cases();
+    assert!(!cases.is_empty(), "fixtures/tabular/golden is empty");
+    let bits = |t: &Tensor| format!("{:?} {:?}", t.shape, t.data);
+    for c in &cases {
+        let Ok(m) = NativeModel::load(&c.model) else {
+            continue;
+        };
+        let batch = m.infer(&c.inputs).unwrap();
+        let rows = c.inputs[0].rows();
+        assert!(
+            rows > 8,
+            "{}: too few rows to fill the lockstep lanes",
+            c.name
+        );
+        let one_by_one: Vec<Vec<Tensor>> = (0..rows)
+            .map(|r| {
+                let row: Vec<Tensor> = c
+                    .inputs
+                    .iter()
+                    .map(|t| {
+                        let mut parts = t.split(&[r, 1, rows - r - 1]).unwrap();
+                        parts.swap_remove(1)
+                    })
+                    .collect();
+                m.infer(&row).unwrap()
+            })
+            .collect();
+        for (i, out) in batch.iter().enumerate() {
+            let parts: Vec<&Tensor> = one_by_one.iter().map(|o| &o[i]).collect();
+            let joined = Tensor::concat(&parts).unwrap();
+            assert_eq!(bits(out), bits(&joined), "{}: output {}", c.name, out.name);
+        }
+    }
+}
