@@ -10,7 +10,7 @@
 //! prediction and counts it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenbelt_core::{Signature, Tensor, TensorData};
@@ -125,8 +125,10 @@ struct Ring {
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<String, Recorded>,
-    order: VecDeque<(String, Instant)>,
+    /// The map and the expiry queue share each id: one allocation per
+    /// recorded prediction, not one per structure.
+    by_id: HashMap<Arc<str>, Recorded>,
+    order: VecDeque<(Arc<str>, Instant)>,
     versions: BTreeMap<u64, Ring>,
 }
 
@@ -209,8 +211,9 @@ impl LabelStore {
             };
             inner.by_id.remove(&old);
         }
+        let key: Arc<str> = Arc::from(id);
         let previous = inner.by_id.insert(
-            id.to_string(),
+            key.clone(),
             Recorded {
                 version,
                 task,
@@ -219,18 +222,20 @@ impl LabelStore {
             },
         );
         if previous.is_none() {
-            inner.order.push_back((id.to_string(), now));
+            inner.order.push_back((key, now));
         }
         true
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
-        while let Some((id, at)) = inner.order.front() {
-            if now.saturating_duration_since(*at) <= self.retention {
+        while inner
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > self.retention)
+        {
+            let Some((id, _)) = inner.order.pop_front() else {
                 break;
-            }
-            let id = id.clone();
-            inner.order.pop_front();
+            };
             // Re-recorded under the same id later: keep the newer one.
             if inner
                 .by_id
@@ -262,7 +267,7 @@ impl LabelStore {
         self.expire(&mut inner, now);
         let mut touched = Vec::new();
         for l in labels {
-            let Some(rec) = inner.by_id.remove(&l.id) else {
+            let Some(rec) = inner.by_id.remove(l.id.as_str()) else {
                 out.unknown += 1;
                 continue;
             };
