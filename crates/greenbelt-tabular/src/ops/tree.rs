@@ -791,7 +791,7 @@ impl<T: Num> Forest<T> {
             } else {
                 goes_true(mode, v, b.value)
             };
-            let t = hit || (b.missing_true() && v.is_nan());
+            let t = hit | (b.missing_true() & v.is_nan());
             i = if t { b.yes } else { b.no };
         }
         self.leaf(i)
