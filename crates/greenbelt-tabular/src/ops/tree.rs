@@ -1325,3 +1325,66 @@ impl Kernel for Classifier {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tree 0: `x0 <= 0.5 ? (x1 <= 0.5 ? L1 : L10) : (x1 <= 0.5 ? L10 : L100)`
+    /// where both branches share the leaf worth 10 (a DAG, as ONNX allows);
+    /// tree 1 is a single leaf worth 1000.
+    fn shared_leaf(feature0: i64) -> Spec {
+        Spec {
+            tree: vec![0, 0, 0, 0, 0, 0, 1],
+            id: vec![0, 1, 2, 3, 4, 5, 0],
+            feature: vec![feature0, 1, 1, 0, 0, 0, 0],
+            mode: vec![LEQ, LEQ, LEQ, LEAF, LEAF, LEAF, LEAF],
+            value: vec![0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0],
+            true_id: vec![1, 3, 4, 0, 0, 0, 0],
+            false_id: vec![2, 4, 5, 0, 0, 0, 0],
+            missing_true: vec![false; 7],
+            members: HashMap::new(),
+            w_tree: vec![0, 0, 0, 1],
+            w_node: vec![3, 4, 5, 0],
+            w_target: vec![0; 4],
+            w_value: vec![1.0, 10.0, 100.0, 1000.0],
+            base: Vec::new(),
+            targets: 1,
+            aggregate: Aggregate::Sum,
+            post: Post::None,
+        }
+    }
+
+    #[test]
+    fn a_shared_leaf_and_a_one_leaf_tree_score_the_same_in_lanes_and_alone() {
+        let forest = shared_leaf(0).build::<f32>("test").unwrap();
+        assert_eq!(forest.branches.len(), 3, "three branches");
+        assert_eq!(forest.leaves.len(), 4, "the shared leaf is laid out once");
+        // 21 rows: two groups of LANES and a tail of 5 walk alone.
+        let rows = 2 * LANES + 5;
+        let x: Vec<f32> = (0..rows)
+            .flat_map(|r| [(r % 2) as f32, ((r / 2) % 2) as f32])
+            .collect();
+        let mut acc = vec![(0.0f32, false); rows];
+        forest.accumulate(Aggregate::Sum, 1, &x, 2, 0..rows, &mut acc);
+        for (r, (score, has)) in acc.iter().enumerate() {
+            let (x0, x1) = (x[2 * r], x[2 * r + 1]);
+            let tree0 = match (x0 <= 0.5, x1 <= 0.5) {
+                (true, true) => 1.0,
+                (false, false) => 100.0,
+                _ => 10.0,
+            };
+            assert!(*has);
+            assert_eq!(*score, tree0 + 1000.0, "row {r}: x = ({x0}, {x1})");
+        }
+    }
+
+    #[test]
+    fn a_feature_id_past_what_a_branch_packs_is_a_load_error() {
+        let Err(e) = shared_leaf(1 << 27).build::<f32>("node \"t\"") else {
+            panic!("a feature id of 2^27 was accepted");
+        };
+        assert!(e.contains("feature id 134217728 too large"), "{e}");
+        assert!(shared_leaf((1 << 27) - 1).build::<f32>("t").is_ok());
+    }
+}
