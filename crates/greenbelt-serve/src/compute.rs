@@ -116,29 +116,12 @@ impl Compute {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        let queued = Instant::now();
-        let acquire = self.permits.clone().acquire_owned();
-        let permit = match budget {
-            None => acquire.await,
-            Some(b) => match tokio::time::timeout_at(b.deadline, acquire).await {
-                Ok(p) => p,
-                Err(_) => return Err(b.error(Instant::now())),
-            },
-        }
-        .map_err(|_| ServeError::ShuttingDown)?;
-        let wait = queued.elapsed();
         if inline {
-            let (r, compute) = timed_wall(f);
-            drop(permit);
-            return Ok((
-                r,
-                Timing {
-                    wait,
-                    compute,
-                    cpu: compute,
-                },
-            ));
+            return self.run_inline(budget, f).await;
         }
+        let queued = Instant::now();
+        let permit = within(budget, self.permits.clone().acquire_owned()).await?;
+        let wait = queued.elapsed();
         let handle = tokio::task::spawn_blocking(move || {
             let done = timed(f);
             drop(permit);
@@ -149,6 +132,45 @@ impl Compute {
             .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))?;
         Ok((r, Timing { wait, compute, cpu }))
     }
+
+    /// Run `f` on the calling task's thread once it holds a slot (for calls
+    /// of a few microseconds; see [`InlineHint`]). It borrows `f`'s inputs
+    /// and the slot: no reference count is touched, which two cores running
+    /// requests would otherwise bounce between them on every call.
+    pub async fn run_inline<R>(
+        &self,
+        budget: Option<QueueBudget>,
+        f: impl FnOnce() -> R,
+    ) -> Result<(R, Timing), ServeError> {
+        let queued = Instant::now();
+        let permit = within(budget, self.permits.acquire()).await?;
+        let wait = queued.elapsed();
+        let (r, compute) = timed_wall(f);
+        drop(permit);
+        Ok((
+            r,
+            Timing {
+                wait,
+                compute,
+                cpu: compute,
+            },
+        ))
+    }
+}
+
+/// A compute slot, waited for at most until the budget's deadline.
+async fn within<P>(
+    budget: Option<QueueBudget>,
+    acquire: impl Future<Output = Result<P, tokio::sync::AcquireError>>,
+) -> Result<P, ServeError> {
+    match budget {
+        None => acquire.await,
+        Some(b) => match tokio::time::timeout_at(b.deadline, acquire).await {
+            Ok(p) => p,
+            Err(_) => return Err(b.error(Instant::now())),
+        },
+    }
+    .map_err(|_| ServeError::ShuttingDown)
 }
 
 /// Whether a version's calls are cheap enough to run on the async worker

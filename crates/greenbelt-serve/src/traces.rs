@@ -575,12 +575,13 @@ impl TraceIds {
     /// `traceparent` / `traceresponse` to send back: the same trace, our
     /// server span, our sampling decision.
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        let mut h = String::with_capacity(55);
+        h.push_str("00-");
+        crate::telemetry::push_hex(&mut h, &self.trace_id.to_bytes());
+        h.push('-');
+        crate::telemetry::push_hex(&mut h, &self.span_id.to_bytes());
+        h.push_str(if self.sampled { "-01" } else { "-00" });
+        h
     }
 }
 
@@ -612,6 +613,10 @@ mod tests {
         ));
         assert!(!unsampled.sampled);
         assert!(unsampled.header().ends_with("-00"));
+        assert_eq!(
+            unsampled.header(),
+            format!("00-{}-{}-00", unsampled.trace_id, unsampled.span_id)
+        );
     }
 
     #[test]

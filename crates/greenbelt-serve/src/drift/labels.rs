@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenbelt_core::{Signature, Tensor, TensorData};
-use greenbelt_drift::model::{Task, argmax};
+use greenbelt_drift::model::Task;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -69,34 +69,57 @@ impl PredictionSpec {
             (Task::Classification, [_, k, ..]) if *k > 0 => *k as usize,
             _ => 1,
         };
-        // Only the rows that are kept are copied.
-        let keep = max_rows.saturating_mul(per_row);
-        let values: Vec<f64> = match &t.data {
-            TensorData::Fp32(v) => v.iter().take(keep).map(|x| f64::from(*x)).collect(),
-            TensorData::Fp64(v) => v.iter().take(keep).copied().collect(),
-            _ => return None,
-        };
-        Some(
-            values
-                .chunks(per_row)
-                .take(max_rows)
-                .map(|row| match (self.task, per_row) {
+        // Only the rows that are kept are read, straight from the tensor.
+        match &t.data {
+            TensorData::Fp32(v) => Some(self.each_row(v, per_row, max_rows)),
+            TensorData::Fp64(v) => Some(self.each_row(v, per_row, max_rows)),
+            _ => None,
+        }
+    }
+
+    fn each_row<T: Copy + Into<f64>>(
+        &self,
+        values: &[T],
+        per_row: usize,
+        max_rows: usize,
+    ) -> Vec<Prediction> {
+        values
+            .chunks(per_row)
+            .take(max_rows)
+            .map(|row| {
+                let at = |i: usize| row.get(i).map_or(f64::NAN, |x| (*x).into());
+                match (self.task, per_row) {
                     (Task::Regression, _) | (Task::Classification, 1) => Prediction {
                         class: None,
-                        score: row.first().copied().unwrap_or(f64::NAN),
+                        score: at(0),
                     },
                     (Task::Classification, 2) => Prediction {
-                        class: Some(argmax(row) as u32),
-                        score: row.get(1).copied().unwrap_or(f64::NAN),
+                        class: Some(argmax(row)),
+                        score: at(1),
                     },
                     (Task::Classification, _) => Prediction {
-                        class: Some(argmax(row) as u32),
-                        score: row.iter().copied().fold(f64::NAN, f64::max),
+                        class: Some(argmax(row)),
+                        score: row.iter().map(|x| (*x).into()).fold(f64::NAN, f64::max),
                     },
-                })
-                .collect(),
-        )
+                }
+            })
+            .collect()
     }
+}
+
+/// The first index of the largest value (as
+/// [`greenbelt_drift::model::argmax`], on the tensor's own element type).
+fn argmax<T: Copy + Into<f64>>(row: &[T]) -> u32 {
+    let mut best = 0;
+    let mut top = row.first().map_or(f64::NAN, |x| (*x).into());
+    for (i, x) in row.iter().enumerate() {
+        let v: f64 = (*x).into();
+        if v > top {
+            best = i;
+            top = v;
+        }
+    }
+    best as u32
 }
 
 /// One row's prediction.
@@ -381,6 +404,89 @@ mod tests {
             class: Some(u32::from(score >= 0.5)),
             score,
         }
+    }
+
+    #[test]
+    fn predictions_are_read_straight_from_each_output_type() {
+        let spec = |output: &str, task| PredictionSpec {
+            output: output.into(),
+            task,
+        };
+        let t = |name: &str, shape: Vec<i64>, data| Tensor::new(name, shape, data).unwrap();
+        // Binary: the positive column is the score, the larger the class.
+        let binary = [t(
+            "probabilities",
+            vec![3, 2],
+            TensorData::Fp32(vec![0.9, 0.1, 0.25, 0.75, f32::NAN, 0.5]),
+        )];
+        let got = spec("probabilities", Task::Classification)
+            .rows(&binary, 10)
+            .unwrap();
+        assert_eq!(
+            got[0],
+            Prediction {
+                class: Some(0),
+                score: 0.1f32.into()
+            }
+        );
+        assert_eq!(
+            got[1],
+            Prediction {
+                class: Some(1),
+                score: 0.75
+            }
+        );
+        // A NaN first column: argmax keeps index 0 (as greenbelt_drift's does).
+        assert_eq!(got[2].class, Some(0));
+        assert_eq!(got[2].score, 0.5);
+        // Bounded by max_rows: only the kept rows are read.
+        assert_eq!(
+            spec("probabilities", Task::Classification)
+                .rows(&binary, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        // More classes: the predicted class and its probability; fp64.
+        let multi = [t(
+            "p",
+            vec![2, 3],
+            TensorData::Fp64(vec![0.2, 0.5, 0.3, 0.6, 0.1, 0.3]),
+        )];
+        let got = spec("p", Task::Classification).rows(&multi, 10).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Prediction {
+                    class: Some(1),
+                    score: 0.5
+                },
+                Prediction {
+                    class: Some(0),
+                    score: 0.6
+                },
+            ]
+        );
+        // Regression: one value per row, no class.
+        let reg = [t("y", vec![2], TensorData::Fp32(vec![1.5, -2.0]))];
+        let got = spec("y", Task::Regression).rows(&reg, 10).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Prediction {
+                    class: None,
+                    score: 1.5
+                },
+                Prediction {
+                    class: None,
+                    score: -2.0
+                },
+            ]
+        );
+        // Not a float output, or no such output: nothing to join.
+        let ints = [t("y", vec![1], TensorData::Int64(vec![1]))];
+        assert!(spec("y", Task::Regression).rows(&ints, 10).is_none());
+        assert!(spec("z", Task::Regression).rows(&reg, 10).is_none());
     }
 
     #[test]

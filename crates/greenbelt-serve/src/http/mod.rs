@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -340,30 +340,17 @@ async fn version_ready(
 async fn infer_latest(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    caller: Option<Extension<Caller>>,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
-    handle_infer(state, model, None, headers, caller, body, INFER_ROUTE).await
+    handle_infer(state, model, None, req, INFER_ROUTE).await
 }
 
 async fn infer_version(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    caller: Option<Extension<Caller>>,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
-    handle_infer(
-        state,
-        model,
-        Some(version),
-        headers,
-        caller,
-        body,
-        INFER_VERSION_ROUTE,
-    )
-    .await
+    handle_infer(state, model, Some(version), req, INFER_VERSION_ROUTE).await
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -417,22 +404,19 @@ async fn admit_and_decode(
     Ok((permit, req, body.len()))
 }
 
+/// The request is taken whole, not through the `HeaderMap` and `Extension`
+/// extractors: they clone, and its headers and caller move into the
+/// request's context instead.
 async fn handle_infer(
     state: Arc<AppState>,
     model: String,
     version: Option<String>,
-    headers: HeaderMap,
-    caller: Option<Extension<Caller>>,
-    body: Body,
+    req: axum::extract::Request,
     route: &'static str,
 ) -> Response {
-    let mut ctx = RequestContext::new(
-        Protocol::Rest,
-        route,
-        headers,
-        caller.and_then(|Extension(c)| c.0),
-        &state.traces,
-    );
+    let (mut parts, body) = req.into_parts();
+    let caller = parts.extensions.remove::<Caller>().and_then(|c| c.0);
+    let mut ctx = RequestContext::new(Protocol::Rest, route, parts.headers, caller, &state.traces);
     let mut resp = match admit_and_decode(&state, &mut ctx, body).await {
         Err(e) => {
             state.reject(&ctx, &model, &e);
@@ -658,11 +642,14 @@ pub async fn api_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Inference has its own metrics; its path is not even copied.
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let Some(route) = route.filter(|r| !r.ends_with("/infer")) else {
+        .map(|p| p.as_str())
+        .filter(|r| !r.ends_with("/infer"))
+        .map(str::to_owned);
+    let Some(route) = route else {
         return next.run(req).await;
     };
     let method = req.method().clone();

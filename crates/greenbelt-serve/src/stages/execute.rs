@@ -66,12 +66,17 @@ impl Executor {
                 })
             }
             None => {
-                let runtime = served.runtime.clone();
-                let inline = runtime.inline_safe() && served.inline.inline(rows);
-                let (result, timing) = self
-                    .compute
-                    .run_within(budget, inline, move || runtime.infer(&inputs))
-                    .await?;
+                let inline = served.runtime.inline_safe() && served.inline.inline(rows);
+                let (result, timing) = if inline {
+                    self.compute
+                        .run_inline(budget, || served.runtime.infer(&inputs))
+                        .await?
+                } else {
+                    let runtime = served.runtime.clone();
+                    self.compute
+                        .run_within(budget, false, move || runtime.infer(&inputs))
+                        .await?
+                };
                 served
                     .metrics
                     .cost()

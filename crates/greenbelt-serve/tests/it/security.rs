@@ -274,6 +274,40 @@ async fn half_a_request_or_an_idle_connection_does_not_hold_a_connection() {
     s.stop().await;
 }
 
+/// The idle timer re-arms lazily (from the last byte moved, when it fires):
+/// a keep-alive connection that sends a request every 200 ms outlives three
+/// idle periods of 500 ms, and is closed once it falls silent.
+#[tokio::test]
+async fn a_busy_connection_outlives_the_idle_timeout_and_a_silent_one_does_not() {
+    let mut s = start(logreg, "idle_timeout_ms = 500\nrequest_timeout_ms = 500\n").await;
+    let http = s.http.trim_start_matches("http://").to_string();
+    let mut c = TcpStream::connect(&http).await.unwrap();
+    let mut buf = [0u8; 1024];
+    for i in 0..8 {
+        c.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "request {i} on a connection busy for {} ms",
+            i * 200
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let silent = tokio::time::Instant::now();
+    assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed {waited:?} after the last answer, before the idle timeout"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let mut s = start(logreg, "max_connections = 2\n").await;
