@@ -184,12 +184,17 @@ impl ModelProfile {
     }
 }
 
-/// The index of the largest value (the first on ties; 0 for an empty row).
-pub fn argmax(row: &[f64]) -> usize {
+/// The index of the largest value (the first on ties; 0 for an empty row),
+/// on any element type that widens to `f64` (an fp32 output is read in
+/// place, not copied first).
+pub fn argmax<T: Copy + Into<f64>>(row: &[T]) -> usize {
     let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
+    let mut top = row.first().map_or(f64::NAN, |x| (*x).into());
+    for (i, x) in row.iter().enumerate() {
+        let v: f64 = (*x).into();
+        if v > top {
             best = i;
+            top = v;
         }
     }
     best

@@ -364,7 +364,7 @@ async fn run_batch(
     let merged = merge(&batch);
     let result = match merged {
         Ok(inputs) => compute
-            .run_within(budget, false, move || model.infer(&inputs))
+            .run_within(budget, move || model.infer(&inputs))
             .await
             .and_then(|(r, t)| r.map(|o| (o, t)).map_err(ServeError::from)),
         Err(e) => Err(e),

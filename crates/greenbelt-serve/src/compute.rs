@@ -99,26 +99,21 @@ impl Compute {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        self.run_within(None, false, f).await
+        self.run_within(None, f).await
     }
 
     /// [`Compute::run`], shedding with [`ServeError::QueueTimeout`] (and
     /// never running `f`) when no slot frees before the budget's deadline.
-    /// With `inline`, `f` runs on the calling task's thread once it holds a
-    /// slot (for calls of a few microseconds; see [`InlineHint`]).
+    /// [`Compute::run_inline`] is the same on the calling task's thread.
     pub async fn run_within<R, F>(
         &self,
         budget: Option<QueueBudget>,
-        inline: bool,
         f: F,
     ) -> Result<(R, Timing), ServeError>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        if inline {
-            return self.run_inline(budget, f).await;
-        }
         let queued = Instant::now();
         let permit = within(budget, self.permits.clone().acquire_owned()).await?;
         let wait = queued.elapsed();
@@ -359,18 +354,18 @@ mod tests {
     #[tokio::test]
     async fn an_inline_call_counts_its_wall_time_as_its_cpu() {
         let c = Compute::new(1);
-        let (_, t) = c.run_within(None, true, || 1).await.unwrap();
+        let (_, t) = c.run_inline(None, || 1).await.unwrap();
         assert_eq!(t.cpu, t.compute);
     }
 
     #[tokio::test]
     async fn an_inline_call_still_holds_a_slot_and_reports_its_timing() {
         let c = Compute::new(1);
-        let (r, t) = c.run_within(None, true, || 6 * 7).await.unwrap();
+        let (r, t) = c.run_inline(None, || 6 * 7).await.unwrap();
         assert_eq!(r, 42);
         assert!(t.compute < Duration::from_secs(1));
         // The slot was released: a second call runs.
-        let (r, _) = c.run_within(None, false, || 1).await.unwrap();
+        let (r, _) = c.run_within(None, || 1).await.unwrap();
         assert_eq!(r, 1);
     }
 

@@ -280,19 +280,14 @@ pub fn predict(
         }
     }
     if task == Task::Classification && out.classes.is_none() {
-        out.classes = Some(out.values.chunks(out.width.max(1)).map(argmax).collect());
+        out.classes = Some(
+            out.values
+                .chunks(out.width.max(1))
+                .map(|row| greenbelt_drift::model::argmax(row) as f64)
+                .collect(),
+        );
     }
     Ok(out)
-}
-
-fn argmax(row: &[f64]) -> f64 {
-    let mut best = 0usize;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as f64
 }
 
 /// Holdout metrics of `p`: for two-class probabilities and 0/1 labels every

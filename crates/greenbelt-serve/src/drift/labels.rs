@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenbelt_core::{Signature, Tensor, TensorData};
-use greenbelt_drift::model::Task;
+use greenbelt_drift::model::{Task, argmax};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -94,32 +94,17 @@ impl PredictionSpec {
                         score: at(0),
                     },
                     (Task::Classification, 2) => Prediction {
-                        class: Some(argmax(row)),
+                        class: Some(argmax(row) as u32),
                         score: at(1),
                     },
                     (Task::Classification, _) => Prediction {
-                        class: Some(argmax(row)),
+                        class: Some(argmax(row) as u32),
                         score: row.iter().map(|x| (*x).into()).fold(f64::NAN, f64::max),
                     },
                 }
             })
             .collect()
     }
-}
-
-/// The first index of the largest value (as
-/// [`greenbelt_drift::model::argmax`], on the tensor's own element type).
-fn argmax<T: Copy + Into<f64>>(row: &[T]) -> u32 {
-    let mut best = 0;
-    let mut top = row.first().map_or(f64::NAN, |x| (*x).into());
-    for (i, x) in row.iter().enumerate() {
-        let v: f64 = (*x).into();
-        if v > top {
-            best = i;
-            top = v;
-        }
-    }
-    best as u32
 }
 
 /// One row's prediction.

@@ -74,7 +74,7 @@ impl Executor {
                 } else {
                     let runtime = served.runtime.clone();
                     self.compute
-                        .run_within(budget, false, move || runtime.infer(&inputs))
+                        .run_within(budget, move || runtime.infer(&inputs))
                         .await?
                 };
                 served
