@@ -5,11 +5,13 @@
 //! closed until someone decides otherwise.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::{Either, Ready, ready};
 
 use crate::{Auth, AuthError, Principal, Role};
 
@@ -91,16 +93,63 @@ pub fn reject(e: &AuthError) -> Response {
     resp
 }
 
-/// The layer: authenticate, apply [`policy`], hand the [`Caller`] on.
+/// The layer as an axum `from_fn` middleware (for routers built apart).
 pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    match admit(&auth, &mut req) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused,
+    }
+}
+
+/// The layer as a plain tower layer: the check is synchronous, so a
+/// request pays no boxed future and no clone of the service behind it.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Auth>);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            auth: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    auth: Arc<Auth>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for AuthService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match admit(&self.auth, &mut req) {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(refused) => Either::Left(ready(Ok(refused))),
+        }
+    }
+}
+
+/// Authenticate, apply [`policy`], hand the [`Caller`] on: the request
+/// goes on (`Ok`), or the refusal is the answer.
+fn admit(auth: &Auth, req: &mut Request) -> Result<(), Response> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not text>"));
-    let who = match auth.authenticate(presented) {
-        Ok(w) => w,
-        Err(e) => return reject(&e),
-    };
+    let who = auth.authenticate(presented).map_err(|e| reject(&e))?;
     let checked = match policy(req.method(), req.uri().path()) {
         Need::Public => Ok(()),
         Need::Role(role) => auth.require(who.as_ref(), role).map(|_| ()),
@@ -115,7 +164,7 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: N
             error = %e,
             "refused"
         );
-        return reject(&e);
+        return Err(reject(&e));
     }
     let caller = match who {
         Some(p) => Some(p),
@@ -123,7 +172,7 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: N
         None => None,
     };
     req.extensions_mut().insert(Caller(caller));
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

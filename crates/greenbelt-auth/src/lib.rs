@@ -23,7 +23,7 @@ mod layer;
 use sha2::{Digest, Sha256};
 
 pub use config::{AuthConfig, ModelControl, TokenSpec, TokensFile};
-pub use layer::{Caller, middleware, policy};
+pub use layer::{AuthLayer, AuthService, Caller, middleware, policy};
 
 /// What a token may do.
 #[derive(

@@ -40,20 +40,77 @@ pub fn decode_text(
     text: &str,
     budget: &mut Budget<'_>,
 ) -> Result<TensorData, CoreError> {
-    budget.charge_elements(name, datatype, count)?;
+    let mut error = None;
+    let mut de = serde_json::Deserializer::from_str(text);
     // Every element but the last takes at least two bytes of text ("0,"):
     // reserve no more than the text can hold, so a short body with a huge
     // shape costs nothing.
-    let capacity = count.min(text.len() / 2 + 1);
-    let mut sink = Sink::new(name, datatype, count, capacity, budget);
-    let mut de = serde_json::Deserializer::from_str(text);
-    let result = Elements {
-        sink: &mut sink,
-        depth: 0,
+    let seed = DataSeed {
+        name,
+        datatype,
+        count,
+        text_len: text.len(),
+        budget,
+        error: &mut error,
+    };
+    match seed.deserialize(&mut de).and_then(|d| de.end().map(|()| d)) {
+        Ok(d) => Ok(d),
+        Err(e) => Err(error.unwrap_or_else(|| not_an_array(name, &e))),
     }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
-    sink.finish(result)
+}
+
+fn not_an_array(name: &str, e: &dyn fmt::Display) -> CoreError {
+    CoreError::invalid(format!(
+        "input \"{name}\": \"data\" is not a valid array of values: {e}"
+    ))
+}
+
+/// [`decode_text`] as a seed, for a decoder that reads a request's `data`
+/// in the same pass as the rest of its JSON: the value under the
+/// deserializer is decoded into `count` elements of `datatype`, charged to
+/// `budget` first. `text_len` bounds what is reserved up front (the text
+/// the value lies in: its elements take two bytes each at least). On
+/// failure `error` holds the error in full (serde's error is only text).
+pub struct DataSeed<'b, 'l> {
+    pub name: &'b str,
+    pub datatype: DataType,
+    pub count: usize,
+    pub text_len: usize,
+    pub budget: &'b mut Budget<'l>,
+    pub error: &'b mut Option<CoreError>,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_, '_> {
+    type Value = TensorData;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TensorData, D::Error> {
+        if let Err(e) = self
+            .budget
+            .charge_elements(self.name, self.datatype, self.count)
+        {
+            let msg = e.to_string();
+            *self.error = Some(e);
+            return Err(de::Error::custom(msg));
+        }
+        let capacity = self.count.min(self.text_len / 2 + 1);
+        let mut sink = Sink::new(self.name, self.datatype, self.count, capacity, self.budget);
+        let result = Elements {
+            sink: &mut sink,
+            depth: 0,
+        }
+        .deserialize(d);
+        match result {
+            Ok(()) => Ok(sink.out),
+            Err(e) => {
+                *self.error = Some(
+                    sink.error
+                        .take()
+                        .unwrap_or_else(|| not_an_array(self.name, &e)),
+                );
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Where decoded elements go, and the first error in full (serde's error
@@ -187,12 +244,10 @@ impl<'b, 'l> Sink<'b, 'l> {
     fn finish(mut self, result: Result<(), serde_json::Error>) -> Result<TensorData, CoreError> {
         match result {
             Ok(()) => Ok(self.out),
-            Err(e) => Err(self.error.take().unwrap_or_else(|| {
-                CoreError::invalid(format!(
-                    "input \"{}\": \"data\" is not a valid array of values: {e}",
-                    self.name
-                ))
-            })),
+            Err(e) => Err(self
+                .error
+                .take()
+                .unwrap_or_else(|| not_an_array(self.name, &e))),
         }
     }
 }

@@ -298,45 +298,64 @@ pub fn format(r: &Record, text: bool, buf: &mut Vec<u8>) {
         buf.push(b'\n');
         return;
     }
-    let _ = write!(
-        buf,
-        "{{\"timestamp\":\"{at}\",\"level\":\"INFO\",\"message\":\"infer\",\"request_id\":"
-    );
+    // The JSON line is built from parts (integers by `itoa`), not through
+    // `fmt`: this thread formats every request the server answers.
+    let _ = write!(buf, "{{\"timestamp\":\"{at}\"");
+    buf.extend_from_slice(b",\"level\":\"INFO\",\"message\":\"infer\",\"request_id\":");
     json_str(buf, &r.request_id);
-    let _ = write!(buf, ",\"trace_id\":\"{}\"", r.trace_id);
-    let _ = write!(buf, ",\"protocol\":\"{}\",\"model\":", r.protocol);
+    buf.extend_from_slice(b",\"trace_id\":\"");
+    for b in r.trace_id.to_bytes() {
+        buf.extend_from_slice(&crate::telemetry::hex_byte(b));
+    }
+    buf.extend_from_slice(b"\",\"protocol\":\"");
+    buf.extend_from_slice(r.protocol.as_bytes());
+    buf.extend_from_slice(b"\",\"model\":");
     json_str(buf, model);
     buf.extend_from_slice(b",\"version\":");
     json_str(buf, r.version.as_deref().unwrap_or(""));
-    let _ = write!(
-        buf,
-        ",\"track\":\"{}\",\"outcome\":\"{}\"",
-        r.track, r.outcome
-    );
+    buf.extend_from_slice(b",\"track\":\"");
+    buf.extend_from_slice(r.track.as_bytes());
+    buf.extend_from_slice(b"\",\"outcome\":\"");
+    buf.extend_from_slice(r.outcome.as_bytes());
+    buf.push(b'"');
+    let mut n = itoa::Buffer::new();
+    let mut field = |buf: &mut Vec<u8>, name: &[u8], value: usize| {
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(n.format(value).as_bytes());
+    };
     match &r.error {
         None => {
-            let _ = write!(
-                buf,
-                ",\"latency_ms\":{},\"queue_ms\":{},\"compute_ms\":{},\"rows\":{},\"batch_rows\":{},\"request_bytes\":{},\"response_bytes\":{}",
-                ms(r.latency),
-                ms(r.queue),
-                ms(r.compute),
-                r.rows,
-                r.batch_rows,
-                r.request_bytes,
-                r.response_bytes
-            );
+            millis_field(buf, b",\"latency_ms\":", r.latency);
+            millis_field(buf, b",\"queue_ms\":", r.queue);
+            millis_field(buf, b",\"compute_ms\":", r.compute);
+            field(buf, b",\"rows\":", r.rows);
+            field(buf, b",\"batch_rows\":", r.batch_rows);
+            field(buf, b",\"request_bytes\":", r.request_bytes);
+            field(buf, b",\"response_bytes\":", r.response_bytes);
         }
         Some((status, error)) => {
-            let _ = write!(
-                buf,
-                ",\"status\":{status},\"latency_ms\":{},\"error\":",
-                ms(r.latency)
-            );
+            field(buf, b",\"status\":", usize::from(*status));
+            millis_field(buf, b",\"latency_ms\":", r.latency);
+            buf.extend_from_slice(b",\"error\":");
             json_str(buf, error);
         }
     }
     buf.extend_from_slice(b",\"target\":\"greenbelt::request\"}\n");
+}
+
+/// `name` then the duration as [`Millis`] writes it, without `fmt`.
+fn millis_field(buf: &mut Vec<u8>, name: &[u8], d: Duration) {
+    let us = d.as_micros();
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(n.format(us / 1000).as_bytes());
+    let frac = (us % 1000) as u16;
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 /// A duration in milliseconds with microsecond precision (`1.5 ms` is
@@ -406,6 +425,20 @@ mod tests {
         assert_eq!(show(Duration::from_micros(1500)), "1.500");
         assert_eq!(show(Duration::from_secs(61)), "61000.000");
         assert_eq!(show(Duration::ZERO), "0.000");
+        // The JSON layout's writer prints the same.
+        for d in [
+            498_488,
+            1_500_000,
+            61_000_000_000,
+            0,
+            7_007_000,
+            12_345_678_901,
+        ] {
+            let d = Duration::from_nanos(d);
+            let mut buf = Vec::new();
+            millis_field(&mut buf, b"x=", d);
+            assert_eq!(String::from_utf8(buf).unwrap(), format!("x={}", show(d)));
+        }
     }
 
     #[test]

@@ -193,15 +193,16 @@ impl Server {
         if let Some(extra) = self.extra {
             router = router.merge(extra);
         }
+        // API metrics (outside auth, so refusals count) on every route but
+        // inference, which has metrics of its own.
+        let auth = greenbelt_auth::AuthLayer(self.state.auth.clone());
         let router = router
-            .layer(axum::middleware::from_fn_with_state(
-                self.state.auth.clone(),
-                greenbelt_auth::middleware,
-            ))
+            .layer(auth.clone())
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.metrics.clone(),
                 crate::http::api_metrics,
-            ));
+            ))
+            .merge(crate::http::infer_router(self.state.clone()).layer(auth));
         let limits = ConnLimits::from_config(&self.state.config.server);
         let drain = Duration::from_millis(self.state.config.server.drain_timeout_ms);
         let http = tokio::spawn(crate::listen::serve_http(

@@ -19,11 +19,17 @@ pub fn request_id(header: Option<&str>) -> String {
 /// Append `bytes` as lowercase hex: what `{:x}` prints for them, without
 /// the formatting machinery (ids and trace headers are built per request).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        let [hi, lo] = hex_byte(*b);
+        out.push(char::from(hi));
+        out.push(char::from(lo));
     }
+}
+
+/// One byte's two lowercase hex digits.
+pub fn hex_byte(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]
 }
 
 #[cfg(test)]

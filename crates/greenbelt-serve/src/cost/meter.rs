@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// One request in this many (per thread) has its decode and encode CPU
 /// measured; each measurement stands for this many requests.
-pub const SAMPLE: u32 = 16;
+pub const SAMPLE: u32 = 64;
 
 fn duration(t: rustix::time::Timespec) -> Duration {
     Duration::new(

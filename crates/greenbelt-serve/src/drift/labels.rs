@@ -9,8 +9,10 @@
 //! Recording never waits: a store busy with a label batch drops the
 //! prediction and counts it.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use greenbelt_core::{Signature, Tensor, TensorData};
@@ -64,17 +66,32 @@ impl PredictionSpec {
     /// Per row: the positive-class score (binary), the predicted class
     /// (more classes; stored as its index) or the value (regression).
     pub fn rows(&self, outputs: &[Tensor], max_rows: usize) -> Option<Vec<Prediction>> {
-        let t = outputs.iter().find(|t| t.name == self.output)?;
+        let mut out = Vec::new();
+        self.rows_into(outputs, max_rows, &mut out).then_some(out)
+    }
+
+    /// [`PredictionSpec::rows`] appended to `out`; false when the outputs
+    /// hold no float tensor of that name.
+    pub fn rows_into(
+        &self,
+        outputs: &[Tensor],
+        max_rows: usize,
+        out: &mut Vec<Prediction>,
+    ) -> bool {
+        let Some(t) = outputs.iter().find(|t| t.name == self.output) else {
+            return false;
+        };
         let per_row = match (self.task, t.shape.as_slice()) {
             (Task::Classification, [_, k, ..]) if *k > 0 => *k as usize,
             _ => 1,
         };
         // Only the rows that are kept are read, straight from the tensor.
         match &t.data {
-            TensorData::Fp32(v) => Some(self.each_row(v, per_row, max_rows)),
-            TensorData::Fp64(v) => Some(self.each_row(v, per_row, max_rows)),
-            _ => None,
+            TensorData::Fp32(v) => self.each_row(v, per_row, max_rows, out),
+            TensorData::Fp64(v) => self.each_row(v, per_row, max_rows, out),
+            _ => return false,
         }
+        true
     }
 
     fn each_row<T: Copy + Into<f64>>(
@@ -82,28 +99,25 @@ impl PredictionSpec {
         values: &[T],
         per_row: usize,
         max_rows: usize,
-    ) -> Vec<Prediction> {
-        values
-            .chunks(per_row)
-            .take(max_rows)
-            .map(|row| {
-                let at = |i: usize| row.get(i).map_or(f64::NAN, |x| (*x).into());
-                match (self.task, per_row) {
-                    (Task::Regression, _) | (Task::Classification, 1) => Prediction {
-                        class: None,
-                        score: at(0),
-                    },
-                    (Task::Classification, 2) => Prediction {
-                        class: Some(argmax(row) as u32),
-                        score: at(1),
-                    },
-                    (Task::Classification, _) => Prediction {
-                        class: Some(argmax(row) as u32),
-                        score: row.iter().map(|x| (*x).into()).fold(f64::NAN, f64::max),
-                    },
-                }
-            })
-            .collect()
+        out: &mut Vec<Prediction>,
+    ) {
+        out.extend(values.chunks(per_row).take(max_rows).map(|row| {
+            let at = |i: usize| row.get(i).map_or(f64::NAN, |x| (*x).into());
+            match (self.task, per_row) {
+                (Task::Regression, _) | (Task::Classification, 1) => Prediction {
+                    class: None,
+                    score: at(0),
+                },
+                (Task::Classification, 2) => Prediction {
+                    class: Some(argmax(row) as u32),
+                    score: at(1),
+                },
+                (Task::Classification, _) => Prediction {
+                    class: Some(argmax(row) as u32),
+                    score: row.iter().map(|x| (*x).into()).fold(f64::NAN, f64::max),
+                },
+            }
+        }));
     }
 }
 
@@ -117,7 +131,15 @@ pub struct Prediction {
     pub score: f64,
 }
 
-struct Recorded {
+/// One recorded prediction, in the store's ring. A slot's `id` and `rows`
+/// keep their buffers when it is reused, so recording allocates nothing
+/// once the ring has gone round.
+struct Slot {
+    /// The id's keyed hash (the index's key).
+    key: u64,
+    /// False once joined, expired, or recorded again under the same id.
+    live: bool,
+    id: String,
     version: u64,
     task: Task,
     rows: Vec<Prediction>,
@@ -131,13 +153,106 @@ struct Ring {
     pairs: VecDeque<(Prediction, f64)>,
 }
 
-#[derive(Default)]
+/// The predictions in the order they were recorded, in a ring of at most
+/// `capacity` slots (grown as needed, then reused oldest first), and an
+/// index from each id's keyed hash to the sequence number of its slot.
+/// Recording costs one hash of the id and two index probes, where a map
+/// keyed by the id string cost an allocation per id, a rehash of the
+/// evicted id and frees of memory long out of cache.
 struct Inner {
-    /// The map and the expiry queue share each id: one allocation per
-    /// recorded prediction, not one per structure.
-    by_id: HashMap<Arc<str>, Recorded>,
-    order: VecDeque<(Arc<str>, Instant)>,
+    slots: Vec<Slot>,
+    /// The sequence number the next prediction gets; slot `seq % capacity`.
+    next: u64,
+    /// Slots in use, counted back from `next` (live or not).
+    held: usize,
+    /// Live predictions.
+    live: usize,
+    /// The keys are SipHash outputs under this process's random key, so a
+    /// client cannot aim ids at one bucket: the index hashes them no further.
+    index: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
+    ids: RandomState,
     versions: BTreeMap<u64, Ring>,
+}
+
+/// The identity hash, for keys that are already keyed hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            slots: Vec::new(),
+            next: 0,
+            held: 0,
+            live: 0,
+            index: HashMap::default(),
+            ids: RandomState::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+
+    fn pos(&self, seq: u64, capacity: usize) -> usize {
+        (seq % capacity as u64) as usize
+    }
+
+    /// The live slot recorded under `id`, if any.
+    fn find(&self, id: &str, capacity: usize) -> Option<(u64, usize)> {
+        let key = self.ids.hash_one(id);
+        let seq = *self.index.get(&key)?;
+        let pos = self.pos(seq, capacity);
+        let slot = self.slots.get(pos)?;
+        // A different id under the same 64-bit hash is not a match.
+        (slot.live && slot.id == id).then_some((key, pos))
+    }
+
+    /// Retire the slot at `pos`: out of the index (if the index still
+    /// points at it) and no longer live.
+    fn retire(&mut self, pos: usize, seq: u64) {
+        let Some(slot) = self.slots.get_mut(pos) else {
+            return;
+        };
+        if !slot.live {
+            return;
+        }
+        slot.live = false;
+        self.live -= 1;
+        if self.index.get(&slot.key) == Some(&seq) {
+            self.index.remove(&slot.key);
+        }
+    }
+
+    /// Free the oldest slot.
+    fn pop_oldest(&mut self, capacity: usize) {
+        if self.held == 0 {
+            return;
+        }
+        let seq = self.next - self.held as u64;
+        self.retire(self.pos(seq, capacity), seq);
+        self.held -= 1;
+    }
+
+    fn oldest_at(&self, capacity: usize) -> Option<Instant> {
+        if self.held == 0 {
+            return None;
+        }
+        let seq = self.next - self.held as u64;
+        self.slots.get(self.pos(seq, capacity)).map(|s| s.at)
+    }
 }
 
 /// The rolling quality metrics of one version.
@@ -192,7 +307,7 @@ pub struct LabelStore {
 impl LabelStore {
     pub fn new(capacity: usize, retention: Duration, window: usize) -> LabelStore {
         LabelStore {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner::new()),
             capacity: capacity.max(1),
             retention,
             window: window.max(1),
@@ -209,55 +324,86 @@ impl LabelStore {
         rows: Vec<Prediction>,
         now: Instant,
     ) -> bool {
-        let Ok(mut inner) = self.inner.try_lock() else {
+        self.record_with(id, version, task, now, |out| {
+            out.extend(rows);
+            true
+        })
+    }
+
+    /// [`LabelStore::record`] with the rows written by `fill` into the
+    /// slot's own buffer (emptied first); `fill` returning false records
+    /// nothing. Returns false only when the store was busy.
+    pub fn record_with(
+        &self,
+        id: &str,
+        version: u64,
+        task: Task,
+        now: Instant,
+        fill: impl FnOnce(&mut Vec<Prediction>) -> bool,
+    ) -> bool {
+        let Ok(mut guard) = self.inner.try_lock() else {
             return false;
         };
-        self.expire(&mut inner, now);
-        while inner.by_id.len() >= self.capacity {
-            let Some((old, _)) = inner.order.pop_front() else {
-                break;
-            };
-            inner.by_id.remove(&old);
+        let inner = &mut *guard;
+        let capacity = self.capacity;
+        self.expire(inner, now);
+        if inner.held >= capacity {
+            inner.pop_oldest(capacity);
         }
-        let key: Arc<str> = Arc::from(id);
-        let previous = inner.by_id.insert(
-            key.clone(),
-            Recorded {
-                version,
+        let seq = inner.next;
+        let pos = inner.pos(seq, capacity);
+        if pos == inner.slots.len() {
+            inner.slots.push(Slot {
+                key: 0,
+                live: false,
+                id: String::new(),
+                version: 0,
                 task,
-                rows,
+                rows: Vec::new(),
                 at: now,
-            },
-        );
-        if previous.is_none() {
-            inner.order.push_back((key, now));
+            });
+        }
+        let key = inner.ids.hash_one(id);
+        let Some(slot) = inner.slots.get_mut(pos) else {
+            return true;
+        };
+        slot.rows.clear();
+        if !fill(&mut slot.rows) {
+            return true;
+        }
+        slot.id.clear();
+        slot.id.push_str(id);
+        slot.key = key;
+        slot.live = true;
+        slot.version = version;
+        slot.task = task;
+        slot.at = now;
+        inner.next += 1;
+        inner.held += 1;
+        inner.live += 1;
+        // Re-recorded under the same id: the newer one is kept.
+        if let Some(older) = inner.index.insert(key, seq) {
+            let at = inner.pos(older, capacity);
+            if let Some(old) = inner.slots.get_mut(at).filter(|s| s.live) {
+                old.live = false;
+                inner.live -= 1;
+            }
         }
         true
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
         while inner
-            .order
-            .front()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > self.retention)
+            .oldest_at(self.capacity)
+            .is_some_and(|at| now.saturating_duration_since(at) > self.retention)
         {
-            let Some((id, _)) = inner.order.pop_front() else {
-                break;
-            };
-            // Re-recorded under the same id later: keep the newer one.
-            if inner
-                .by_id
-                .get(&id)
-                .is_some_and(|r| now.saturating_duration_since(r.at) > self.retention)
-            {
-                inner.by_id.remove(&id);
-            }
+            inner.pop_oldest(self.capacity);
         }
     }
 
     /// Predictions held now.
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|i| i.by_id.len()).unwrap_or(0)
+        self.inner.lock().map(|i| i.live).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -274,14 +420,23 @@ impl LabelStore {
         };
         self.expire(&mut inner, now);
         let mut touched = Vec::new();
+        let inner = &mut *inner;
         for l in labels {
-            let Some(rec) = inner.by_id.remove(l.id.as_str()) else {
+            let Some((key, pos)) = inner.find(&l.id, self.capacity) else {
                 out.unknown += 1;
                 continue;
             };
-            let truth: Vec<f64> = match &l.label {
-                LabelValue::One(x) => vec![*x],
-                LabelValue::Rows(v) => v.clone(),
+            let Some(rec) = inner.slots.get_mut(pos) else {
+                out.unknown += 1;
+                continue;
+            };
+            // Joined once: the prediction leaves the store.
+            rec.live = false;
+            inner.live -= 1;
+            inner.index.remove(&key);
+            let truth: &[f64] = match &l.label {
+                LabelValue::One(x) => std::slice::from_ref(x),
+                LabelValue::Rows(v) => v,
             };
             if truth.len() != rec.rows.len() {
                 out.mismatched += 1;
@@ -289,7 +444,7 @@ impl LabelStore {
             }
             let ring = inner.versions.entry(rec.version).or_default();
             ring.task = Some(rec.task);
-            for (p, y) in rec.rows.into_iter().zip(truth) {
+            for (p, y) in rec.rows.iter().copied().zip(truth.iter().copied()) {
                 if ring.pairs.len() >= self.window {
                     ring.pairs.pop_front();
                 }
@@ -547,6 +702,85 @@ mod tests {
         );
         assert_eq!(got.unknown, 1, "expired after the retention");
         assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ring_goes_round_and_a_re_recorded_id_keeps_its_newer_prediction() {
+        let store = LabelStore::new(3, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        let label = |id: &str, y: f64| Label {
+            id: id.into(),
+            label: LabelValue::One(y),
+        };
+        // "a" twice: the newer (0.9) is the one joined, and it counts once.
+        store.record("a", 1, Task::Classification, vec![p(0.1)], now);
+        store.record("a", 1, Task::Classification, vec![p(0.9)], now);
+        assert_eq!(store.len(), 1);
+        // Round the ring several times: only the last three survive, and
+        // evicting the stale first "a" slot does not drop the newer "a".
+        for i in 0..10 {
+            store.record(&format!("r{i}"), 1, Task::Classification, vec![p(0.2)], now);
+            if i == 0 {
+                assert_eq!(store.len(), 2, "the newer a is still held");
+            }
+        }
+        assert_eq!(store.len(), 3);
+        let got = store.ingest(
+            &[
+                label("a", 1.0),
+                label("r6", 0.0),
+                label("r7", 0.0),
+                label("r9", 0.0),
+            ],
+            now,
+        );
+        assert_eq!(
+            (got.joined, got.unknown),
+            (2, 2),
+            "r7, r8 and r9 are kept; a and r6 were evicted"
+        );
+        // A joined id is gone; the other stays.
+        let got = store.ingest(&[label("r9", 0.0), label("r8", 0.0)], now);
+        assert_eq!((got.joined, got.unknown), (1, 1));
+        assert!(store.is_empty());
+        // A slot's buffers are reused: a longer id and more rows after a
+        // shorter one are stored whole.
+        let long = "x".repeat(40);
+        store.record(&long, 2, Task::Classification, vec![p(0.3), p(0.6)], now);
+        let got = store.ingest(
+            &[Label {
+                id: long.clone(),
+                label: LabelValue::Rows(vec![0.0, 1.0]),
+            }],
+            now,
+        );
+        assert_eq!((got.joined, got.mismatched), (1, 0));
+        assert_eq!(got.quality[0].version, 2);
+        assert_eq!(got.quality[0].accuracy, Some(1.0));
+    }
+
+    #[test]
+    fn recording_nothing_keeps_the_store_consistent() {
+        let store = LabelStore::new(2, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        store.record("a", 1, Task::Regression, vec![p(1.0)], now);
+        assert!(store.record_with("b", 1, Task::Regression, now, |_| false));
+        store.record("c", 1, Task::Regression, vec![p(2.0)], now);
+        assert_eq!(store.len(), 2);
+        let got = store.ingest(
+            &[
+                Label {
+                    id: "b".into(),
+                    label: LabelValue::One(1.0),
+                },
+                Label {
+                    id: "c".into(),
+                    label: LabelValue::One(2.0),
+                },
+            ],
+            now,
+        );
+        assert_eq!((got.joined, got.unknown), (1, 1));
     }
 
     #[test]

@@ -110,11 +110,24 @@ impl DriftHub {
         let Some(spec) = &served.prediction else {
             return;
         };
-        let Some(rows) = spec.rows(outputs, self.settings.label_max_rows) else {
-            return;
+        // The store is borrowed under the map's read lock, not cloned out:
+        // a shared reference count would bounce between the cores.
+        let max_rows = self.settings.label_max_rows;
+        let record = |store: &LabelStore| {
+            store.record_with(id, served.version, spec.task, Instant::now(), |rows| {
+                spec.rows_into(outputs, max_rows, rows)
+            })
         };
-        let store = self.label_store(&served.model_name);
-        if !store.record(id, served.version, spec.task, rows, Instant::now()) {
+        let existing = self
+            .labels
+            .read()
+            .ok()
+            .and_then(|m| m.get(&*served.model_name).map(|s| record(s)));
+        let recorded = match existing {
+            Some(r) => r,
+            None => record(&self.label_store(&served.model_name)),
+        };
+        if !recorded {
             metrics.drift.labels(&served.model_name, "dropped", 1);
         }
     }

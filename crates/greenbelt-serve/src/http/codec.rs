@@ -7,9 +7,11 @@ use std::collections::HashSet;
 use std::fmt;
 
 use bytes::Bytes;
-use greenbelt_core::json::JsonData;
+use greenbelt_core::json::{DataSeed, JsonData};
 use greenbelt_core::limits::{Budget, DecodeLimits};
-use greenbelt_core::{DataType, InferRequest, InferResponse, RequestedOutput, Tensor, raw, tensor};
+use greenbelt_core::{
+    DataType, InferRequest, InferResponse, RequestedOutput, Tensor, TensorData, raw, tensor,
+};
 use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -23,11 +25,12 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 ///
 /// The JSON is read once into a small header (names, shapes, datatypes,
 /// the few parameters the protocol defines) with every list capped by
-/// `limits` as it is read; each input's `data` stays borrowed text until its
-/// datatype and shape are known, then is decoded straight into a typed
-/// buffer whose size was charged to the request's budget first. No
-/// `serde_json::Value` is built, so decoding costs at most the body plus
-/// `limits.max_decoded_bytes`.
+/// `limits` as it is read. An input's `data` is decoded in the same pass,
+/// straight into a typed buffer whose size was charged to the request's
+/// budget first, when its name, shape and datatype came before it (as
+/// clients send them); otherwise it stays borrowed text until they are
+/// known. No `serde_json::Value` is built, so decoding costs at most the
+/// body plus `limits.max_decoded_bytes`.
 pub fn decode_request(
     body: &Bytes,
     header_len: Option<usize>,
@@ -46,9 +49,11 @@ pub fn decode_request(
     let ctx = Ctx {
         limits,
         error: RefCell::new(None),
+        budget: RefCell::new(Budget::new(limits)),
+        text_len: json.len(),
     };
     let req = parse_header(&json, &ctx)?;
-    let mut budget = Budget::new(limits);
+    let mut budget = ctx.budget.into_inner();
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
         inputs.push(decode_input(input, &mut binary, &mut budget)?);
@@ -115,8 +120,9 @@ fn decode_input(
             let chunk = binary.split_to(size);
             raw::decode_limited(&input.name, datatype, count, &chunk, budget)?
         }
-        (None, Some(data)) => {
-            greenbelt_core::json::decode_text(&input.name, datatype, count, data.get(), budget)?
+        (None, Some(Data::Decoded(data))) => data,
+        (None, Some(Data::Raw(text))) => {
+            greenbelt_core::json::decode_text(&input.name, datatype, count, text.get(), budget)?
         }
         (None, None) => {
             return Err(ServeError::InvalidInput(format!(
@@ -156,7 +162,15 @@ struct HeaderInput<'de> {
     shape: Vec<i64>,
     datatype: String,
     binary_data_size: Option<Param>,
-    data: Option<&'de RawValue>,
+    data: Option<Data<'de>>,
+}
+
+/// An input's `data`: decoded while the JSON was read (its name, shape and
+/// datatype came first, as clients send them), or its text, kept for
+/// once they are known.
+enum Data<'de> {
+    Decoded(TensorData),
+    Raw(&'de RawValue),
 }
 
 struct HeaderOutput {
@@ -177,6 +191,10 @@ enum Param {
 struct Ctx<'l> {
     limits: &'l DecodeLimits,
     error: RefCell<Option<ServeError>>,
+    /// What the request's tensors may still cost.
+    budget: RefCell<Budget<'l>>,
+    /// The JSON's length (what an input's data can hold at most).
+    text_len: usize,
 }
 
 impl Ctx<'_> {
@@ -304,8 +322,11 @@ where
         write!(f, "an array of {}", self.what)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
+        // Names are compared with those before them while the list is
+        // short (no allocation for the usual one or two), then through a set.
+        const SCAN: usize = 16;
+        let mut out: Vec<S::Value> = Vec::new();
+        let mut seen: Option<HashSet<String>> = None;
         while let Some(x) = seq.next_element_seed(self.item)? {
             if out.len() == self.max {
                 return Err(self.ctx.fail(greenbelt_core::limits::exceeded(
@@ -314,10 +335,17 @@ where
                     &format!("\"{}\" has more entries", self.what),
                 )));
             }
-            if let Some((what, name)) = x.name()
-                && !seen.insert(name.to_owned())
-            {
-                return Err(self.ctx.fail(greenbelt_core::infer::duplicate(what, name)));
+            if let Some((what, name)) = x.name() {
+                let name_of = |o: &S::Value| o.name().map(|(_, n)| n.to_owned());
+                let duplicate = if out.len() < SCAN {
+                    out.iter().any(|o| o.name().is_some_and(|(_, n)| n == name))
+                } else {
+                    let set = seen.get_or_insert_with(|| out.iter().filter_map(name_of).collect());
+                    !set.insert(name.to_owned())
+                };
+                if duplicate {
+                    return Err(self.ctx.fail(greenbelt_core::infer::duplicate(what, name)));
+                }
             }
             out.push(x);
         }
@@ -544,8 +572,41 @@ impl<'de> Visitor<'de> for InputSeed<'_, '_> {
                     if let (Some(name), Some(shape), Some(datatype)) = (&name, &shape, &datatype) {
                         ctx.precheck(name, shape, datatype)?;
                     }
-                    let raw = map.next_value::<&'de RawValue>()?;
-                    once(&mut data, "data", (raw.get() != "null").then_some(raw))?
+                    // Decoded in place when its name, shape and datatype
+                    // are known and valid and no binary_data_size was given
+                    // (else its text is kept, and the full decode reports).
+                    let known = match (&name, &shape, &datatype) {
+                        (Some(n), Some(sh), Some(dt)) if !matches!(params, Some(Some(_))) => {
+                            match (dt.parse::<DataType>(), tensor::element_count(n, sh)) {
+                                (Ok(dt), Ok(count)) => Some((n.as_str(), dt, count)),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    let value = match known {
+                        Some((n, datatype, count)) => {
+                            let mut error = None;
+                            let mut budget = ctx.budget.borrow_mut();
+                            let seed = DataSeed {
+                                name: n,
+                                datatype,
+                                count,
+                                text_len: ctx.text_len,
+                                budget: &mut budget,
+                                error: &mut error,
+                            };
+                            match map.next_value_seed(Nullable(seed)) {
+                                Ok(v) => v.map(Data::Decoded),
+                                Err(e) => return Err(error.map_or(e, |e| ctx.fail(e))),
+                            }
+                        }
+                        None => {
+                            let raw = map.next_value::<&'de RawValue>()?;
+                            (raw.get() != "null").then_some(Data::Raw(raw))
+                        }
+                    };
+                    once(&mut data, "data", value)?
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -671,12 +732,17 @@ pub fn encode_response(
             });
         }
     }
-    let mut body = serde_json::to_vec(&RestResponse {
-        model_name: &resp.model_name,
-        model_version: &resp.model_version,
-        id: resp.id.as_deref(),
-        outputs,
-    })
+    // Room for a small answer's JSON up front: no regrowth and copy.
+    let mut body = Vec::with_capacity(256);
+    serde_json::to_writer(
+        &mut body,
+        &RestResponse {
+            model_name: &resp.model_name,
+            model_version: &resp.model_version,
+            id: resp.id.as_deref(),
+            outputs,
+        },
+    )
     .map_err(|e| ServeError::Internal(format!("encoding response: {e}")))?;
     if binary.is_empty() && !resp.outputs.iter().any(|t| wants_binary(&t.name)) {
         return Ok(EncodedResponse {

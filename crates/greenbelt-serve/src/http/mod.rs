@@ -28,6 +28,22 @@ const INFER_VERSION_ROUTE: &str = "/v2/models/{model_name}/versions/{model_versi
 
 pub const VERSION_HEADER: &str = "x-greenbelt-model-version";
 
+/// The infer endpoints, apart from [`router`]'s: the per-route API metrics
+/// layer goes on the others only (inference has metrics of its own), so a
+/// request pays no middleware it does not use.
+pub fn infer_router(state: Arc<AppState>) -> Router {
+    let limit = state.config.server.max_request_bytes;
+    Router::new()
+        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Every REST endpoint but inference ([`infer_router`]).
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_request_bytes;
     Router::new()
@@ -36,7 +52,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/infer", post(infer_latest))
         .route(
             "/v2/models/{model}/versions/{version}",
             get(version_metadata),
@@ -44,10 +59,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(version_ready),
-        )
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_version),
         )
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}/stats", get(model_stats))
@@ -446,12 +457,14 @@ async fn handle_infer(
         }
     };
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    // The id's and the trace header's own buffers become the values: no copy.
+    let id = Bytes::from(std::mem::take(&mut ctx.request_id));
+    if let Ok(v) = HeaderValue::from_maybe_shared(id) {
         h.insert(HeaderName::from_static("x-request-id"), v);
     }
     // `traceparent` as before (our span as the parent of what follows);
     // `traceresponse` per W3C Trace Context level 2.
-    if let Ok(v) = HeaderValue::from_str(&ctx.trace.header()) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ctx.trace.header())) {
         h.insert(HeaderName::from_static("traceparent"), v.clone());
         h.insert(HeaderName::from_static("traceresponse"), v);
     }
@@ -642,13 +655,11 @@ pub async fn api_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // Inference has its own metrics; its path is not even copied.
+    // Inference is routed without this layer ([`infer_router`]).
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str())
-        .filter(|r| !r.ends_with("/infer"))
-        .map(str::to_owned);
+        .map(|p| p.as_str().to_owned());
     let Some(route) = route else {
         return next.run(req).await;
     };

@@ -114,8 +114,31 @@ async fn state_changes_and_request_data_need_a_token_of_the_right_role() {
         .post_with(load, &json!({}), &[("authorization", &bearer("tok-ci"))])
         .await;
     assert_eq!(status, 200, "{body}");
-    // Inference and reads stay open.
+    // Inference and reads stay open...
     assert_eq!(s.infer_logreg("/v2/models/logreg/infer").await.0, 200);
+    // ...but a token that matches nothing is refused there as well: the
+    // infer routes, routed apart from the rest, are behind the same layer.
+    for path in [
+        "/v2/models/logreg/infer",
+        "/v2/models/logreg/versions/1/infer",
+    ] {
+        let (status, _) = s
+            .post_with(
+                path,
+                &logreg_request(1),
+                &[("authorization", &bearer("wrong"))],
+            )
+            .await;
+        assert_eq!(status, 401, "{path}");
+    }
+    // The API metrics sit outside the layer: refusals are counted by route.
+    let text = s.metrics_text().await;
+    assert!(
+        text.contains(
+            "greenbelt_http_requests_total{route=\"/v2/repository/models/{model}/unload\",method=\"POST\",status=\"401\"} 2"
+        ),
+        "{text}"
+    );
     assert_eq!(s.get("/v2/models/logreg").await.0, 200);
     assert_eq!(s.get("/metrics").await.0, 200);
     // Shadow reports carry request inputs: a viewer (or better) only.
