@@ -43,6 +43,10 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return out;
     }
+    if m == 1 && n * k <= ONE_ROW_MAX {
+        one_row(a, k, b, layout, n, bias, &mut out);
+        return out;
+    }
     Arch::new().dispatch(Product {
         a,
         m,
@@ -54,6 +58,39 @@ pub(crate) fn matmul(
         out: &mut out,
     });
     out
+}
+
+/// Products (`n·k`) under which one row is computed chain by chain rather
+/// than through the SIMD kernel, whose packing of B would cost more than
+/// the products (a linear model answering one request: `n` is 1 or a few).
+const ONE_ROW_MAX: usize = 1024;
+
+/// One row of A: each output's chain on its own, the same fused
+/// multiply-adds in the same order as the SIMD lanes compute (so the
+/// result is bit-identical), and the bias added after, in f32.
+fn one_row(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    layout: Layout,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    for (j, o) in out.iter_mut().enumerate().take(n) {
+        let mut acc = 0f32;
+        for (p, x) in a.iter().enumerate().take(k) {
+            let w = match layout {
+                Layout::KN => b[p * n + j],
+                Layout::NK => b[j * k + p],
+            };
+            acc = x.mul_add(w, acc);
+        }
+        *o = match bias {
+            Some(bias) => acc + bias[j],
+            None => acc,
+        };
+    }
 }
 
 struct Product<'a> {
@@ -205,6 +242,8 @@ mod tests {
         for &(m, k, n) in &[
             (1, 1, 1),
             (1, 20, 1),
+            (1, 30, 3),
+            (1, 64, 20),
             (3, 7, 2),
             (17, 20, 3),
             (64, 30, 16),
@@ -254,6 +293,38 @@ mod tests {
                         g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
                         "{m}x{k}x{n} {layout:?} at {idx}: {g} vs {w}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_row_by_chains_is_the_simd_kernel_bit_for_bit() {
+        for &(k, n) in &[(1, 1), (20, 1), (20, 2), (30, 5), (50, 10), (7, 33)] {
+            let a = values(k, 17 + k as u32);
+            let b = values(k * n, 23 + n as u32);
+            let bias = values(n, 9);
+            for layout in [Layout::KN, Layout::NK] {
+                for bias in [None, Some(bias.as_slice())] {
+                    let mut chains = vec![0f32; n];
+                    one_row(&a, k, &b, layout, n, bias, &mut chains);
+                    let mut simd = vec![0f32; n];
+                    Arch::new().dispatch(Product {
+                        a: &a,
+                        m: 1,
+                        k,
+                        b: &b,
+                        layout,
+                        n,
+                        bias,
+                        out: &mut simd,
+                    });
+                    for (g, w) in chains.iter().zip(&simd) {
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "1x{k}x{n} {layout:?}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
