@@ -97,7 +97,7 @@ pub fn reject(e: &AuthError) -> Response {
 pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     match admit(&auth, &mut req) {
         Ok(()) => next.run(req).await,
-        Err(refused) => refused,
+        Err(e) => reject(&e),
     }
 }
 
@@ -137,19 +137,19 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         match admit(&self.auth, &mut req) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(refused) => Either::Left(ready(Ok(refused))),
+            Err(e) => Either::Left(ready(Ok(reject(&e)))),
         }
     }
 }
 
 /// Authenticate, apply [`policy`], hand the [`Caller`] on: the request
-/// goes on (`Ok`), or the refusal is the answer.
-fn admit(auth: &Auth, req: &mut Request) -> Result<(), Response> {
+/// goes on (`Ok`), or is refused ([`reject`] is the answer).
+fn admit(auth: &Auth, req: &mut Request) -> Result<(), AuthError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not text>"));
-    let who = auth.authenticate(presented).map_err(|e| reject(&e))?;
+    let who = auth.authenticate(presented)?;
     let checked = match policy(req.method(), req.uri().path()) {
         Need::Public => Ok(()),
         Need::Role(role) => auth.require(who.as_ref(), role).map(|_| ()),
@@ -164,7 +164,7 @@ fn admit(auth: &Auth, req: &mut Request) -> Result<(), Response> {
             error = %e,
             "refused"
         );
-        return Err(reject(&e));
+        return Err(e);
     }
     let caller = match who {
         Some(p) => Some(p),
