@@ -68,18 +68,25 @@ impl DriftHub {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// The label store of `model` (created on first use; only served
-    /// models get one, so their number is bounded by the repository).
-    pub fn label_store(&self, model: &str) -> Arc<LabelStore> {
-        if let Some(s) = self.labels.read().ok().and_then(|m| m.get(model).cloned()) {
-            return s;
+    /// Run `f` on the label store of `model` (created on first use; only
+    /// served models get one, so their number is bounded by the
+    /// repository). The store is borrowed under the map's read lock, not
+    /// cloned out: a shared reference count would bounce between the cores
+    /// on every request.
+    pub fn with_label_store<R>(&self, model: &str, f: impl FnOnce(&LabelStore) -> R) -> R {
+        if let Ok(m) = self.labels.read()
+            && let Some(s) = m.get(model)
+        {
+            return f(s);
         }
-        let Ok(mut m) = self.labels.write() else {
-            return Arc::new(self.new_store());
+        let store = match self.labels.write() {
+            Ok(mut m) => m
+                .entry(model.to_string())
+                .or_insert_with(|| Arc::new(self.new_store()))
+                .clone(),
+            Err(_) => Arc::new(self.new_store()),
         };
-        m.entry(model.to_string())
-            .or_insert_with(|| Arc::new(self.new_store()))
-            .clone()
+        f(&store)
     }
 
     fn new_store(&self) -> LabelStore {
@@ -110,23 +117,12 @@ impl DriftHub {
         let Some(spec) = &served.prediction else {
             return;
         };
-        // The store is borrowed under the map's read lock, not cloned out:
-        // a shared reference count would bounce between the cores.
         let max_rows = self.settings.label_max_rows;
-        let record = |store: &LabelStore| {
+        let recorded = self.with_label_store(&served.model_name, |store| {
             store.record_with(id, served.version, spec.task, Instant::now(), |rows| {
                 spec.rows_into(outputs, max_rows, rows)
             })
-        };
-        let existing = self
-            .labels
-            .read()
-            .ok()
-            .and_then(|m| m.get(&*served.model_name).map(|s| record(s)));
-        let recorded = match existing {
-            Some(r) => r,
-            None => record(&self.label_store(&served.model_name)),
-        };
+        });
         if !recorded {
             metrics.drift.labels(&served.model_name, "dropped", 1);
         }
@@ -134,7 +130,7 @@ impl DriftHub {
 
     /// Join labels for `model` and publish the touched versions' metrics.
     pub fn ingest(&self, metrics: &Metrics, model: &str, labels: &[Label]) -> labels::Ingested {
-        let got = self.label_store(model).ingest(labels, Instant::now());
+        let got = self.with_label_store(model, |s| s.ingest(labels, Instant::now()));
         for (outcome, n) in [
             ("joined", got.joined),
             ("unknown", got.unknown),
