@@ -160,9 +160,49 @@ pub struct Measurement {
     pub shadow: Option<ShadowWindow>,
     /// PromQL results by query name; a failed query is absent.
     pub prom: BTreeMap<String, f64>,
+    /// Set when the stable version served nothing in this window and
+    /// `stable` is its last measured window instead (see
+    /// [`Measurement::carry_stable`]): when that window was measured.
+    pub stable_baseline_at_ms: Option<i64>,
 }
 
+/// The value key that records where a carried stable baseline came from.
+const BASELINE_AT: &str = "stable.baseline_at_ms";
+
 impl Measurement {
+    /// When the stable version served no request in this window (the
+    /// canary is at 100%, or blue/green switched all traffic), take
+    /// `stable.*` from the newest earlier run of this rollout in which it
+    /// did: a relative condition such as `p99_ms <= stable.p99_ms * 1.5`
+    /// then compares the candidate at full traffic with the baseline it was
+    /// measured against, instead of having no value. Without such a run the
+    /// stable window stays empty and those conditions stay inconclusive.
+    pub fn carry_stable(&mut self, runs: &[AnalysisRun]) {
+        if self.stable.requests > 0 {
+            return;
+        }
+        let carried = runs.iter().rev().find_map(|run| {
+            let get = |k: &str| run.values.get(&format!("stable.{k}")).copied();
+            let requests = get("requests").filter(|n| *n >= 1.0)?;
+            let window = Window {
+                requests: requests as u64,
+                errors: get("errors")? as u64,
+                error_rate: get("error_rate")?,
+                p50_ms: get("p50_ms")?,
+                p99_ms: get("p99_ms")?,
+            };
+            let at = run
+                .values
+                .get(BASELINE_AT)
+                .map_or(run.at_ms, |ms| *ms as i64);
+            Some((window, at))
+        });
+        if let Some((window, at)) = carried {
+            self.stable = window;
+            self.stable_baseline_at_ms = Some(at);
+        }
+    }
+
     fn values(&self) -> BTreeMap<String, f64> {
         let mut v = BTreeMap::new();
         for (prefix, w) in [("", &self.candidate), ("stable.", &self.stable)] {
@@ -173,6 +213,9 @@ impl Measurement {
                 v.insert(format!("{prefix}p50_ms"), w.p50_ms);
                 v.insert(format!("{prefix}p99_ms"), w.p99_ms);
             }
+        }
+        if let Some(at) = self.stable_baseline_at_ms {
+            v.insert(BASELINE_AT.into(), at as f64);
         }
         if let Some(s) = &self.shadow {
             v.insert("shadow_compared".into(), s.compared as f64);
@@ -244,6 +287,12 @@ pub fn judge(
     } else {
         (Verdict::Success, Vec::new())
     };
+    let mut notes = notes;
+    if let Some(at) = m.stable_baseline_at_ms {
+        notes.push(format!(
+            "the stable version served no requests in this window; stable.* are its window measured at {at} ms"
+        ));
+    }
     AnalysisRun {
         at_ms,
         verdict,
@@ -528,6 +577,35 @@ mod tests {
             "{:?}",
             r.notes
         );
+        // With an earlier run that measured the stable version (the canary
+        // went to 100%), stable.* come from that window and say so.
+        let earlier = judge(&c[2..], 50, &ok, 1_000);
+        let mut carried = no_stable.clone();
+        carried.carry_stable(std::slice::from_ref(&earlier));
+        let r = judge(&c[2..], 50, &carried, 2_000);
+        assert_eq!(r.verdict, Verdict::Success, "{:?}", r.notes);
+        assert_eq!(r.values["stable.p99_ms"], 6.0);
+        assert_eq!(r.values["stable.requests"], 900.0);
+        assert_eq!(r.values[BASELINE_AT], 1_000.0);
+        assert!(r.notes[0].contains("measured at 1000 ms"), "{:?}", r.notes);
+        // Carried again, it still names the window that was measured.
+        let mut again = no_stable.clone();
+        again.carry_stable(&[earlier.clone(), r]);
+        assert_eq!(again.stable_baseline_at_ms, Some(1_000));
+        assert_eq!(again.stable.p99_ms, 6.0);
+        // A stable window with requests is never replaced, and a run that
+        // never measured the stable version is no baseline.
+        let mut own = ok.clone();
+        own.carry_stable(std::slice::from_ref(&earlier));
+        assert_eq!((own.stable.p99_ms, own.stable_baseline_at_ms), (6.0, None));
+        let blind = judge(&c[2..], 50, &no_stable, 3_000);
+        let mut none = no_stable.clone();
+        none.carry_stable(&[blind]);
+        assert_eq!(none.stable_baseline_at_ms, None);
+        assert_eq!(
+            judge(&c[2..], 50, &none, 4_000).verdict,
+            Verdict::Inconclusive
+        );
         // Failure conditions alone: the run passes while none holds.
         assert_eq!(judge(&c[1..], 50, &ok, 0).verdict, Verdict::Success);
         // The field is named in errors.
@@ -564,6 +642,7 @@ mod tests {
             stable: window(100, 0, 1.0),
             shadow: None,
             prom: BTreeMap::new(),
+            stable_baseline_at_ms: None,
         };
         assert_eq!(judge(&c, 1, &m, 0).verdict, Verdict::Inconclusive);
         m.shadow = Some(ShadowWindow {

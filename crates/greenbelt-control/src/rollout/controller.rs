@@ -711,12 +711,14 @@ impl Controller {
                 }
                 None => BTreeMap::new(),
             };
-            let m = Measurement {
+            let mut m = Measurement {
                 candidate: candidate.since(&snap.candidate),
                 stable: stable.since(&snap.stable),
                 shadow: r.plan().shadow.map(|_| shadow.since(&snap.shadow)),
                 prom,
+                stable_baseline_at_ms: None,
             };
+            m.carry_stable(&r.runs);
             let run = analysis::judge(&conditions, r.spec.analysis.min_samples, &m, now);
             tracing::info!(deployment = %dep.name, rollout = %r.id, verdict = ?run.verdict, notes = ?run.notes, "analysis run");
             r.record(now, run);
