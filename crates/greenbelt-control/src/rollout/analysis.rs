@@ -275,7 +275,7 @@ pub fn judge(
     }
     // A measured failure is a failure even in a small window: errors from a
     // broken candidate must abort, not pause.
-    let (verdict, notes) = if !met.is_empty() {
+    let (verdict, mut notes) = if !met.is_empty() {
         met.extend(failed);
         (Verdict::Failure, met)
     } else if !failed.is_empty() && m.candidate.requests > 0 {
@@ -287,7 +287,6 @@ pub fn judge(
     } else {
         (Verdict::Success, Vec::new())
     };
-    let mut notes = notes;
     if let Some(at) = m.stable_baseline_at_ms {
         notes.push(format!(
             "the stable version served no requests in this window; stable.* are its window measured at {at} ms"

@@ -43,11 +43,7 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return out;
     }
-    if m == 1 && n * k <= ONE_ROW_MAX {
-        one_row(a, k, b, layout, n, bias, &mut out);
-        return out;
-    }
-    Arch::new().dispatch(Product {
+    let product = Product {
         a,
         m,
         k,
@@ -56,7 +52,12 @@ pub(crate) fn matmul(
         n,
         bias,
         out: &mut out,
-    });
+    };
+    if m == 1 && n * k <= ONE_ROW_MAX {
+        product.one_row();
+    } else {
+        Arch::new().dispatch(product);
+    }
     out
 }
 
@@ -64,34 +65,6 @@ pub(crate) fn matmul(
 /// than through the SIMD kernel, whose packing of B would cost more than
 /// the products (a linear model answering one request: `n` is 1 or a few).
 const ONE_ROW_MAX: usize = 1024;
-
-/// One row of A: each output's chain on its own, the same fused
-/// multiply-adds in the same order as the SIMD lanes compute (so the
-/// result is bit-identical), and the bias added after, in f32.
-fn one_row(
-    a: &[f32],
-    k: usize,
-    b: &[f32],
-    layout: Layout,
-    n: usize,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    for (j, o) in out.iter_mut().enumerate().take(n) {
-        let mut acc = 0f32;
-        for (p, x) in a.iter().enumerate().take(k) {
-            let w = match layout {
-                Layout::KN => b[p * n + j],
-                Layout::NK => b[j * k + p],
-            };
-            acc = x.mul_add(w, acc);
-        }
-        *o = match bias {
-            Some(bias) => acc + bias[j],
-            None => acc,
-        };
-    }
-}
 
 struct Product<'a> {
     a: &'a [f32],
@@ -111,6 +84,22 @@ impl Product<'_> {
         match self.layout {
             Layout::KN => self.b[p * self.n + j],
             Layout::NK => self.b[j * self.k + p],
+        }
+    }
+
+    /// One row of A (`m` is 1): each output's chain on its own, the same
+    /// fused multiply-adds in the same order as the SIMD lanes compute (so
+    /// the result is bit-identical), and the bias added after, in f32.
+    fn one_row(self) {
+        for j in 0..self.n {
+            let mut acc = 0f32;
+            for (q, x) in self.a[..self.k].iter().enumerate() {
+                acc = x.mul_add(self.b_at(q, j), acc);
+            }
+            self.out[j] = match self.bias {
+                Some(bias) => acc + bias[j],
+                None => acc,
+            };
         }
     }
 }
@@ -307,7 +296,17 @@ mod tests {
             for layout in [Layout::KN, Layout::NK] {
                 for bias in [None, Some(bias.as_slice())] {
                     let mut chains = vec![0f32; n];
-                    one_row(&a, k, &b, layout, n, bias, &mut chains);
+                    Product {
+                        a: &a,
+                        m: 1,
+                        k,
+                        b: &b,
+                        layout,
+                        n,
+                        bias,
+                        out: &mut chains,
+                    }
+                    .one_row();
                     let mut simd = vec![0f32; n];
                     Arch::new().dispatch(Product {
                         a: &a,
